@@ -1,0 +1,173 @@
+"""The study configuration: every knob that all sites of one study must share.
+
+It travels as Flower's ``context.run_config`` (flat ``key = value`` pairs with dashes, defaults in
+``pyproject.toml [tool.flwr.app.config]``) and is parsed here into a typed, validated ``StudyConfig``.
+Anything that shapes the model and would otherwise be computed from a site's patients (time-bin edges,
+normalisation constants) is fixed here, so it stays outside the privacy accounting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fedfusion.errors import ConfigError
+
+MODALITIES = ("wsi", "omics", "clinical")
+FUSIONS = ("kronecker", "concat")
+ACCOUNTANTS = ("prv", "rdp")
+
+# Study-fixed clinical normalisation (public reference values, not site statistics).
+AGE_MEAN_YEARS = 60.0
+AGE_SCALE_YEARS = 10.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Typed view of a study's run config. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    num_server_rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 16
+    """Expected patients per Poisson-sampled batch (sample rate = batch_size / site patients)."""
+    learning_rate: float = 0.002
+    tiles_per_patient: int = 16
+    """K: tiles sampled per patient per training step (the full bag is used at inference)."""
+    dp: bool = True
+    noise_multiplier: float = 0.8
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+    fusion: str = "kronecker"
+    modalities: str = "wsi,omics,clinical"
+    time_bins: str = "12,24,36,60"
+    """Inner edges (months) of the discrete-time survival bins: '12,24' gives [0,12), [12,24), [24,inf)."""
+    num_subtypes: int = 3
+    tile_feature_dim: int = 64
+    omics_dim: int = 200
+    clinical_dim: int = 2
+    hidden_dim: int = 32
+    dropout: float = 0.1
+    test_fraction: float = 0.25
+    seed: int = 0
+    device: str = "auto"
+    tile_size: int = 256
+    target_mpp: float = 0.5
+    max_background: float = 0.6
+    encoder: str = "random-conv-v1"
+    cohort_dir: str = "cohorts/default"
+    results_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Run-config keys this version does not know (kept, never silently dropped)."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def modality_set(self) -> frozenset[str]:
+        """The modalities the model uses."""
+        return frozenset(m.strip() for m in self.modalities.split(",") if m.strip())
+
+    @property
+    def time_bin_edges(self) -> tuple[float, ...]:
+        """Inner bin edges in months, strictly increasing."""
+        return tuple(float(x) for x in self.time_bins.split(",") if x.strip())
+
+    @property
+    def num_time_bins(self) -> int:
+        """Number of discrete survival intervals (inner edges + 1)."""
+        return len(self.time_bin_edges) + 1
+
+    # ---- conversion -----------------------------------------------------------------------
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> StudyConfig:
+        """Parse Flower's ``context.run_config`` (dashed keys); unknown keys go to ``extra``."""
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                extra[key] = value
+                continue
+            kwargs[name] = _coerce(key, value, known[name].type)
+        return cls(**kwargs, extra=extra)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """The dashed ``key -> value`` mapping Flower carries as ``run_config``."""
+        out: dict[str, bool | int | float | str] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            out[f.name.replace("_", "-")] = getattr(self, f.name)
+        return out
+
+    def replace(self, **changes: Any) -> StudyConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ---- validation -----------------------------------------------------------------------
+    def _validate(self) -> None:
+        positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "tiles_per_patient",
+                         "num_subtypes", "tile_feature_dim", "omics_dim", "clinical_dim", "hidden_dim",
+                         "tile_size")
+        for name in positive_ints:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"study config '{_key(name)}' must be > 0, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"study config 'learning-rate' must be > 0, got {self.learning_rate}")
+        if self.dp and (self.noise_multiplier <= 0 or self.max_grad_norm <= 0):
+            raise ConfigError("study config with dp = true needs 'noise-multiplier' > 0 and 'max-grad-norm' > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"study config 'delta' must be in (0, 1), got {self.delta}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"study config 'accountant' must be one of {ACCOUNTANTS}, got '{self.accountant}'")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"study config 'fusion' must be one of {FUSIONS}, got '{self.fusion}'")
+        unknown = self.modality_set - set(MODALITIES)
+        if not self.modality_set or unknown:
+            raise ConfigError(f"study config 'modalities' must name some of {MODALITIES}, got '{self.modalities}'")
+        try:
+            edges = self.time_bin_edges
+        except ValueError as exc:
+            raise ConfigError(f"study config 'time-bins' must be comma-separated numbers: {exc}") from exc
+        if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
+            raise ConfigError(f"study config 'time-bins' must be positive and strictly increasing, got '{self.time_bins}'")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.max_background <= 1:
+            raise ConfigError(f"study config 'max-background' must be in [0, 1], got {self.max_background}")
+        if self.target_mpp <= 0:
+            raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a run-config value to the field's type, with a message naming the key."""
+    type_name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    try:
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(f"not a boolean: {value!r}")
+        if type_name == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if type_name == "float":
+            if isinstance(value, bool):
+                raise ValueError(f"not a number: {value!r}")
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"study config '{key}': {exc}") from exc

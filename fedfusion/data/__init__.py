@@ -1,0 +1,1 @@
+"""Site data: cohort manifests, slides, omics and clinical tables, turned into per-patient records."""
