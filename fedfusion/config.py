@@ -29,6 +29,8 @@ class StudyConfig:
     """Typed view of a study's run config. Field ``foo_bar`` is run-config key ``foo-bar``."""
 
     num_server_rounds: int = 5
+    min_sites: int = 2
+    """Rounds proceed only when at least this many sites are connected and answer."""
     local_epochs: int = 1
     batch_size: int = 16
     """Expected patients per Poisson-sampled batch (sample rate = batch_size / site patients)."""
@@ -111,7 +113,7 @@ class StudyConfig:
 
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:
-        positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "tiles_per_patient",
+        positive_ints = ("num_server_rounds", "min_sites", "local_epochs", "batch_size", "tiles_per_patient",
                          "num_subtypes", "tile_feature_dim", "omics_dim", "clinical_dim", "hidden_dim",
                          "tile_size")
         for name in positive_ints:

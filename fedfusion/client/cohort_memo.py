@@ -1,0 +1,31 @@
+"""Load a site's cohort once per process: a ClientApp is called every round, the data does not change.
+
+Tile features are cached on disk by the data path; this memo only avoids re-reading the tables and
+feature files within one long-lived process (a simulation actor or a site daemon's app process).
+"""
+
+from __future__ import annotations
+
+from fedfusion.client.site_context import SiteContext
+from fedfusion.config import StudyConfig
+from fedfusion.data.cohort import load_site_cohort
+from fedfusion.data.cohort_index import read_gene_panel
+from fedfusion.data.records import SiteCohort
+
+_MEMO: dict[tuple[object, ...], SiteCohort] = {}
+
+
+def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
+    """The site's cohort for this study, read from disk on first use in this process."""
+    key = (site.data_dir.resolve(), site.gene_panel.resolve(), site.cache_dir, site.fallback_mpp,
+           study.tile_size, study.target_mpp, study.max_background, study.encoder, study.test_fraction,
+           study.seed)
+    if key not in _MEMO:
+        _MEMO[key] = load_site_cohort(
+            site.data_dir,
+            study,
+            gene_panel=read_gene_panel(site.gene_panel),
+            cache_dir=site.cache_dir,
+            fallback_mpp=site.fallback_mpp,
+        )
+    return _MEMO[key]

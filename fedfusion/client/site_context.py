@@ -1,0 +1,65 @@
+"""Where a site's data, cache and device come from, for a deployed SuperNode or a simulated one.
+
+A deployed site daemon gets its facts from Flower's ``context.node_config`` (set by the site admin when the
+SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device`` and
+``fallback-mpp``. A simulated site has only ``partition-id``; it is then the partition-th site listed in the
+cohort index under the study's ``cohort-dir``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedfusion.config import StudyConfig
+from fedfusion.data.cohort_index import read_cohort_index
+from fedfusion.errors import ConfigError
+
+PARTITION_ID_KEY = "partition-id"
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """One site's local facts; none of them leaves the site except ``name``."""
+
+    name: str
+    data_dir: Path
+    gene_panel: Path
+    cache_dir: Path | None
+    device: str
+    fallback_mpp: float | None
+
+
+def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> SiteContext:
+    """Build the site's context from its node config (deployment) or its partition id (simulation)."""
+    if "data-dir" in node_config:
+        missing = [key for key in ("site-name", "gene-panel") if key not in node_config]
+        if missing:
+            raise ConfigError(f"site node config has 'data-dir' but lacks {missing}")
+        return SiteContext(
+            name=str(node_config["site-name"]),
+            data_dir=Path(str(node_config["data-dir"])),
+            gene_panel=Path(str(node_config["gene-panel"])),
+            cache_dir=Path(str(node_config["cache-dir"])) if "cache-dir" in node_config else None,
+            device=str(node_config.get("device", study.device)),
+            fallback_mpp=float(node_config["fallback-mpp"]) if "fallback-mpp" in node_config else None,
+        )
+    if PARTITION_ID_KEY in node_config:
+        index = read_cohort_index(Path(study.cohort_dir))
+        partition = int(node_config[PARTITION_ID_KEY])
+        if not 0 <= partition < len(index.sites):
+            raise ConfigError(
+                f"simulated node {partition} has no site: cohort '{study.cohort_dir}' lists {len(index.sites)} sites"
+            )
+        site = index.sites[partition]
+        return SiteContext(
+            name=site.name,
+            data_dir=site.path,
+            gene_panel=index.gene_panel_path,
+            cache_dir=None,
+            device=study.device,
+            fallback_mpp=None,
+        )
+    raise ConfigError("node config names neither 'data-dir' (a deployed site) nor 'partition-id' (a simulated one)")

@@ -1,0 +1,1 @@
+"""The coordinator: the Flower ServerApp and what it records about a study."""

@@ -1,0 +1,1 @@
+"""Local multi-site simulation: many sites on one machine, in Flower's simulation engine."""

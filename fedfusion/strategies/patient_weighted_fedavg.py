@@ -1,0 +1,149 @@
+"""FedAvg weighted by the number of training patients at each site.
+
+Flower's ``FedAvg`` already weights by the reply metric ``num-examples``; every fedfusion site reports its
+*patients* there (the privacy unit), never tiles. This subclass adds what a consortium needs on top:
+per-site reporting of each round (site name, patients, epsilon, metrics) through a callback, a privacy-aware
+aggregation of training metrics (the federation's epsilon is the *maximum* over sites, not a mean), and a
+pooled C-index computed from per-site concordant/comparable pair counts (no per-patient prediction leaves a
+site).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+WEIGHT_KEY = "num-examples"
+"""Reply metric holding the site's patient count (the FedAvg weight)."""
+SITE_RECORD_KEY = "site"
+"""Reply ConfigRecord holding the site's public name."""
+
+
+@dataclass(frozen=True)
+class SiteReply:
+    """What one site reported in one round (aggregate numbers only)."""
+
+    server_round: int
+    phase: str
+    """'train' or 'evaluate'."""
+    site: str
+    metrics: dict[str, float]
+
+
+ReplyListener = Callable[[SiteReply], None]
+RoundListener = Callable[[int, str, dict[str, float]], None]
+
+
+class PatientWeightedFedAvg(FedAvg):
+    """Patient-weighted FedAvg with per-site reporting and pooled C-index."""
+
+    def __init__(
+        self,
+        *,
+        min_sites: int,
+        on_site_reply: ReplyListener | None = None,
+        on_round_aggregated: RoundListener | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_sites,
+            min_evaluate_nodes=min_sites,
+            min_available_nodes=min_sites,
+            weighted_by_key=WEIGHT_KEY,
+            train_metrics_aggr_fn=aggregate_train_metrics,
+            evaluate_metrics_aggr_fn=aggregate_evaluate_metrics,
+        )
+        self._on_site_reply = on_site_reply
+        self._on_round_aggregated = on_round_aggregated
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate weights by patients; report each site's numbers first."""
+        replies = list(replies)
+        self._report(server_round, "train", replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if metrics is not None and self._on_round_aggregated:
+            self._on_round_aggregated(server_round, "train", dict(metrics))
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate evaluation metrics (incl. pooled C-index); report each site's numbers first."""
+        replies = list(replies)
+        self._report(server_round, "evaluate", replies)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None and self._on_round_aggregated:
+            self._on_round_aggregated(server_round, "evaluate", dict(metrics))
+        return metrics
+
+    def _report(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        if self._on_site_reply is None:
+            return
+        for msg in replies:
+            if msg.has_error():
+                self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {"error": 1.0}))
+                continue
+            metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
+            values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), values))
+
+
+def _site_name(msg: Message) -> str:
+    if not msg.has_error():
+        record = msg.content.config_records.get(SITE_RECORD_KEY)
+        if record is not None and "name" in record:
+            return str(record["name"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Patient-weighted means, except privacy spend: epsilon is the maximum over sites."""
+    aggregated = weighted_means(records, weight_key)
+    epsilons = [float(m["epsilon"]) for m in _metric_records(records) if "epsilon" in m]
+    if epsilons:
+        aggregated["epsilon"] = max(epsilons)
+    return aggregated
+
+
+def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Patient-weighted means of site metrics plus the pooled C-index from pair counts.
+
+    The pooled C-index counts concordant pairs over all comparable pairs *within* sites: it needs only two
+    numbers per site, never a per-patient prediction.
+    """
+    aggregated = weighted_means(records, weight_key)
+    concordant = sum(float(m.get("concordant-pairs", 0.0)) for m in _metric_records(records))
+    comparable = sum(float(m.get("comparable-pairs", 0.0)) for m in _metric_records(records))
+    aggregated["pooled-c-index"] = concordant / comparable if comparable else math.nan
+    return aggregated
+
+
+def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Per-key patient-weighted mean over the sites whose value is finite; ``patients`` is the total.
+
+    Unlike Flower's ``aggregate_metricrecords``, one site's undefined metric (say AUC when a class is absent
+    from its test patients) does not turn the federation's mean into NaN.
+    """
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    total = 0.0
+    for metrics in _metric_records(records):
+        weight = float(metrics[weight_key])
+        total += weight
+        for key, value in metrics.items():
+            if key == weight_key or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            sums[key] = sums.get(key, 0.0) + weight * float(value)
+            weights[key] = weights.get(key, 0.0) + weight
+    out = MetricRecord({key: sums[key] / weights[key] for key in sums if weights[key] > 0})
+    out["patients"] = int(total)
+    return out
+
+
+def _metric_records(records: list[RecordDict]) -> list[MetricRecord]:
+    return [m for r in records for m in r.metric_records.values()]
