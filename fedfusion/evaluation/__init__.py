@@ -1,0 +1,1 @@
+"""Evaluation metrics that sites report and the server pools."""

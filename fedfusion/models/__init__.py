@@ -1,0 +1,1 @@
+"""The patient-level multimodal survival model: modality encoders, fusion, heads and the per-patient loss."""

@@ -1,0 +1,1 @@
+"""Patient-level differential privacy: DP-SGD through Opacus and a privacy ledger that spans rounds."""

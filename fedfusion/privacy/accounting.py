@@ -1,0 +1,51 @@
+"""The privacy ledger: an Opacus accountant's history carried across federated rounds.
+
+A history entry is ``(noise_multiplier, sample_rate, steps)``. Replaying the whole history into a fresh
+accountant gives the epsilon of one long run, so epsilon is cumulative over rounds. (Counting only the
+current round under-reports; summing per-round epsilons over-reports.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from opacus.accountants import IAccountant, create_accountant
+
+from fedfusion.errors import PrivacyError
+
+AccountantHistory = list[tuple[float, float, int]]
+
+
+def restore_accountant(mechanism: str, history: Sequence[Sequence[float]]) -> IAccountant:
+    """A fresh ``mechanism`` ("prv" or "rdp") accountant holding ``history`` (validated)."""
+    accountant = create_accountant(mechanism=mechanism)
+    accountant.load_state_dict({"history": validated_history(history), "mechanism": accountant.mechanism()})
+    return accountant
+
+
+def history_of(accountant: IAccountant) -> AccountantHistory:
+    """The accountant's history as plain ``(float, float, int)`` tuples."""
+    return validated_history(accountant.history)
+
+
+def epsilon_spent(mechanism: str, history: Sequence[Sequence[float]], delta: float) -> float:
+    """Cumulative epsilon at ``delta`` of all steps in ``history`` (0.0 for an empty history)."""
+    if not history:
+        return 0.0
+    return float(restore_accountant(mechanism, history).get_epsilon(delta=delta))
+
+
+def validated_history(history: Sequence[Sequence[float]]) -> AccountantHistory:
+    """``history`` as typed tuples; ``PrivacyError`` if an entry is malformed (it crosses process boundaries)."""
+    entries: AccountantHistory = []
+    for index, entry in enumerate(history):
+        try:
+            sigma, rate, steps = entry
+            typed = (float(sigma), float(rate), int(steps))
+        except (TypeError, ValueError) as exc:
+            raise PrivacyError(f"accountant history entry {index} is not (noise, sample_rate, steps): {entry!r}") from exc
+        if not (math.isfinite(typed[0]) and typed[0] > 0 and 0 < typed[1] <= 1 and typed[2] >= 1 and typed[2] == steps):
+            raise PrivacyError(f"accountant history entry {index} is out of range: {entry!r}")
+        entries.append(typed)
+    return entries

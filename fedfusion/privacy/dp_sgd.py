@@ -1,0 +1,82 @@
+"""Patient-level DP-SGD for one round of local training (Opacus, Poisson sampling, fixed noise).
+
+One dataset item is one patient, so per-sample clipping bounds each patient's contribution. The engine is
+recreated every round with the ledger restored (epsilon stays cumulative) and the model is unwrapped and
+its hooks removed at the end, so a module is never wrapped twice.
+
+``secure_mode`` is off: Opacus needs ``torchcsprng`` for it, which has no build for this torch (2.13) and
+cannot be installed here. Noise and sampling come from seeded torch generators (reproducible, not
+cryptographically secure); production runs need a secure RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.grad_sample.gsm_base import AbstractGradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedfusion.config import StudyConfig
+from fedfusion.models.survival_loss import LOSS_REDUCTION
+from fedfusion.privacy.accounting import AccountantHistory, history_of, restore_accountant
+
+GRAD_SAMPLE_MODE = "ew"
+"""Opacus per-sample-gradient mode. ExpandedWeights was the fastest exact mode for bags of tile features
+(benchmarks/dp_overhead.py compares the modes); exactness is checked by tests/test_privacy_per_patient.py."""
+
+
+@dataclass
+class PrivateTraining:
+    """The private counterparts of a model, optimizer and loader for one round, and their engine."""
+
+    model: AbstractGradSampleModule
+    optimizer: DPOptimizer
+    loader: DataLoader
+    engine: PrivacyEngine
+
+    def history(self) -> AccountantHistory:
+        """The ledger so far: restored rounds plus this round's steps."""
+        return history_of(self.engine.accountant)
+
+    def step_without_patients(self) -> None:
+        """The DP step of an empty Poisson batch: noise only, still counted by the accountant.
+
+        ExpandedWeights cannot run a zero-patient forward pass, and skipping the step would break the
+        Poisson-sampling analysis, so the step is taken on zero-length per-patient gradients.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        for param in self.optimizer.params:
+            param.grad_sample = param.new_zeros((0, *param.shape))
+        self.optimizer.step()
+
+    def release(self) -> nn.Module:
+        """Remove Opacus' hooks and attributes and return the plain module (no ``_module.`` prefix)."""
+        self.model.cleanup()
+        return self.model.to_standard_module()
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, study: StudyConfig, *,
+                 history: Sequence[Sequence[float]] = (), noise_seed: int | None = None,
+                 grad_sample_mode: str = GRAD_SAMPLE_MODE) -> PrivateTraining:
+    """Wrap for DP-SGD with the study's noise multiplier, clipping norm and accountant, resuming ``history``.
+
+    ``loader`` must yield one patient per item; it is replaced by a Poisson-sampling loader that keeps its
+    generator. ``noise_seed`` seeds the Gaussian noise (on the model's device).
+    """
+    engine = PrivacyEngine(accountant=study.accountant)
+    engine.accountant = restore_accountant(study.accountant, history)
+    noise_generator = None
+    if noise_seed is not None:
+        device = next(model.parameters()).device
+        noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
+    private_model, private_optimizer, private_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=study.noise_multiplier,
+        max_grad_norm=study.max_grad_norm, loss_reduction=LOSS_REDUCTION, poisson_sampling=True,
+        noise_generator=noise_generator, grad_sample_mode=grad_sample_mode,
+    )
+    return PrivateTraining(private_model, private_optimizer, private_loader, engine)
