@@ -69,6 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--no-dp", action="store_true", help="train without differential privacy (comparison)")
     simulate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a study config key (see pyproject.toml [tool.flwr.app.config]); repeatable")
+    simulate.add_argument("--verbose", action="store_true", help="show all of Flower's log, not only progress")
     simulate.set_defaults(handler=_simulate)
     return parser
 
@@ -84,7 +85,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedfusion.config import StudyConfig
+    from fedfusion.server.progress_log import quiet_flower_console
     from fedfusion.simulation.local_study import simulate_study
+
+    if not args.verbose:
+        quiet_flower_console()
 
     overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
     if args.cohort_dir is not None:

@@ -56,7 +56,7 @@ def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> 
         site = index.sites[partition]
         return SiteContext(
             name=site.name,
-            data_dir=site.path,
+            data_dir=site.site_dir,
             gene_panel=index.gene_panel_path,
             cache_dir=None,
             device=study.device,

@@ -7,15 +7,14 @@ results folder (metrics, plot, config, final model) is written by ``RunRecorder`
 from __future__ import annotations
 
 import time
-from logging import INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
-from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedfusion.config import StudyConfig
 from fedfusion.models.fusion_model import build_model
+from fedfusion.server.progress_log import emit_progress
 from fedfusion.server.run_recorder import RunRecorder
 from fedfusion.strategies.patient_weighted_fedavg import PatientWeightedFedAvg
 
@@ -29,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the study's rounds and write its results folder."""
     study = StudyConfig.from_run_config(context.run_config)
     results_dir = Path(study.results_dir) if study.results_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    recorder = RunRecorder(study, emit=lambda line: log(INFO, line))
+    recorder = RunRecorder(study, emit=emit_progress)
     strategy = PatientWeightedFedAvg(
         min_sites=study.min_sites,
         on_site_reply=recorder.site_reply,
@@ -44,4 +43,4 @@ def main(grid: Grid, context: Context) -> None:
     )
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
     recorder.write(results_dir, final_weights=final)
-    log(INFO, "results written to %s", results_dir)
+    emit_progress(f"results written to {results_dir}")

@@ -19,7 +19,7 @@ import torch
 from fedfusion.client.site_trainer import SiteTrainer
 from fedfusion.config import StudyConfig
 from fedfusion.data.records import PatientRecord, SiteCohort
-from fedfusion.evaluation.metrics import concordance_index
+from fedfusion.evaluation.metrics import concordance
 from fedfusion.models.fusion_model import build_model
 
 
@@ -47,7 +47,7 @@ def run_baselines(
     epochs = study.num_server_rounds * study.local_epochs
     federated_recipe = "federated, DP" if study.dp else "federated, non-private"
     rows = [BaselineResult("federated", federated_recipe, study.modalities,
-                           _score(SiteTrainer(pooled, study), dict(federated_weights), test),
+                           held_out_c_index(SiteTrainer(pooled, study), dict(federated_weights), test),
                            len(pooled.train))]
     central = study.replace(dp=False)
     for modalities in [study.modalities, *sorted(study.modality_set)]:
@@ -58,12 +58,12 @@ def run_baselines(
         trainer = SiteTrainer(pooled, single)
         weights = _train_epochs(trainer, single, epochs)
         rows.append(BaselineResult("centralized", "pooled data, non-private", modalities,
-                                   _score(trainer, weights, test), len(pooled.train)))
+                                   held_out_c_index(trainer, weights, test), len(pooled.train)))
     for cohort in cohorts:
         emit(f"baseline: {cohort.site} alone ({epochs} epochs, {'DP' if study.dp else 'non-private'})")
         weights = _train_epochs(SiteTrainer(cohort, study), study, epochs)
         rows.append(BaselineResult(f"{cohort.site} alone", "own data only, " + ("DP" if study.dp else "non-private"),
-                                   study.modalities, _score(SiteTrainer(pooled, study), weights, test),
+                                   study.modalities, held_out_c_index(SiteTrainer(pooled, study), weights, test),
                                    len(cohort.train)))
     if oracle_risk is not None:
         risks = np.array([oracle_risk[(site, p.patient_id)] for site, p in _with_sites(cohorts)])
@@ -81,14 +81,15 @@ def _train_epochs(trainer: SiteTrainer, study: StudyConfig, epochs: int) -> dict
     return weights
 
 
-def _score(trainer: SiteTrainer, weights: dict[str, torch.Tensor], patients: list[PatientRecord]) -> float:
+def held_out_c_index(trainer: SiteTrainer, weights: dict[str, torch.Tensor], patients: list[PatientRecord]) -> float:
+    """C-index of the model ``weights`` (architecture of ``trainer``'s study) on ``patients``."""
     return _c_index(patients, trainer.predict_risk(weights, patients))
 
 
 def _c_index(patients: Sequence[PatientRecord], risks: np.ndarray) -> float:
     times = np.array([p.time_months for p in patients])
     events = np.array([p.event for p in patients])
-    return concordance_index(times, events, risks)
+    return concordance(times, risks, events).c_index
 
 
 def _with_sites(cohorts: Sequence[SiteCohort]) -> list[tuple[str, PatientRecord]]:

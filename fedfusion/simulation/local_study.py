@@ -19,7 +19,7 @@ import torch
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle_risk
+from fedfusion.data.cohort_index import CohortIndex, SiteEntry, read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
@@ -60,7 +60,7 @@ def simulate_study(
 
     if with_baselines:
         weights = torch.load(results_dir / MODEL_FILE, weights_only=True)
-        rows = run_baselines(study, cohorts, weights, read_oracle_risk(cohort_dir), emit=emit)
+        rows = run_baselines(study, cohorts, weights, _oracle_risk(index), emit=emit)
         atomic_write_text(results_dir / BASELINES_CSV, pd.DataFrame([asdict(r) for r in rows]).to_csv(index=False))
         table = format_table(rows)
         atomic_write_text(results_dir / BASELINES_MD, table + "\n")
@@ -71,14 +71,23 @@ def simulate_study(
     return results_dir
 
 
-def _prepare_sites(study: StudyConfig, sites: list, gene_panel_path: Path, emit: Callable[[str], None]) -> list[SiteCohort]:
+def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], gene_panel_path: Path,
+                   emit: Callable[[str], None]) -> list[SiteCohort]:
     """Run each site's data path once so the simulated sites find their features cached."""
     panel = read_gene_panel(gene_panel_path)
     cohorts = []
     for site in sites:
         started = time.monotonic()
-        cohort = load_site_cohort(site.path, study, gene_panel=panel)
+        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel)
         emit(f"{site.name}: {len(cohort.train)} training + {len(cohort.test)} held-out patients "
              f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in cohort.notes))
         cohorts.append(cohort)
     return cohorts
+
+
+def _oracle_risk(index: CohortIndex) -> dict[tuple[str, str], float] | None:
+    """The planted risk per (site, patient) of a synthetic cohort; None for a real one."""
+    if index.oracle_path is None:
+        return None
+    table = read_oracle(index.oracle_path)
+    return {(str(r.site), str(r.patient_id)): float(r.oracle_risk) for r in table.itertuples()}

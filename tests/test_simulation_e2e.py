@@ -1,0 +1,93 @@
+"""End to end: `fedfusion simulate` through Flower's real simulation engine (Ray), with real Opacus DP-SGD,
+on real pyramidal TIFF slides read with OpenSlide. Slow: deselect with -m "not slow"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedfusion.config import StudyConfig
+from fedfusion.data.cohort import load_site_cohort
+from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
+from fedfusion.data.records import SiteCohort
+from fedfusion.data.synthetic import generate_cohort
+from fedfusion.models.fusion_model import build_model
+from fedfusion.simulation.baselines import held_out_c_index
+from fedfusion.client.site_trainer import SiteTrainer
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``marker`` (inherited by every child, Ray's too)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, StudyConfig]:
+    """Run `fedfusion simulate` (2 sites, 2 rounds) as a user would, in a subprocess."""
+    work = tmp_path_factory.mktemp("sim")
+    cohort_dir, results_dir = work / "cohort", work / "results"
+    generate_cohort(cohort_dir, num_sites=2, seed=3, patients_per_site=[48, 36])
+    marker = f"FEDFUSION_TEST_MARKER={uuid.uuid4().hex}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedfusion.cli", "simulate", "--sites", "2", "--rounds", "2",
+         "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=work,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    leftovers = _processes_with_marker(marker)
+    for pid in leftovers:  # stop them anyway, then fail: a run must not leave processes behind
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    assert not leftovers, f"simulate left processes running: {leftovers}"
+    study = StudyConfig.from_run_config(json.loads((results_dir / "config.json").read_text()))
+    return cohort_dir, results_dir, study
+
+
+def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
+    _, results_dir, study = simulated_run
+    for name in ("site_metrics.csv", "round_metrics.csv", "metrics.json", "progress.png", "final_model.pt",
+                 "config.json", "flower-app/pyproject.toml"):
+        assert (results_dir / name).is_file(), name
+    sites = pd.read_csv(results_dir / "site_metrics.csv")
+    assert set(sites["round"]) == {1, 2}
+    assert set(sites["site"]) == {s.name for s in read_cohort_index(Path(study.cohort_dir)).sites[:2]}
+    train = sites[sites["phase"] == "train"].sort_values("round")
+    # The accountant is carried across rounds: each site's epsilon grows round over round.
+    for _, rows in train.groupby("site"):
+        eps = rows["epsilon"].tolist()
+        assert eps[0] > 0 and eps[1] > eps[0]
+    assert study.num_server_rounds == 2 and study.dp
+
+
+def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
+    cohort_dir, results_dir, study = simulated_run
+    index = read_cohort_index(cohort_dir)
+    panel = read_gene_panel(index.gene_panel_path)
+    cohorts = [load_site_cohort(site.site_dir, study, gene_panel=panel) for site in index.sites[:2]]
+    test = [p for c in cohorts for p in c.test]
+    pooled = SiteTrainer(SiteCohort("pooled", [p for c in cohorts for p in c.train], test), study)
+    trained = torch.load(results_dir / "final_model.pt", weights_only=True)
+    untrained = build_model(study, seed=study.seed).state_dict()
+    assert held_out_c_index(pooled, trained, test) > held_out_c_index(pooled, untrained, test) + 0.05
