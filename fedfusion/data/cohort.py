@@ -1,0 +1,183 @@
+"""A site's cohort: manifest + clinical + omics + cached slide features, joined per patient and split.
+
+Reads the site layout documented in ``fedfusion.data.synthetic.generator`` (``manifest.csv``, ``clinical.csv``,
+``expression_tpm.csv`` and the slides). A patient lacking slides or omics keeps that modality as None. The
+train/test split is a per-patient hash rule (``fedfusion.data.patient_split``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedfusion.config import StudyConfig
+from fedfusion.data.clinical import STUDY_SUBTYPES, read_clinical
+from fedfusion.data.feature_cache import CACHE_DIRNAME, FeatureCache
+from fedfusion.data.manifest import ManifestEntry, read_manifest
+from fedfusion.data.omics import PanelExpression, read_expression
+from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.records import PatientRecord, SiteCohort
+from fedfusion.data.slide_features import extract_slide_features, init_extraction_worker
+from fedfusion.data.tile_encoder import get_tile_encoder
+from fedfusion.data.tiling import TilingParams
+from fedfusion.errors import ConfigError, DataError, SlideError
+
+EXPRESSION_FILES = ("expression_tpm.csv", "expression_tpm.tsv", "expression_tpm.csv.gz", "expression_tpm.tsv.gz")
+
+
+@dataclass(frozen=True)
+class _SlideJob:
+    path: Path
+    key: str
+
+
+def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence[str],
+                     cache_dir: Path | None = None, device: str = "cpu", fallback_mpp: float | None = None,
+                     skip_bad: bool = False, progress: Callable[[str], None] | None = None,
+                     workers: int = 1, subtypes: Sequence[str] = STUDY_SUBTYPES) -> SiteCohort:
+    """Read one site's data into patient records split into train and test.
+
+    Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
+    extracted (in ``workers`` processes when > 1). A slide that cannot be used raises ``SlideError``, or with
+    ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it. Table problems always raise
+    ``DataError`` naming the file and patient.
+    """
+    site_dir = Path(site_dir)
+    report = progress or (lambda _msg: None)
+    _check_study(study, gene_panel, subtypes)
+    if not site_dir.is_dir():
+        raise DataError(f"site {site_dir.name}: directory {site_dir} does not exist")
+    manifest = read_manifest(site_dir / "manifest.csv")
+    clinical = read_clinical(site_dir / "clinical.csv", subtypes)
+    notes = list(clinical.notes)
+    by_id = {row.patient_id: row for row in clinical.rows}
+    unknown = [e.patient_id for e in manifest if e.patient_id not in by_id]
+    if unknown:
+        raise DataError(f"site {site_dir.name}: patients {unknown[:10]} are in manifest.csv but have no row in "
+                        f"{site_dir / 'clinical.csv'}")
+    listed = {e.patient_id for e in manifest}
+    unlisted = [row.patient_id for row in clinical.rows if row.patient_id not in listed]
+    if unlisted:
+        notes.append(f"{len(unlisted)} patients in clinical.csv are not in manifest.csv; kept without slides or "
+                     f"omics: {unlisted[:10]}")
+    entries = manifest + [ManifestEntry(pid, (), None) for pid in unlisted]
+
+    omics = _read_site_omics(site_dir, entries, gene_panel)
+    if omics is not None and omics.missing_genes:
+        notes.append(f"expression table {omics.path}: {len(omics.missing_genes)} panel genes missing, set to 0: "
+                     f"{omics.missing_genes[:10]}")
+    params = TilingParams.from_study(study)
+    cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
+    features, slide_notes = _slide_features(entries, params, study.encoder, cache, device, fallback_mpp,
+                                            skip_bad, workers, report)
+    notes.extend(slide_notes)
+
+    train: list[PatientRecord] = []
+    test: list[PatientRecord] = []
+    for entry in entries:
+        row = by_id[entry.patient_id]
+        bags = [features[s] for s in entry.slides if s in features]
+        record = PatientRecord(
+            patient_id=entry.patient_id,
+            tile_features=np.concatenate(bags, axis=0) if bags else None,
+            omics=None if omics is None or entry.omics_sample is None
+            else omics.sample_vector(entry.omics_sample, entry.patient_id),
+            clinical=row.covariates, time_months=row.time_months, event=row.event, subtype=row.subtype)
+        (test if is_test_patient(entry.patient_id, study.seed, study.test_fraction) else train).append(record)
+    no_wsi = sum(1 for r in train + test if r.tile_features is None)
+    no_omics = sum(1 for r in train + test if r.omics is None)
+    notes.append(f"{len(entries)} patients ({len(train)} train, {len(test)} test); {no_wsi} without slide "
+                 f"features, {no_omics} without omics; feature cache {cache.hits} hits, {cache.misses} extracted")
+    report(f"site {site_dir.name}: {notes[-1]}")
+    return SiteCohort(site=site_dir.name, train=train, test=test, notes=notes)
+
+
+def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequence[str]) -> None:
+    if len(gene_panel) != study.omics_dim:
+        raise ConfigError(f"study config 'omics-dim' is {study.omics_dim} but the gene panel has "
+                          f"{len(gene_panel)} genes")
+    if len(subtypes) != study.num_subtypes:
+        raise ConfigError(f"study config 'num-subtypes' is {study.num_subtypes} but the study names "
+                          f"{len(subtypes)} subtypes {list(subtypes)}")
+    if study.clinical_dim != 2:
+        raise ConfigError(f"study config 'clinical-dim' must be 2 (age_z, sex) for this data path, "
+                          f"got {study.clinical_dim}")
+    feature_dim = get_tile_encoder(study.encoder).feature_dim
+    if feature_dim != study.tile_feature_dim:
+        raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "
+                          f"'{study.encoder}' gives {feature_dim} features")
+
+
+def _read_site_omics(site_dir: Path, entries: list[ManifestEntry],
+                     gene_panel: Sequence[str]) -> PanelExpression | None:
+    """The site's expression table on the panel, or None if no patient has an omics sample."""
+    if not any(e.omics_sample for e in entries):
+        return None
+    for name in EXPRESSION_FILES:
+        if (site_dir / name).is_file():
+            return read_expression(site_dir / name, gene_panel)
+    raise DataError(f"site {site_dir.name}: manifest.csv names omics samples but there is no expression table "
+                    f"(looked for {list(EXPRESSION_FILES)} in {site_dir})")
+
+
+def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder: str, cache: FeatureCache,
+                    device: str, fallback_mpp: float | None, skip_bad: bool, workers: int,
+                    report: Callable[[str], None]) -> tuple[dict[Path, np.ndarray], list[str]]:
+    """Features of every slide (from the cache or extracted), and notes on slides skipped as bad."""
+    features: dict[Path, np.ndarray] = {}
+    notes: list[str] = []
+    jobs: list[_SlideJob] = []
+
+    def fail(path: Path, error: SlideError) -> None:
+        if not skip_bad:
+            raise error
+        notes.append(f"skipped slide: {error}")
+
+    for path in dict.fromkeys(s for e in entries for s in e.slides):
+        if not path.is_file():
+            fail(path, SlideError(f"slide {path}: file does not exist"))
+            continue
+        key = cache.key(path, encoder, params, fallback_mpp)
+        cached = cache.load(key)
+        if cached is None:
+            jobs.append(_SlideJob(path, key))
+        else:
+            features[path] = cached
+    if jobs:
+        report(f"extracting tile features of {len(jobs)} slides ({len(features)} cached)")
+    for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers):
+        if isinstance(result, SlideError):
+            fail(job.path, result)
+            continue
+        cache.store(job.key, result)
+        features[job.path] = result
+    return features, notes
+
+
+def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: str, fallback_mpp: float | None,
+             workers: int) -> Iterator[tuple[_SlideJob, np.ndarray | SlideError]]:
+    """Extract the jobs' features in order, serially or in a process pool (one OpenSlide handle per task)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            try:
+                yield job, extract_slide_features(job.path, params, encoder, device, fallback_mpp)
+            except SlideError as error:
+                yield job, error
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_extraction_worker)
+    try:
+        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp)
+                   for job in jobs]
+        for job, future in zip(jobs, futures):
+            try:
+                yield job, future.result()
+            except SlideError as error:
+                yield job, error
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,70 @@
+"""On-site cache of per-slide tile features, so a second run skips extraction.
+
+An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes), the encoder name and
+the tiling knobs (tile size, target mpp, max background, fallback mpp): a changed slide or knob is a new entry,
+never a stale hit. Entries are written atomically. The default place is ``<site_dir>/.fedfusion-cache/``, so
+features stay at the site with the slides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedfusion.data.atomic_files import write_atomic
+from fedfusion.data.tiling import TilingParams
+
+CACHE_DIRNAME = ".fedfusion-cache"
+CACHE_FORMAT = "fedfusion-tile-features/1"
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """A directory of cached slide features; counts hits and misses of this instance."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, slide: Path, encoder_name: str, params: TilingParams, fallback_mpp: float | None) -> str:
+        """Cache key of a slide's features under these extraction settings."""
+        identity = {"format": CACHE_FORMAT, "slide_sha256": file_sha256(slide), "encoder": encoder_name,
+                    "tile_size": params.tile_size, "target_mpp": params.target_mpp,
+                    "max_background": params.max_background, "fallback_mpp": fallback_mpp}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The cached features for ``key``, or None (an unreadable entry counts as absent)."""
+        path = self._path(key)
+        try:
+            features = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return features
+
+    def store(self, key: str, features: np.ndarray) -> None:
+        """Write ``features`` for ``key`` atomically."""
+        write_atomic(self._path(key), lambda tmp: _save_npy(tmp, features))
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.npy"
+
+
+def _save_npy(path: Path, features: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file handle, so numpy does not append ".npy" to the temp name
+        np.save(handle, np.ascontiguousarray(features, dtype=np.float32), allow_pickle=False)

@@ -1,0 +1,35 @@
+"""Tile features of one slide: tile plan, streamed tiles, encoder batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedfusion.data.tile_encoder import get_tile_encoder
+from fedfusion.data.tiling import TilingParams, iter_tile_batches, plan_tiles
+from fedfusion.errors import SlideError
+
+ENCODE_BATCH = 32
+"""Tiles encoded at once (bounds memory to about 32 x 256 x 256 x 3 bytes of pixels plus activations)."""
+
+
+def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
+                           fallback_mpp: float | None = None) -> np.ndarray:
+    """``[num_tiles, feature_dim]`` float32 features of the slide's kept tissue tiles, in tile-grid order.
+
+    Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue.
+    """
+    plan = plan_tiles(path, params, fallback_mpp)
+    if len(plan.coords) == 0:
+        raise SlideError(f"slide {path}: no tissue tile among {plan.num_candidates} "
+                         f"(max background {params.max_background:.0%})")
+    encoder = get_tile_encoder(encoder_name, device)
+    parts = [encoder.encode(batch) for batch in iter_tile_batches(plan, ENCODE_BATCH)]
+    return np.concatenate(parts, axis=0)
+
+
+def init_extraction_worker() -> None:
+    """Process-pool initializer: one torch thread per worker, so workers do not oversubscribe the CPUs."""
+    torch.set_num_threads(1)

@@ -1,0 +1,145 @@
+"""Generate a synthetic multi-hospital cohort as the real files a hospital would hold.
+
+Layout (also the layout ``fedfusion.data.cohort.load_site_cohort`` reads at a real site)::
+
+    <out_dir>/cohort.json            sites in order (name, dir relative to out_dir, num_patients), generator
+                                     params and seed, gene panel file, oracle file, subtype names
+    <out_dir>/gene_panel.txt         the study's gene list, one symbol per line
+    <out_dir>/oracle.csv             site, patient_id, oracle_risk (+ its parts image_score, omics_score, age_z):
+                                     ground truth for the simulator only, never inside a site dir
+    <out_dir>/<site>/manifest.csv    patient_id, slides (';'-separated paths relative to the site dir, may be
+                                     empty), omics_sample (column of the expression table, may be empty)
+    <out_dir>/<site>/clinical.csv    patient_id, age, sex (F/M), survival_months, event (0/1), subtype (name)
+    <out_dir>/<site>/expression_tpm.csv   RNA-seq TPM, genes x samples: gene_id, then one column per sample
+    <out_dir>/<site>/slides/<patient_id>.tiff   pyramidal tiled JPEG TIFF, 0.5 um/px at level 0 (resolution tags)
+
+The planted signal is described in ``fedfusion.data.synthetic.patients``; how sites differ in
+``fedfusion.data.synthetic.sites``. Everything is deterministic given the seed (each slide has its own random
+stream, so the process pool does not change the result). Every file is written atomically and ``cohort.json``
+last: a directory with ``cohort.json`` is complete, and generating again with the same parameters reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedfusion.data.atomic_files import write_atomic, write_text_atomic
+from fedfusion.data.cohort_index import COHORT_INDEX_FILE, GENE_PANEL_FILE, ORACLE_FILE
+from fedfusion.data.synthetic.expression import gene_panel, simulate_expression
+from fedfusion.data.synthetic.histology import render_slide
+from fedfusion.data.synthetic.patients import SUBTYPES, PatientTruth, simulate_patients
+from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
+from fedfusion.data.synthetic.sites import SiteProfile, draw_site_profiles
+from fedfusion.errors import ConfigError
+
+GENERATOR_VERSION = "fedfusion-synthetic/1"
+SLIDE_MPP = 0.5
+SLIDE_LEVELS = 3
+DEFAULT_SLIDE_SIZE_PX = 1536
+
+
+def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
+                    patients_per_site: Sequence[int] | None = None, slide_size_px: int = DEFAULT_SLIDE_SIZE_PX,
+                    progress: Callable[[str], None] | None = None, workers: int | None = None) -> Path:
+    """Write a synthetic cohort under ``out_dir`` (layout in the module docstring) and return ``out_dir``.
+
+    If ``out_dir/cohort.json`` already records the same parameters nothing is regenerated; if it records other
+    parameters a ``ConfigError`` is raised rather than overwriting someone's cohort. ``workers`` processes render
+    slides (default: all CPUs).
+    """
+    if num_sites <= 0:
+        raise ConfigError(f"synthetic cohort: num_sites must be > 0, got {num_sites}")
+    if patients_per_site is not None and (len(patients_per_site) != num_sites or min(patients_per_site) <= 0):
+        raise ConfigError(f"synthetic cohort: patients_per_site must give {num_sites} positive counts, "
+                          f"got {list(patients_per_site)}")
+    if slide_size_px < 256:
+        raise ConfigError(f"synthetic cohort: slide_size_px must be >= 256, got {slide_size_px}")
+    out_dir = Path(out_dir)
+    params = {"generator": GENERATOR_VERSION, "num_sites": num_sites, "seed": seed,
+              "patients_per_site": None if patients_per_site is None else [int(n) for n in patients_per_site],
+              "slide_size_px": slide_size_px}
+    report = progress or (lambda _msg: None)
+    index_path = out_dir / COHORT_INDEX_FILE
+    if index_path.is_file():
+        existing = json.loads(index_path.read_text(encoding="utf-8")).get("params")
+        if existing == params:
+            report(f"reusing synthetic cohort in {out_dir}")
+            return out_dir
+        raise ConfigError(f"synthetic cohort {out_dir}: already holds a cohort generated with {existing}, "
+                          f"not {params}; choose another directory or delete it")
+
+    root_seed = np.random.SeedSequence([seed, 0xC0401])
+    profile_seed, *site_seeds = root_seed.spawn(num_sites + 1)
+    profiles = draw_site_profiles(num_sites, None if patients_per_site is None else tuple(patients_per_site),
+                                  np.random.default_rng(profile_seed))
+    panel = gene_panel()
+    write_text_atomic(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
+    oracle_parts = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
+        for profile, site_seed in zip(profiles, site_seeds):
+            patients_seed, omics_seed, slides_seed = site_seed.spawn(3)
+            truth = simulate_patients(profile, np.random.default_rng(patients_seed))
+            oracle_parts.append(_write_site_tables(out_dir / profile.name, profile, truth,
+                                                   np.random.default_rng(omics_seed)))
+            jobs = [pool.submit(_render_and_write, out_dir / profile.name / "slides" / f"{pid}.tiff",
+                                slide_size_px, float(truth.image_score[i]), profile, stream)
+                    for i, (pid, stream) in enumerate(zip(truth.patient_ids, slides_seed.spawn(len(truth.patient_ids))))
+                    if truth.has_slide[i]]
+            for job in jobs:
+                job.result()
+            report(f"{profile.name}: {profile.num_patients} patients, {len(jobs)} slides")
+    oracle = pd.concat(oracle_parts, ignore_index=True)
+    write_atomic(out_dir / ORACLE_FILE, lambda tmp: oracle.to_csv(tmp, index=False, float_format="%.6g"))
+    index = {
+        "format": "fedfusion-cohort/1",
+        "sites": [{"name": p.name, "dir": p.name, "num_patients": p.num_patients} for p in profiles],
+        "gene_panel": GENE_PANEL_FILE,
+        "oracle": ORACLE_FILE,
+        "subtypes": list(SUBTYPES),
+        "seed": seed,
+        "params": params,
+    }
+    write_text_atomic(index_path, json.dumps(index, indent=2) + "\n")
+    return out_dir
+
+
+def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth,
+                       rng: np.random.Generator) -> pd.DataFrame:
+    """Write manifest, clinical and expression tables of one site; return its oracle rows."""
+    ids = truth.patient_ids
+    sample_of = {i: f"{profile.name.upper()}-RNA-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_omics))}
+    manifest = pd.DataFrame({
+        "patient_id": ids,
+        "slides": [f"slides/{pid}.tiff" if truth.has_slide[i] else "" for i, pid in enumerate(ids)],
+        "omics_sample": [sample_of.get(i, "") for i in range(len(ids))],
+    })
+    clinical = pd.DataFrame({
+        "patient_id": ids,
+        "age": truth.age.astype(int),
+        "sex": np.where(truth.male, "M", "F"),
+        "survival_months": truth.time_months,
+        "event": truth.event,
+        "subtype": [SUBTYPES[k] for k in truth.subtype],
+    })
+    expression = simulate_expression(profile, truth, list(sample_of.values()), rng)
+    write_atomic(site_dir / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False))
+    write_atomic(site_dir / "clinical.csv", lambda tmp: clinical.to_csv(tmp, index=False))
+    write_atomic(site_dir / "expression_tpm.csv", lambda tmp: expression.to_csv(tmp))
+    return pd.DataFrame({"site": profile.name, "patient_id": ids, "oracle_risk": truth.log_risk,
+                         "image_score": truth.image_score, "omics_score": truth.omics_score, "age_z": truth.age_z})
+
+
+def _render_and_write(path: Path, size: int, image_score: float, profile: SiteProfile,
+                      stream: np.random.SeedSequence) -> None:
+    """Render one patient's slide and write it as a pyramidal TIFF (runs in a worker process)."""
+    rgb = render_slide(size, image_score, profile, np.random.default_rng(stream))
+    write_pyramid_tiff(path, rgb, SLIDE_MPP, SLIDE_LEVELS)

@@ -1,0 +1,83 @@
+"""Tile encoders: a batch of RGB tiles in, ``[batch, feature_dim]`` float32 features out.
+
+``random-conv-v1`` is a fixed, untrained encoder: two convolution stages whose weights come from a constant seed
+(the same at every site and in every run, whatever the study seed), pooled to per-channel mean and standard
+deviation, plus optical-density colour statistics. It needs no download and never sees site data, yet it
+separates stain colour and nuclear texture (size, density, darkness) linearly. Encoders are looked up by name
+in a registry so that other encoders (e.g. a user-supplied TorchScript model) can be added later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedfusion.errors import ConfigError
+
+RANDOM_CONV_SEED = 20240601
+"""Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
+
+
+class TileEncoder(nn.Module):
+    """Base of the registered tile encoders: ``encode`` maps uint8 tiles to float32 features."""
+
+    name: str
+    feature_dim: int
+
+    @torch.no_grad()
+    def encode(self, tiles: np.ndarray) -> np.ndarray:
+        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
+        device = next(self.buffers()).device
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
+        return self(batch).cpu().numpy().astype(np.float32, copy=False)
+
+
+class RandomConvEncoder(TileEncoder):
+    """``random-conv-v1``: optical-density colour statistics plus pooled responses of fixed random convolutions."""
+
+    name = "random-conv-v1"
+    feature_dim = 64
+    _STAGE1, _STAGE2, _KERNEL = 12, 17, 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(RANDOM_CONV_SEED)
+        k = self._KERNEL
+        self.register_buffer("w1", _he_normal(rng, (self._STAGE1, 3, k, k)))
+        self.register_buffer("b1", torch.from_numpy(rng.uniform(-0.5, 0.5, self._STAGE1).astype(np.float32)))
+        self.register_buffer("w2", _he_normal(rng, (self._STAGE2, self._STAGE1, k, k)))
+        self.register_buffer("b2", torch.from_numpy(rng.uniform(-0.5, 0.5, self._STAGE2).astype(np.float32)))
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
+        od = -torch.log((rgb + 1.0) / 256.0)  # optical density: stain amount, ~0 on white background
+        colour = torch.cat([od.mean(dim=(2, 3)), od.std(dim=(2, 3))], dim=1)
+        h1 = F.relu(F.conv2d(od, self.w1, self.b1, stride=2, padding=self._KERNEL // 2))
+        h2 = F.relu(F.conv2d(F.avg_pool2d(h1, 2), self.w2, self.b2, stride=2, padding=self._KERNEL // 2))
+        return torch.cat([colour, _mean_std(h1), _mean_std(h2)], dim=1)
+
+
+def _he_normal(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    fan_in = shape[1] * shape[2] * shape[3]
+    return torch.from_numpy((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+
+
+def _mean_std(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
+"""Registered tile encoders by name (the study's ``encoder`` key)."""
+
+
+@lru_cache(maxsize=8)
+def get_tile_encoder(name: str, device: str = "cpu") -> TileEncoder:
+    """The encoder registered as ``name``, in eval mode on ``device`` (one shared instance per process)."""
+    if name not in ENCODERS:
+        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)}")
+    return ENCODERS[name]().to(torch.device(device)).eval()

@@ -1,0 +1,121 @@
+"""Loading a site's cohort: join, missing modalities, split, feature cache, bad slides, and the planted signal."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fedfusion.config import StudyConfig
+from fedfusion.data.atomic_files import TEMP_SUFFIX
+from fedfusion.data.cohort import load_site_cohort
+from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
+from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.records import SiteCohort
+from fedfusion.errors import ConfigError, DataError, SlideError
+
+STUDY = StudyConfig()
+
+
+@pytest.fixture(scope="module")
+def panel(small_cohort: Path) -> list[str]:
+    return read_gene_panel(small_cohort / "gene_panel.txt")
+
+
+@pytest.fixture(scope="module")
+def loaded(small_cohort: Path, panel: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Both sites loaded twice into a fresh cache: first extraction, then from the cache."""
+    cache_root = tmp_path_factory.mktemp("feature-cache")
+    index = read_cohort_index(small_cohort)
+    started = time.perf_counter()
+    first = {s.name: load_site_cohort(s.site_dir, STUDY, gene_panel=panel, cache_dir=cache_root / s.name)
+             for s in index.sites}
+    extract_s = time.perf_counter() - started
+    stamps = {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")}
+    started = time.perf_counter()
+    second = {s.name: load_site_cohort(s.site_dir, STUDY, gene_panel=panel, cache_dir=cache_root / s.name)
+              for s in index.sites}
+    return {"first": first, "second": second, "extract_s": extract_s, "cached_s": time.perf_counter() - started,
+            "stamps": stamps, "cache_root": cache_root}
+
+
+def _records(cohorts: dict[str, SiteCohort]) -> list:
+    return [r for c in cohorts.values() for r in c.train + c.test]
+
+
+def test_records_join_all_modalities(loaded: dict, small_cohort: Path) -> None:
+    cohorts: dict[str, SiteCohort] = loaded["first"]
+    assert {n: c.num_patients for n, c in cohorts.items()} == {"site-a": 14, "site-b": 12}
+    for name, cohort in cohorts.items():
+        assert cohort.site == name
+        assert all(not is_test_patient(r.patient_id, STUDY.seed, STUDY.test_fraction) for r in cohort.train)
+        assert all(is_test_patient(r.patient_id, STUDY.seed, STUDY.test_fraction) for r in cohort.test)
+    records = _records(cohorts)
+    with_wsi = [r for r in records if r.tile_features is not None]
+    assert len(with_wsi) >= 20
+    assert all(r.tile_features.shape[1] == 64 and r.tile_features.dtype == np.float32 for r in with_wsi)
+    assert all(r.omics.shape == (200,) and r.omics.dtype == np.float32 for r in records if r.omics is not None)
+    assert all(r.clinical.shape == (2,) and r.time_months > 0 and r.event in (0, 1) for r in records)
+    assert {r.subtype for r in records} <= {0, 1, 2}
+    manifest = (small_cohort / "site-a" / "manifest.csv").read_text().splitlines()
+    no_slide = [line.split(",")[0] for line in manifest[1:] if line.split(",")[1] == ""]
+    assert all(r.tile_features is None for r in records if r.patient_id in no_slide)
+
+
+def test_second_load_comes_from_cache(loaded: dict) -> None:
+    cache_root: Path = loaded["cache_root"]
+    assert {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")} == loaded["stamps"]
+    assert not list(cache_root.rglob(f"*{TEMP_SUFFIX}"))
+    assert all("0 extracted" in c.notes[-1] for c in loaded["second"].values())
+    assert loaded["cached_s"] < loaded["extract_s"] / 3
+    for first, second in zip(_records(loaded["first"]), _records(loaded["second"])):
+        if first.tile_features is not None:
+            np.testing.assert_array_equal(first.tile_features, second.tile_features)
+
+
+def test_features_show_the_planted_image_score(loaded: dict, small_cohort: Path) -> None:
+    truth = read_oracle(small_cohort / "oracle.csv").set_index("patient_id")["image_score"]
+    records = [r for r in _records(loaded["first"]) if r.tile_features is not None]
+    x = np.stack([r.tile_features.mean(axis=0) for r in records])
+    y = truth.loc[[r.patient_id for r in records]].to_numpy()
+    probe = cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=10.0)), x, y, cv=5)
+    assert np.corrcoef(probe, y)[0, 1] > 0.6
+
+
+def test_bad_slide_raises_or_is_skipped(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
+    site = shutil.copytree(small_cohort / "site-b", tmp_path / "site-b",
+                           ignore=shutil.ignore_patterns(".fedfusion-cache"))
+    victim = sorted((site / "slides").glob("*.tiff"))[0]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    with pytest.raises(SlideError, match=victim.name):
+        load_site_cohort(site, STUDY, gene_panel=panel)
+    cohort = load_site_cohort(site, STUDY, gene_panel=panel, skip_bad=True, workers=2)
+    assert any(victim.name in note and note.startswith("skipped slide") for note in cohort.notes)
+    by_id = {r.patient_id: r for r in cohort.train + cohort.test}
+    assert by_id[victim.stem].tile_features is None
+    assert cohort.num_patients == 12
+    serial = load_site_cohort(site, STUDY, gene_panel=panel, skip_bad=True, cache_dir=tmp_path / "serial-cache")
+    for record in serial.train + serial.test:
+        if record.tile_features is not None:
+            np.testing.assert_allclose(by_id[record.patient_id].tile_features, record.tile_features, atol=1e-5)
+
+
+def test_inconsistent_site_files(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
+    site = tmp_path / "site-x"
+    site.mkdir()
+    shutil.copy(small_cohort / "site-a" / "clinical.csv", site / "clinical.csv")
+    (site / "manifest.csv").write_text("patient_id,slides,omics_sample\nNOBODY,,\n")
+    with pytest.raises(DataError, match=r"patients \['NOBODY'\] are in manifest.csv but have no row"):
+        load_site_cohort(site, STUDY, gene_panel=panel)
+    (site / "manifest.csv").write_text("patient_id,slides,omics_sample\nSITE-A-P0001,,RNA-1\n")
+    with pytest.raises(DataError, match="no expression table"):
+        load_site_cohort(site, STUDY, gene_panel=panel)
+    with pytest.raises(ConfigError, match="'omics-dim' is 200 but the gene panel has 3"):
+        load_site_cohort(site, STUDY, gene_panel=["A", "B", "C"])
