@@ -56,7 +56,6 @@ class PrivateTraining:
 
     def release(self) -> nn.Module:
         """Remove Opacus' hooks and attributes and return the plain module (no ``_module.`` prefix)."""
-        self.model.cleanup()
         return self.model.to_standard_module()
 
 
