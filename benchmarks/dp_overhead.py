@@ -29,7 +29,7 @@ from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATIENTS = 640
-REPETITIONS = 7
+REPETITIONS = 9
 MODES_COMPARED = ("hooks", "ew")
 MALLOC_KEYS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 

@@ -25,9 +25,10 @@ from fedfusion.config import StudyConfig
 from fedfusion.models.survival_loss import LOSS_REDUCTION
 from fedfusion.privacy.accounting import AccountantHistory, history_of, restore_accountant
 
-GRAD_SAMPLE_MODE = "ew"
-"""Opacus per-sample-gradient mode. ExpandedWeights was the fastest exact mode for bags of tile features
-(benchmarks/dp_overhead.py compares the modes); exactness is checked by tests/test_privacy_per_patient.py."""
+GRAD_SAMPLE_MODE = "hooks"
+"""Opacus per-sample-gradient mode. With the tile-level Linear layers on ``[B, K, F]`` inputs and the small
+Kronecker projection, "hooks" gave the lowest DP/no-DP epoch-time ratio in benchmarks/dp_overhead.py
+(about 1.2-1.5x vs 1.4-1.7x for "ew"); both are exact (tests/test_privacy_per_patient.py checks both)."""
 
 
 @dataclass
@@ -46,8 +47,9 @@ class PrivateTraining:
     def step_without_patients(self) -> None:
         """The DP step of an empty Poisson batch: noise only, still counted by the accountant.
 
-        ExpandedWeights cannot run a zero-patient forward pass, and skipping the step would break the
-        Poisson-sampling analysis, so the step is taken on zero-length per-patient gradients.
+        Skipping the step would break the Poisson-sampling analysis, and a zero-patient forward pass is not
+        possible in every mode ("ew" refuses it; Opacus replaces a first empty batch with zero tensors), so
+        the step is taken on zero-length per-patient gradients without running the model.
         """
         self.optimizer.zero_grad(set_to_none=True)
         for param in self.optimizer.params:
