@@ -33,7 +33,7 @@ class StudyConfig:
     """Rounds proceed only when at least this many sites are connected and answer."""
     local_epochs: int = 1
     batch_size: int = 16
-    """Expected patients per Poisson-sampled batch (sample rate = batch_size / site patients)."""
+    """Expected patients per Poisson-sampled batch (Opacus' sample rate is 1 / ceil(patients / batch_size))."""
     learning_rate: float = 0.002
     tiles_per_patient: int = 16
     """K: tiles sampled per patient per training step (the full bag is used at inference)."""

@@ -56,14 +56,24 @@ def test_weights_load_into_fresh_model_and_same_seed_gives_same_weights(cohort: 
     study = STUDY.replace(local_epochs=1)
     trainer = SiteTrainer(cohort, study, device="cpu")
     initial = build_model(study, seed=0).state_dict()
-    first, second = trainer.train(initial, seed=5), trainer.train(initial, seed=5)
-    other = trainer.train(initial, seed=6)
+    first, second = trainer.train(initial, seed=5, dp_seed=5), trainer.train(initial, seed=5, dp_seed=5)
+    other = trainer.train(initial, seed=6, dp_seed=6)
     fresh = build_model(study)
     fresh.load_state_dict(first.weights)  # strict: same keys, no "_module." prefix
     assert all(t.device.type == "cpu" for t in first.weights.values())
     assert all(torch.equal(first.weights[k], second.weights[k]) for k in first.weights)
     assert not all(torch.equal(first.weights[k], other.weights[k]) for k in first.weights)
     assert first.accountant_history == second.accountant_history
+
+
+def test_dp_noise_is_not_reproducible_from_the_study_seed(cohort: SiteCohort) -> None:
+    """The coordinator picks the study seed: it must not be able to regenerate a site's DP noise."""
+    study = STUDY.replace(local_epochs=1)
+    assert study.dp
+    trainer = SiteTrainer(cohort, study, device="cpu")
+    initial = build_model(study, seed=0).state_dict()
+    first, second = trainer.train(initial, seed=5), trainer.train(initial, seed=5)
+    assert not all(torch.equal(first.weights[k], second.weights[k]) for k in first.weights)
 
 
 def test_predict_risk_uses_full_bags_in_eval_mode(cohort: SiteCohort) -> None:

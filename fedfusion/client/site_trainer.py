@@ -6,6 +6,8 @@ privacy ledger in, and sends the returned weights and aggregate metrics out. Not
 
 from __future__ import annotations
 
+import secrets
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from contextlib import contextmanager
@@ -60,21 +62,27 @@ class SiteTrainer:
         self.grad_sample_mode = grad_sample_mode
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
-              seed: int = 0) -> TrainOutcome:
-        """Run ``study.local_epochs`` epochs over the training patients from ``weights``; reproducible given ``seed``."""
+              seed: int = 0, dp_seed: int | None = None) -> TrainOutcome:
+        """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
+
+        ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
+        leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
+        chooses the study seed) can regenerate the noise and subtract it from the update.
+        """
         if not self.cohort.train:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
         history = validated_history(accountant_history)
         with self._seeded(seed):
             model = self._load(weights).train()
+            sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed))
+                                generator=torch.Generator().manual_seed(sampling_seed))
             optimizer = torch.optim.Adam(model.parameters(), lr=self.study.learning_rate)
             private = None
             trained: nn.Module = model
             if self.study.dp:
-                private = make_private(model, optimizer, loader, self.study, history=history, noise_seed=seed,
+                private = make_private(model, optimizer, loader, self.study, history=history, noise_seed=sampling_seed,
                                        grad_sample_mode=self.grad_sample_mode)
                 trained, optimizer, loader = private.model, private.optimizer, private.loader
             steps, loss_sum, seen = 0, 0.0, 0

@@ -4,12 +4,15 @@ One dataset item is one patient, so per-sample clipping bounds each patient's co
 recreated every round with the ledger restored (epsilon stays cumulative) and the model is unwrapped and
 its hooks removed at the end, so a module is never wrapped twice.
 
-``secure_mode`` is off: Opacus needs ``torchcsprng`` for it, which has no build for this torch (2.13) and
-cannot be installed here. Noise and sampling come from seeded torch generators (reproducible, not
-cryptographically secure); production runs need a secure RNG.
+Opacus' ``secure_mode`` is off: it needs ``torchcsprng``, which has no build for this torch (2.13). Instead
+noise and Poisson sampling come from torch generators that the site trainer seeds with 63 bits from the OS
+(never from the study seed, which the coordinator chooses), so no other party can regenerate the noise.
+The generator itself (Philox/Mersenne) is not a CSPRNG: a known gap, to close when torchcsprng is available.
 """
 
 from __future__ import annotations
+
+import warnings
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,7 +72,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
     ``loader`` must yield one patient per item; it is replaced by a Poisson-sampling loader that keeps its
     generator. ``noise_seed`` seeds the Gaussian noise (on the model's device).
     """
-    engine = PrivacyEngine(accountant=study.accountant)
+    with warnings.catch_warnings():  # "Secure RNG turned off": handled as described in the module docstring
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        engine = PrivacyEngine(accountant=study.accountant)
     engine.accountant = restore_accountant(study.accountant, history)
     noise_generator = None
     if noise_seed is not None:

@@ -66,6 +66,7 @@ def run_in_simulation_engine(study: StudyConfig, num_sites: int, app_dir: Path) 
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     server_context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
                              run_config=dict(run_config))
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep CUDA_VISIBLE_DEVICES as the user set it
     cpus = os.cpu_count() or 1
     gpus_per_site = 1.0 / num_sites if torch.cuda.is_available() else 0.0
     backend_config = {
