@@ -43,7 +43,8 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     """Read one site's data into patient records split into train and test.
 
     Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
-    extracted (in ``workers`` processes when > 1). A slide that cannot be used raises ``SlideError``, or with
+    extracted (in ``workers`` spawned processes when > 1, so a calling script needs the usual
+    ``if __name__ == "__main__"`` guard). A slide that cannot be used raises ``SlideError``, or with
     ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it. Table problems always raise
     ``DataError`` naming the file and patient.
     """

@@ -17,6 +17,8 @@ import openslide
 from fedfusion.errors import SlideError
 
 MPP_PROPERTIES = (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+"""Classic and BigTIFF byte-order marks; most slide formats (SVS, NDPI, SCN, generic TIFF) are TIFF inside."""
 
 
 @contextmanager
@@ -27,6 +29,9 @@ def open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
     try:
         slide = openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as exc:
+        if _has_tiff_header(path):
+            raise SlideError(f"slide {path}: file is truncated or corrupt (it starts like a TIFF, but OpenSlide "
+                             f"cannot read it: {exc or 'unsupported format'})") from exc
         raise SlideError(f"slide {path}: not a slide OpenSlide can read ({exc or 'unsupported format'})") from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise SlideError(f"slide {path}: file is truncated or corrupt ({exc})") from exc
@@ -81,3 +86,8 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
     rgb = rgba[..., :3].copy()
     rgb[rgba[..., 3] == 0] = 255
     return rgb
+
+
+def _has_tiff_header(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) in TIFF_MAGIC

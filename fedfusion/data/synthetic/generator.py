@@ -83,7 +83,9 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     panel = gene_panel()
     write_text_atomic(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
     oracle_parts = []
-    context = multiprocessing.get_context("spawn")
+    # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
+    # does not re-import the caller's main module (a script without a __main__ guard still works).
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
         for profile, site_seed in zip(profiles, site_seeds):
             patients_seed, omics_seed, slides_seed = site_seed.spawn(3)

@@ -16,6 +16,7 @@ from fedfusion.data.synthetic.sites import SiteProfile
 GRADE_CELL_PX = 128
 LOW_GRADE = {"radius": 4.0, "px_per_nucleus": 700.0, "darkness": 0.9}
 HIGH_GRADE = {"radius": 8.0, "px_per_nucleus": 420.0, "darkness": 1.6}
+COMPOSE_BAND_ROWS = 64
 
 
 def render_slide(size: int, image_score: float, profile: SiteProfile, rng: np.random.Generator) -> np.ndarray:
@@ -29,12 +30,26 @@ def render_slide(size: int, image_score: float, profile: SiteProfile, rng: np.ra
     for is_high, kind in ((False, LOW_GRADE), (True, HIGH_GRADE)):
         _stamp_nuclei(nuclei, solid & (high == is_high), kind, rng)
     fibres = _smooth_noise(size, size // 48, rng)
-    hematoxylin = nuclei + 0.08 * tissue
-    eosin = tissue * (0.45 + 0.2 * fibres) * (1.0 - 0.6 * (nuclei > 0))
-    od = profile.stain_intensity * (hematoxylin[..., None] * np.asarray(profile.hematoxylin_od, np.float32)
-                                    + eosin[..., None] * np.asarray(profile.eosin_od, np.float32))
-    rgb = 250.0 * np.exp(-od) + rng.standard_normal((size, size, 3), dtype=np.float32) * 3.0
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    return _compose_stains(tissue, nuclei, fibres, profile, rng)
+
+
+def _compose_stains(tissue: np.ndarray, nuclei: np.ndarray, fibres: np.ndarray, profile: SiteProfile,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Beer-Lambert RGB from stain amounts, band by band (small temporaries avoid page-fault-bound full-size ones)."""
+    size = tissue.shape[0]
+    hematoxylin_od = profile.stain_intensity * np.asarray(profile.hematoxylin_od, np.float32)
+    eosin_od = profile.stain_intensity * np.asarray(profile.eosin_od, np.float32)
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    for top in range(0, size, COMPOSE_BAND_ROWS):
+        rows = slice(top, top + COMPOSE_BAND_ROWS)
+        hematoxylin = nuclei[rows] + 0.08 * tissue[rows]
+        eosin = tissue[rows] * (0.45 + 0.2 * fibres[rows]) * (1.0 - 0.6 * (nuclei[rows] > 0))
+        rgb = np.exp(-(hematoxylin[..., None] * hematoxylin_od + eosin[..., None] * eosin_od))
+        rgb *= 250.0
+        rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * 3.0
+        np.clip(rgb, 0, 255, out=rgb)
+        out[rows] = rgb
+    return out
 
 
 def _tissue(size: int, rng: np.random.Generator) -> np.ndarray:
