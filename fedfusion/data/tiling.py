@@ -23,7 +23,7 @@ from fedfusion.errors import SlideError
 
 MPP_TOLERANCE = 0.05
 """Relative slack when comparing resolutions: a 20x scan at 0.503 um/px still serves a 0.5 um/px target."""
-MASK_PIXELS_PER_TILE = 32
+MASK_PIXELS_PER_TILE = 16
 """Tissue-mask resolution: about this many mask pixels along one tile side."""
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from fedfusion.data.slides import read_rgb
 
-BAND_ROWS = 1024
-"""Level rows read per band while building a thumbnail (bounds memory to about width x 1024 x 4 bytes)."""
+BAND_PIXELS = 1 << 23
+"""Level pixels read per band while building a thumbnail (bounds the read to about 32 MiB of RGBA)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) ->
     factor = max(1, round(downsample / level_ds))
     width, height = slide.level_dimensions[level]
     cols, rows = width // factor, height // factor
-    band = max(factor, BAND_ROWS // factor * factor)
+    band = max(factor, BAND_PIXELS // max(1, cols * factor) // factor * factor)
     out = np.empty((rows, cols, 3), dtype=np.uint8)
     for top in range(0, rows * factor, band):
         n = min(band, rows * factor - top)
