@@ -61,12 +61,14 @@ def test_omics_panel_harmonisation_and_orientation(tmp_path: Path) -> None:
     genes_by_samples.write_text("gene_id,S1,S2\nG2,3,0\nG1,1,7\nEXTRA,5,5\n")
     expr = read_expression(genes_by_samples, ["G1", "G2", "G3"])
     assert expr.missing_genes == ["G3"]
-    np.testing.assert_allclose(expr.sample_vector("S1", "P1"), [1.0, 2.0, 0.0])
-    np.testing.assert_allclose(expr.sample_vector("S2", "P2"), [3.0, 0.0, 0.0])
+    # log2(TPM + 1) = [1, 2] and [3, 0], z-scored within the sample; the missing G3 sits at the mean (0).
+    np.testing.assert_allclose(expr.sample_vector("S1", "P1"), [-1.0, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(expr.sample_vector("S2", "P2"), [1.0, -1.0, 0.0], atol=1e-6)
     samples_by_genes = tmp_path / "expr.tsv"
     samples_by_genes.write_text("sample\tG1\tG2\tG3\nS1\t1\t3\t15\n")
+    log2 = np.array([1.0, 2.0, 4.0])
     np.testing.assert_allclose(read_expression(samples_by_genes, ["G1", "G2", "G3"]).sample_vector("S1", "P1"),
-                               [1.0, 2.0, 4.0])
+                               (log2 - log2.mean()) / log2.std(), atol=1e-6)
     with pytest.raises(DataError, match="no sample column 'S9' \\(omics sample of patient P4\\)"):
         expr.sample_vector("S9", "P4")
 

@@ -2,7 +2,8 @@
 
 The table is genes x samples (first column the gene id, one column per sample), as CSV or TSV (optionally
 compressed); a samples x genes table is recognised and transposed. Each sample is transformed on its own:
-log2(TPM + 1), reordered to the panel; panel genes the table lacks are 0 and reported, extra genes are ignored.
+log2(TPM + 1), reordered to the panel and z-scored within each sample; panel genes the table lacks are 0 (the
+sample's mean) and reported; extra genes are ignored.
 No statistic over the site's patients is used.
 """
 
@@ -59,8 +60,20 @@ def read_expression(path: Path, gene_panel: Sequence[str]) -> PanelExpression:
         raise DataError(f"expression table {path}: gene {gene}, sample {sample}: TPM {numeric.at[gene, sample]} "
                         "is negative")
     missing = [g for g in panel if g not in numeric.index]
-    log2 = np.log2(numeric.reindex(panel) + 1.0).fillna(0.0).astype(np.float32)
-    return PanelExpression(path=path, values=log2, missing_genes=missing)
+    log2 = np.log2(numeric.reindex(panel) + 1.0)
+    return PanelExpression(path=path, values=standardize_per_sample(log2), missing_genes=missing)
+
+
+def standardize_per_sample(log2: pd.DataFrame) -> pd.DataFrame:
+    """Z-score each sample (column) over its own measured genes; unmeasured genes become 0 (the sample's mean).
+
+    A per-patient transform: it uses no statistic over the site's patients, so it stays outside the privacy
+    accounting, and it removes a sample's overall depth/scale, which log2(TPM + 1) alone leaves in (values
+    around 10 would saturate the SELU network).
+    """
+    mean = log2.mean(axis=0, skipna=True)
+    std = log2.std(axis=0, skipna=True, ddof=0).replace(0.0, 1.0)
+    return ((log2 - mean) / std).fillna(0.0).astype(np.float32)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
