@@ -22,7 +22,7 @@ from fedfusion.data.manifest import ManifestEntry, read_manifest
 from fedfusion.data.omics import PanelExpression, read_expression
 from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.records import PatientRecord, SiteCohort
-from fedfusion.data.slide_features import extract_slide_features, init_extraction_worker
+from fedfusion.data.slide_features import extract_slide_features
 from fedfusion.data.tile_encoder import get_tile_encoder
 from fedfusion.data.tiling import TilingParams
 from fedfusion.errors import ConfigError, DataError, SlideError
@@ -170,8 +170,7 @@ def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: 
             except SlideError as error:
                 yield job, error
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_extraction_worker)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp)
                    for job in jobs]

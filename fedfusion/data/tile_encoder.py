@@ -55,11 +55,10 @@ class RandomConvEncoder(TileEncoder):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
-        od = -torch.log((rgb + 1.0) / 256.0)  # optical density: stain amount, ~0 on white background
-        colour = torch.cat([od.mean(dim=(2, 3)), od.std(dim=(2, 3))], dim=1)
-        h1 = F.relu(F.conv2d(od, self.w1, self.b1, stride=2, padding=self._KERNEL // 2))
-        h2 = F.relu(F.conv2d(F.avg_pool2d(h1, 2), self.w2, self.b2, stride=2, padding=self._KERNEL // 2))
-        return torch.cat([colour, _mean_std(h1), _mean_std(h2)], dim=1)
+        od = torch.log(256.0 / (rgb + 1.0))  # optical density: stain amount, ~0 on white background
+        h1 = F.conv2d(od, self.w1, self.b1, stride=2, padding=self._KERNEL // 2).relu_()
+        h2 = F.conv2d(F.avg_pool2d(h1, 2), self.w2, self.b2, stride=2, padding=self._KERNEL // 2).relu_()
+        return torch.cat([_mean_std(od), _mean_std(h1), _mean_std(h2)], dim=1)
 
 
 def _he_normal(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -68,7 +67,9 @@ def _he_normal(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> to
 
 
 def _mean_std(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+    """Per-channel spatial mean then standard deviation: ``[b, c, h, w]`` -> ``[b, 2c]``."""
+    std, mean = torch.std_mean(x, dim=(2, 3))
+    return torch.cat([mean, std], dim=1)
 
 
 ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
