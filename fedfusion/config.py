@@ -31,14 +31,14 @@ class StudyConfig:
     num_server_rounds: int = 5
     min_sites: int = 2
     """Rounds proceed only when at least this many sites are connected and answer."""
-    local_epochs: int = 1
-    batch_size: int = 16
+    local_epochs: int = 2
+    batch_size: int = 32
     """Expected patients per Poisson-sampled batch (Opacus' sample rate is 1 / ceil(patients / batch_size))."""
-    learning_rate: float = 0.002
+    learning_rate: float = 0.01
     tiles_per_patient: int = 16
     """K: tiles sampled per patient per training step (the full bag is used at inference)."""
     dp: bool = True
-    noise_multiplier: float = 0.8
+    noise_multiplier: float = 1.5
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "prv"
@@ -50,7 +50,7 @@ class StudyConfig:
     tile_feature_dim: int = 64
     omics_dim: int = 200
     clinical_dim: int = 2
-    hidden_dim: int = 32
+    hidden_dim: int = 16
     dropout: float = 0.1
     test_fraction: float = 0.25
     seed: int = 0

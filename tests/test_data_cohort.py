@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fedfusion.config import StudyConfig
-from fedfusion.data.atomic_files import TEMP_SUFFIX
+from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.patient_split import is_test_patient

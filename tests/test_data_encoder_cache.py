@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfusion.data.atomic_files import TEMP_SUFFIX
+from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.feature_cache import FeatureCache
 from fedfusion.data.tile_encoder import ENCODERS, get_tile_encoder
 from fedfusion.data.tiling import TilingParams

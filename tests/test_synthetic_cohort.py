@@ -13,7 +13,7 @@ import pytest
 from lifelines.utils import concordance_index
 
 from conftest import SMALL_COHORT
-from fedfusion.data.atomic_files import TEMP_SUFFIX
+from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.data.synthetic.patients import simulate_patients

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfusion.data.atomic_files import write_atomic
+from fedfusion.atomic_io import atomic_write
 from fedfusion.data.tiling import TilingParams
 
 CACHE_DIRNAME = ".fedfusion-cache"
@@ -59,7 +59,7 @@ class FeatureCache:
 
     def store(self, key: str, features: np.ndarray) -> None:
         """Write ``features`` for ``key`` atomically."""
-        write_atomic(self._path(key), lambda tmp: _save_npy(tmp, features))
+        atomic_write(self._path(key), lambda tmp: _save_npy(tmp, features))
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / f"{key}.npy"

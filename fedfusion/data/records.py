@@ -22,7 +22,7 @@ class PatientRecord:
     tile_features: np.ndarray | None
     """``[num_tiles, tile_feature_dim]`` float32 features of the patient's tissue tiles (all slides)."""
     omics: np.ndarray | None
-    """``[omics_dim]`` float32, log2(TPM+1) on the study's gene panel."""
+    """``[omics_dim]`` float32: log2(TPM+1) on the study's gene panel, z-scored within the patient."""
     clinical: np.ndarray
     """``[clinical_dim]`` float32 covariates normalised with study-fixed constants."""
     time_months: float

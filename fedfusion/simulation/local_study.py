@@ -8,6 +8,7 @@ train and score the baselines on the same held-out patients.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -78,7 +79,7 @@ def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], gene_panel_path: 
     cohorts = []
     for site in sites:
         started = time.monotonic()
-        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel)
+        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, workers=os.cpu_count() or 1)
         emit(f"{site.name}: {len(cohort.train)} training + {len(cohort.test)} held-out patients "
              f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in cohort.notes))
         cohorts.append(cohort)

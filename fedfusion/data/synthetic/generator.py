@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedfusion.data.atomic_files import write_atomic, write_text_atomic
+from fedfusion.atomic_io import atomic_write, atomic_write_text
 from fedfusion.data.cohort_index import COHORT_INDEX_FILE, GENE_PANEL_FILE, ORACLE_FILE
 from fedfusion.data.synthetic.expression import gene_panel, simulate_expression
 from fedfusion.data.synthetic.histology import render_slide
@@ -43,7 +43,7 @@ from fedfusion.errors import ConfigError
 GENERATOR_VERSION = "fedfusion-synthetic/1"
 SLIDE_MPP = 0.5
 SLIDE_LEVELS = 3
-DEFAULT_SLIDE_SIZE_PX = 1536
+DEFAULT_SLIDE_SIZE_PX = 1280
 
 
 def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
@@ -81,7 +81,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     profiles = draw_site_profiles(num_sites, None if patients_per_site is None else tuple(patients_per_site),
                                   np.random.default_rng(profile_seed))
     panel = gene_panel()
-    write_text_atomic(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
+    atomic_write_text(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
     oracle_parts = []
     # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
     # does not re-import the caller's main module (a script without a __main__ guard still works).
@@ -100,7 +100,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
                 job.result()
             report(f"{profile.name}: {profile.num_patients} patients, {len(jobs)} slides")
     oracle = pd.concat(oracle_parts, ignore_index=True)
-    write_atomic(out_dir / ORACLE_FILE, lambda tmp: oracle.to_csv(tmp, index=False, float_format="%.6g"))
+    atomic_write(out_dir / ORACLE_FILE, lambda tmp: oracle.to_csv(tmp, index=False, float_format="%.6g"))
     index = {
         "format": "fedfusion-cohort/1",
         "sites": [{"name": p.name, "dir": p.name, "num_patients": p.num_patients} for p in profiles],
@@ -110,7 +110,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
         "seed": seed,
         "params": params,
     }
-    write_text_atomic(index_path, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
     return out_dir
 
 
@@ -133,9 +133,9 @@ def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth
         "subtype": [SUBTYPES[k] for k in truth.subtype],
     })
     expression = simulate_expression(profile, truth, list(sample_of.values()), rng)
-    write_atomic(site_dir / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False))
-    write_atomic(site_dir / "clinical.csv", lambda tmp: clinical.to_csv(tmp, index=False))
-    write_atomic(site_dir / "expression_tpm.csv", lambda tmp: expression.to_csv(tmp))
+    atomic_write(site_dir / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False))
+    atomic_write(site_dir / "clinical.csv", lambda tmp: clinical.to_csv(tmp, index=False))
+    atomic_write(site_dir / "expression_tpm.csv", lambda tmp: expression.to_csv(tmp))
     return pd.DataFrame({"site": profile.name, "patient_id": ids, "oracle_risk": truth.log_risk,
                          "image_score": truth.image_score, "omics_score": truth.omics_score, "age_z": truth.age_z})
 

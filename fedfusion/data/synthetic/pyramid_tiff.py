@@ -8,7 +8,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from fedfusion.data.atomic_files import write_atomic
+from fedfusion.atomic_io import atomic_write
 
 TIFF_TILE_PX = 256
 JPEG_QUALITY = 85
@@ -30,4 +30,4 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int) -> 
                           resolutionunit="CENTIMETER", subfiletype=1 if level else 0, metadata=None)
                 image = np.asarray(Image.fromarray(image).reduce(2)) if level + 1 < levels else image
 
-    write_atomic(path, write)
+    atomic_write(path, write)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_PATIENTS_PER_SITE = (110, 80, 60)
+DEFAULT_PATIENTS_PER_SITE = (260, 190, 130)
 """Patients of the first sites of a default cohort; further sites get 40-120 drawn from the seed."""
 HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
 """Reference optical-density direction of haematoxylin (Ruifrok & Johnston), per RGB channel."""
