@@ -45,12 +45,14 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     """Run `fedfusion simulate` (2 sites, 2 rounds) as a user would, in a subprocess."""
     work = tmp_path_factory.mktemp("sim")
     cohort_dir, results_dir = work / "cohort", work / "results"
-    generate_cohort(cohort_dir, num_sites=2, seed=3, patients_per_site=[48, 36])
+    generate_cohort(cohort_dir, num_sites=2, seed=3, patients_per_site=[120, 90], slide_size_px=1024)
     marker = f"FEDFUSION_TEST_MARKER={uuid.uuid4().hex}"
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     proc = subprocess.run(
         [sys.executable, "-m", "fedfusion.cli", "simulate", "--sites", "2", "--rounds", "2",
-         "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir)],
+         "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir),
+         # Still DP-SGD (epsilon is checked below), with less noise so that 2 short rounds can learn.
+         "--set", "noise-multiplier=0.5", "--set", "local-epochs=3"],
         env=env, capture_output=True, text=True, timeout=600, cwd=work,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -90,4 +92,5 @@ def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, 
     pooled = SiteTrainer(SiteCohort("pooled", [p for c in cohorts for p in c.train], test), study)
     trained = torch.load(results_dir / "final_model.pt", weights_only=True)
     untrained = build_model(study, seed=study.seed).state_dict()
-    assert held_out_c_index(pooled, trained, test) > held_out_c_index(pooled, untrained, test) + 0.05
+    trained_c, untrained_c = held_out_c_index(pooled, trained, test), held_out_c_index(pooled, untrained, test)
+    assert trained_c > untrained_c + 0.05 and trained_c > 0.6, (trained_c, untrained_c)
