@@ -7,6 +7,7 @@ privacy ledger in, and sends the returned weights and aggregate metrics out. Not
 from __future__ import annotations
 
 import secrets
+import warnings
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,10 @@ class SiteTrainer:
                         continue
                     optimizer.zero_grad(set_to_none=True)
                     losses = patient_loss(*trained(*batch.model_inputs()), batch.time_bin, batch.event, batch.subtype)
-                    batch_loss(losses).backward()
+                    with warnings.catch_warnings():
+                        # Opacus' hooks on the first layer fire although tile features need no gradient: harmless.
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        batch_loss(losses).backward()
                     optimizer.step()
                     loss_sum, seen = loss_sum + float(losses.detach().sum()), seen + len(losses)
             train_seconds = time.perf_counter() - started
