@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedfusion.errors import ConfigError, FedfusionError
@@ -71,7 +71,22 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="override a study config key (see pyproject.toml [tool.flwr.app.config]); repeatable")
     simulate.add_argument("--verbose", action="store_true", help="show all of Flower's log, not only progress")
     simulate.set_defaults(handler=_simulate)
+
+    site = commands.add_parser(
+        "site", help="commands for a hospital's site admin",
+        description="Inspect and run what happens at one hospital: its data, its privacy spend, what left it.",
+    )
+    site_commands = site.add_subparsers(title="site commands", required=True, metavar="SITE_COMMAND")
+    for register in _site_command_registrars():
+        register(site_commands)
     return parser
+
+
+def _site_command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    """Each site command lives in its own module with a ``register(subparsers)`` function."""
+    from fedfusion.site_commands import REGISTRARS
+
+    return list(REGISTRARS)
 
 
 def _synth(args: argparse.Namespace) -> int:
