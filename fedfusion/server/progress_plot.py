@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedfusion.atomic_io import atomic_write  # noqa: E402
 
@@ -32,6 +33,8 @@ def write_progress_plot(site_table: pd.DataFrame, round_table: pd.DataFrame, pat
             ax_eps.plot(rows["round"], rows["epsilon"], marker="o", label=str(site))
     ax_eps.set(title="Cumulative privacy spend", xlabel="round", ylabel="epsilon")
     ax_eps.legend(fontsize=8)
+    for axis in (ax_c, ax_eps):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
