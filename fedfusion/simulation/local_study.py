@@ -47,7 +47,8 @@ def simulate_study(
         generate_cohort(cohort_dir, num_sites=num_sites, seed=study.seed, progress=emit)
     index = read_cohort_index(cohort_dir)
     if len(index.sites) < num_sites:
-        raise ConfigError(f"cohort {cohort_dir} has {len(index.sites)} sites, {num_sites} were asked for")
+        raise ConfigError(f"cohort {cohort_dir} has {len(index.sites)} sites, {num_sites} were asked for; "
+                          "pass --cohort-dir with a new folder to generate a larger cohort")
     results_dir = results_dir.resolve()
     study = study.replace(cohort_dir=str(cohort_dir), results_dir=str(results_dir))
     if study.omics_dim != len(read_gene_panel(index.gene_panel_path)):
