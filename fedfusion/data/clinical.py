@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
 from fedfusion.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
-from fedfusion.errors import DataError
+from fedfusion.data.findings import Findings
+from fedfusion.data.table_files import check_columns, read_text_table
 
 STUDY_SUBTYPES = ("basal", "her2", "luminal")
 """Subtype names of the study; index = position in the sorted list, anything else is unknown (-1)."""
 REQUIRED_COLUMNS = ("patient_id", "age", "sex", "survival_months", "event")
+OPTIONAL_COLUMNS = ("subtype",)
 SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
-MAX_PROBLEMS_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -55,54 +54,52 @@ def subtype_index(name: str, subtypes: Sequence[str]) -> int:
 
 def read_clinical(path: Path, subtypes: Sequence[str] = STUDY_SUBTYPES) -> ClinicalTable:
     """Read and validate ``path``; raise ``DataError`` listing every bad patient and what is wrong."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as exc:
-        raise DataError(f"clinical table {path}: file does not exist") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"clinical table {path}: not a readable CSV ({exc})") from exc
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"clinical table {path}: missing columns {missing} (has {list(table.columns)})")
-    problems: list[str] = []
+    findings = Findings()
+    rows = parse_clinical(path, findings, subtypes)
+    findings.raise_errors()
+    return ClinicalTable(rows=rows, notes=[str(w) for w in findings.warnings])
+
+
+def parse_clinical(path: Path, findings: Findings, subtypes: Sequence[str] = STUDY_SUBTYPES) -> list[ClinicalRow]:
+    """The clinical table's valid rows, in file order; every problem is recorded in ``findings``."""
+    where = f"clinical table {path}"
+    table = read_text_table(path, where, findings)
+    if table is None or not check_columns(table, where, findings, REQUIRED_COLUMNS, OPTIONAL_COLUMNS):
+        return []
     rows: list[ClinicalRow] = []
     unknown_subtypes: set[str] = set()
     ids = table["patient_id"].str.strip()
     duplicated = sorted(set(ids[ids.duplicated()]) - {""})
     if duplicated:
-        problems.append(f"duplicate patient ids {duplicated}")
+        findings.error(where, f"duplicate patient ids {duplicated}")
     for line, record in enumerate(table.to_dict("records"), start=2):
         pid = str(record["patient_id"]).strip()
         who = f"patient {pid}" if pid else f"line {line}"
         if not pid:
-            problems.append(f"line {line}: empty patient_id")
+            findings.error(where, f"line {line}: empty patient_id")
         age = _number(record["age"])
         if age is None or not 0 < age < 130:
-            problems.append(f"{who}: age must be a number of years in (0, 130), got {record['age']!r}")
+            findings.error(where, f"{who}: age must be a number of years in (0, 130), got {record['age']!r}")
         sex = SEX_CODES.get(str(record["sex"]).strip().lower())
         if sex is None:
-            problems.append(f"{who}: sex must be F or M, got {record['sex']!r}")
+            findings.error(where, f"{who}: sex must be F or M, got {record['sex']!r}")
         time = _number(record["survival_months"])
         if time is None or not time > 0:
-            problems.append(f"{who}: survival_months must be a number > 0, got {record['survival_months']!r}")
+            findings.error(where, f"{who}: survival_months must be a number > 0, got {record['survival_months']!r}")
         event = _number(record["event"])
         if event not in (0.0, 1.0):
-            problems.append(f"{who}: event must be 0 (censored) or 1 (death), got {record['event']!r}")
+            findings.error(where, f"{who}: event must be 0 (censored) or 1 (death), got {record['event']!r}")
         subtype_name = str(record.get("subtype", "")).strip()
         subtype = subtype_index(subtype_name, subtypes) if subtype_name else -1
         if subtype_name and subtype < 0:
             unknown_subtypes.add(subtype_name)
-        if age is not None and sex is not None and time is not None and event is not None:
+        if pid and age is not None and sex is not None and time is not None and event is not None:
             covariates = np.array([(age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS, sex], dtype=np.float32)
             rows.append(ClinicalRow(pid, covariates, float(time), int(event), subtype))
-    if problems:
-        listed = "; ".join(problems[:MAX_PROBLEMS_LISTED])
-        more = f" (and {len(problems) - MAX_PROBLEMS_LISTED} more)" if len(problems) > MAX_PROBLEMS_LISTED else ""
-        raise DataError(f"clinical table {path}: {listed}{more}")
-    notes = [f"clinical table {path}: subtypes {sorted(unknown_subtypes)} are not study subtypes "
-             f"{sorted(subtypes)}; treated as unknown"] if unknown_subtypes else []
-    return ClinicalTable(rows=rows, notes=notes)
+    if unknown_subtypes:
+        findings.warning(where, f"subtypes {sorted(unknown_subtypes)} are not study subtypes {sorted(subtypes)}; "
+                                "treated as unknown")
+    return rows
 
 
 def _number(raw: object) -> float | None:

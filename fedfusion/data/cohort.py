@@ -16,19 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from fedfusion.config import StudyConfig
-from fedfusion.data.clinical import STUDY_SUBTYPES, read_clinical
+from fedfusion.data.clinical import STUDY_SUBTYPES
 from fedfusion.data.feature_cache import CACHE_DIRNAME, FeatureCache
-from fedfusion.data.manifest import ManifestEntry, read_manifest
-from fedfusion.data.omics import PanelExpression, read_expression
+from fedfusion.data.findings import Findings
+from fedfusion.data.manifest import ManifestEntry
 from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.records import PatientRecord, SiteCohort
+from fedfusion.data.site_tables import read_site_tables
 from fedfusion.data.slide_features import extract_slide_features
 from fedfusion.data.tile_encoder import get_tile_encoder
 from fedfusion.data.tiling import TilingParams
 from fedfusion.errors import ConfigError, DataError, SlideError
-
-EXPRESSION_FILES = ("expression_tpm.csv", "expression_tpm.tsv", "expression_tpm.csv.gz", "expression_tpm.tsv.gz")
-
 
 @dataclass(frozen=True)
 class _SlideJob:
@@ -53,25 +51,11 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     _check_study(study, gene_panel, subtypes)
     if not site_dir.is_dir():
         raise DataError(f"site {site_dir.name}: directory {site_dir} does not exist")
-    manifest = read_manifest(site_dir / "manifest.csv")
-    clinical = read_clinical(site_dir / "clinical.csv", subtypes)
-    notes = list(clinical.notes)
-    by_id = {row.patient_id: row for row in clinical.rows}
-    unknown = [e.patient_id for e in manifest if e.patient_id not in by_id]
-    if unknown:
-        raise DataError(f"site {site_dir.name}: patients {unknown[:10]} are in manifest.csv but have no row in "
-                        f"{site_dir / 'clinical.csv'}")
-    listed = {e.patient_id for e in manifest}
-    unlisted = [row.patient_id for row in clinical.rows if row.patient_id not in listed]
-    if unlisted:
-        notes.append(f"{len(unlisted)} patients in clinical.csv are not in manifest.csv; kept without slides or "
-                     f"omics: {unlisted[:10]}")
-    entries = manifest + [ManifestEntry(pid, (), None) for pid in unlisted]
-
-    omics = _read_site_omics(site_dir, entries, gene_panel)
-    if omics is not None and omics.missing_genes:
-        notes.append(f"expression table {omics.path}: {len(omics.missing_genes)} panel genes missing, set to 0: "
-                     f"{omics.missing_genes[:10]}")
+    findings = Findings()
+    tables = read_site_tables(site_dir, gene_panel, findings, subtypes)
+    findings.raise_errors()
+    notes = [str(w) for w in findings.warnings]
+    entries, omics = tables.entries, tables.omics
     params = TilingParams.from_study(study)
     cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
     features, slide_notes = _slide_features(entries, params, study.encoder, cache, device, fallback_mpp,
@@ -81,7 +65,7 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     train: list[PatientRecord] = []
     test: list[PatientRecord] = []
     for entry in entries:
-        row = by_id[entry.patient_id]
+        row = tables.clinical[entry.patient_id]
         bags = [features[s] for s in entry.slides if s in features]
         record = PatientRecord(
             patient_id=entry.patient_id,
@@ -112,18 +96,6 @@ def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequen
     if feature_dim != study.tile_feature_dim:
         raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "
                           f"'{study.encoder}' gives {feature_dim} features")
-
-
-def _read_site_omics(site_dir: Path, entries: list[ManifestEntry],
-                     gene_panel: Sequence[str]) -> PanelExpression | None:
-    """The site's expression table on the panel, or None if no patient has an omics sample."""
-    if not any(e.omics_sample for e in entries):
-        return None
-    for name in EXPRESSION_FILES:
-        if (site_dir / name).is_file():
-            return read_expression(site_dir / name, gene_panel)
-    raise DataError(f"site {site_dir.name}: manifest.csv names omics samples but there is no expression table "
-                    f"(looked for {list(EXPRESSION_FILES)} in {site_dir})")
 
 
 def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder: str, cache: FeatureCache,

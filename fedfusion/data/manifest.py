@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from fedfusion.errors import DataError
+from fedfusion.data.findings import Findings
+from fedfusion.data.table_files import check_columns, read_text_table
 
 MANIFEST_COLUMNS = ("patient_id", "slides", "omics_sample")
 
@@ -27,24 +26,28 @@ class ManifestEntry:
 
 def read_manifest(path: Path) -> list[ManifestEntry]:
     """Read ``path``; slide paths are resolved against its directory. ``DataError`` names file and patient."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as exc:
-        raise DataError(f"manifest {path}: file does not exist") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"manifest {path}: not a readable CSV ({exc})") from exc
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"manifest {path}: missing columns {missing} (has {list(table.columns)})")
+    findings = Findings()
+    entries = parse_manifest(path, findings)
+    findings.raise_errors()
+    return entries
+
+
+def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
+    """The manifest's valid entries (first of duplicates kept); every problem is recorded in ``findings``."""
+    where = f"manifest {path}"
+    table = read_text_table(path, where, findings)
+    if table is None or not check_columns(table, where, findings, MANIFEST_COLUMNS):
+        return []
     entries: list[ManifestEntry] = []
     seen: set[str] = set()
     for line, record in enumerate(table.to_dict("records"), start=2):
         pid = record["patient_id"].strip()
         if not pid:
-            raise DataError(f"manifest {path}: line {line} has an empty patient_id")
+            findings.error(where, f"line {line} has an empty patient_id")
+            continue
         if pid in seen:
-            raise DataError(f"manifest {path}: patient {pid} is listed more than once")
+            findings.error(where, f"patient {pid} is listed more than once")
+            continue
         seen.add(pid)
         slides = tuple(path.parent / s.strip() for s in record["slides"].split(";") if s.strip())
         sample = record["omics_sample"].strip() or None

@@ -9,16 +9,20 @@ No statistic over the site's patients is used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fedfusion.data.findings import Findings
+from fedfusion.data.table_files import read_text_table
 from fedfusion.errors import DataError
 
 TAB_SUFFIXES = {".tsv", ".tab", ".txt"}
+MAX_CELLS_LISTED = 5
+"""Bad cells of one kind spelled out per table; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -41,26 +45,37 @@ class PanelExpression:
 
 def read_expression(path: Path, gene_panel: Sequence[str]) -> PanelExpression:
     """Read a TPM table and harmonise it to ``gene_panel``; ``DataError`` names the file, gene and sample at fault."""
-    table = _read_table(path)
+    findings = Findings()
+    expression = parse_expression(path, gene_panel, findings)
+    findings.raise_errors()
+    assert expression is not None  # no errors recorded means the table was read
+    return expression
+
+
+def parse_expression(path: Path, gene_panel: Sequence[str], findings: Findings) -> PanelExpression | None:
+    """The table on the panel, or None if it cannot be read; every problem is recorded in ``findings``.
+
+    Bad cells (not a number, negative) are all recorded, the first few by gene and sample. The values returned
+    are only meaningful when no error was recorded (the raising ``read_expression`` guarantees that).
+    """
+    where = f"expression table {path}"
+    table = _read_table(path, where, findings)
+    if table is None:
+        return None
     panel = list(gene_panel)
     if len(set(table.columns) & set(panel)) > len(set(table.index) & set(panel)):
         table = table.T  # samples x genes
     if table.index.has_duplicates:
-        raise DataError(f"expression table {path}: duplicate gene ids "
-                        f"{sorted(set(table.index[table.index.duplicated()]))[:10]}")
+        findings.error(where, f"duplicate gene ids {sorted(set(table.index[table.index.duplicated()]))[:10]}")
+        table = table[~table.index.duplicated()]
     numeric = table.apply(pd.to_numeric, errors="coerce")
-    bad = numeric.isna()
-    if bad.to_numpy().any():
-        gene, sample = _first(bad)
-        raise DataError(f"expression table {path}: gene {gene}, sample {sample}: value "
-                        f"{table.at[gene, sample]!r} is not a number")
-    negative = numeric < 0
-    if negative.to_numpy().any():
-        gene, sample = _first(negative)
-        raise DataError(f"expression table {path}: gene {gene}, sample {sample}: TPM {numeric.at[gene, sample]} "
-                        "is negative")
+    _record_cells(numeric.isna(), where, findings,
+                  lambda gene, sample: f"value {table.at[gene, sample]!r} is not a number")
+    _record_cells(numeric < 0, where, findings, lambda gene, sample: f"TPM {numeric.at[gene, sample]} is negative")
     missing = [g for g in panel if g not in numeric.index]
-    log2 = np.log2(numeric.reindex(panel) + 1.0)
+    if missing:
+        findings.warning(where, f"{len(missing)} panel genes missing, set to 0: {missing[:10]}")
+    log2 = np.log2(numeric.clip(lower=0).reindex(panel) + 1.0)
     return PanelExpression(path=path, values=standardize_per_sample(log2), missing_genes=missing)
 
 
@@ -76,22 +91,24 @@ def standardize_per_sample(log2: pd.DataFrame) -> pd.DataFrame:
     return ((log2 - mean) / std).fillna(0.0).astype(np.float32)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, where: str, findings: Findings) -> pd.DataFrame | None:
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in {".gz", ".bz2", ".xz", ".zst"}]
     sep = "\t" if suffixes and suffixes[-1] in TAB_SUFFIXES else ","
-    try:
-        table = pd.read_csv(path, sep=sep, index_col=0, dtype=str, keep_default_na=False)
-    except FileNotFoundError as exc:
-        raise DataError(f"expression table {path}: file does not exist") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"expression table {path}: not a readable table ({exc})") from exc
+    table = read_text_table(path, where, findings, sep=sep, index_col=0)
+    if table is None:
+        return None
     if table.shape[1] == 0:
-        raise DataError(f"expression table {path}: no sample columns (is the separator '{sep}' right?)")
+        findings.error(where, f"no sample columns (is the separator '{sep}' right?)")
+        return None
     table.index = table.index.astype(str).str.strip()
-    table.columns = [str(c).strip() for c in table.columns]
     return table
 
 
-def _first(mask: pd.DataFrame) -> tuple[str, str]:
+def _record_cells(mask: pd.DataFrame, where: str, findings: Findings, problem: Callable[[str, str], str]) -> None:
+    """Record the cells where ``mask`` is True: the first few by gene and sample, then a count."""
     rows, cols = np.nonzero(mask.to_numpy())
-    return str(mask.index[rows[0]]), str(mask.columns[cols[0]])
+    for r, c in zip(rows[:MAX_CELLS_LISTED], cols[:MAX_CELLS_LISTED]):
+        gene, sample = str(mask.index[r]), str(mask.columns[c])
+        findings.error(where, f"gene {gene}, sample {sample}: {problem(gene, sample)}")
+    if len(rows) > MAX_CELLS_LISTED:
+        findings.error(where, f"{len(rows) - MAX_CELLS_LISTED} more cells like that")

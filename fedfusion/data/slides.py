@@ -19,6 +19,8 @@ from fedfusion.errors import SlideError
 MPP_PROPERTIES = (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 """Classic and BigTIFF byte-order marks; most slide formats (SVS, NDPI, SCN, generic TIFF) are TIFF inside."""
+PROBE_PIXELS = 64
+"""Side of the region ``probe_slide`` reads."""
 
 
 @contextmanager
@@ -86,6 +88,20 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
     rgb = rgba[..., :3].copy()
     rgb[rgba[..., 3] == 0] = 255
     return rgb
+
+
+def probe_slide(path: Path, fallback_mpp: float | None = None) -> float:
+    """Open ``path``, read its resolution and one small region from the middle of level 0; return the mpp.
+
+    A cheap readability check (no tiling, no features): raises ``SlideError`` naming the file when the slide
+    cannot be opened, has no usable microns-per-pixel (and no ``fallback_mpp``), or its pixels cannot be read.
+    """
+    with open_slide(path) as slide:
+        mpp = slide_mpp(slide, path, fallback_mpp)
+        width, height = slide.dimensions
+        size = (min(PROBE_PIXELS, width), min(PROBE_PIXELS, height))
+        read_rgb(slide, path, ((width - size[0]) // 2, (height - size[1]) // 2), 0, size)
+    return mpp
 
 
 def _has_tiff_header(path: Path) -> bool:

@@ -9,4 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from fedfusion.site_commands import check
+
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+REGISTRARS.append(check.register)

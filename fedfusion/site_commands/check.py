@@ -1,0 +1,67 @@
+"""``fedfusion site check DATA_DIR``: validate a site's data for a site admin, without training or writing.
+
+Prints per-modality counts, patients lacking a modality, and every error and warning (each naming the file or
+patient); ``--json`` prints the same as JSON. Exit code 1 when there are errors, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedfusion.data.cohort_index import GENE_PANEL_FILE, read_gene_panel
+from fedfusion.data.findings import Finding
+from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
+
+PATIENTS_SHOWN = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``check`` site command."""
+    parser = subparsers.add_parser(
+        "check", help="validate this site's slides, omics and clinical tables (no training, nothing written)",
+        description="Read manifest.csv, clinical.csv and the expression table with the same validation as "
+                    "training, open every slide and read one small region, and list every problem found. "
+                    "Exit code 1 if there are errors.",
+    )
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="the site folder (holds manifest.csv)")
+    parser.add_argument("--gene-panel", type=Path, default=None,
+                        help=f"study gene panel, one gene per line (default: DATA_DIR/../{GENE_PANEL_FILE} "
+                             "if present)")
+    parser.add_argument("--fallback-mpp", type=float, default=None, metavar="X",
+                        help="microns per pixel to assume for slides without resolution metadata")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the site and print the result; 1 if there are errors, else 0."""
+    panel_path = args.gene_panel or args.data_dir.parent / GENE_PANEL_FILE
+    panel = read_gene_panel(panel_path) if args.gene_panel or panel_path.is_file() else []
+    result = check_site(args.data_dir, panel, args.fallback_mpp)
+    if not panel:
+        result.findings.warning("gene panel", f"none given and {panel_path} is absent: panel coverage not checked")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
+    return 0 if result.ok else 1
+
+
+def format_report(result: SiteCheck) -> str:
+    """The readable summary a site admin sees."""
+    lines = [f"site {result.site_dir}: {len(result.patients)} patients",
+             "  with " + ", ".join(f"{m} {result.count(m)}" for m in MODALITIES),
+             f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unreadable"]
+    for modality in MODALITIES:
+        lacking = result.lacking[modality]
+        if lacking:
+            more = f" (+{len(lacking) - PATIENTS_SHOWN} more)" if len(lacking) > PATIENTS_SHOWN else ""
+            outcome = "unusable: no survival labels" if modality == "clinical" else "kept, modality masked"
+            lines.append(f"  without {modality} ({outcome}): {', '.join(lacking[:PATIENTS_SHOWN])}{more}")
+    lines += _section("errors", result.findings.errors) + _section("warnings", result.findings.warnings)
+    lines.append(f"{'FAILED' if result.findings.errors else 'OK'}: {len(result.findings.errors)} errors, "
+                 f"{len(result.findings.warnings)} warnings")
+    return "\n".join(lines)
+
+
+def _section(title: str, findings: list[Finding]) -> list[str]:
+    return [f"{title}:", *(f"  - {f}" for f in findings)] if findings else []
