@@ -18,6 +18,7 @@ from fedfusion.errors import ConfigError
 MODALITIES = ("wsi", "omics", "clinical")
 FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
+STAIN_NORMALIZATIONS = ("reinhard", "none")
 
 # Study-fixed clinical normalisation (public reference values, not site statistics).
 AGE_MEAN_YEARS = 60.0
@@ -58,6 +59,8 @@ class StudyConfig:
     tile_size: int = 256
     target_mpp: float = 0.5
     max_background: float = 0.6
+    stain_normalization: str = "reinhard"
+    """Tile colour normalisation before the encoder: 'reinhard' (LAB statistics to study-fixed targets) or 'none'."""
     encoder: str = "random-conv-v1"
     cohort_dir: str = "cohorts/default"
     results_dir: str = ""
@@ -142,6 +145,9 @@ class StudyConfig:
             raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.max_background <= 1:
             raise ConfigError(f"study config 'max-background' must be in [0, 1], got {self.max_background}")
+        if self.stain_normalization not in STAIN_NORMALIZATIONS:
+            raise ConfigError(f"study config 'stain-normalization' must be one of {STAIN_NORMALIZATIONS}, "
+                              f"got '{self.stain_normalization}'")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:

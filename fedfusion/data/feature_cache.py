@@ -1,9 +1,9 @@
 """On-site cache of per-slide tile features, so a second run skips extraction.
 
 An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes), the encoder name and
-the tiling knobs (tile size, target mpp, max background, fallback mpp): a changed slide or knob is a new entry,
-never a stale hit. Entries are written atomically. The default place is ``<site_dir>/.fedfusion-cache/``, so
-features stay at the site with the slides.
+the tiling knobs (tile size, target mpp, max background, stain normalisation, fallback mpp): a changed slide or
+knob is a new entry, never a stale hit. Entries are written atomically. The default place is
+``<site_dir>/.fedfusion-cache/``, so features stay at the site with the slides.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class FeatureCache:
         """Cache key of a slide's features under these extraction settings."""
         identity = {"format": CACHE_FORMAT, "slide_sha256": file_sha256(slide), "encoder": encoder_name,
                     "tile_size": params.tile_size, "target_mpp": params.target_mpp,
-                    "max_background": params.max_background, "fallback_mpp": fallback_mpp}
+                    "max_background": params.max_background, "stain_normalization": params.stain_normalization,
+                    "fallback_mpp": fallback_mpp}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def load(self, key: str) -> np.ndarray | None:

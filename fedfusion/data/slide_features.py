@@ -1,4 +1,4 @@
-"""Tile features of one slide: tile plan, streamed tiles, encoder batches."""
+"""Tile features of one slide: tile plan, streamed (colour-normalised) tiles, encoder batches."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import numpy as np
 import torch
 
 from fedfusion.data.tile_encoder import get_tile_encoder
-from fedfusion.data.tiling import TilingParams, iter_tile_batches, plan_tiles
+from fedfusion.data.stain_normalization import reinhard_normalize, tissue_lab_stats
+from fedfusion.data.tiling import TilePlan, TilingParams, batched, iter_tiles, plan_tiles
 from fedfusion.errors import SlideError
 
 ENCODE_BATCH = 8
 """Tiles encoded at once (small batches were fastest on CPU; memory stays at a few MB of pixels and activations)."""
+STAIN_SAMPLE_TILES = 8
+"""Tiles a slide's stain statistics are estimated from."""
 
 
 def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
@@ -29,8 +32,27 @@ def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, 
                          f"(max background {params.max_background:.0%})")
     encoder = get_tile_encoder(encoder_name, device)
     with _one_torch_thread():
-        parts = [encoder.encode(batch) for batch in iter_tile_batches(plan, ENCODE_BATCH)]
+        parts = [encoder.encode(batch) for batch in batched(slide_tiles(plan), ENCODE_BATCH)]
     return np.concatenate(parts, axis=0)
+
+
+def slide_tiles(plan: TilePlan) -> Iterator[np.ndarray]:
+    """The plan's tiles in grid order, colour-normalised as ``plan.params.stain_normalization`` says.
+
+    For 'reinhard' the slide's tissue statistics come from up to ``STAIN_SAMPLE_TILES`` tiles spread over the
+    grid; those are read once and kept for their turn, so no tile is read twice.
+    """
+    if plan.params.stain_normalization == "none":
+        yield from iter_tiles(plan)
+        return
+    count = len(plan.coords)
+    picked = sorted({round(i) for i in np.linspace(0, count - 1, min(count, STAIN_SAMPLE_TILES))})
+    sampled = dict(zip(picked, iter_tiles(plan, picked)))
+    stats = tissue_lab_stats(sampled.values())
+    rest = iter_tiles(plan, [i for i in range(count) if i not in sampled])
+    for i in range(count):
+        tile = sampled.pop(i) if i in sampled else next(rest)
+        yield tile if stats is None else reinhard_normalize(tile, stats)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ bounded whatever the slide size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +34,14 @@ class TilingParams:
     tile_size: int
     target_mpp: float
     max_background: float
+    stain_normalization: str = StudyConfig.stain_normalization
+    """Colour normalisation of each tile (``fedfusion.data.stain_normalization``), or 'none'."""
 
     @classmethod
     def from_study(cls, study: StudyConfig) -> TilingParams:
         """The tiling knobs of a study."""
-        return cls(tile_size=study.tile_size, target_mpp=study.target_mpp, max_background=study.max_background)
+        return cls(tile_size=study.tile_size, target_mpp=study.target_mpp, max_background=study.max_background,
+                   stain_normalization=study.stain_normalization)
 
 
 @dataclass(frozen=True)
@@ -89,21 +92,25 @@ def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = No
                     grid_shape=(rows, cols))
 
 
-def iter_tiles(plan: TilePlan) -> Iterator[np.ndarray]:
-    """Yield each kept tile of ``plan`` as ``[tile_size, tile_size, 3]`` uint8 RGB, one read at a time."""
+def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """Yield each kept tile of ``plan`` (or those at ``indices``) as ``[tile_size, tile_size, 3]`` uint8 RGB.
+
+    Tiles are read one at a time, as stored in the slide (colour normalisation is ``slide_features``' step).
+    """
     size = plan.params.tile_size
+    coords = plan.coords if indices is None else plan.coords[np.asarray(indices, dtype=np.int64)]
     with open_slide(plan.path) as slide:
-        for x, y in plan.coords:
+        for x, y in coords:
             rgb = read_rgb(slide, plan.path, (int(x), int(y)), plan.level, (plan.read_size, plan.read_size))
             if plan.read_size != size:
                 rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
             yield rgb
 
 
-def iter_tile_batches(plan: TilePlan, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield the kept tiles in ``[<=batch_size, tile_size, tile_size, 3]`` uint8 batches."""
+def batched(tiles: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Stack ``tiles`` into ``[<=batch_size, tile_size, tile_size, 3]`` uint8 batches."""
     batch: list[np.ndarray] = []
-    for tile in iter_tiles(plan):
+    for tile in tiles:
         batch.append(tile)
         if len(batch) == batch_size:
             yield np.stack(batch)

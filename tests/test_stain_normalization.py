@@ -1,0 +1,64 @@
+"""Reinhard stain normalisation: a stain-shifted slide's tiles move to the study target; tiles stay uint8 RGB."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedfusion.config import StudyConfig
+from fedfusion.data.feature_cache import FeatureCache
+from fedfusion.data.slide_features import slide_tiles
+from fedfusion.data.stain_normalization import TARGET_LAB_MEAN, TISSUE_MAX_L, lab_to_rgb, rgb_to_lab
+from fedfusion.data.synthetic.histology import render_slide
+from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
+from fedfusion.data.synthetic.sites import draw_site_profiles
+from fedfusion.data.tiling import TilingParams, plan_tiles
+from fedfusion.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def shifted_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 768 px synthetic slide stained far bluer and stronger than usual."""
+    profile = draw_site_profiles(1, (1,), np.random.default_rng(0))[0]
+    profile = dataclasses.replace(profile, hematoxylin_od=(0.9, 0.5, 0.1), eosin_od=(0.2, 0.9, 0.3),
+                                  stain_intensity=1.5)
+    path = tmp_path_factory.mktemp("stain") / "shifted.tiff"
+    write_pyramid_tiff(path, render_slide(768, 0.5, profile, np.random.default_rng(1)), 0.5, 2)
+    return path
+
+
+def _distance_to_target(tiles: list[np.ndarray]) -> float:
+    lab = np.concatenate([rgb_to_lab(t).reshape(-1, 3) for t in tiles])
+    return float(np.linalg.norm(lab[lab[:, 0] <= TISSUE_MAX_L].mean(axis=0) - TARGET_LAB_MEAN))
+
+
+def test_shifted_slide_moves_to_target(shifted_slide: Path) -> None:
+    plan = plan_tiles(shifted_slide, TilingParams(256, 0.5, 0.6, "reinhard"))
+    raw = list(slide_tiles(dataclasses.replace(plan, params=TilingParams(256, 0.5, 0.6, "none"))))
+    normalised = list(slide_tiles(plan))
+    assert len(raw) == len(normalised) >= 3
+    before, after = _distance_to_target(raw), _distance_to_target(normalised)
+    assert before > 20 and after < before / 4, (before, after)
+    for tile, out in zip(raw, normalised):
+        assert out.dtype == np.uint8 and out.shape == tile.shape == (256, 256, 3)
+    background = rgb_to_lab(raw[0])[..., 0] > TISSUE_MAX_L
+    np.testing.assert_array_equal(normalised[0][background], raw[0][background])
+
+
+def test_lab_round_trip_and_reference_white() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(lab_to_rgb(rgb_to_lab(rgb)), rgb)
+    np.testing.assert_allclose(rgb_to_lab(np.array([255, 255, 255], np.uint8)), [100.0, 0.0, 0.0], atol=0.01)
+
+
+def test_knob_is_validated_and_keys_the_cache(shifted_slide: Path, tmp_path: Path) -> None:
+    assert TilingParams.from_study(StudyConfig()).stain_normalization == "reinhard"
+    with pytest.raises(ConfigError, match="'stain-normalization' must be one of"):
+        StudyConfig(stain_normalization="macenko")
+    cache = FeatureCache(tmp_path)
+    keys = {cache.key(shifted_slide, "random-conv-v1", TilingParams(256, 0.5, 0.6, method), None)
+            for method in ("reinhard", "none")}
+    assert len(keys) == 2
