@@ -31,6 +31,11 @@ _RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
 _XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
 _SRGB_TO_LINEAR = np.array([c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
                             for c in np.arange(256) / 255.0], dtype=np.float32)
+_GAMMA_LEVELS = 16384
+_LEVELS = np.arange(_GAMMA_LEVELS) / (_GAMMA_LEVELS - 1)
+_LINEAR_TO_SRGB = np.round(255.0 * np.where(_LEVELS <= 0.0031308, 12.92 * _LEVELS,
+                                            1.055 * _LEVELS ** (1 / 2.4) - 0.055)).astype(np.uint8)
+"""sRGB gamma encoding as a lookup table (finer than 0.3 output levels; a per-pixel power was the hot spot)."""
 _EPSILON, _KAPPA = 216.0 / 24389.0, 24389.0 / 27.0
 
 
@@ -54,10 +59,10 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """``[..., 3]`` CIE LAB (D65) -> ``[..., 3]`` uint8 sRGB, out-of-gamut colours clipped."""
     fy = (lab[..., 0] + 16.0) / 116.0
     f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
-    xyz = np.where(f**3 > _EPSILON, f**3, (116.0 * f - 16.0) / _KAPPA) * _WHITE_D65
+    cube = f * f * f
+    xyz = np.where(cube > _EPSILON, cube, (116.0 * f - 16.0) / _KAPPA) * _WHITE_D65
     linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0.0, 1.0)
-    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
-    return np.round(srgb * 255.0).astype(np.uint8)
+    return _LINEAR_TO_SRGB[(linear * (_GAMMA_LEVELS - 1) + 0.5).astype(np.intp)]
 
 
 def tissue_lab_stats(tiles: Iterable[np.ndarray]) -> LabStats | None:
@@ -73,7 +78,6 @@ def reinhard_normalize(tile: np.ndarray, source: LabStats) -> np.ndarray:
     """``tile`` (``[h, w, 3]`` uint8 RGB) with its tissue pixels moved from ``source`` to the study target."""
     lab = rgb_to_lab(tile)
     tissue = lab[..., 0] <= TISSUE_MAX_L
-    lab[tissue] = (lab[tissue] - source.mean) * (TARGET_LAB_STD / source.std) + TARGET_LAB_MEAN
-    out = tile.copy()
-    out[tissue] = lab_to_rgb(lab[tissue])
-    return out
+    scale = (TARGET_LAB_STD / source.std).astype(np.float32)
+    moved = lab_to_rgb((lab - source.mean.astype(np.float32)) * scale + TARGET_LAB_MEAN)
+    return np.where(tissue[..., None], moved, tile)
