@@ -1,14 +1,17 @@
 """The site's Flower ClientApp: a thin adapter between Flower messages and ``SiteTrainer``.
 
 A site never crashes on a bad request and never sends exception text (it could name a patient): failures are
-logged locally in full and answered with a short error reply naming only the site and the error class.
-Privacy state (the Opacus accountant history) lives in ``context.state`` so epsilon accumulates across
-rounds instead of restarting each round.
+logged locally in full and answered with a short error reply naming only the site and the error class. The one
+exception is a privacy refusal (``PrivacyError``): its text, written by us, names the site and the broken rule
+and holds no patient data, so it reaches the operator.
+
+Before anything runs, the site checks the study against its own privacy policy; before training, it charges the
+round's planned DP steps to its on-disk privacy ledger (refusing if the budget would be exceeded) and settles the
+actual steps afterwards. Every reply is recorded in the site's egress record before it leaves (``egress_mod``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -17,17 +20,21 @@ from flwr.app import Error
 from flwr.clientapp import ClientApp
 
 from fedfusion.client.cohort_memo import load_cohort_once
+from fedfusion.client.egress_mod import egress_record_mod
 from fedfusion.client.site_context import SiteContext, resolve_site_context
+from fedfusion.client.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.client.site_trainer import SiteTrainer
 from fedfusion.config import StudyConfig
+from fedfusion.errors import PrivacyError
+from fedfusion.privacy.accounting import history_delta, planned_round
 from fedfusion.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
 
 logger = logging.getLogger(__name__)
 
-PRIVACY_STATE_KEY = "privacy"
 SITE_ERROR_CODE = 3001
+SITE_REFUSAL_CODE = 3002
 
-app = ClientApp()
+app = ClientApp(mods=[egress_record_mod])
 
 
 @app.train()
@@ -42,7 +49,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _answer(msg, context, _evaluate)
 
 
-Handler = Callable[[Message, Context, StudyConfig, SiteContext], RecordDict]
+Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
 
 
 def _answer(msg: Message, context: Context, handler: Handler) -> Message:
@@ -51,41 +58,42 @@ def _answer(msg: Message, context: Context, handler: Handler) -> Message:
         study = StudyConfig.from_run_config(context.run_config)
         site = resolve_site_context(context.node_config, study)
         site_name = site.name
-        content = handler(msg, context, study, site)
+        privacy = resolve_site_privacy(context.node_config, site)
+        privacy.policy.check(study, site.name)
+        content = handler(msg, study, site, privacy)
         content[SITE_RECORD_KEY] = ConfigRecord({"name": site.name})
         return Message(content, reply_to=msg)
+    except PrivacyError as exc:  # our own text: names the site and the rule, never a patient
+        logger.warning("site %s refused a %s message: %s", site_name, msg.metadata.message_type, exc)
+        return Message(Error(code=SITE_REFUSAL_CODE, reason=str(exc)), reply_to=msg)
     except Exception as exc:  # a site answers every request; details stay in the site's log
         logger.exception("site %s failed to handle a %s message", site_name, msg.metadata.message_type)
         reason = f"site {site_name}: {type(exc).__name__} (details in the site's log)"
         return Message(Error(code=SITE_ERROR_CODE, reason=reason), reply_to=msg)
 
 
-def _train(msg: Message, context: Context, study: StudyConfig, site: SiteContext) -> RecordDict:
+def _train(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
     cohort = load_cohort_once(site, study)
     trainer = SiteTrainer(cohort, study, device=site.device)
     server_round = int(msg.content["config"].get("server-round", 0))
+    planned = (planned_round(study.noise_multiplier, len(cohort.train), study.batch_size, study.local_epochs)
+               if study.dp else None)
+    ledger = privacy.ledger(site)
+    charge = ledger.charge(run_id=msg.metadata.run_id, server_round=server_round, planned=planned,
+                           policy=privacy.policy)
     outcome = trainer.train(
         msg.content["arrays"].to_torch_state_dict(),
-        accountant_history=_load_accountant_history(context),
+        accountant_history=charge.prior,
         seed=study.seed * 100_003 + server_round,
     )
-    context.state[PRIVACY_STATE_KEY] = ConfigRecord(
-        {"accountant-history": json.dumps([list(step) for step in outcome.accountant_history])}
-    )
+    ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
     metrics = MetricRecord({WEIGHT_KEY: outcome.num_patients, **outcome.metrics})
     return RecordDict({"arrays": ArrayRecord(outcome.weights), "metrics": metrics})
 
 
-def _evaluate(msg: Message, context: Context, study: StudyConfig, site: SiteContext) -> RecordDict:
+def _evaluate(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
     cohort = load_cohort_once(site, study)
     trainer = SiteTrainer(cohort, study, device=site.device)
     metrics = trainer.evaluate(msg.content["arrays"].to_torch_state_dict(), split="test")
     metrics[WEIGHT_KEY] = metrics.pop("num-examples")
     return RecordDict({"metrics": MetricRecord(metrics)})
-
-
-def _load_accountant_history(context: Context) -> list[tuple[float, float, int]]:
-    record = context.state.get(PRIVACY_STATE_KEY)
-    if record is None:
-        return []
-    return [(float(s), float(q), int(n)) for s, q, n in json.loads(str(record["accountant-history"]))]

@@ -39,6 +39,47 @@ def epsilon_spent(mechanism: str, history: Sequence[Sequence[float]], delta: flo
         return float(restore_accountant(mechanism, history).get_epsilon(delta=delta))
 
 
+def planned_round(noise_multiplier: float, num_patients: int, batch_size: int, local_epochs: int) -> AccountantHistory:
+    """The history entries one round of ``make_private`` training will add, known before it starts.
+
+    Opacus sets the sample rate to ``1 / len(loader)`` (``ceil(patients / batch_size)`` batches) and its Poisson
+    sampler draws ``int(1 / sample_rate)`` batches per epoch; every batch is one accounted step (empty ones too).
+    """
+    if num_patients <= 0:
+        raise PrivacyError(f"a DP round needs training patients, got {num_patients}")
+    sample_rate = 1 / math.ceil(num_patients / batch_size)
+    return [(float(noise_multiplier), sample_rate, int(1 / sample_rate) * local_epochs)]
+
+
+def merged_history(entries: Sequence[Sequence[float]]) -> AccountantHistory:
+    """``entries`` with consecutive equal ``(noise, sample_rate)`` merged, as Opacus' accountant steps them."""
+    merged: AccountantHistory = []
+    for sigma, rate, steps in validated_history(entries):
+        if merged and merged[-1][:2] == (sigma, rate):
+            merged[-1] = (sigma, rate, merged[-1][2] + steps)
+        else:
+            merged.append((sigma, rate, steps))
+    return merged
+
+
+def history_delta(prior: Sequence[Sequence[float]], total: Sequence[Sequence[float]]) -> AccountantHistory:
+    """The entries ``total`` adds to ``prior`` (an accountant restored from ``prior`` that stepped on).
+
+    ``PrivacyError`` if ``total`` does not extend ``prior``.
+    """
+    before, after = merged_history(prior), merged_history(total)
+    if not before:
+        return after
+    last = len(before) - 1
+    extends = (len(after) >= len(before) and after[:last] == before[:last]
+               and after[last][:2] == before[last][:2] and after[last][2] >= before[last][2])
+    if not extends:
+        raise PrivacyError(f"accountant history {after!r} does not extend the ledger's {before!r}")
+    sigma, rate, steps = after[last]
+    head = [(sigma, rate, steps - before[last][2])] if steps > before[last][2] else []
+    return head + after[last + 1 :]
+
+
 def validated_history(history: Sequence[Sequence[float]]) -> AccountantHistory:
     """``history`` as typed tuples; ``PrivacyError`` if an entry is malformed (it crosses process boundaries)."""
     entries: AccountantHistory = []

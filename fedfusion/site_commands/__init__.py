@@ -10,6 +10,9 @@ import argparse
 from collections.abc import Callable
 
 from fedfusion.site_commands import check
+from fedfusion.site_commands import egress, privacy
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 REGISTRARS.append(check.register)
+REGISTRARS.append(privacy.register)
+REGISTRARS.append(egress.register)

@@ -1,0 +1,111 @@
+"""The egress record: what a site sent, written at the site before it is sent, with a hash chain.
+
+Append-only JSON lines in ``<ledger_dir>/egress.jsonl``. Each line is one outgoing message::
+
+    {"seq": 0, "time": ISO, "prev": SHA256 of the previous line's bytes (64 zeros for the first),
+     "run_id", "round", "kind": "train" | "evaluate" | "error", "bytes", "sha256",
+     "arrays": [{"name", "dtype", "shape", "l2"}], "metrics": {name: value}, "configs": {name: value},
+     "error": {"code", "reason"} | null, "dp": {"epsilon", "delta", "noise-multiplier", "max-grad-norm"} | null}
+
+``bytes``/``sha256`` are of the message as Flower's own protobuf serialization writes it
+(``flwr.common.serde.message_to_proto``). Editing, removing or reordering any line breaks the chain from there on;
+``verify_chain`` finds the first broken line. (A hash chain shows tampering by someone who cannot also rewrite
+every later line; to pin it, note the last line's hash elsewhere, e.g. in the site's audit log.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.common.serde import message_to_proto
+
+from fedfusion.errors import PrivacyError
+
+EGRESS_FILE = "egress.jsonl"
+GENESIS = "0" * 64
+DP_METRICS = ("epsilon", "delta", "noise-multiplier", "max-grad-norm")
+
+
+def serialize(message: Message) -> bytes:
+    """The message's bytes as Flower's protobuf serialization writes them."""
+    return message_to_proto(message).SerializeToString()
+
+
+def describe(message: Message, payload: bytes, server_round: int) -> dict[str, Any]:
+    """The record entry of an outgoing ``message`` whose serialized form is ``payload`` (without seq/prev/time)."""
+    entry: dict[str, Any] = {
+        "run_id": message.metadata.run_id, "round": server_round,
+        "kind": "error" if message.has_error() else message.metadata.message_type.split(".")[0],
+        "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+        "arrays": [], "metrics": {}, "configs": {}, "error": None, "dp": None,
+    }
+    if message.has_error():
+        entry["error"] = {"code": message.error.code, "reason": message.error.reason}
+        return entry
+    for record_name, record in message.content.array_records.items():
+        for name, array in record.items():
+            values = array.numpy()
+            entry["arrays"].append({"name": f"{record_name}/{name}", "dtype": str(values.dtype),
+                                    "shape": list(values.shape), "l2": float(np.linalg.norm(values.astype(np.float64)))})
+    for record_name, record in message.content.metric_records.items():
+        entry["metrics"].update({f"{record_name}/{k}": v for k, v in record.items()})
+    for record_name, record in message.content.config_records.items():
+        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not isinstance(v, bytes)})
+    dp = {key: value for name, value in entry["metrics"].items() for key in DP_METRICS if name.endswith(f"/{key}")}
+    entry["dp"] = dp or None
+    return entry
+
+
+class EgressRecord:
+    """The append-only, hash-chained record in one JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Add ``entry`` with its sequence number, time and the previous line's hash; fsync before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            handle.seek(0)
+            lines = handle.read().splitlines()
+            prev = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
+            full = {"seq": len(lines), "time": datetime.now(timezone.utc).isoformat(), "prev": prev, **entry}
+            handle.write(json.dumps(full, sort_keys=True).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return full
+
+    def entries(self) -> list[dict[str, Any]]:
+        """All entries, oldest first (empty when nothing was sent)."""
+        if not self.path.exists():
+            return []
+        try:
+            return [json.loads(line) for line in self.path.read_bytes().splitlines()]
+        except json.JSONDecodeError as exc:
+            raise PrivacyError(f"egress record {self.path}: line {exc.lineno} is not JSON ({exc.msg})") from exc
+
+    def verify_chain(self) -> int:
+        """The number of entries if every line chains to the one before; ``PrivacyError`` naming the first break."""
+        if not self.path.exists():
+            return 0
+        prev = GENESIS
+        lines = self.path.read_bytes().splitlines()
+        for number, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PrivacyError(f"egress record {self.path}: line {number + 1} is not JSON ({exc.msg})") from exc
+            if entry.get("seq") != number or entry.get("prev") != prev:
+                raise PrivacyError(f"egress record {self.path}: chain broken at line {number + 1} "
+                                   f"(seq {entry.get('seq')}, prev {str(entry.get('prev'))[:12]}, expected {prev[:12]})")
+            prev = hashlib.sha256(line).hexdigest()
+        return len(lines)

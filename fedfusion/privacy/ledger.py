@@ -1,0 +1,223 @@
+"""The site's privacy ledger: every DP step ever taken on a dataset, on the site's disk.
+
+One JSON file per dataset, ``<ledger_dir>/<dataset key>.json``, rewritten atomically (temp file + rename) under
+an exclusive lock (``<ledger_dir>/.lock``)::
+
+    {"format": 1, "dataset": KEY, "site": NAME, "data_dir": PATH,
+     "rounds": [{"id", "run_id", "server_round", "status": "charged" | "settled", "dp": bool,
+                 "planned": [[noise, sample_rate, steps]], "counted": [[...]], "reconciled": bool,
+                 "charged_at", "settled_at"}]}
+
+A round is **charged** with its planned steps before training starts, so a crash or kill leaves it counted in
+full; after training it is **settled** with what the accountant actually took (the per ``(noise, sample_rate)``
+maximum of planned and actual steps, so it never counts less). The ledger's history is the concatenation of the
+counted entries merged as Opacus' accountant merges them, so its epsilon is exactly that of one accountant that
+took every step. A non-DP round has no accountant: its epsilon is infinite.
+
+**Dataset key**: sha256 of the site name and the resolved data folder. Not the folder's contents (adding
+patients must not reset the spend on those already there) and not anything from the study config (the
+coordinator chooses it and could otherwise reset the budget by renaming a study). Moving a site's data folder
+starts a new key: copy the ledger file along (``fedfusion site privacy`` shows the folder of each key).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.errors import PrivacyError
+from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, merged_history, validated_history
+from fedfusion.privacy.site_policy import SitePolicy
+
+LEDGER_DIR_NAME = ".fedfusion-ledger"
+"""The ledger folder inside a site's data folder when the node config names no ``ledger-dir``."""
+LEDGER_FORMAT = 1
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class DatasetId:
+    """What the privacy budget is attached to (see the module docstring)."""
+
+    key: str
+    site: str
+    data_dir: str
+
+
+def dataset_id(site_name: str, data_dir: Path) -> DatasetId:
+    """The ledger key of ``site_name``'s data in ``data_dir``."""
+    folder = str(Path(data_dir).resolve())
+    digest = hashlib.sha256(f"{site_name}\0{folder}".encode()).hexdigest()[:16]
+    return DatasetId(key=digest, site=site_name, data_dir=folder)
+
+
+@dataclass(frozen=True)
+class LedgerRound:
+    """One round's entry in the ledger."""
+
+    id: str
+    run_id: int
+    server_round: int
+    status: str
+    """"charged" (before training; counted in full) or "settled" (after training)."""
+    dp: bool
+    planned: AccountantHistory
+    counted: AccountantHistory
+    """The entries this round contributes to the ledger's history."""
+    reconciled: bool = False
+    """True when the actual steps differed from the plan and the larger count was kept."""
+    charged_at: str = ""
+    settled_at: str = ""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A charged round: its id and the ledger history before it (what training resumes)."""
+
+    round_id: str
+    prior: AccountantHistory = field(default_factory=list)
+
+
+class PrivacyLedger:
+    """The rounds spent on one dataset, persisted in ``directory``."""
+
+    def __init__(self, directory: Path, dataset: DatasetId) -> None:
+        self.directory = Path(directory)
+        self.dataset = dataset
+
+    @property
+    def path(self) -> Path:
+        """The ledger file of this dataset."""
+        return self.directory / f"{self.dataset.key}.json"
+
+    def rounds(self) -> list[LedgerRound]:
+        """All rounds on disk, oldest first (empty when nothing was spent)."""
+        return self._read()
+
+    def history(self) -> AccountantHistory:
+        """The Opacus accountant history of every counted step, merged as one accountant would hold it."""
+        return merged_history([entry for r in self._read() for entry in r.counted])
+
+    def epsilon(self, mechanism: str, delta: float) -> float:
+        """Epsilon spent at ``delta`` by ``mechanism`` ("prv"/"rdp"); infinite after a non-DP round."""
+        return _epsilon(self._read(), mechanism, delta)
+
+    def charge(self, *, run_id: int, server_round: int, planned: AccountantHistory | None,
+               policy: SitePolicy) -> Charge:
+        """Record ``planned`` (``None`` for a non-DP round) before training, unless it would exceed the budget.
+
+        ``PrivacyError`` naming the site and the rule when the projected epsilon (at the policy's delta, by the
+        policy's accountant) would exceed ``policy.max_epsilon``; nothing is written then.
+        """
+        entry = LedgerRound(id=uuid.uuid4().hex, run_id=run_id, server_round=server_round, status="charged",
+                            dp=planned is not None, planned=validated_history(planned or []),
+                            counted=validated_history(planned or []), charged_at=_now())
+        with self._locked():
+            rounds = self._read()
+            projected = _epsilon([*rounds, entry], policy.accountant, policy.delta)
+            if projected > policy.max_epsilon:
+                spent = _epsilon(rounds, policy.accountant, policy.delta)
+                raise PrivacyError(
+                    f"site {self.dataset.site} refuses round {server_round}: rule 'max-epsilon' ({policy.max_epsilon}) "
+                    f"would be exceeded (spent {spent:.3f}, after this round {projected:.3f} at delta {policy.delta})"
+                )
+            self._write([*rounds, entry])
+        return Charge(entry.id, merged_history([e for r in rounds for e in r.counted]))
+
+    def settle(self, charge: Charge, actual: AccountantHistory) -> LedgerRound:
+        """Replace the charged round's plan by ``actual`` steps, never counting fewer than planned."""
+        with self._locked():
+            rounds = self._read()
+            matches = [i for i, r in enumerate(rounds) if r.id == charge.round_id]
+            if not matches:
+                raise PrivacyError(f"site {self.dataset.site}: ledger {self.path} has no charged round {charge.round_id}")
+            index = matches[0]
+            charged = rounds[index]
+            actual = validated_history(actual)
+            settled = LedgerRound(**{**asdict(charged), "status": "settled",
+                                     "counted": _conservative(charged.planned, actual),
+                                     "reconciled": _steps_by_params(actual) != _steps_by_params(charged.planned),
+                                     "settled_at": _now()})
+            rounds[index] = settled
+            self._write(rounds)
+        return settled
+
+    def _read(self) -> list[LedgerRound]:
+        if not self.path.exists():
+            return []
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if raw["format"] != LEDGER_FORMAT or raw["dataset"] != self.dataset.key:
+                raise ValueError(f"format {raw['format']} / dataset {raw['dataset']} is not {LEDGER_FORMAT} / "
+                                 f"{self.dataset.key}")
+            return [_round_from_json(r) for r in raw["rounds"]]
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise PrivacyError(f"site {self.dataset.site}: privacy ledger {self.path} is unreadable ({exc}); "
+                               "refusing to train without knowing the spend") from exc
+
+    def _write(self, rounds: Sequence[LedgerRound]) -> None:
+        document = {"format": LEDGER_FORMAT, "dataset": self.dataset.key, "site": self.dataset.site,
+                    "data_dir": self.dataset.data_dir, "rounds": [asdict(r) for r in rounds]}
+        atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def ledgers_in(directory: Path) -> list[PrivacyLedger]:
+    """Every dataset's ledger in ``directory`` (sorted by site, then data folder)."""
+    ledgers = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            dataset = DatasetId(key=str(raw["dataset"]), site=str(raw["site"]), data_dir=str(raw["data_dir"]))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise PrivacyError(f"privacy ledger {path} is unreadable ({exc})") from exc
+        ledgers.append(PrivacyLedger(directory, dataset))
+    return sorted(ledgers, key=lambda ledger: (ledger.dataset.site, ledger.dataset.data_dir))
+
+
+def _epsilon(rounds: Sequence[LedgerRound], mechanism: str, delta: float) -> float:
+    if any(not r.dp for r in rounds):
+        return math.inf
+    return epsilon_spent(mechanism, merged_history([e for r in rounds for e in r.counted]), delta)
+
+
+def _steps_by_params(history: Sequence[Sequence[float]]) -> dict[tuple[float, float], int]:
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, count in validated_history(history):
+        steps[(sigma, rate)] = steps.get((sigma, rate), 0) + count
+    return steps
+
+
+def _conservative(planned: AccountantHistory, actual: AccountantHistory) -> AccountantHistory:
+    """Per ``(noise, sample_rate)``, the larger of the planned and actual step counts."""
+    plan, done = _steps_by_params(planned), _steps_by_params(actual)
+    return [(sigma, rate, max(plan.get((sigma, rate), 0), done.get((sigma, rate), 0)))
+            for sigma, rate in dict.fromkeys([*plan, *done])]
+
+
+def _round_from_json(raw: dict[str, Any]) -> LedgerRound:
+    return LedgerRound(**{**raw, "planned": validated_history(raw["planned"]),
+                          "counted": validated_history(raw["counted"])})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

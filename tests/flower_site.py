@@ -1,0 +1,60 @@
+"""Test helpers: call the site's real ClientApp the way a SuperNode does, on a small synthetic cohort.
+
+A SuperNode receives a message from the SuperLink, rebuilds it from its metadata and content
+(``flwr.common.serde.message_from_proto`` -> ``make_message``), builds a ``Context`` from the run config and its
+node config, and calls the ClientApp with both. These helpers do the same, without a network.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app.metadata import Metadata
+
+from fedfusion.client.client_app import app
+from fedfusion.config import StudyConfig
+from fedfusion.data.cohort_index import SiteEntry, read_cohort_index, read_gene_panel
+from fedfusion.models.fusion_model import build_model
+
+RUN_ID = 7
+SUPERLINK_NODE_ID = 1
+
+
+def small_study(cohort_dir: Path, **changes: Any) -> StudyConfig:
+    """A fast study on ``cohort_dir``: a small model, one local epoch, batches of 4 patients."""
+    index = read_cohort_index(cohort_dir)
+    study = StudyConfig(cohort_dir=str(cohort_dir), omics_dim=len(read_gene_panel(index.gene_panel_path)),
+                        hidden_dim=8, local_epochs=1, batch_size=4, tiles_per_patient=4, noise_multiplier=1.0)
+    return study.replace(**changes)
+
+
+def deployed_node_config(site: SiteEntry, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
+                         policy_file: Path | None = None) -> dict[str, str]:
+    """The node config a site admin gives a deployed SuperNode for ``site``."""
+    config = {"site-name": site.name, "data-dir": str(site.site_dir),
+              "gene-panel": str(read_cohort_index(cohort_dir).gene_panel_path),
+              "cache-dir": str(cache_dir / site.name), "ledger-dir": str(ledger_dir), "device": "cpu"}
+    if policy_file is not None:
+        config["policy-file"] = str(policy_file)
+    return config
+
+
+def instruction(message_type: str, study: StudyConfig, server_round: int, node_id: int = 11) -> Message:
+    """A train or evaluate instruction as the SuperNode rebuilds it: global weights and the round's config."""
+    content = RecordDict({"arrays": ArrayRecord(build_model(study, seed=study.seed).state_dict()),
+                          "config": ConfigRecord({"server-round": server_round})})
+    metadata = Metadata(run_id=RUN_ID, message_id=uuid.uuid4().hex, src_node_id=SUPERLINK_NODE_ID,
+                        dst_node_id=node_id, reply_to_message_id="", group_id=str(server_round),
+                        created_at=time.time(), ttl=3600.0, message_type=message_type)
+    return Message(metadata=metadata, content=content)
+
+
+def call_site(message_type: str, study: StudyConfig, node_config: dict[str, str], server_round: int = 1) -> Message:
+    """Call the real ClientApp with a fresh Context (as a fresh ``flwr-clientapp`` process would)."""
+    context = Context(run_id=RUN_ID, node_id=11, node_config=node_config, state=RecordDict(),
+                      run_config=study.to_run_config())
+    return app(instruction(message_type, study, server_round), context)
