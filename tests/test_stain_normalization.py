@@ -55,7 +55,7 @@ def test_lab_round_trip_and_reference_white() -> None:
 
 
 def test_knob_is_validated_and_keys_the_cache(shifted_slide: Path, tmp_path: Path) -> None:
-    assert TilingParams.from_study(StudyConfig()).stain_normalization == "reinhard"
+    assert TilingParams.from_study(StudyConfig(stain_normalization="reinhard")).stain_normalization == "reinhard"
     with pytest.raises(ConfigError, match="'stain-normalization' must be one of"):
         StudyConfig(stain_normalization="macenko")
     cache = FeatureCache(tmp_path)
