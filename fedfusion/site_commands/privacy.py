@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _show(args: argparse.Namespace) -> int:
-    site_dir = args.path if (args.path / LEDGER_DIR_NAME).is_dir() else None
+    is_site_dir = (args.path / LEDGER_DIR_NAME).is_dir() or (args.path / POLICY_FILE_NAME).is_file()
+    site_dir = args.path if is_site_dir else None
     ledger_dir = args.path / LEDGER_DIR_NAME if site_dir is not None else args.path
     policy_file = args.policy
     if policy_file is None and site_dir is not None and (site_dir / POLICY_FILE_NAME).is_file():
