@@ -50,7 +50,7 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
     proc = subprocess.run(
         [sys.executable, "-m", "fedfusion.cli", "simulate", "--sites", "2", "--rounds", "2",
-         "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir),
+         "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir), "--baselines",
          # Still DP-SGD (epsilon is checked below), with less noise so that 2 short rounds can learn.
          "--set", "noise-multiplier=0.5", "--set", "local-epochs=3"],
         env=env, capture_output=True, text=True, timeout=600, cwd=work,
@@ -81,6 +81,20 @@ def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[P
         eps = rows["epsilon"].tolist()
         assert eps[0] > 0 and eps[1] > eps[0]
     assert study.num_server_rounds == 2 and study.dp
+
+
+def test_baselines_table_scores_every_model_on_the_same_patients(
+    simulated_run: tuple[Path, Path, StudyConfig],
+) -> None:
+    _, results_dir, _ = simulated_run
+    table = pd.read_csv(results_dir / "baselines.csv")
+    assert list(table["model"]) == ["federated", "centralized", "centralized", "centralized", "centralized",
+                                    "site-a alone", "site-b alone", "oracle"]
+    assert set(table.loc[table["model"] == "centralized", "modalities"]) == {"wsi,omics,clinical", "wsi", "omics",
+                                                                             "clinical"}
+    assert table["test_c_index"].between(0.0, 1.0).all()
+    assert float(table.loc[table["model"] == "oracle", "test_c_index"].iloc[0]) > 0.75
+    assert "| federated |" in (results_dir / "baselines.md").read_text()
 
 
 def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
