@@ -23,7 +23,7 @@ from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
-from fedfusion.privacy.ledger import LEDGER_DIR_NAME
+from fedfusion.client.site_context import SIMULATED_SITES_DIR
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.simulation.local_study import simulate_study
 
@@ -49,7 +49,7 @@ def _sent(cohort_dir: Path) -> list[tuple[str, dict, bytes]]:
     """(site, record entry, serialized message) for every message every site sent, checked against the record."""
     sent = []
     for site in read_cohort_index(cohort_dir).sites:
-        ledger_dir = site.site_dir / LEDGER_DIR_NAME
+        ledger_dir = cohort_dir.parent / "results" / SIMULATED_SITES_DIR / site.name  # a simulation's own ledgers
         record = EgressRecord(ledger_dir / EGRESS_FILE)
         assert record.verify_chain() == len(record.entries()) > 0
         for entry in record.entries():

@@ -21,7 +21,9 @@ from fedfusion.data.records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.simulation.baselines import held_out_c_index
+from fedfusion.client.site_context import SIMULATED_SITES_DIR
 from fedfusion.client.site_trainer import SiteTrainer
+from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +83,10 @@ def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[P
         eps = rows["epsilon"].tolist()
         assert eps[0] > 0 and eps[1] > eps[0]
     assert study.num_server_rounds == 2 and study.dp
+    for site in set(sites["site"]):  # each simulated site's own ledger and egress record, in the run's results
+        site_dir = results_dir / SIMULATED_SITES_DIR / site
+        assert EgressRecord(site_dir / EGRESS_FILE).verify_chain() == 4  # 2 rounds x (train + evaluate)
+        assert any(site_dir.glob("*.json")), f"no privacy ledger for {site}"
 
 
 def test_baselines_table_scores_every_model_on_the_same_patients(

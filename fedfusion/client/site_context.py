@@ -3,7 +3,8 @@
 A deployed site daemon gets its facts from Flower's ``context.node_config`` (set by the site admin when the
 SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device`` and
 ``fallback-mpp``. A simulated site has only ``partition-id``; it is then the partition-th site listed in the
-cohort index under the study's ``cohort-dir``.
+cohort index under the study's ``cohort-dir``, and keeps its privacy ledger and egress record in the run's results
+folder (``<results-dir>/sites/<site>/``): each simulation is an experiment with its own privacy accounting.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import ConfigError
 
 PARTITION_ID_KEY = "partition-id"
+SIMULATED_SITES_DIR = "sites"
+"""Folder of a simulation's results holding one privacy folder per simulated site."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class SiteContext:
     cache_dir: Path | None
     device: str
     fallback_mpp: float | None
+    privacy_dir: Path | None = None
+    """A simulated site's ledger and egress folder; None for a deployed site (its node config decides)."""
 
 
 def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> SiteContext:
@@ -61,5 +66,6 @@ def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> 
             cache_dir=None,
             device=study.device,
             fallback_mpp=None,
+            privacy_dir=Path(study.results_dir) / SIMULATED_SITES_DIR / site.name if study.results_dir else None,
         )
     raise ConfigError("node config names neither 'data-dir' (a deployed site) nor 'partition-id' (a simulated one)")

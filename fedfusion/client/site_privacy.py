@@ -3,7 +3,8 @@
 Node config keys (set by the site admin when the SuperNode starts; the coordinator cannot change them):
 ``ledger-dir`` (privacy ledger and egress record; default ``<data-dir>/.fedfusion-ledger``) and ``policy-file``
 (the site's privacy policy; default ``<data-dir>/privacy_policy.toml`` if that file exists, else the built-in
-default of ``fedfusion.privacy.site_policy``). A simulated site has only its data folder, so it uses the defaults.
+default of ``fedfusion.privacy.site_policy``). A simulated site has no node config: its ledger folder is the one
+the simulation gives it (``SiteContext.privacy_dir``, inside the run's results) and its policy the default rule.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def resolve_site_privacy(node_config: Mapping[str, Any], site: SiteContext) -> S
 
 def resolve_ledger_dir(node_config: Mapping[str, Any], site: SiteContext) -> Path:
     """The site's privacy folder (ledger and egress record); needs no policy, so it resolves even when that fails."""
-    return Path(str(node_config[LEDGER_DIR_KEY])) if LEDGER_DIR_KEY in node_config else site.data_dir / LEDGER_DIR_NAME
+    if LEDGER_DIR_KEY in node_config:
+        return Path(str(node_config[LEDGER_DIR_KEY]))
+    return site.privacy_dir if site.privacy_dir is not None else site.data_dir / LEDGER_DIR_NAME
 
 
 def _load_site_policy(node_config: Mapping[str, Any], site: SiteContext) -> SitePolicy:
