@@ -1,0 +1,123 @@
+"""`SecAggServer`: the coordinator's side of a SecAgg+ round; it only ever holds masked vectors and shares.
+
+It routes ciphertexts it cannot read, adds masked vectors, and removes the masks with the seeds rebuilt from
+`threshold` shares: survivors' self masks, and the pairwise masks of sites that dropped out after sharing keys.
+Fewer than `threshold` survivors at any stage raises `PrivacyError` and drops every vector received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key
+from numpy.typing import NDArray
+
+from fedfusion.errors import PrivacyError
+from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.masks import mask_vector, pairwise_seed
+from fedfusion.secure_aggregation.messages import (
+    EncryptedShares,
+    MaskedInput,
+    PublicKeys,
+    SecureAverage,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from fedfusion.secure_aggregation.quantize import Layout, vector_length, weighted_average
+
+
+class SecAggServer:
+    """Collects each stage's answers and hands back what the next stage needs; one instance per round."""
+
+    def __init__(self, config: SecAggConfig) -> None:
+        self.config = config
+        self._keys: dict[int, PublicKeys] = {}
+        self._sharers: set[int] = set()
+        self._layout: Layout = ()
+        self._masked: dict[int, NDArray[np.int64]] = {}
+
+    def _require(self, count: int, stage: str) -> None:
+        if count < self.config.threshold:
+            self._masked.clear()
+            raise PrivacyError(
+                f"secure aggregation: {count} sites {stage}, fewer than the threshold {self.config.threshold}; "
+                f"the round is abandoned and nothing is unmasked"
+            )
+
+    def collect_public_keys(self, keys: Sequence[PublicKeys]) -> dict[int, PublicKeys]:
+        """Stage 1: check the announced keys; return the list to broadcast to every site."""
+        by_site = {k.site_id: k for k in keys}
+        if len(by_site) != len(keys) or len(keys) > self.config.num_sites:
+            raise PrivacyError(
+                f"secure aggregation: {len(keys)} key announcements for {len(by_site)} sites "
+                f"(at most {self.config.num_sites} invited)"
+            )
+        self._require(len(by_site), "announced keys")
+        self._keys = by_site
+        return dict(by_site)
+
+    def route_shares(self, shares: Sequence[EncryptedShares]) -> dict[int, dict[int, bytes]]:
+        """Stage 2: forward each ciphertext to its recipient; return, per sharing site, {sender: ciphertext}."""
+        sharers = {s.site_id for s in shares}
+        for sent in shares:
+            if sent.site_id not in self._keys or set(sent.ciphertexts) != set(self._keys) - {sent.site_id}:
+                raise PrivacyError(f"secure aggregation: site {sent.site_id} did not share with every keyed site")
+        self._require(len(sharers), "shared their keys")
+        self._sharers = sharers
+        return {
+            recipient: {s.site_id: s.ciphertexts[recipient] for s in shares if s.site_id != recipient}
+            for recipient in sorted(sharers)
+        }
+
+    def collect_masked_inputs(self, inputs: Sequence[MaskedInput]) -> UnmaskRequest:
+        """Stage 3: keep the masked vectors; return the unmask request naming survivors and dropouts."""
+        layouts = {masked.layout for masked in inputs}
+        for masked in inputs:
+            if masked.site_id not in self._sharers or len(masked.vector) != vector_length(masked.layout):
+                raise PrivacyError(f"secure aggregation: unexpected masked input from site {masked.site_id}")
+        if len(layouts) > 1:
+            raise PrivacyError("secure aggregation: sites sent updates of different array names or shapes")
+        self._masked = {masked.site_id: masked.vector for masked in inputs}
+        self._require(len(self._masked), "sent a masked input")
+        (self._layout,) = layouts
+        survivors = tuple(sorted(self._masked))
+        return UnmaskRequest(survivors, tuple(sorted(self._sharers - set(survivors))))
+
+    def aggregate(self, answers: Sequence[UnmaskShares]) -> SecureAverage:
+        """Stage 4: rebuild seeds from `threshold` shares each, remove every mask, return the weighted average."""
+        answers = [answer for answer in answers if answer.site_id in self._masked]
+        self._require(len({answer.site_id for answer in answers}), "answered the unmask request")
+        survivors = sorted(self._masked)
+        dropouts = sorted(self._sharers - set(survivors))
+        modulus = self.config.modulus
+        total = np.zeros(vector_length(self._layout), dtype=np.int64)
+        for vector in self._masked.values():
+            total = (total + vector) % modulus
+        self._masked.clear()
+        for site in survivors:
+            seed = self._reconstruct(site, [a.self_mask_shares.get(site) for a in answers])
+            total = (total - mask_vector(seed, len(total), modulus)) % modulus
+        for dropout in dropouts:
+            private_key = bytes_to_private_key(
+                self._reconstruct(dropout, [a.masking_key_shares.get(dropout) for a in answers])
+            )
+            for site in survivors:
+                pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key), len(total), modulus)
+                # The survivor added the pair's mask if its id is smaller, else subtracted it: undo that.
+                total = (total - pairwise if site < dropout else total + pairwise) % modulus
+        arrays, total_weight = weighted_average(total, self._layout, self.config)
+        return SecureAverage(arrays, total_weight, tuple(survivors))
+
+    def _reconstruct(self, site: int, shares: list[bytes | None]) -> bytes:
+        present = [share for share in shares if share is not None]
+        if len(present) < self.config.threshold:
+            raise PrivacyError(
+                f"secure aggregation: {len(present)} shares for site {site}, fewer than the threshold "
+                f"{self.config.threshold}; nothing is unmasked"
+            )
+        try:
+            return combine_shares(present[: self.config.threshold])
+        except ValueError:
+            raise PrivacyError(f"secure aggregation: the shares for site {site} do not reconstruct") from None

@@ -1,0 +1,175 @@
+"""`SecAggSite`: one site's side of a SecAgg+ round, as a state machine of four stages.
+
+The masking graph is complete (every site pairs with every other), the SecAgg+ setting with k = N - 1.
+All keys and seeds are fresh per round: make one `SecAggSite` per round.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import Enum
+
+import numpy as np
+from cryptography.fernet import InvalidToken
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
+from flwr.common.secure_aggregation.secaggplus_utils import (
+    share_keys_plaintext_concat,
+    share_keys_plaintext_separate,
+)
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_public_key,
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
+from numpy.typing import NDArray
+
+from fedfusion.errors import PrivacyError
+from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.masks import SEED_BYTES, mask_vector, pairwise_seed
+from fedfusion.secure_aggregation.messages import (
+    EncryptedShares,
+    MaskedInput,
+    PublicKeys,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from fedfusion.secure_aggregation.quantize import layout_of, weighted_quantized_vector
+
+
+class Stage(Enum):
+    """Where a site is in the round; each stage may run once, in order."""
+
+    NEW = 0
+    KEYS_SENT = 1
+    SHARES_SENT = 2
+    INPUT_SENT = 3
+    UNMASKED = 4
+
+
+class SecAggSite:
+    """A site's secrets for one round and the four answers it gives the coordinator."""
+
+    def __init__(self, site_id: int, config: SecAggConfig) -> None:
+        self.site_id = site_id
+        self.config = config
+        self._stage = Stage.NEW
+        self._encryption_private, encryption_public = generate_key_pairs()
+        self._masking_private, masking_public = generate_key_pairs()
+        self._public = PublicKeys(
+            site_id, public_key_to_bytes(encryption_public), public_key_to_bytes(masking_public)
+        )
+        self._self_mask_seed = os.urandom(SEED_BYTES)
+        self._peer_keys: dict[int, PublicKeys] = {}
+        self._self_mask_shares: dict[int, bytes] = {}
+        self._masking_key_shares: dict[int, bytes] = {}
+
+    def _advance(self, expected: Stage, following: Stage) -> None:
+        if self._stage is not expected:
+            raise PrivacyError(
+                f"site {self.site_id}: secure-aggregation request out of order "
+                f"(at stage {self._stage.name}, request needs {expected.name})"
+            )
+        self._stage = following
+
+    def public_keys(self) -> PublicKeys:
+        """Stage 1: the site's two public keys for this round."""
+        self._advance(Stage.NEW, Stage.KEYS_SENT)
+        return self._public
+
+    def share_keys(self, all_keys: Mapping[int, PublicKeys]) -> EncryptedShares:
+        """Stage 2: Shamir-share the self-mask seed and the masking private key, one ciphertext per other site."""
+        self._advance(Stage.KEYS_SENT, Stage.SHARES_SENT)
+        if all_keys.get(self.site_id) != self._public:
+            raise PrivacyError(f"site {self.site_id}: the key list does not hold this site's own public keys")
+        if not self.config.threshold <= len(all_keys) <= self.config.num_sites:
+            raise PrivacyError(
+                f"site {self.site_id}: {len(all_keys)} sites announced keys; secure aggregation needs "
+                f"{self.config.threshold} to {self.config.num_sites}"
+            )
+        published = [key for keys in all_keys.values() for key in (keys.encryption_key, keys.masking_key)]
+        if len(set(published)) != len(published) or any(k.site_id != i for i, k in all_keys.items()):
+            raise PrivacyError(f"site {self.site_id}: the key list repeats a public key or mislabels a site")
+        self._peer_keys = dict(all_keys)
+        order = sorted(all_keys)
+        seed_shares = create_shares(self._self_mask_seed, self.config.threshold, len(order))
+        key_shares = create_shares(private_key_to_bytes(self._masking_private), self.config.threshold, len(order))
+        ciphertexts: dict[int, bytes] = {}
+        for other, seed_share, key_share in zip(order, seed_shares, key_shares):
+            if other == self.site_id:
+                self._self_mask_shares[other] = seed_share
+                self._masking_key_shares[other] = key_share
+                continue
+            plaintext = share_keys_plaintext_concat(self.site_id, other, seed_share, key_share)
+            ciphertexts[other] = encrypt(self._share_key(other), plaintext)
+        return EncryptedShares(self.site_id, ciphertexts)
+
+    def _share_key(self, other: int) -> bytes:
+        return generate_shared_key(
+            self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key)
+        )
+
+    def masked_input(
+        self, ciphertexts: Mapping[int, bytes], update: Mapping[str, NDArray[np.floating]], weight: int
+    ) -> MaskedInput:
+        """Stage 3: keep the shares sent to this site, then mask [weight * quantized update, weight].
+
+        `ciphertexts` maps each site that shared its keys to the ciphertext it addressed to this site; only
+        those sites are paired with in the mask.
+        """
+        self._advance(Stage.SHARES_SENT, Stage.INPUT_SENT)
+        senders = set(ciphertexts)
+        if not senders <= set(self._peer_keys) - {self.site_id} or len(senders) + 1 < self.config.threshold:
+            raise PrivacyError(
+                f"site {self.site_id}: shares came from {len(senders)} known sites; secure aggregation needs "
+                f"{self.config.threshold - 1} other sites that announced keys"
+            )
+        for sender, ciphertext in ciphertexts.items():
+            try:
+                plaintext = decrypt(self._share_key(sender), ciphertext)
+            except InvalidToken:
+                raise PrivacyError(f"site {self.site_id}: the share from site {sender} does not decrypt") from None
+            source, destination, seed_share, key_share = share_keys_plaintext_separate(plaintext)
+            if (source, destination) != (sender, self.site_id):
+                raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
+            self._self_mask_shares[sender] = seed_share
+            self._masking_key_shares[sender] = key_share
+        modulus = self.config.modulus
+        vector = weighted_quantized_vector(update, weight, self.config, str(self.site_id))
+        vector = (vector + mask_vector(self._self_mask_seed, len(vector), modulus)) % modulus
+        for other in sorted(senders):
+            pairwise = mask_vector(
+                pairwise_seed(self._masking_private, self._peer_keys[other].masking_key), len(vector), modulus
+            )
+            vector = (vector + pairwise if self.site_id < other else vector - pairwise) % modulus
+        return MaskedInput(self.site_id, layout_of(update), vector)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Stage 4: reveal survivors' self-mask seed shares and dropouts' masking-key shares, never both for one site.
+
+        Answered once per round, only if this site is a survivor, at least `threshold` sites survived, and every
+        named site shared its keys with this site.
+        """
+        self._advance(Stage.INPUT_SENT, Stage.UNMASKED)
+        survivors, dropouts = set(request.survivors), set(request.dropouts)
+        if len(survivors) != len(request.survivors) or len(dropouts) != len(request.dropouts):
+            raise PrivacyError(f"site {self.site_id}: the unmask request names a site twice")
+        if survivors & dropouts:
+            raise PrivacyError(
+                f"site {self.site_id}: the unmask request names sites {sorted(survivors & dropouts)} both as "
+                f"survivor and as dropout; answering would reveal both of their masks"
+            )
+        if self.site_id not in survivors or not (survivors | dropouts) <= set(self._self_mask_shares):
+            raise PrivacyError(f"site {self.site_id}: the unmask request names sites that did not share keys here")
+        if len(survivors) < self.config.threshold:
+            raise PrivacyError(
+                f"site {self.site_id}: only {len(survivors)} sites survived, fewer than the threshold "
+                f"{self.config.threshold}; nothing is unmasked"
+            )
+        return UnmaskShares(
+            self.site_id,
+            {site: self._self_mask_shares[site] for site in sorted(survivors)},
+            {site: self._masking_key_shares[site] for site in sorted(dropouts)},
+        )
