@@ -79,6 +79,10 @@ def _build_parser() -> argparse.ArgumentParser:
     site_commands = site.add_subparsers(title="site commands", required=True, metavar="SITE_COMMAND")
     for register in _site_command_registrars():
         register(site_commands)
+
+    from fedfusion.provision_command import register as register_provision
+
+    register_provision(commands)
     return parser
 
 
