@@ -34,8 +34,10 @@ def _bin_dir() -> Path:
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    # The SuperLink starts `flower-superexec` by name: the venv's scripts must be on PATH even when the venv is
+    # not activated (`bash scripts/test` runs .venv/bin/python directly).
+    return {**os.environ, "PATH": f"{_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
