@@ -1,6 +1,7 @@
 """On-site cache of per-slide tile features, so a second run skips extraction.
 
-An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes), the encoder name and
+An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes, remembered between runs
+by ``SlideHashIndex``), the encoder name and
 the tiling knobs (tile size, target mpp, max background, stain normalisation, fallback mpp): a changed slide or
 knob is a new entry, never a stale hit. Entries are written atomically. The default place is
 ``<site_dir>/.fedfusion-cache/``, so features stay at the site with the slides.
@@ -15,20 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from fedfusion.atomic_io import atomic_write
+from fedfusion.data.slide_hash_index import SlideHashIndex
 from fedfusion.data.tiling import TilingParams
 
 CACHE_DIRNAME = ".fedfusion-cache"
 CACHE_FORMAT = "fedfusion-tile-features/1"
-HASH_CHUNK_BYTES = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+SLIDE_HASH_INDEX_FILE = "slide-hashes.json"
 
 
 class FeatureCache:
@@ -36,12 +29,13 @@ class FeatureCache:
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
+        self.slide_hashes = SlideHashIndex(self.cache_dir / SLIDE_HASH_INDEX_FILE)
         self.hits = 0
         self.misses = 0
 
     def key(self, slide: Path, encoder_name: str, params: TilingParams, fallback_mpp: float | None) -> str:
         """Cache key of a slide's features under these extraction settings."""
-        identity = {"format": CACHE_FORMAT, "slide_sha256": file_sha256(slide), "encoder": encoder_name,
+        identity = {"format": CACHE_FORMAT, "slide_sha256": self.slide_hashes.sha256(slide), "encoder": encoder_name,
                     "tile_size": params.tile_size, "target_mpp": params.target_mpp,
                     "max_background": params.max_background, "stain_normalization": params.stain_normalization,
                     "fallback_mpp": fallback_mpp}
