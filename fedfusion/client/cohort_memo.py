@@ -17,7 +17,7 @@ _MEMO: dict[tuple[object, ...], SiteCohort] = {}
 
 def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
     """The site's cohort for this study, read from disk on first use in this process."""
-    key = (site.data_dir.resolve(), site.gene_panel.resolve(), site.cache_dir, site.fallback_mpp,
+    key = (site.data_dir.resolve(), site.gene_panel.resolve(), site.cache_dir, site.fallback_mpp, site.encoder_file,
            study.tile_size, study.target_mpp, study.max_background, study.encoder, study.test_fraction,
            study.seed)
     if key not in _MEMO:
@@ -27,5 +27,6 @@ def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
             gene_panel=read_gene_panel(site.gene_panel),
             cache_dir=site.cache_dir,
             fallback_mpp=site.fallback_mpp,
+            encoder_file=site.encoder_file,
         )
     return _MEMO[key]

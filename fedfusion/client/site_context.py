@@ -1,8 +1,9 @@
 """Where a site's data, cache and device come from, for a deployed SuperNode or a simulated one.
 
 A deployed site daemon gets its facts from Flower's ``context.node_config`` (set by the site admin when the
-SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device`` and
-``fallback-mpp``. A simulated site has only ``partition-id``; it is then the partition-th site listed in the
+SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device``,
+``fallback-mpp`` and ``encoder-file`` (the site's copy of a ``torchscript:<sha256>`` study encoder). A simulated
+site has only ``partition-id``; it is then the partition-th site listed in the
 cohort index under the study's ``cohort-dir``, and keeps its privacy ledger and egress record in the run's results
 folder (``<results-dir>/sites/<site>/``): each simulation is an experiment with its own privacy accounting.
 """
@@ -33,6 +34,8 @@ class SiteContext:
     cache_dir: Path | None
     device: str
     fallback_mpp: float | None
+    encoder_file: Path | None = None
+    """The site's copy of a user-supplied TorchScript tile encoder, when the study uses one."""
     privacy_dir: Path | None = None
     """A simulated site's ledger and egress folder; None for a deployed site (its node config decides)."""
 
@@ -50,6 +53,7 @@ def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> 
             cache_dir=Path(str(node_config["cache-dir"])) if "cache-dir" in node_config else None,
             device=str(node_config.get("device", study.device)),
             fallback_mpp=float(node_config["fallback-mpp"]) if "fallback-mpp" in node_config else None,
+            encoder_file=Path(str(node_config["encoder-file"])) if "encoder-file" in node_config else None,
         )
     if PARTITION_ID_KEY in node_config:
         index = read_cohort_index(Path(study.cohort_dir))

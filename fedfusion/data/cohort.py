@@ -37,18 +37,20 @@ class _SlideJob:
 def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence[str],
                      cache_dir: Path | None = None, device: str = "cpu", fallback_mpp: float | None = None,
                      skip_bad: bool = False, progress: Callable[[str], None] | None = None,
-                     workers: int = 1, subtypes: Sequence[str] = STUDY_SUBTYPES) -> SiteCohort:
+                     workers: int = 1, subtypes: Sequence[str] = STUDY_SUBTYPES,
+                     encoder_file: Path | None = None) -> SiteCohort:
     """Read one site's data into patient records split into train and test.
 
     Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
     extracted (in ``workers`` spawned processes when > 1, so a calling script needs the usual
     ``if __name__ == "__main__"`` guard). A slide that cannot be used raises ``SlideError``, or with
     ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it. Table problems always raise
-    ``DataError`` naming the file and patient.
+    ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:<sha256>``
+    study encoder (see ``fedfusion.data.tile_encoder``).
     """
     site_dir = Path(site_dir)
     report = progress or (lambda _msg: None)
-    _check_study(study, gene_panel, subtypes)
+    _check_study(study, gene_panel, subtypes, encoder_file)
     if not site_dir.is_dir():
         raise DataError(f"site {site_dir.name}: directory {site_dir} does not exist")
     findings = Findings()
@@ -59,7 +61,7 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     params = TilingParams.from_study(study)
     cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
     features, slide_notes = _slide_features(entries, params, study.encoder, cache, device, fallback_mpp,
-                                            skip_bad, workers, report)
+                                            skip_bad, workers, report, encoder_file)
     notes.extend(slide_notes)
 
     train: list[PatientRecord] = []
@@ -82,7 +84,8 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     return SiteCohort(site=site_dir.name, train=train, test=test, notes=notes)
 
 
-def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequence[str]) -> None:
+def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequence[str],
+                 encoder_file: Path | None) -> None:
     if len(gene_panel) != study.omics_dim:
         raise ConfigError(f"study config 'omics-dim' is {study.omics_dim} but the gene panel has "
                           f"{len(gene_panel)} genes")
@@ -92,7 +95,7 @@ def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequen
     if study.clinical_dim != 2:
         raise ConfigError(f"study config 'clinical-dim' must be 2 (age_z, sex) for this data path, "
                           f"got {study.clinical_dim}")
-    feature_dim = get_tile_encoder(study.encoder).feature_dim
+    feature_dim = get_tile_encoder(study.encoder, encoder_file=encoder_file).feature_dim
     if feature_dim != study.tile_feature_dim:
         raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "
                           f"'{study.encoder}' gives {feature_dim} features")
@@ -100,7 +103,8 @@ def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequen
 
 def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder: str, cache: FeatureCache,
                     device: str, fallback_mpp: float | None, skip_bad: bool, workers: int,
-                    report: Callable[[str], None]) -> tuple[dict[Path, np.ndarray], list[str]]:
+                    report: Callable[[str], None],
+                    encoder_file: Path | None) -> tuple[dict[Path, np.ndarray], list[str]]:
     """Features of every slide (from the cache or extracted), and notes on slides skipped as bad."""
     features: dict[Path, np.ndarray] = {}
     notes: list[str] = []
@@ -123,7 +127,7 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
             features[path] = cached
     if jobs:
         report(f"extracting tile features of {len(jobs)} slides ({len(features)} cached)")
-    for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers):
+    for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
         if isinstance(result, SlideError):
             fail(job.path, result)
             continue
@@ -133,18 +137,18 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
 
 
 def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: str, fallback_mpp: float | None,
-             workers: int) -> Iterator[tuple[_SlideJob, np.ndarray | SlideError]]:
+             workers: int, encoder_file: Path | None) -> Iterator[tuple[_SlideJob, np.ndarray | SlideError]]:
     """Extract the jobs' features in order, serially or in a process pool (one OpenSlide handle per task)."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             try:
-                yield job, extract_slide_features(job.path, params, encoder, device, fallback_mpp)
+                yield job, extract_slide_features(job.path, params, encoder, device, fallback_mpp, encoder_file)
             except SlideError as error:
                 yield job, error
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp)
+        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file)
                    for job in jobs]
         for job, future in zip(jobs, futures):
             try:

@@ -21,7 +21,7 @@ STAIN_SAMPLE_TILES = 8
 
 
 def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
-                           fallback_mpp: float | None = None) -> np.ndarray:
+                           fallback_mpp: float | None = None, encoder_file: Path | None = None) -> np.ndarray:
     """``[num_tiles, feature_dim]`` float32 features of the slide's kept tissue tiles, in tile-grid order.
 
     Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue.
@@ -30,7 +30,7 @@ def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, 
     if len(plan.coords) == 0:
         raise SlideError(f"slide {path}: no tissue tile among {plan.num_candidates} "
                          f"(max background {params.max_background:.0%})")
-    encoder = get_tile_encoder(encoder_name, device)
+    encoder = get_tile_encoder(encoder_name, device, encoder_file)
     with _one_torch_thread():
         parts = [encoder.encode(batch) for batch in batched(slide_tiles(plan), ENCODE_BATCH)]
     return np.concatenate(parts, axis=0)

@@ -3,22 +3,29 @@
 ``random-conv-v1`` is a fixed, untrained encoder: two convolution stages whose weights come from a constant seed
 (the same at every site and in every run, whatever the study seed), pooled to per-channel mean and standard
 deviation, plus optical-density colour statistics. It needs no download and never sees site data, yet it
-separates stain colour and nuclear texture (size, density, darkness) linearly. Encoders are looked up by name
-in a registry so that other encoders (e.g. a user-supplied TorchScript model) can be added later.
+separates stain colour and nuclear texture (size, density, darkness) linearly.
+
+``torchscript:<sha256>`` is a frozen encoder the hospital already has (e.g. a public pathology foundation model
+exported with ``torch.jit.save``): the study names the file's sha256, so every site provably uses the same
+weights, and each site points its node config key ``encoder-file`` at its local copy. The module takes float32
+``[batch, 3, h, w]`` RGB scaled to [0, 1] and returns ``[batch, feature_dim]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedfusion.data.slide_hash_index import file_sha256
 from fedfusion.errors import ConfigError
 
+TORCHSCRIPT_PREFIX = "torchscript:"
 RANDOM_CONV_SEED = 20240601
 """Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
 
@@ -76,9 +83,49 @@ ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: Random
 """Registered tile encoders by name (the study's ``encoder`` key)."""
 
 
+class TorchScriptEncoder(TileEncoder):
+    """A user-supplied frozen TorchScript encoder (see the module docstring for its contract)."""
+
+    def __init__(self, name: str, module: torch.jit.ScriptModule, tile_size: int = 224) -> None:
+        super().__init__()
+        self.name = name
+        self.module = module
+        self.register_buffer("_device_marker", torch.zeros(0))
+        with torch.no_grad():
+            self.feature_dim = int(self.module(torch.zeros(1, 3, tile_size, tile_size)).shape[-1])
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, feature_dim]`` features."""
+        return self.module(rgb / 255.0)
+
+
 @lru_cache(maxsize=8)
-def get_tile_encoder(name: str, device: str = "cpu") -> TileEncoder:
-    """The encoder registered as ``name``, in eval mode on ``device`` (one shared instance per process)."""
+def get_tile_encoder(name: str, device: str = "cpu", encoder_file: Path | None = None) -> TileEncoder:
+    """The encoder ``name`` in eval mode on ``device`` (one shared instance per process).
+
+    ``torchscript:<sha256>`` loads ``encoder_file`` after checking that its sha256 is the one the study names.
+    """
+    if name.startswith(TORCHSCRIPT_PREFIX):
+        return _load_torchscript(name, encoder_file).to(torch.device(device)).eval()
     if name not in ENCODERS:
-        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)}")
+        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)} "
+                          f"or '{TORCHSCRIPT_PREFIX}<sha256 of a TorchScript file>'")
     return ENCODERS[name]().to(torch.device(device)).eval()
+
+
+def _load_torchscript(name: str, encoder_file: Path | None) -> TorchScriptEncoder:
+    expected = name.removeprefix(TORCHSCRIPT_PREFIX).lower()
+    if encoder_file is None:
+        raise ConfigError(f"the study uses tile encoder '{name}': set this site's node config 'encoder-file' to "
+                          "its local copy of that TorchScript file")
+    if not Path(encoder_file).is_file():
+        raise ConfigError(f"tile encoder file {encoder_file}: does not exist")
+    actual = file_sha256(Path(encoder_file))
+    if actual != expected:
+        raise ConfigError(f"tile encoder file {encoder_file}: sha256 {actual} is not the study's {expected}; "
+                          "every site must use the same encoder file")
+    try:
+        module = torch.jit.load(str(encoder_file), map_location="cpu")
+    except RuntimeError as exc:
+        raise ConfigError(f"tile encoder file {encoder_file}: not a TorchScript model ({exc})") from exc
+    return TorchScriptEncoder(name, module.eval())
