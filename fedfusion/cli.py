@@ -2,6 +2,8 @@
 
     fedfusion synth      write a synthetic multi-hospital cohort (real slide, omics and clinical files)
     fedfusion simulate   run a federated study of several simulated sites on this machine
+    fedfusion site ...   a site admin's commands: check data, show the privacy ledger and the egress record
+    fedfusion provision  an operator's commands: consortium CA, coordinator certificate, site keys
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedfusion.errors import ConfigError, FedfusionError
+from fedfusion.provision_command import register as register_provision
+from fedfusion.site_commands import REGISTRARS as SITE_COMMANDS
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -77,20 +81,10 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Inspect and run what happens at one hospital: its data, its privacy spend, what left it.",
     )
     site_commands = site.add_subparsers(title="site commands", required=True, metavar="SITE_COMMAND")
-    for register in _site_command_registrars():
+    for register in SITE_COMMANDS:  # one module per site command
         register(site_commands)
-
-    from fedfusion.provision_command import register as register_provision
-
     register_provision(commands)
     return parser
-
-
-def _site_command_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    """Each site command lives in its own module with a ``register(subparsers)`` function."""
-    from fedfusion.site_commands import REGISTRARS
-
-    return list(REGISTRARS)
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -12,14 +12,13 @@ from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.records import SiteCohort
 
-_MEMO: dict[tuple[object, ...], SiteCohort] = {}
+_MEMO: dict[tuple[SiteContext, StudyConfig], SiteCohort] = {}
 
 
 def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
     """The site's cohort for this study, read from disk on first use in this process."""
-    key = (site.data_dir.resolve(), site.gene_panel.resolve(), site.cache_dir, site.fallback_mpp, site.encoder_file,
-           study.tile_size, study.target_mpp, study.max_background, study.encoder, study.test_fraction,
-           study.seed)
+    # Keyed by the whole (frozen, hashable) site context and study: a knob added later cannot be forgotten here.
+    key = (site, study)
     if key not in _MEMO:
         _MEMO[key] = load_site_cohort(
             site.data_dir,

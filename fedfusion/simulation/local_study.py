@@ -51,11 +51,12 @@ def simulate_study(
                           "pass --cohort-dir with a new folder to generate a larger cohort")
     results_dir = results_dir.resolve()
     study = study.replace(cohort_dir=str(cohort_dir), results_dir=str(results_dir))
-    if study.omics_dim != len(read_gene_panel(index.gene_panel_path)):
+    panel = read_gene_panel(index.gene_panel_path)
+    if study.omics_dim != len(panel):
         raise ConfigError(f"study 'omics-dim' is {study.omics_dim} but the gene panel "
-                          f"{index.gene_panel_path} lists {len(read_gene_panel(index.gene_panel_path))} genes")
+                          f"{index.gene_panel_path} lists {len(panel)} genes")
 
-    cohorts = _prepare_sites(study, index.sites[:num_sites], index.gene_panel_path, emit)
+    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
          + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP"))
     run_in_simulation_engine(study, num_sites, results_dir / "flower-app")
@@ -73,10 +74,9 @@ def simulate_study(
     return results_dir
 
 
-def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], gene_panel_path: Path,
+def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], panel: list[str],
                    emit: Callable[[str], None]) -> list[SiteCohort]:
     """Run each site's data path once so the simulated sites find their features cached."""
-    panel = read_gene_panel(gene_panel_path)
     cohorts = []
     for site in sites:
         started = time.monotonic()

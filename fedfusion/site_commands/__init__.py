@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from fedfusion.site_commands import check
-from fedfusion.site_commands import egress, privacy
+from fedfusion.site_commands import check, egress, privacy
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
-REGISTRARS.append(check.register)
-REGISTRARS.append(privacy.register)
-REGISTRARS.append(egress.register)
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+    check.register,
+    privacy.register,
+    egress.register,
+]
