@@ -66,6 +66,12 @@ class StudyConfig:
     encoder: str = "random-conv-v1"
     cohort_dir: str = "cohorts/default"
     results_dir: str = ""
+    study_id: str = ""
+    """Names the study across coordinator restarts (a resubmitted study gets a new Flower run id); empty: derived
+    from a hash of the study config (``fedfusion.study_identity``). Sites key their privacy ledger rounds by it."""
+    round_timeout: float = 600.0
+    """Seconds the coordinator waits for the sites' replies in each round phase; a site that has not answered by
+    then is left out of the round (it rejoins the next one)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -150,6 +156,8 @@ class StudyConfig:
         if self.stain_normalization not in STAIN_NORMALIZATIONS:
             raise ConfigError(f"study config 'stain-normalization' must be one of {STAIN_NORMALIZATIONS}, "
                               f"got '{self.stain_normalization}'")
+        if self.round_timeout <= 0:
+            raise ConfigError(f"study config 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:

@@ -7,7 +7,10 @@ and holds no patient data, so it reaches the operator.
 
 Before anything runs, the site checks the study against its own privacy policy; before training, it charges the
 round's planned DP steps to its on-disk privacy ledger (refusing if the budget would be exceeded) and settles the
-actual steps afterwards. Every reply is recorded in the site's egress record before it leaves (``egress_mod``).
+actual steps afterwards. Ledger rounds are keyed by the study (``study_identity``) and round; a round the site
+already answered for this study and the same global model (the coordinator died before checkpointing it) is
+answered with the stored reply instead (``round_replay``): no second training, no second charge. Every reply is
+recorded in the site's egress record before it leaves (``egress_mod``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flwr.clientapp import ClientApp
 
 from fedfusion.client.cohort_memo import load_cohort_once
 from fedfusion.client.egress_mod import egress_record_mod
+from fedfusion.client.round_replay import RoundReplay, StoredReply
 from fedfusion.client.site_context import SiteContext, resolve_site_context
 from fedfusion.client.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.client.site_trainer import SiteTrainer
@@ -28,6 +32,7 @@ from fedfusion.config import StudyConfig
 from fedfusion.errors import PrivacyError
 from fedfusion.privacy.accounting import history_delta, planned_round
 from fedfusion.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
+from fedfusion.study_identity import study_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,22 +78,27 @@ def _answer(msg: Message, context: Context, handler: Handler) -> Message:
 
 
 def _train(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
-    cohort = load_cohort_once(site, study)
-    trainer = SiteTrainer(cohort, study, device=site.device)
     server_round = int(msg.content["config"].get("server-round", 0))
-    planned = (planned_round(study.noise_multiplier, len(cohort.train), study.batch_size, study.local_epochs)
-               if study.dp else None)
+    received = msg.content["arrays"].to_torch_state_dict()
     ledger = privacy.ledger(site)
-    charge = ledger.charge(run_id=msg.metadata.run_id, server_round=server_round, planned=planned,
-                           policy=privacy.policy)
-    outcome = trainer.train(
-        msg.content["arrays"].to_torch_state_dict(),
-        accountant_history=charge.prior,
-        seed=study.seed * 100_003 + server_round,
-    )
-    ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
-    metrics = MetricRecord({WEIGHT_KEY: outcome.num_patients, **outcome.metrics})
-    return RecordDict({"arrays": ArrayRecord(outcome.weights), "metrics": metrics})
+    replies = RoundReplay(ledger.directory, ledger.dataset, study_id(study))
+    reply = replies.find(server_round, received)
+    if reply is not None:
+        logger.info("site %s replays its stored reply to round %s of study %s", site.name, server_round,
+                    replies.study_id)
+    else:
+        cohort = load_cohort_once(site, study)
+        trainer = SiteTrainer(cohort, study, device=site.device)
+        planned = (planned_round(study.noise_multiplier, len(cohort.train), study.batch_size, study.local_epochs)
+                   if study.dp else None)
+        charge = ledger.charge(run_id=msg.metadata.run_id, server_round=server_round, planned=planned,
+                               policy=privacy.policy, study_id=replies.study_id)
+        outcome = trainer.train(received, accountant_history=charge.prior, seed=study.seed * 100_003 + server_round)
+        reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
+        replies.store(server_round, received, reply)  # before settling: a kill after this point replays
+        ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
+    metrics = MetricRecord({WEIGHT_KEY: reply.num_patients, **reply.metrics})
+    return RecordDict({"arrays": ArrayRecord(reply.weights), "metrics": metrics})
 
 
 def _evaluate(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:

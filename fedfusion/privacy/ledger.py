@@ -4,7 +4,7 @@ One JSON file per dataset, ``<ledger_dir>/<dataset key>.json``, rewritten atomic
 an exclusive lock (``<ledger_dir>/.lock``)::
 
     {"format": 1, "dataset": KEY, "site": NAME, "data_dir": PATH,
-     "rounds": [{"id", "run_id", "server_round", "status": "charged" | "settled", "dp": bool,
+     "rounds": [{"id", "run_id", "study_id", "server_round", "status": "charged" | "settled", "dp": bool,
                  "planned": [[noise, sample_rate, steps]], "counted": [[...]], "reconciled": bool,
                  "charged_at", "settled_at"}]}
 
@@ -13,6 +13,10 @@ full; after training it is **settled** with what the accountant actually took (t
 maximum of planned and actual steps, so it never counts less). The ledger's history is the concatenation of the
 counted entries merged as Opacus' accountant merges them, so its epsilon is exactly that of one accountant that
 took every step. A non-DP round has no accountant: its epsilon is infinite.
+
+A round names its study (``study_id``, stable across coordinator restarts, unlike Flower's ``run_id``) and
+``server_round``; ``rounds_of`` lists a study round's entries. Every charge is a new entry: a round charged again
+(its training was killed, or its stored reply is gone) is counted again, never merged into the earlier charge.
 
 **Dataset key**: sha256 of the site name and the resolved data folder. Not the folder's contents (adding
 patients must not reset the spend on those already there) and not anything from the study config (the
@@ -78,6 +82,8 @@ class LedgerRound:
     """True when the actual steps differed from the plan and the larger count was kept."""
     charged_at: str = ""
     settled_at: str = ""
+    study_id: str = ""
+    """The study the round belongs to (empty in ledgers written before studies were named)."""
 
 
 @dataclass(frozen=True)
@@ -108,12 +114,16 @@ class PrivacyLedger:
         """The Opacus accountant history of every counted step, merged as one accountant would hold it."""
         return merged_history([entry for r in self._read() for entry in r.counted])
 
+    def rounds_of(self, study_id: str, server_round: int) -> list[LedgerRound]:
+        """The entries of one study's round (more than one when it was charged again)."""
+        return [r for r in self._read() if (r.study_id, r.server_round) == (study_id, server_round)]
+
     def epsilon(self, mechanism: str, delta: float) -> float:
         """Epsilon spent at ``delta`` by ``mechanism`` ("prv"/"rdp"); infinite after a non-DP round."""
         return _epsilon(self._read(), mechanism, delta)
 
     def charge(self, *, run_id: int, server_round: int, planned: AccountantHistory | None,
-               policy: SitePolicy) -> Charge:
+               policy: SitePolicy, study_id: str = "") -> Charge:
         """Record ``planned`` (``None`` for a non-DP round) before training, unless it would exceed the budget.
 
         ``PrivacyError`` naming the site and the rule when the projected epsilon (at the policy's delta, by the
@@ -121,7 +131,7 @@ class PrivacyLedger:
         """
         entry = LedgerRound(id=uuid.uuid4().hex, run_id=run_id, server_round=server_round, status="charged",
                             dp=planned is not None, planned=validated_history(planned or []),
-                            counted=validated_history(planned or []), charged_at=_now())
+                            counted=validated_history(planned or []), charged_at=_now(), study_id=study_id)
         with self._locked():
             rounds = self._read()
             projected = _epsilon([*rounds, entry], policy.accountant, policy.delta)

@@ -1,0 +1,96 @@
+"""The coordinator's checkpoint: written atomically after each round, refused for another study or a changed
+config, and marked finished after the last round; the study id survives resubmission."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedfusion.config import StudyConfig
+from fedfusion.errors import ConfigError
+from fedfusion.models.fusion_model import build_model
+from fedfusion.server.checkpoint import Checkpoint, CoordinatorCheckpoint
+from fedfusion.study_identity import study_id
+
+STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20, results_dir="/somewhere")
+
+
+def _checkpoint(completed: int, seed: int = 0) -> Checkpoint:
+    weights = build_model(STUDY, seed=seed).state_dict()
+    rows = [{"round": r, "phase": "train", "epsilon": 1.5 * r} for r in range(1, completed + 1)]
+    return Checkpoint(completed, STUDY.num_server_rounds, weights, site_rows=rows, round_rows=rows)
+
+
+def test_saved_checkpoint_loads_back_with_weights_round_and_rows(tmp_path: Path) -> None:
+    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(2))
+    loaded = CoordinatorCheckpoint(tmp_path, STUDY).load()
+    assert loaded is not None and loaded.completed_round == 2 and not loaded.finished
+    expected = build_model(STUDY, seed=0).state_dict()
+    assert loaded.weights.keys() == expected.keys()
+    assert all(torch.equal(loaded.weights[k], expected[k]) for k in expected)
+    assert [row["round"] for row in loaded.site_rows] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["global-round-2.pt", "state.json"]
+
+
+def test_no_checkpoint_means_a_fresh_study(tmp_path: Path) -> None:
+    assert CoordinatorCheckpoint(tmp_path, STUDY).load() is None
+
+
+def test_last_round_marks_the_study_finished(tmp_path: Path) -> None:
+    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(3))
+    loaded = CoordinatorCheckpoint(tmp_path, STUDY).load()
+    assert loaded is not None and loaded.finished
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["finished"] is True
+
+
+def test_a_kill_before_the_commit_leaves_the_previous_round(tmp_path: Path) -> None:
+    checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
+    checkpoints.save(_checkpoint(1))
+    # What a kill between writing round 2's model file and committing state.json leaves behind:
+    torch.save(_checkpoint(2, seed=1).weights, checkpoints.directory / "global-round-2.pt")
+    loaded = checkpoints.load()
+    assert loaded is not None and loaded.completed_round == 1
+    expected = build_model(STUDY, seed=0).state_dict()
+    assert all(torch.equal(loaded.weights[k], expected[k]) for k in expected)
+    checkpoints.save(_checkpoint(2, seed=1))  # the next save commits round 2 and drops round 1's model
+    assert sorted(p.name for p in checkpoints.directory.iterdir()) == ["global-round-2.pt", "state.json"]
+
+
+def test_a_damaged_model_file_is_refused_not_restarted(tmp_path: Path) -> None:
+    checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
+    checkpoints.save(_checkpoint(1))
+    (checkpoints.directory / "global-round-1.pt").write_bytes(b"torn")
+    with pytest.raises(ConfigError, match=r"checkpoint .*state.json is unreadable .*does not match the sha256"):
+        checkpoints.load()
+
+
+def test_changed_config_is_refused_naming_the_keys(tmp_path: Path) -> None:
+    named = STUDY.replace(study_id="trial-7")
+    CoordinatorCheckpoint(tmp_path, named).save(_checkpoint(1))
+    changed = named.replace(learning_rate=0.05, local_epochs=4)
+    with pytest.raises(ConfigError, match=r"study 'trial-7' .* another config \('learning-rate' 0.01 -> 0.05, "
+                                          r"'local-epochs' 2 -> 4\)"):
+        CoordinatorCheckpoint(tmp_path, changed).load()
+
+
+def test_another_study_in_the_same_results_folder_is_refused(tmp_path: Path) -> None:
+    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(1))
+    other = STUDY.replace(learning_rate=0.05)  # no study-id: a changed config is another study
+    with pytest.raises(ConfigError, match=f"holds a checkpoint of study '{study_id(STUDY)}', not of study "
+                                          f"'{study_id(other)}'"):
+        CoordinatorCheckpoint(tmp_path, other).load()
+
+
+def test_study_id_is_stable_and_ignores_where_the_study_runs() -> None:
+    assert study_id(STUDY) == study_id(StudyConfig.from_run_config(STUDY.to_run_config()))
+    assert study_id(STUDY) == study_id(STUDY.replace(results_dir="/elsewhere", device="cpu", round_timeout=5.0))
+    assert study_id(STUDY) != study_id(STUDY.replace(seed=1))
+    assert study_id(STUDY).startswith("cfg-") and study_id(STUDY.replace(study_id="trial-7")) == "trial-7"
+
+
+def test_round_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="'round-timeout' must be > 0"):
+        StudyConfig(round_timeout=0)
