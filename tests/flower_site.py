@@ -53,8 +53,12 @@ def instruction(message_type: str, study: StudyConfig, server_round: int, node_i
     return Message(metadata=metadata, content=content)
 
 
+def site_context(study: StudyConfig, node_config: dict[str, str]) -> Context:
+    """A fresh Context, as a fresh ``flwr-clientapp`` process gets it."""
+    return Context(run_id=RUN_ID, node_id=11, node_config=node_config, state=RecordDict(),
+                   run_config=study.to_run_config())
+
+
 def call_site(message_type: str, study: StudyConfig, node_config: dict[str, str], server_round: int = 1) -> Message:
     """Call the real ClientApp with a fresh Context (as a fresh ``flwr-clientapp`` process would)."""
-    context = Context(run_id=RUN_ID, node_id=11, node_config=node_config, state=RecordDict(),
-                      run_config=study.to_run_config())
-    return app(instruction(message_type, study, server_round), context)
+    return app(instruction(message_type, study, server_round), site_context(study, node_config))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,8 @@ class RoundReplay:
                 return None
             return StoredReply(dict(stored["weights"]), int(stored["num_patients"]),
                                {str(k): float(v) for k, v in stored["metrics"].items()})
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+                RuntimeError) as exc:
             raise PrivacyError(f"site {self.site}: stored reply {path} is unreadable ({exc}); refusing to train "
                                f"round {server_round} again without knowing what was sent") from exc
 

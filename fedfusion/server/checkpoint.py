@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -88,7 +89,8 @@ class CoordinatorCheckpoint:
                               round_rows=list(state["round_rows"]))
         except ConfigError:
             raise
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+                RuntimeError) as exc:
             raise ConfigError(f"coordinator checkpoint {self.state_path} is unreadable ({exc}); move the folder "
                               f"{self.directory} away to start the study again") from exc
 
