@@ -66,7 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--sites", type=int, default=3, help="number of simulated sites (default: %(default)s)")
     simulate.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
     simulate.add_argument("--results-dir", type=Path, default=None,
-                          help="results folder (default: runs/<timestamp>)")
+                          help="results folder (default: runs/<timestamp>); an interrupted study is resumed by "
+                               "running the same command with the same folder")
     simulate.add_argument("--baselines", action="store_true",
                           help="also train centralized, single-modality and site-alone models and compare "
                                "them with the federated one on the same held-out patients")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedfusion.cli import main
 from fedfusion.config import StudyConfig
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
@@ -94,3 +95,14 @@ def test_study_id_is_stable_and_ignores_where_the_study_runs() -> None:
 def test_round_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="'round-timeout' must be > 0"):
         StudyConfig(round_timeout=0)
+
+
+def test_simulate_refuses_a_results_folder_of_another_study_before_any_work(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    CoordinatorCheckpoint(tmp_path / "results", STUDY.replace(study_id="trial-7")).save(_checkpoint(1))
+    code = main(["simulate", "--sites", "2", "--cohort-dir", str(small_cohort), "--results-dir",
+                 str(tmp_path / "results")])
+    assert code == 2
+    assert "holds a checkpoint of study 'trial-7', not of study 'cfg-" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "flower-app").exists()

@@ -2,7 +2,9 @@
 
 Steps: make (or reuse) the synthetic cohort; run each site's data path once (tiling + features, cached on
 disk, so the simulated sites only read caches); run the Flower app in Flower's simulation engine; optionally
-train and score the baselines on the same held-out patients.
+train and score the baselines on the same held-out patients. A results folder holding the checkpoint of an
+interrupted run of the same study resumes it (the ServerApp does; a checkpoint of another study or config is
+refused here, before any work).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fedfusion.data.cohort_index import CohortIndex, SiteEntry, read_cohort_inde
 from fedfusion.data.records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
+from fedfusion.server.checkpoint import CoordinatorCheckpoint
 from fedfusion.server.run_recorder import MODEL_FILE
 from fedfusion.simulation.baselines import format_table, run_baselines
 from fedfusion.simulation.flower_engine import run_in_simulation_engine
@@ -51,6 +54,10 @@ def simulate_study(
                           "pass --cohort-dir with a new folder to generate a larger cohort")
     results_dir = results_dir.resolve()
     study = study.replace(cohort_dir=str(cohort_dir), results_dir=str(results_dir))
+    saved = CoordinatorCheckpoint(results_dir, study).load()
+    if saved is not None:
+        emit(f"{results_dir} holds this study after round {saved.completed_round} of {saved.num_rounds}: "
+             + ("nothing left to train" if saved.finished else "resuming"))
     panel = read_gene_panel(index.gene_panel_path)
     if study.omics_dim != len(panel):
         raise ConfigError(f"study 'omics-dim' is {study.omics_dim} but the gene panel "

@@ -1,0 +1,123 @@
+"""End to end: `fedfusion simulate` killed (SIGKILL, with every process it started) after its round-1 checkpoint,
+then run again with the same command, resumes at the next round; each round is recorded once and charged to each
+site's ledger once. Real Flower simulation engine (Ray), real Opacus, real slides. Slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedfusion.client.site_context import SIMULATED_SITES_DIR
+from fedfusion.config import StudyConfig
+from fedfusion.data.synthetic import generate_cohort
+from fedfusion.privacy.ledger import ledgers_in
+from fedfusion.server.checkpoint import CHECKPOINT_DIR, STATE_FILE
+from fedfusion.study_identity import study_id
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``marker`` (inherited by every child, Ray's too)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_all(marker: str) -> None:
+    """SIGKILL every process carrying ``marker`` until none is left (Ray may still be starting one)."""
+    deadline = time.monotonic() + 30
+    while (pids := _processes_with_marker(marker)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    assert not _processes_with_marker(marker), "processes survived SIGKILL"
+
+
+def _completed_round(results_dir: Path) -> int:
+    try:
+        return int(json.loads((results_dir / CHECKPOINT_DIR / STATE_FILE).read_text())["completed_round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_coordinator_resumes_without_repeating_rounds_or_privacy_spend(tmp_path: Path) -> None:
+    cohort_dir, results_dir = tmp_path / "cohort", tmp_path / "results"
+    generate_cohort(cohort_dir, num_sites=2, seed=3, patients_per_site=[40, 30], slide_size_px=1024)
+    command = [sys.executable, "-m", "fedfusion.cli", "simulate", "--sites", "2", "--rounds", str(ROUNDS),
+               "--cohort-dir", str(cohort_dir), "--results-dir", str(results_dir), "--set", "local-epochs=1"]
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "FEDFUSION_TEST_MARKER": marker}
+
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while _completed_round(results_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        _kill_all(marker)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "simulate finished or failed before it could be killed"
+    killed_after = _completed_round(results_dir)
+    assert 1 <= killed_after < ROUNDS
+    assert not (results_dir / "round_metrics.csv").exists()  # results are written only at the end
+
+    second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    leftovers = _processes_with_marker(marker)
+    _kill_all(marker)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert not leftovers, f"simulate left processes running: {leftovers}"
+    study = StudyConfig.from_run_config(json.loads((results_dir / "config.json").read_text()))
+    name = study_id(study)
+    output = second.stdout + second.stderr
+    assert f"resuming study {name} at round {killed_after + 1} of {ROUNDS}" in output
+    assert "[round 1/3] train" not in output  # rounds already done are not run again
+
+    rounds = pd.read_csv(results_dir / "round_metrics.csv")
+    assert sorted(zip(rounds["round"], rounds["phase"])) == sorted(
+        (r, phase) for r in range(1, ROUNDS + 1) for phase in ("train", "evaluate"))
+    sites = pd.read_csv(results_dir / "site_metrics.csv")
+    assert not sites.duplicated(["round", "phase", "site"]).any() and len(sites) == ROUNDS * 2 * 2
+
+    for site in ("site-a", "site-b"):
+        (ledger,) = ledgers_in(results_dir / SIMULATED_SITES_DIR / site)
+        for server_round in range(1, ROUNDS + 1):
+            entries = ledger.rounds_of(name, server_round)
+            settled = [e for e in entries if e.status == "settled"]
+            # One charge per round; the one exception allowed is the round a site was training when it was
+            # killed (charged, never settled, nothing sent), which is charged again when retrained.
+            assert len(settled) == 1, (site, server_round, entries)
+            unsettled = [e for e in entries if e.status != "settled"]
+            assert not unsettled or (server_round == killed_after + 1 and len(unsettled) == 1), (site, entries)
+        final_eps = sites[(sites["site"] == site) & (sites["phase"] == "train") & (sites["round"] == ROUNDS)]
+        assert float(final_eps["epsilon"].iloc[0]) == pytest.approx(ledger.epsilon(study.accountant, study.delta))
+
+    ledger_files = {p: p.read_bytes() for p in (results_dir / SIMULATED_SITES_DIR).rglob("*.json")}
+    third = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    _kill_all(marker)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert f"study {name} already finished ({ROUNDS} rounds); nothing to train" in third.stdout + third.stderr
+    assert {p: p.read_bytes() for p in ledger_files} == ledger_files
