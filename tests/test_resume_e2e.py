@@ -1,5 +1,6 @@
-"""End to end: `fedfusion simulate` killed (SIGKILL, with every process it started) after its round-1 checkpoint,
-then run again with the same command, resumes at the next round; each round is recorded once and charged to each
+"""End to end: `fedfusion simulate` killed (SIGKILL, with every process it started) after its round-1 checkpoint
+and after both sites answered round 2, but before round 2 was checkpointed; run again with the same command, it
+resumes at round 2, the sites replay their stored round-2 replies, each round is recorded once and charged to each
 site's ledger once. Real Flower simulation engine (Ray), real Opacus, real slides. Slow."""
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedfusion.client.round_replay import REPLIES_DIR
 from fedfusion.client.site_context import SIMULATED_SITES_DIR
 from fedfusion.config import StudyConfig
 from fedfusion.data.synthetic import generate_cohort
+from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.server.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from fedfusion.study_identity import study_id
@@ -26,6 +29,7 @@ from fedfusion.study_identity import study_id
 pytestmark = pytest.mark.slow
 
 ROUNDS = 3
+SITES = ("site-a", "site-b")
 
 
 def _processes_with_marker(marker: str) -> list[int]:
@@ -55,6 +59,35 @@ def _kill_all(marker: str) -> None:
     assert not _processes_with_marker(marker), "processes survived SIGKILL"
 
 
+def _left_running(marker: str, grace_s: float = 10.0) -> list[str]:
+    """Command lines of marked processes still alive ``grace_s`` after a run ended (Ray stops asynchronously)."""
+    deadline = time.monotonic() + grace_s
+    while (pids := _processes_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = []
+    for pid in pids:
+        try:
+            lines.append(f"{pid}: " + (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return lines
+
+
+def _both_sent_round_2(results_dir: Path) -> bool:
+    """True once every site's egress record holds its round-2 training reply (and its stored copy exists)."""
+    for site in SITES:
+        site_dir = results_dir / SIMULATED_SITES_DIR / site
+        try:
+            sent = [json.loads(line) for line in (site_dir / EGRESS_FILE).read_bytes().splitlines()]
+        except (OSError, ValueError):
+            return False
+        if not any(e["kind"] == "train" and e["round"] == 2 for e in sent):
+            return False
+        if not list(site_dir.glob(f"{REPLIES_DIR}/*/*/round-2.pt")):
+            return False
+    return True
+
+
 def _completed_round(results_dir: Path) -> int:
     try:
         return int(json.loads((results_dir / CHECKPOINT_DIR / STATE_FILE).read_text())["completed_round"])
@@ -74,46 +107,44 @@ def test_killed_coordinator_resumes_without_repeating_rounds_or_privacy_spend(tm
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 400
-        while _completed_round(results_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not _both_sent_round_2(results_dir) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.killpg(first.pid, signal.SIGKILL)
     finally:
         _kill_all(marker)
         first.wait()
     assert first.returncode == -signal.SIGKILL, "simulate finished or failed before it could be killed"
-    killed_after = _completed_round(results_dir)
-    assert 1 <= killed_after < ROUNDS
+    assert _completed_round(results_dir) == 1, "killed after round 2 was checkpointed: nothing to replay"
     assert not (results_dir / "round_metrics.csv").exists()  # results are written only at the end
 
     second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500)
-    leftovers = _processes_with_marker(marker)
+    leftovers = _left_running(marker)
     _kill_all(marker)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert not leftovers, f"simulate left processes running: {leftovers}"
     study = StudyConfig.from_run_config(json.loads((results_dir / "config.json").read_text()))
     name = study_id(study)
     output = second.stdout + second.stderr
-    assert f"resuming study {name} at round {killed_after + 1} of {ROUNDS}" in output
+    assert f"resuming study {name} at round 2 of {ROUNDS}" in output
     assert "[round 1/3] train" not in output  # rounds already done are not run again
 
     rounds = pd.read_csv(results_dir / "round_metrics.csv")
     assert sorted(zip(rounds["round"], rounds["phase"])) == sorted(
         (r, phase) for r in range(1, ROUNDS + 1) for phase in ("train", "evaluate"))
     sites = pd.read_csv(results_dir / "site_metrics.csv")
-    assert not sites.duplicated(["round", "phase", "site"]).any() and len(sites) == ROUNDS * 2 * 2
+    assert not sites.duplicated(["round", "phase", "site"]).any() and len(sites) == ROUNDS * 2 * len(SITES)
 
-    for site in ("site-a", "site-b"):
-        (ledger,) = ledgers_in(results_dir / SIMULATED_SITES_DIR / site)
+    for site in SITES:
+        site_dir = results_dir / SIMULATED_SITES_DIR / site
+        (ledger,) = ledgers_in(site_dir)
         for server_round in range(1, ROUNDS + 1):
-            entries = ledger.rounds_of(name, server_round)
-            settled = [e for e in entries if e.status == "settled"]
-            # One charge per round; the one exception allowed is the round a site was training when it was
-            # killed (charged, never settled, nothing sent), which is charged again when retrained.
-            assert len(settled) == 1, (site, server_round, entries)
-            unsettled = [e for e in entries if e.status != "settled"]
-            assert not unsettled or (server_round == killed_after + 1 and len(unsettled) == 1), (site, entries)
+            assert len(ledger.rounds_of(name, server_round)) == 1, (site, server_round, ledger.rounds())
         final_eps = sites[(sites["site"] == site) & (sites["phase"] == "train") & (sites["round"] == ROUNDS)]
         assert float(final_eps["epsilon"].iloc[0]) == pytest.approx(ledger.epsilon(study.accountant, study.delta))
+        # Round 2 left the site twice, the same update both times (the replay), and is on its egress record.
+        sent = [e for e in EgressRecord(site_dir / EGRESS_FILE).entries() if e["kind"] == "train"]
+        assert [e["round"] for e in sent] == [1, 2, 2, 3]
+        assert sent[1]["arrays"] == sent[2]["arrays"] and sent[1]["metrics"] == sent[2]["metrics"]
 
     ledger_files = {p: p.read_bytes() for p in (results_dir / SIMULATED_SITES_DIR).rglob("*.json")}
     third = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
