@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from fedfusion.errors import ConfigError
 
-# Flower's `quantize` rounds into int32, and masked sums are added in int64: two residues below the modulus
-# must add up without overflowing, so the modulus stays at or below 2**62.
+# Levels stay within int32 like Flower's `quantize`; masked vectors are added modulo 2**64 (uint64 wrap-around),
+# so the unmasked sum is exact when it stays below 2**64; `modulus` (its power-of-two bound) stays at or below 2**62.
 MAX_QUANTIZATION_RANGE = 2**31 - 1
 MAX_MODULUS = 2**62
 
@@ -70,9 +70,9 @@ class SecAggConfig:
 
     @property
     def modulus(self) -> int:
-        """Arithmetic modulus of masked vectors: the smallest power of two above `max_weighted_sum`.
+        """Bound of the unmasked sum: the smallest power of two above `max_weighted_sum`.
 
         Every entry of sum_i(w_i * q_i) lies in [0, N * max_weight * R] and the summed weight in
-        [0, N * max_weight], so the unmasked sum never wraps around.
+        [0, N * max_weight], so the unmasked sum (computed modulo 2**64 >= modulus) never wraps around.
         """
         return 1 << self.max_weighted_sum.bit_length()

@@ -35,11 +35,11 @@ class EncryptedShares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A site's masked vector: [w * quantized update, w] plus self mask plus pairwise masks, modulo the modulus."""
+    """A site's masked vector: [w * quantized update, w] plus self mask plus pairwise masks, modulo 2**64."""
 
     site_id: int
     layout: Layout
-    vector: NDArray[np.int64]
+    vector: NDArray[np.uint64]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class SecAggServer:
         self._keys: dict[int, PublicKeys] = {}
         self._sharers: set[int] = set()
         self._layout: Layout = ()
-        self._masked: dict[int, NDArray[np.int64]] = {}
+        self._masked: dict[int, NDArray[np.uint64]] = {}
 
     def _require(self, count: int, stage: str) -> None:
         if count < self.config.threshold:
@@ -75,7 +75,8 @@ class SecAggServer:
         """Stage 3: keep the masked vectors; return the unmask request naming survivors and dropouts."""
         layouts = {masked.layout for masked in inputs}
         for masked in inputs:
-            if masked.site_id not in self._sharers or len(masked.vector) != vector_length(masked.layout):
+            if (masked.site_id not in self._sharers or masked.vector.dtype != np.uint64
+                    or len(masked.vector) != vector_length(masked.layout)):
                 raise PrivacyError(f"secure aggregation: unexpected masked input from site {masked.site_id}")
         if len(layouts) > 1:
             raise PrivacyError("secure aggregation: sites sent updates of different array names or shapes")
@@ -91,22 +92,24 @@ class SecAggServer:
         self._require(len({answer.site_id for answer in answers}), "answered the unmask request")
         survivors = sorted(self._masked)
         dropouts = sorted(self._sharers - set(survivors))
-        modulus = self.config.modulus
-        total = np.zeros(vector_length(self._layout), dtype=np.int64)
+        total = np.zeros(vector_length(self._layout), dtype=np.uint64)
         for vector in self._masked.values():
-            total = (total + vector) % modulus
+            total += vector
         self._masked.clear()
         for site in survivors:
             seed = self._reconstruct(site, [a.self_mask_shares.get(site) for a in answers])
-            total = (total - mask_vector(seed, len(total), modulus)) % modulus
+            total -= mask_vector(seed, len(total))
         for dropout in dropouts:
             private_key = bytes_to_private_key(
                 self._reconstruct(dropout, [a.masking_key_shares.get(dropout) for a in answers])
             )
             for site in survivors:
-                pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key), len(total), modulus)
+                pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key), len(total))
                 # The survivor added the pair's mask if its id is smaller, else subtracted it: undo that.
-                total = (total - pairwise if site < dropout else total + pairwise) % modulus
+                if site < dropout:
+                    total -= pairwise
+                else:
+                    total += pairwise
         arrays, total_weight = weighted_average(total, self._layout, self.config)
         return SecureAverage(arrays, total_weight, tuple(survivors))
 

@@ -136,14 +136,14 @@ class SecAggSite:
                 raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
             self._self_mask_shares[sender] = seed_share
             self._masking_key_shares[sender] = key_share
-        modulus = self.config.modulus
         vector = weighted_quantized_vector(update, weight, self.config, str(self.site_id))
-        vector = (vector + mask_vector(self._self_mask_seed, len(vector), modulus)) % modulus
+        vector += mask_vector(self._self_mask_seed, len(vector))
         for other in sorted(senders):
-            pairwise = mask_vector(
-                pairwise_seed(self._masking_private, self._peer_keys[other].masking_key), len(vector), modulus
-            )
-            vector = (vector + pairwise if self.site_id < other else vector - pairwise) % modulus
+            pairwise = mask_vector(pairwise_seed(self._masking_private, self._peer_keys[other].masking_key), len(vector))
+            if self.site_id < other:
+                vector += pairwise
+            else:
+                vector -= pairwise
         return MaskedInput(self.site_id, layout_of(update), vector)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
