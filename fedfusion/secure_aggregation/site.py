@@ -1,7 +1,9 @@
 """`SecAggSite`: one site's side of a SecAgg+ round, as a state machine of four stages.
 
 The masking graph is complete (every site pairs with every other), the SecAgg+ setting with k = N - 1.
-All keys and seeds are fresh per round: make one `SecAggSite` per round.
+All keys and seeds are fresh per round: make one `SecAggSite` per round. Between the stages a site may keep its
+secrets outside the process (`secrets` / `from_secrets`, e.g. in Flower's per-node `context.state`); they must
+never leave the site.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from enum import Enum
+from typing import Union
 
 import numpy as np
 from cryptography.fernet import InvalidToken
@@ -19,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_separate,
 )
 from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
     bytes_to_public_key,
     generate_key_pairs,
     private_key_to_bytes,
@@ -37,6 +41,10 @@ from fedfusion.secure_aggregation.messages import (
     UnmaskShares,
 )
 from fedfusion.secure_aggregation.quantize import layout_of, weighted_quantized_vector
+
+
+Secret = Union[int, bytes, list[int], list[bytes]]
+"""A value of a site's kept secrets (what Flower's ConfigRecord holds)."""
 
 
 class Stage(Enum):
@@ -65,6 +73,47 @@ class SecAggSite:
         self._peer_keys: dict[int, PublicKeys] = {}
         self._self_mask_shares: dict[int, bytes] = {}
         self._masking_key_shares: dict[int, bytes] = {}
+
+    def secrets(self) -> dict[str, Secret]:
+        """Everything the site needs for its next stage, as plain values (private keys and seeds included)."""
+        peers = sorted(self._peer_keys)
+        return {
+            "site-id": self.site_id,
+            "stage": self._stage.value,
+            "encryption-private": private_key_to_bytes(self._encryption_private),
+            "masking-private": private_key_to_bytes(self._masking_private),
+            "encryption-public": self._public.encryption_key,
+            "masking-public": self._public.masking_key,
+            "self-mask-seed": self._self_mask_seed,
+            "peers": peers,
+            "peer-encryption-keys": [self._peer_keys[p].encryption_key for p in peers],
+            "peer-masking-keys": [self._peer_keys[p].masking_key for p in peers],
+            "self-mask-share-sites": list(self._self_mask_shares),
+            "self-mask-shares": list(self._self_mask_shares.values()),
+            "masking-key-share-sites": list(self._masking_key_shares),
+            "masking-key-shares": list(self._masking_key_shares.values()),
+        }
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[str, Secret], config: SecAggConfig) -> SecAggSite:
+        """The site as `secrets` left it (the inverse of `secrets`)."""
+        site = cls.__new__(cls)
+        site.site_id = int(secrets["site-id"])  # type: ignore[arg-type]
+        site.config = config
+        site._stage = Stage(secrets["stage"])
+        site._encryption_private = bytes_to_private_key(secrets["encryption-private"])  # type: ignore[arg-type]
+        site._masking_private = bytes_to_private_key(secrets["masking-private"])  # type: ignore[arg-type]
+        site._public = PublicKeys(
+            site.site_id, secrets["encryption-public"], secrets["masking-public"]  # type: ignore[arg-type]
+        )
+        site._self_mask_seed = secrets["self-mask-seed"]  # type: ignore[assignment]
+        site._peer_keys = {
+            int(p): PublicKeys(int(p), e, m)
+            for p, e, m in zip(secrets["peers"], secrets["peer-encryption-keys"], secrets["peer-masking-keys"])  # type: ignore[call-overload]
+        }
+        site._self_mask_shares = dict(zip(secrets["self-mask-share-sites"], secrets["self-mask-shares"]))  # type: ignore[call-overload]
+        site._masking_key_shares = dict(zip(secrets["masking-key-share-sites"], secrets["masking-key-shares"]))  # type: ignore[call-overload]
+        return site
 
     def _advance(self, expected: Stage, following: Stage) -> None:
         if self._stage is not expected:

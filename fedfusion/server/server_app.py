@@ -1,4 +1,5 @@
-"""The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites, with federated evaluation.
+"""The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites (through secure aggregation when the
+study asks for it), with federated evaluation.
 
 The initial model is built from the study config with the study seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``.
@@ -16,7 +17,7 @@ from fedfusion.config import StudyConfig
 from fedfusion.models.fusion_model import build_model
 from fedfusion.server.progress_log import emit_progress
 from fedfusion.server.run_recorder import RunRecorder
-from fedfusion.strategies.patient_weighted_fedavg import PatientWeightedFedAvg
+from fedfusion.strategies.secure_fedavg import SecurePatientWeightedFedAvg
 
 ROUND_TIMEOUT_S = 3600.0
 
@@ -29,8 +30,10 @@ def main(grid: Grid, context: Context) -> None:
     study = StudyConfig.from_run_config(context.run_config)
     results_dir = Path(study.results_dir) if study.results_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     recorder = RunRecorder(study, emit=emit_progress)
-    strategy = PatientWeightedFedAvg(
+    strategy = SecurePatientWeightedFedAvg(
         min_sites=study.min_sites,
+        secure_aggregation=study.secure_aggregation,
+        threshold_fraction=study.secure_aggregation_threshold,
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
     )
