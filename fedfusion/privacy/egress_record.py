@@ -64,10 +64,15 @@ def describe(message: Message, payload: bytes, server_round: int) -> dict[str, A
     for record_name, record in message.content.metric_records.items():
         entry["metrics"].update({f"{record_name}/{k}": v for k, v in record.items()})
     for record_name, record in message.content.config_records.items():
-        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not isinstance(v, bytes)})
+        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not _is_bytes(v)})
     dp = {key: value for name, value in entry["metrics"].items() for key in DP_METRICS if name.endswith(f"/{key}")}
     entry["dp"] = dp or None
     return entry
+
+
+def _is_bytes(value: object) -> bool:
+    """Bytes (keys, ciphertexts, shares) are recorded by the message's hash only, not written out."""
+    return isinstance(value, bytes) or (isinstance(value, list) and any(isinstance(v, bytes) for v in value))
 
 
 class EgressRecord:
