@@ -22,12 +22,13 @@ from fedfusion.client.site_privacy import SitePrivacy
 from fedfusion.config import StudyConfig
 from fedfusion.errors import PrivacyError
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
-from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.records import (
     MASKED_INPUT,
     SECAGG_RECORD,
     SHARE_KEYS,
     UNMASK,
+    config_from,
+    config_values,
     encrypted_shares_record,
     masked_input_content,
     public_keys_record,
@@ -68,10 +69,9 @@ def secure_train(train: Handler, state: RecordDict) -> Handler:
         if list(trained) != list(initial):
             raise PrivacyError(f"site {site.name}: trained weights do not match the global model's names")
         update = {name: trained[name].numpy() - initial[name].numpy() for name in initial}
-        secagg = SecAggSite(site_id, config)
+        secagg = SecAggSite(site_id, config, content.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]
         content[SECAGG_RECORD] = public_keys_record(secagg.public_keys())
-        weight = int(content.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]
-        _keep(state, secagg, {"run-id": str(msg.metadata.run_id), "server-round": server_round, "weight": weight})
+        _keep(state, secagg, {"run-id": str(msg.metadata.run_id), "server-round": server_round})
         state[UPDATE_RECORD] = ArrayRecord({name: Array(np.ascontiguousarray(u)) for name, u in update.items()})
         return content
 
@@ -86,12 +86,7 @@ def stage_handler(state: RecordDict) -> Handler:
         server_round = int(msg.content["config"].get("server-round", -1)) if "config" in msg.content else -1
         if saved is None or (saved["run-id"], saved["server-round"]) != (str(msg.metadata.run_id), server_round):
             raise PrivacyError(f"site {site.name}: no secure-aggregation round {server_round} in progress here")
-        config = SecAggConfig(
-            num_sites=int(saved["num-sites"]), threshold=int(saved["threshold"]),  # type: ignore[arg-type]
-            clipping_range=float(saved["clipping-range"]),  # type: ignore[arg-type]
-            quantization_range=int(saved["quantization-range"]), max_weight=int(saved["max-weight"]),  # type: ignore[arg-type]
-        )
-        secagg = SecAggSite.from_secrets(saved, config)
+        secagg = SecAggSite.from_secrets(saved, config_from(saved))
         stage = stage_of(msg.content)
         try:
             if stage == SHARE_KEYS:
@@ -99,8 +94,7 @@ def stage_handler(state: RecordDict) -> Handler:
                     secagg.share_keys(read_share_keys_request(msg.content)))})
             elif stage == MASKED_INPUT:
                 update = {name: array.numpy() for name, array in state.array_records[UPDATE_RECORD].items()}
-                masked = secagg.masked_input(read_masked_input_request(msg.content), update,
-                                             int(saved["weight"]))  # type: ignore[arg-type]
+                masked = secagg.masked_input(read_masked_input_request(msg.content), update)
                 del state[UPDATE_RECORD]
                 reply = masked_input_content(masked)
             elif stage == UNMASK:
@@ -113,7 +107,7 @@ def stage_handler(state: RecordDict) -> Handler:
         except Exception:
             forget(state)
             raise
-        _keep(state, secagg, {key: saved[key] for key in ("run-id", "server-round", "weight")})  # type: ignore[misc]
+        _keep(state, secagg, {key: saved[key] for key in ("run-id", "server-round")})  # type: ignore[misc]
         return reply
 
     return handler
@@ -127,9 +121,4 @@ def forget(state: RecordDict) -> None:
 
 
 def _keep(state: RecordDict, secagg: SecAggSite, round_values: dict[str, int | str]) -> None:
-    config = secagg.config
-    state[STATE_RECORD] = ConfigRecord({
-        **round_values, "num-sites": config.num_sites, "threshold": config.threshold,
-        "clipping-range": config.clipping_range, "quantization-range": config.quantization_range,
-        "max-weight": config.max_weight, **secagg.secrets(),
-    })
+    state[STATE_RECORD] = ConfigRecord({**round_values, **config_values(secagg.config), **secagg.secrets()})

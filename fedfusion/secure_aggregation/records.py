@@ -4,10 +4,9 @@ Every stage message and reply holds one ConfigRecord under `SECAGG_RECORD` whose
 the masked vector travels as the ArrayRecord `MASKED_RECORD`. Site ids are the 1-based positions the
 coordinator gave the round's sites, not Flower node ids (which need not fit a signed 64-bit record value).
 
-    train message   "secagg": {stage="train", site-id, num-sites, threshold, clipping-range, quantization-range,
-                               max-weight}
-    train reply     "secagg": {stage="keys", site-id, encryption-key, masking-key}
-    query.secagg    "secagg": {stage="share-keys", sites, encryption-keys, masking-keys}
+    train message   "secagg": {stage="train", site-id, num-sites, threshold, clipping-range, quantization-range}
+    train reply     "secagg": {stage="keys", site-id, encryption-key, masking-key, weight}
+    query.secagg    "secagg": {stage="share-keys", sites, encryption-keys, masking-keys, weights}
       reply         "secagg": {stage="share-keys", site-id, recipients, ciphertexts}
     query.secagg    "secagg": {stage="masked-input", senders, ciphertexts}
       reply         "secagg": {stage="masked-input", site-id, layout}   + "masked": {"vector": uint64}
@@ -55,37 +54,43 @@ def _record(content: RecordDict, stage: str) -> ConfigRecord:
     return record
 
 
+def config_values(config: SecAggConfig) -> dict[str, int | float]:
+    """The SecAgg numbers as record values (read back by `config_from`)."""
+    return {"num-sites": config.num_sites, "threshold": config.threshold, "clipping-range": config.clipping_range,
+            "quantization-range": config.quantization_range}
+
+
 def train_request(config: SecAggConfig, site_id: int) -> ConfigRecord:
     """What a train message tells one site: its id and the round's SecAgg numbers."""
-    return ConfigRecord({
-        "stage": TRAIN, "site-id": site_id, "num-sites": config.num_sites, "threshold": config.threshold,
-        "clipping-range": config.clipping_range, "quantization-range": config.quantization_range,
-        "max-weight": config.max_weight,
-    })
+    return ConfigRecord({"stage": TRAIN, "site-id": site_id, **config_values(config)})
+
+
+def config_from(record: ConfigRecord) -> SecAggConfig:
+    """The SecAgg numbers of `config_values` in a record (a train request, a site's kept state), validated."""
+    return SecAggConfig(
+        num_sites=int(record["num-sites"]), threshold=int(record["threshold"]),  # type: ignore[arg-type]
+        clipping_range=float(record["clipping-range"]),  # type: ignore[arg-type]
+        quantization_range=int(record["quantization-range"]),  # type: ignore[arg-type]
+    )
 
 
 def read_train_request(content: RecordDict) -> tuple[SecAggConfig, int]:
     """The round's config (validated) and this site's id, from a train message."""
     record = _record(content, TRAIN)
-    config = SecAggConfig(
-        num_sites=int(record["num-sites"]), threshold=int(record["threshold"]),  # type: ignore[arg-type]
-        clipping_range=float(record["clipping-range"]),  # type: ignore[arg-type]
-        quantization_range=int(record["quantization-range"]),  # type: ignore[arg-type]
-        max_weight=int(record["max-weight"]),  # type: ignore[arg-type]
-    )
-    return config, int(record["site-id"])  # type: ignore[arg-type]
+    return config_from(record), int(record["site-id"])  # type: ignore[arg-type]
 
 
 def public_keys_record(keys: PublicKeys) -> ConfigRecord:
     """Stage 1 reply."""
     return ConfigRecord({"stage": KEYS, "site-id": keys.site_id, "encryption-key": keys.encryption_key,
-                         "masking-key": keys.masking_key})
+                         "masking-key": keys.masking_key, "weight": keys.weight})
 
 
 def read_public_keys(content: RecordDict) -> PublicKeys:
     """Stage 1 reply, read by the coordinator."""
     record = _record(content, KEYS)
-    return PublicKeys(int(record["site-id"]), bytes(record["encryption-key"]), bytes(record["masking-key"]))  # type: ignore[arg-type]
+    return PublicKeys(int(record["site-id"]), bytes(record["encryption-key"]), bytes(record["masking-key"]),  # type: ignore[arg-type]
+                      int(record["weight"]))  # type: ignore[arg-type]
 
 
 def share_keys_request(keys: Mapping[int, PublicKeys]) -> ConfigRecord:
@@ -93,14 +98,16 @@ def share_keys_request(keys: Mapping[int, PublicKeys]) -> ConfigRecord:
     sites = sorted(keys)
     return ConfigRecord({"stage": SHARE_KEYS, "sites": sites,
                          "encryption-keys": [keys[s].encryption_key for s in sites],
-                         "masking-keys": [keys[s].masking_key for s in sites]})
+                         "masking-keys": [keys[s].masking_key for s in sites],
+                         "weights": [keys[s].weight for s in sites]})
 
 
 def read_share_keys_request(content: RecordDict) -> dict[int, PublicKeys]:
     """Stage 2 request, read by a site."""
     record = _record(content, SHARE_KEYS)
-    return {int(s): PublicKeys(int(s), e, m)
-            for s, e, m in zip(record["sites"], record["encryption-keys"], record["masking-keys"], strict=True)}  # type: ignore[arg-type]
+    return {int(s): PublicKeys(int(s), e, m, int(w))
+            for s, e, m, w in zip(record["sites"], record["encryption-keys"], record["masking-keys"],  # type: ignore[call-overload]
+                                  record["weights"], strict=True)}
 
 
 def encrypted_shares_record(shares: EncryptedShares) -> ConfigRecord:
