@@ -22,6 +22,7 @@ from fedfusion.config import StudyConfig
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
+from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.flower_coordinator import MESSAGE_TYPE
 from fedfusion.secure_aggregation.messages import UnmaskRequest
@@ -177,3 +178,14 @@ def test_policy_secure_aggregation_mandatory_refuses_plain_rounds(small_cohort: 
 
     secure, _ = run_round(study, node_configs(small_cohort, tmp_path, "strict-on", 2, policy), "on")
     assert len(secure.arrays) > 0 and secure.train_metrics_clientapp[1]["secure-aggregation-sites"] == 2
+
+
+def test_secure_aggregation_composes_with_dp_sgd(small_cohort: Path, tmp_path: Path) -> None:
+    study = small_study(small_cohort)  # DP-SGD on
+    configs = node_configs(small_cohort, tmp_path, "dp", 3)
+    result, _ = run_round(study, configs, "auto")
+    metrics = result.train_metrics_clientapp[1]
+    assert metrics["secure-aggregation-sites"] == 3 and metrics["epsilon"] > 0 and len(result.arrays) > 0
+    for config in configs.values():
+        ledger = PrivacyLedger(Path(config["ledger-dir"]), dataset_id(config["site-name"], Path(config["data-dir"])))
+        assert [r.server_round for r in ledger.rounds()] == [1]

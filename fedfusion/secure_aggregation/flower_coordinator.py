@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
@@ -35,7 +35,15 @@ from fedfusion.secure_aggregation.server import SecAggServer
 MESSAGE_TYPE = f"query.{QUERY_ACTION}"
 
 
-Parsed = TypeVar("Parsed")
+class FromSite(Protocol):
+    """A stage answer: it names the site that sent it."""
+
+    @property
+    def site_id(self) -> int:
+        """The sending site's id in the round."""
+
+
+Parsed = TypeVar("Parsed", bound=FromSite)
 
 
 class StageRunner:
@@ -74,7 +82,7 @@ class StageRunner:
                 log(WARNING, "secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
                     self.server_round, node, type(exc).__name__, exc)
                 continue
-            site = getattr(parsed, "site_id")
+            site = parsed.site_id
             if self.node_of_site.get(site) != node:
                 log(WARNING, "secure aggregation, round %s: node %s answered for site %r; ignored",
                     self.server_round, node, site)
