@@ -31,6 +31,7 @@ from fedfusion.strategies.secure_fedavg import SecurePatientWeightedFedAvg, seca
 from flower_site import call_site, deployed_node_config, small_study
 from loopback_grid import LoopbackGrid
 
+DEFAULT_CLIPPING_RANGE = SecAggConfig(num_sites=3, threshold=2).clipping_range
 FLOAT32_SLACK = 1e-6
 """The plain average is computed in float32 (Flower's FedAvg), the secure one in float64 then cast to float32."""
 
@@ -189,3 +190,25 @@ def test_secure_aggregation_composes_with_dp_sgd(small_cohort: Path, tmp_path: P
     for config in configs.values():
         ledger = PrivacyLedger(Path(config["ledger-dir"]), dataset_id(config["site-name"], Path(config["data-dir"])))
         assert [r.server_round for r in ledger.rounds()] == [1]
+
+
+def test_updates_near_and_beyond_the_clipping_range_with_weights(small_cohort: Path, tmp_path: Path) -> None:
+    """A large learning rate pushes part of each update past the clipping range: those values count as its end."""
+    study = small_study(small_cohort, dp=False, learning_rate=4.0)
+    initial = {k: v.numpy().astype(np.float64) for k, v in build_model(study, seed=study.seed).state_dict().items()}
+    alone = node_configs(small_cohort, tmp_path, "alone", 3)
+    trained = {node: run_round(study, {node: config}, "off")[0] for node, config in alone.items()}  # each site's weights
+    weights = {node: result.train_metrics_clientapp[1]["patients"] for node, result in trained.items()}
+    deltas = {node: {k: result.arrays[k].numpy() - initial[k] for k in initial} for node, result in trained.items()}
+    clip = DEFAULT_CLIPPING_RANGE
+    beyond = np.mean([np.mean(np.abs(d) > clip) for update in deltas.values() for d in update.values()])
+    near = np.mean([np.mean((np.abs(d) > 0.8 * clip) & (np.abs(d) <= clip)) for u in deltas.values() for d in u.values()])
+    assert 0.01 < beyond < 0.9 and near > 0.01, (beyond, near)
+
+    secure, _ = run_round(study, node_configs(small_cohort, tmp_path, "clip", 3), "on")
+    total = sum(weights.values())
+    expected = {k: initial[k] + sum(weights[n] * np.clip(deltas[n][k], -clip, clip) for n in deltas) / total
+                for k in initial}
+    error = max(float(np.max(np.abs(secure.arrays[k].numpy() - expected[k]))) for k in initial)
+    print(f"updates {beyond:.0%} beyond the clipping range: max |secure - clipped weighted average| = {error:.3g}")
+    assert error <= error_bound(3) + 1e-6  # float32 rounding of values up to ~10

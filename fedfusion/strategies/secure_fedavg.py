@@ -33,6 +33,9 @@ from fedfusion.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, 
 
 AUTO_MIN_SITES = 3
 """With secure-aggregation = "auto", rounds with at least this many sampled sites are secure."""
+STAGE_TIMEOUT_S = 600.0
+"""Longest wait for the sites' answers to one of stages 2-4 (no training there: seconds at most); a site that has
+not answered by then counts as dropped out, so one lost site does not hold the round for the train timeout."""
 
 
 def secagg_threshold(num_sites: int, fraction: float) -> int:
@@ -64,7 +67,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               **kwargs: object) -> Result:
         """Run the strategy (as `FedAvg.start`), keeping the grid for the secure-aggregation stages."""
-        self._grid, self._timeout = grid, timeout
+        self._grid, self._timeout = grid, min(timeout, STAGE_TIMEOUT_S)
         return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout, **kwargs)  # type: ignore[arg-type]
 
     def configure_train(
