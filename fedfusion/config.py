@@ -46,7 +46,7 @@ class StudyConfig:
     accountant: str = "prv"
     secure_aggregation: str = "auto"
     """'on', 'off' or 'auto' (on in a round with more than 2 sites): with it the coordinator learns only the
-    patient-weighted sum of the sites' updates (SecAgg+, ``fedfusion.secure_aggregation``)."""
+    patient-weighted average of the sites' updates (SecAgg+, ``fedfusion.secure_aggregation``)."""
     secure_aggregation_threshold: float = 0.6
     """Fraction of a round's sites that must stay to the end of secure aggregation (always more than half);
     with fewer the round fails safely, nothing is unmasked and the global model stays as it was."""
