@@ -25,6 +25,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
+from fedfusion.config import SECURE_AGGREGATION_MODES
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.flower_coordinator import secure_round
@@ -56,18 +57,18 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         on_round_aggregated: RoundListener | None = None,
     ) -> None:
         super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated)
-        if secure_aggregation not in ("auto", "on", "off"):
-            raise ConfigError(f"secure-aggregation must be 'auto', 'on' or 'off', got '{secure_aggregation}'")
+        if secure_aggregation not in SECURE_AGGREGATION_MODES:
+            raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, got '{secure_aggregation}'")
         self.secure_aggregation = secure_aggregation
         self.threshold_fraction = threshold_fraction
         self._grid: Grid | None = None
-        self._timeout = 3600.0
+        self._stage_timeout = STAGE_TIMEOUT_S
         self._round: tuple[SecAggConfig, dict[int, int], ArrayRecord] | None = None
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               **kwargs: object) -> Result:
         """Run the strategy (as `FedAvg.start`), keeping the grid for the secure-aggregation stages."""
-        self._grid, self._timeout = grid, min(timeout, STAGE_TIMEOUT_S)
+        self._grid, self._stage_timeout = grid, min(timeout, STAGE_TIMEOUT_S)
         return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout, **kwargs)  # type: ignore[arg-type]
 
     def configure_train(
@@ -108,7 +109,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         if self._grid is None:
             raise RuntimeError("secure aggregation needs the strategy to be run with start()")
         try:
-            average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._timeout)
+            average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._stage_timeout)
         except PrivacyError as exc:
             log(WARNING, "round %s failed safely, the global model stays as it was: %s", server_round, exc)
             return None, None
