@@ -19,6 +19,7 @@ MODALITIES = ("wsi", "omics", "clinical")
 FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "none")
+SECURE_AGGREGATION_MODES = ("auto", "on", "off")
 
 # Study-fixed clinical normalisation (public reference values, not site statistics).
 AGE_MEAN_YEARS = 60.0
@@ -43,6 +44,12 @@ class StudyConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "prv"
+    secure_aggregation: str = "auto"
+    """'on', 'off' or 'auto' (on in a round with more than 2 sites): with it the coordinator learns only the
+    patient-weighted average of the sites' updates (SecAgg+, ``fedfusion.secure_aggregation``)."""
+    secure_aggregation_threshold: float = 0.6
+    """Fraction of a round's sites that must stay to the end of secure aggregation (always more than half);
+    with fewer the round fails safely, nothing is unmasked and the global model stays as it was."""
     fusion: str = "kronecker"
     modalities: str = "wsi,omics,clinical"
     time_bins: str = "12,24,36,60"
@@ -138,6 +145,12 @@ class StudyConfig:
             raise ConfigError(f"study config 'delta' must be in (0, 1), got {self.delta}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"study config 'accountant' must be one of {ACCOUNTANTS}, got '{self.accountant}'")
+        if self.secure_aggregation not in SECURE_AGGREGATION_MODES:
+            raise ConfigError(f"study config 'secure-aggregation' must be one of {SECURE_AGGREGATION_MODES}, "
+                              f"got '{self.secure_aggregation}'")
+        if not 0.5 < self.secure_aggregation_threshold <= 1:
+            raise ConfigError("study config 'secure-aggregation-threshold' must be in (0.5, 1], "
+                              f"got {self.secure_aggregation_threshold}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"study config 'fusion' must be one of {FUSIONS}, got '{self.fusion}'")
         unknown = self.modality_set - set(MODALITIES)

@@ -10,7 +10,8 @@ round's planned DP steps to its on-disk privacy ledger (refusing if the budget w
 actual steps afterwards. Ledger rounds are keyed by the study (``study_identity``) and round; a round the site
 already answered for this study and the same global model (the coordinator died before checkpointing it) is
 answered with the stored reply instead (``round_replay``): no second training, no second charge. Every reply is
-recorded in the site's egress record before it leaves (``egress_mod``).
+recorded in the site's egress record before it leaves (``egress_mod``). In a secure-aggregation round the weights stay at the site and leave only masked, over the ``query.secagg``
+stages (``fedfusion.secure_aggregation.flower_site``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from fedfusion.client.site_trainer import SiteTrainer
 from fedfusion.config import StudyConfig
 from fedfusion.errors import PrivacyError
 from fedfusion.privacy.accounting import history_delta, planned_round
+from fedfusion.secure_aggregation.flower_site import secure_train, stage_handler
+from fedfusion.secure_aggregation.records import QUERY_ACTION
 from fedfusion.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
 from fedfusion.study_identity import study_id
 
@@ -45,13 +48,19 @@ app = ClientApp(mods=[egress_record_mod])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this site's patients (DP-SGD when the study says so)."""
-    return _answer(msg, context, _train)
+    return _answer(msg, context, secure_train(_train, context.state))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's held-out patients (aggregate metrics only)."""
     return _answer(msg, context, _evaluate)
+
+
+@app.query(QUERY_ACTION)
+def secure_aggregation_stage(msg: Message, context: Context) -> Message:
+    """Answer a secure-aggregation stage (share keys, masked input, unmask) of the round in progress."""
+    return _answer(msg, context, stage_handler(context.state))
 
 
 Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]

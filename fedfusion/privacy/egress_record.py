@@ -5,7 +5,11 @@ Append-only JSON lines in ``<ledger_dir>/egress.jsonl``. Each line is one outgoi
     {"seq": 0, "time": ISO, "prev": SHA256 of the previous line's bytes (64 zeros for the first),
      "run_id", "round", "kind": "train" | "evaluate" | "error", "bytes", "sha256",
      "arrays": [{"name", "dtype", "shape", "l2"}], "metrics": {name: value}, "configs": {name: value},
-     "error": {"code", "reason"} | null, "dp": {"epsilon", "delta", "noise-multiplier", "max-grad-norm"} | null}
+     "error": {"code", "reason"} | null, "dp": {"epsilon", "delta", "noise-multiplier", "max-grad-norm"} | null,
+     "secure-aggregation": true | false}
+
+``secure-aggregation`` is true for the messages of a secure-aggregation round (a train reply with public keys
+instead of weights, and the ``query`` stage answers: encrypted shares, the masked vector, unmask shares).
 
 ``bytes``/``sha256`` are of the message as Flower's own protobuf serialization writes it
 (``flwr.common.serde.message_to_proto``). Editing, removing or reordering any line breaks the chain from there on;
@@ -28,6 +32,7 @@ from flwr.app import Message
 from flwr.common.serde import message_to_proto
 
 from fedfusion.errors import PrivacyError
+from fedfusion.secure_aggregation.records import SECAGG_RECORD
 
 EGRESS_FILE = "egress.jsonl"
 GENESIS = "0" * 64
@@ -46,6 +51,7 @@ def describe(message: Message, payload: bytes, server_round: int) -> dict[str, A
         "kind": "error" if message.has_error() else message.metadata.message_type.split(".")[0],
         "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
         "arrays": [], "metrics": {}, "configs": {}, "error": None, "dp": None,
+        "secure-aggregation": not message.has_error() and SECAGG_RECORD in message.content.config_records,
     }
     if message.has_error():
         entry["error"] = {"code": message.error.code, "reason": message.error.reason}
@@ -58,10 +64,15 @@ def describe(message: Message, payload: bytes, server_round: int) -> dict[str, A
     for record_name, record in message.content.metric_records.items():
         entry["metrics"].update({f"{record_name}/{k}": v for k, v in record.items()})
     for record_name, record in message.content.config_records.items():
-        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not isinstance(v, bytes)})
+        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not _is_bytes(v)})
     dp = {key: value for name, value in entry["metrics"].items() for key in DP_METRICS if name.endswith(f"/{key}")}
     entry["dp"] = dp or None
     return entry
+
+
+def _is_bytes(value: object) -> bool:
+    """Bytes (keys, ciphertexts, shares) are recorded by the message's hash only, not written out."""
+    return isinstance(value, bytes) or (isinstance(value, list) and any(isinstance(v, bytes) for v in value))
 
 
 class EgressRecord:

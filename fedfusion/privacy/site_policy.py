@@ -12,6 +12,7 @@ when present). Every key is optional; a missing key takes the default below::
     allowed-modalities = ["wsi", "omics", "clinical"]   # the data kinds a study may use
     allowed-fusions = ["kronecker", "concat"]
     keep-egress-payloads = false       # also keep a copy of every serialized outgoing message (audit)
+    secure-aggregation-mandatory = false   # refuse studies, and train rounds, without secure aggregation
 
 The defaults are permissive enough for the synthetic cohorts' simulations (a default run spends about 6, the
 end-to-end test about 33); a hospital writes its own file. A non-DP round has infinite epsilon, so with
@@ -31,6 +32,8 @@ from fedfusion.errors import ConfigError, PrivacyError
 
 POLICY_FILE_NAME = "privacy_policy.toml"
 """The policy file a simulated site reads from its own data folder."""
+SECURE_AGGREGATION_RULE = "rule 'secure-aggregation-mandatory' (true)"
+"""How a refusal names the rule (also used for a train round that asks plain aggregation)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class SitePolicy:
     allowed_modalities: tuple[str, ...] = MODALITIES
     allowed_fusions: tuple[str, ...] = FUSIONS
     keep_egress_payloads: bool = False
+    secure_aggregation_mandatory: bool = False
     source: str = "built-in default"
     """Where the policy came from (a file path or the built-in default); never sent."""
 
@@ -70,6 +74,8 @@ class SitePolicy:
                           f"study asks modalities {extra_modalities}")
         if study.fusion not in self.allowed_fusions:
             broken.append(f"rule 'allowed-fusions' ({list(self.allowed_fusions)}): study asks fusion = {study.fusion}")
+        if self.secure_aggregation_mandatory and study.secure_aggregation == "off":
+            broken.append(f"{SECURE_AGGREGATION_RULE}: study asks secure-aggregation = off")
         return broken
 
     def check(self, study: StudyConfig, site_name: str) -> None:

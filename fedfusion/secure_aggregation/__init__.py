@@ -1,8 +1,9 @@
 """Secure aggregation (SecAgg+, Bell et al. 2020) as plain classes: the coordinator sees only masked vectors.
 
 `SecAggSite` and `SecAggServer` run the four stages (keys, shares, masked input, unmask) on the data classes of
-`messages`; `config.SecAggConfig` sizes the quantization and the modulus. No Flower Message API here: an adapter
-maps each stage onto a Message round trip.
+`messages`, with no Flower Message API; `config.SecAggConfig` sizes the quantization. The adapters onto Flower's
+Message API: `records` (stage data as records), `flower_site` (the ClientApp's side, state in `context.state`)
+and `flower_coordinator` (stages 2-4 over the grid, driven by `strategies.secure_fedavg`).
 """
 
 from fedfusion.secure_aggregation.config import SecAggConfig

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 from fedfusion.errors import ConfigError
 
-# Flower's `quantize` rounds into int32, and masked sums are added in int64: two residues below the modulus
-# must add up without overflowing, so the modulus stays at or below 2**62.
-MAX_QUANTIZATION_RANGE = 2**31 - 1
-MAX_MODULUS = 2**62
+WORD_BITS = 32
+"""Masked vectors are uint32 words added modulo 2**32 (NumPy's wrap-around: no modulo operation is needed)."""
+WORD_LIMIT = 2**WORD_BITS
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,15 @@ class SecAggConfig:
         Every value is clipped to [-clipping_range, clipping_range] before quantization; a value beyond the
         range counts as the range's end.
     quantization_range : int
-        Quantization levels (R): a clipped value maps to an integer in [0, R], one step = 2 * clipping_range / R,
-        which bounds the error of each value (and of the weighted average).
-    max_weight : int
-        Largest weight (number of patients) a site may send; the modulus is sized for it.
+        Quantization levels (R) of one site's (weight-scaled) value: it maps to an integer in [0, R], one step
+        = 2 * clipping_range / R. The N sites' levels add up to at most N * R, which must stay below 2**32.
+        0 (the default) takes the largest R that fits: floor((2**32 - 1) / N).
     """
 
     num_sites: int
     threshold: int
     clipping_range: float = 8.0
-    quantization_range: int = 2**22
-    max_weight: int = 100_000
+    quantization_range: int = 0
 
     def __post_init__(self) -> None:
         if self.num_sites < 2:
@@ -50,29 +49,24 @@ class SecAggConfig:
             )
         if not self.clipping_range > 0:
             raise ConfigError(f"secure aggregation: clipping_range must be positive, got {self.clipping_range}")
-        if not 2 <= self.quantization_range <= MAX_QUANTIZATION_RANGE:
+        if self.quantization_range and not 2 <= self.quantization_range <= (WORD_LIMIT - 1) // self.num_sites:
             raise ConfigError(
-                f"secure aggregation: quantization_range must be in [2, {MAX_QUANTIZATION_RANGE}], "
-                f"got {self.quantization_range}"
-            )
-        if self.max_weight < 1:
-            raise ConfigError(f"secure aggregation: max_weight must be at least 1, got {self.max_weight}")
-        if self.modulus > MAX_MODULUS:
-            raise ConfigError(
-                f"secure aggregation: num_sites * max_weight * quantization_range = {self.max_weighted_sum} "
-                f"needs a modulus above 2**62; lower max_weight or quantization_range"
+                f"secure aggregation: quantization_range must be 0 (largest) or in [2, {(WORD_LIMIT - 1) // self.num_sites}]"
+                f" so that {self.num_sites} sites' levels add up below 2**{WORD_BITS}, got {self.quantization_range}"
             )
 
     @property
-    def max_weighted_sum(self) -> int:
-        """Largest possible entry of the unmasked sum: N sites, each at most max_weight * R."""
-        return self.num_sites * self.max_weight * self.quantization_range
+    def levels(self) -> int:
+        """R: the quantization levels in use."""
+        return self.quantization_range or (WORD_LIMIT - 1) // self.num_sites
 
     @property
-    def modulus(self) -> int:
-        """Arithmetic modulus of masked vectors: the smallest power of two above `max_weighted_sum`.
+    def step(self) -> float:
+        """One quantization step, 2 * clipping_range / R."""
+        return 2 * self.clipping_range / self.levels
 
-        Every entry of sum_i(w_i * q_i) lies in [0, N * max_weight * R] and the summed weight in
-        [0, N * max_weight], so the unmasked sum never wraps around.
-        """
-        return 1 << self.max_weighted_sum.bit_length()
+    def binding(self, total_weight: int) -> bytes:
+        """A digest of the config and the round's total weight, bound into the pairwise masks: sites that were
+        told different configs or key lists get masks that do not cancel, so nothing can be unmasked."""
+        numbers = {**asdict(self), "total_weight": total_weight}
+        return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).digest()

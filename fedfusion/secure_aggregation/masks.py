@@ -1,13 +1,14 @@
-"""Masks: seeds expanded into uniform vectors modulo the modulus, and the pairwise seed two sites agree on.
+"""Masks: seeds expanded into uniform uint32 vectors, and the pairwise seed two sites agree on.
 
 Flower's `pseudo_rand_gen` folds a seed into 32 bits for NumPy's RandomState, so a mask could be found by trying
-2**32 seeds. Masks here are the AES-256-CTR keystream of the full 32-byte seed instead (a CSPRNG), reduced
-modulo a power of two, which keeps them uniform.
+2**32 seeds. Masks here are the AES-256-CTR keystream of the full 32-byte seed instead (a CSPRNG, written straight
+into the vector's memory), read as uint32 words: uniform modulo 2**32, the modulus of all masked arithmetic.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,16 +18,35 @@ from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 from numpy.typing import NDArray
 
 SEED_BYTES = 32
+CURVE = ec.SECP384R1()
+"""The curve of Flower's `generate_key_pairs`."""
+SCALAR_BYTES = 48
 
 
-def mask_vector(seed: bytes, length: int, modulus: int) -> NDArray[np.int64]:
-    """Expand a 32-byte seed into `length` integers uniform in [0, modulus) (modulus a power of two)."""
+def mask_vector(seed: bytes, length: int) -> NDArray[np.uint32]:
+    """Expand a 32-byte seed into `length` words uniform modulo 2**32."""
     encryptor = Cipher(algorithms.AES256(seed), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(8 * length)) + encryptor.finalize()
-    words = np.frombuffer(stream, dtype=np.uint64) & np.uint64(modulus - 1)
-    return words.astype(np.int64)
+    # CTR may hold back up to one block, so the output buffer has 15 spare bytes.
+    buffer = np.empty(4 * length + 15, dtype=np.uint8)
+    written = encryptor.update_into(np.zeros(4 * length, dtype=np.uint8), buffer)
+    if written != 4 * length:
+        buffer[written : 4 * length] = np.frombuffer(encryptor.finalize(), dtype=np.uint8)
+    return buffer[: 4 * length].view(np.uint32)
 
 
-def pairwise_seed(own_private_key: ec.EllipticCurvePrivateKey, other_public_key: bytes) -> bytes:
-    """Seed of the mask shared by two sites: ECDH of one's private and the other's public key, through HKDF."""
-    return base64.urlsafe_b64decode(generate_shared_key(own_private_key, bytes_to_public_key(other_public_key)))
+def pairwise_seed(own_private_key: ec.EllipticCurvePrivateKey, other_public_key: bytes, binding: bytes) -> bytes:
+    """Seed of the mask shared by two sites: ECDH of one's private and the other's public key, through HKDF,
+    hashed with `binding` (the round's config and total weight): sites that were told different rounds get
+    masks that do not cancel."""
+    shared = base64.urlsafe_b64decode(generate_shared_key(own_private_key, bytes_to_public_key(other_public_key)))
+    return hashlib.sha256(shared + binding).digest()
+
+
+def private_key_to_scalar(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The private key's scalar (48 bytes): what is Shamir-shared, 4 chunks instead of a PEM's 20."""
+    return key.private_numbers().private_value.to_bytes(SCALAR_BYTES, "big")
+
+
+def scalar_to_private_key(scalar: bytes) -> ec.EllipticCurvePrivateKey:
+    """The private key of a scalar from `private_key_to_scalar`."""
+    return ec.derive_private_key(int.from_bytes(scalar, "big"), CURVE)

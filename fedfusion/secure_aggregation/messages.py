@@ -18,11 +18,13 @@ from fedfusion.secure_aggregation.quantize import Layout
 
 @dataclass(frozen=True)
 class PublicKeys:
-    """A site's two public keys for the round (PEM): one to encrypt shares to it, one to agree pairwise masks."""
+    """A site's two public keys for the round (PEM), one to encrypt shares to it and one to agree pairwise masks,
+    and its weight (patients; public, as in plain FedAvg's replies)."""
 
     site_id: int
     encryption_key: bytes
     masking_key: bytes
+    weight: int
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,11 @@ class EncryptedShares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A site's masked vector: [w * quantized update, w] plus self mask plus pairwise masks, modulo the modulus."""
+    """A site's masked vector: its weight-scaled, quantized update plus self mask plus pairwise masks, mod 2**32."""
 
     site_id: int
     layout: Layout
-    vector: NDArray[np.int64]
+    vector: NDArray[np.uint32]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Clip, quantize and weight a site's update into one integer vector; turn the unmasked sum back into floats.
+"""Clip, scale by the site's weight share and quantize an update into uint32 words; turn the sum back into floats.
 
-A value x is clipped to [-c, c] and quantized stochastically (Flower's `quantize`) to q in [0, R]. The site sends
-w * q for its integer weight w, plus w itself as the last entry. The unmasked sum S = sum_i w_i q_i with
-W = sum_i w_i gives the weighted average of the clipped values, sum_i w_i x_i / W ~= S / W * 2c/R - c
-(Flower's `dequantize` applied to S / W), within one quantization step 2c/R per value.
+Site i with weight w_i (its patients) in a round whose sites weigh W in all scales its clipped update by its share
+s_i = w_i / W and rounds z = s_i * clip(x) to the nearest level q = rint((z + c) * R / 2c) in [0, R] (the
+deterministic form of Flower's `quantize`, vectorised in place). The survivors' levels add up to
+S = sum_i q_i < N * R < 2**32, so S * 2c/R - n * c = sum_i z_i (n survivors) within n half-steps, and the
+weighted average of the survivors' clipped updates is sum_i z_i / sum_i s_i: what plain weighted FedAvg gives,
+within n / 2 * (2c/R) * W / W_survivors per value.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from numpy.typing import NDArray
 
 from fedfusion.errors import ConfigError
@@ -26,42 +27,53 @@ def layout_of(update: Mapping[str, NDArray[np.floating]]) -> Layout:
 
 
 def vector_length(layout: Layout) -> int:
-    """Entries of the integer vector for `layout`: all values plus one for the weight."""
-    return sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout) + 1
+    """Entries of the integer vector for `layout`: one per value."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout)
 
 
-def weighted_quantized_vector(
-    update: Mapping[str, NDArray[np.floating]], weight: int, config: SecAggConfig, site: str
-) -> NDArray[np.int64]:
-    """Return [w * quantize(clip(update)), w] as one int64 vector; refuse a bad weight or a non-finite value."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or not 1 <= weight <= config.max_weight:
-        raise ConfigError(
-            f"site {site}: secure-aggregation weight must be an integer in [1, {config.max_weight}], got {weight!r}"
-        )
-    arrays = [np.asarray(array, dtype=np.float64).ravel() for array in update.values()]
-    for name, array in zip(update, arrays):
-        if not np.all(np.isfinite(array)):
+def check_weight(weight: object, site: str) -> int:
+    """The weight as an int if it is a positive integer; ``ConfigError`` naming the site otherwise."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
+        raise ConfigError(f"site {site}: secure-aggregation weight must be a positive integer, got {weight!r}")
+    return int(weight)
+
+
+def scaled_quantized_vector(
+    update: Mapping[str, NDArray[np.floating]], share: float, config: SecAggConfig, site: str
+) -> NDArray[np.uint32]:
+    """Return rint((share * clip(update) + c) * R / 2c) as one uint32 vector; refuse a non-finite value."""
+    if not 0 < share <= 1:
+        raise ConfigError(f"site {site}: secure-aggregation weight share must be in (0, 1], got {share}")
+    levels = np.empty(vector_length(layout_of(update)), dtype=np.float64)
+    start = 0
+    for name, array in update.items():
+        values = np.asarray(array).ravel()
+        if not np.all(np.isfinite(values)):
             raise ConfigError(f"site {site}: update '{name}' holds non-finite values")
-    quantized = quantize(arrays, config.clipping_range, config.quantization_range)
-    flat = np.concatenate([q.astype(np.int64) for q in quantized] + [np.zeros(1, dtype=np.int64)])
-    flat *= int(weight)
-    flat[-1] = int(weight)
-    return flat
+        levels[start : start + values.size] = values
+        start += values.size
+    c = config.clipping_range
+    np.clip(levels, -c, c, out=levels)
+    levels *= share * config.levels / (2 * c)
+    levels += config.levels / 2
+    np.rint(levels, out=levels)
+    return levels.astype(np.uint32)
 
 
 def weighted_average(
-    summed: NDArray[np.int64], layout: Layout, config: SecAggConfig
-) -> tuple[dict[str, NDArray[np.float64]], int]:
-    """Turn the unmasked sum [sum w_i q_i, sum w_i] into the weighted average arrays and the total weight."""
-    total_weight = int(summed[-1])
-    if total_weight < 1:
-        raise ConfigError(f"secure aggregation: the unmasked total weight is {total_weight}, not positive")
-    mean_levels = summed[:-1].astype(np.float64) / total_weight
-    (flat_average,) = dequantize([mean_levels], config.clipping_range, config.quantization_range)
+    summed: NDArray[np.uint32], layout: Layout, config: SecAggConfig, num_inputs: int, share_sum: float
+) -> dict[str, NDArray[np.float64]]:
+    """Turn the unmasked sum of `num_inputs` sites' levels, whose weight shares add up to `share_sum`, into the
+    weighted average arrays."""
+    if not share_sum > 0:
+        raise ConfigError(f"secure aggregation: the survivors' weight share is {share_sum}, not positive")
+    flat = summed.astype(np.float64)
+    flat *= config.step / share_sum
+    flat -= num_inputs * config.clipping_range / share_sum
     averages: dict[str, NDArray[np.float64]] = {}
     start = 0
     for name, shape in layout:
         size = int(np.prod(shape, dtype=np.int64))
-        averages[name] = flat_average[start : start + size].reshape(shape)
+        averages[name] = flat[start : start + size].reshape(shape)
         start += size
-    return averages, total_weight
+    return averages

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key
 from numpy.typing import NDArray
 
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.secure_aggregation.masks import mask_vector, pairwise_seed
+from fedfusion.secure_aggregation.masks import mask_vector, pairwise_seed, scalar_to_private_key
 from fedfusion.secure_aggregation.messages import (
     EncryptedShares,
     MaskedInput,
@@ -25,7 +23,8 @@ from fedfusion.secure_aggregation.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from fedfusion.secure_aggregation.quantize import Layout, vector_length, weighted_average
+from fedfusion.secure_aggregation.quantize import Layout, check_weight, vector_length, weighted_average
+from fedfusion.secure_aggregation.shamir import combine_shares
 
 
 class SecAggServer:
@@ -36,7 +35,7 @@ class SecAggServer:
         self._keys: dict[int, PublicKeys] = {}
         self._sharers: set[int] = set()
         self._layout: Layout = ()
-        self._masked: dict[int, NDArray[np.int64]] = {}
+        self._masked: dict[int, NDArray[np.uint32]] = {}
 
     def _require(self, count: int, stage: str) -> None:
         if count < self.config.threshold:
@@ -55,6 +54,8 @@ class SecAggServer:
                 f"(at most {self.config.num_sites} invited)"
             )
         self._require(len(by_site), "announced keys")
+        for keys in by_site.values():
+            check_weight(keys.weight, str(keys.site_id))
         self._keys = by_site
         return dict(by_site)
 
@@ -75,7 +76,8 @@ class SecAggServer:
         """Stage 3: keep the masked vectors; return the unmask request naming survivors and dropouts."""
         layouts = {masked.layout for masked in inputs}
         for masked in inputs:
-            if masked.site_id not in self._sharers or len(masked.vector) != vector_length(masked.layout):
+            if (masked.site_id not in self._sharers or masked.vector.dtype != np.uint32
+                    or len(masked.vector) != vector_length(masked.layout)):
                 raise PrivacyError(f"secure aggregation: unexpected masked input from site {masked.site_id}")
         if len(layouts) > 1:
             raise PrivacyError("secure aggregation: sites sent updates of different array names or shapes")
@@ -91,24 +93,31 @@ class SecAggServer:
         self._require(len({answer.site_id for answer in answers}), "answered the unmask request")
         survivors = sorted(self._masked)
         dropouts = sorted(self._sharers - set(survivors))
-        modulus = self.config.modulus
-        total = np.zeros(vector_length(self._layout), dtype=np.int64)
+        total = np.zeros(vector_length(self._layout), dtype=np.uint32)
         for vector in self._masked.values():
-            total = (total + vector) % modulus
+            total += vector
         self._masked.clear()
         for site in survivors:
             seed = self._reconstruct(site, [a.self_mask_shares.get(site) for a in answers])
-            total = (total - mask_vector(seed, len(total), modulus)) % modulus
+            total -= mask_vector(seed, len(total))
+        total_weight = sum(keys.weight for keys in self._keys.values())
+        binding = self.config.binding(total_weight)
         for dropout in dropouts:
-            private_key = bytes_to_private_key(
-                self._reconstruct(dropout, [a.masking_key_shares.get(dropout) for a in answers])
-            )
+            scalar = self._reconstruct(dropout, [a.masking_key_shares.get(dropout) for a in answers])
+            try:
+                private_key = scalar_to_private_key(scalar)
+            except ValueError:
+                raise PrivacyError(f"secure aggregation: the key shares of site {dropout} do not rebuild a key") from None
             for site in survivors:
-                pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key), len(total), modulus)
+                pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key, binding), len(total))
                 # The survivor added the pair's mask if its id is smaller, else subtracted it: undo that.
-                total = (total - pairwise if site < dropout else total + pairwise) % modulus
-        arrays, total_weight = weighted_average(total, self._layout, self.config)
-        return SecureAverage(arrays, total_weight, tuple(survivors))
+                if site < dropout:
+                    total -= pairwise
+                else:
+                    total += pairwise
+        survivor_weight = sum(self._keys[site].weight for site in survivors)
+        arrays = weighted_average(total, self._layout, self.config, len(survivors), survivor_weight / total_weight)
+        return SecureAverage(arrays, survivor_weight, tuple(survivors))
 
     def _reconstruct(self, site: int, shares: list[bytes | None]) -> bytes:
         present = [share for share in shares if share is not None]

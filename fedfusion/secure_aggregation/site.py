@@ -1,7 +1,9 @@
 """`SecAggSite`: one site's side of a SecAgg+ round, as a state machine of four stages.
 
 The masking graph is complete (every site pairs with every other), the SecAgg+ setting with k = N - 1.
-All keys and seeds are fresh per round: make one `SecAggSite` per round.
+All keys and seeds are fresh per round: make one `SecAggSite` per round. Between the stages a site may keep its
+secrets outside the process (`secrets` / `from_secrets`, e.g. in Flower's per-node `context.state`); they must
+never leave the site.
 """
 
 from __future__ import annotations
@@ -9,16 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from enum import Enum
+from typing import Union
 
 import numpy as np
 from cryptography.fernet import InvalidToken
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
     share_keys_plaintext_separate,
 )
 from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
     bytes_to_public_key,
     generate_key_pairs,
     private_key_to_bytes,
@@ -28,7 +31,7 @@ from numpy.typing import NDArray
 
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.secure_aggregation.masks import SEED_BYTES, mask_vector, pairwise_seed
+from fedfusion.secure_aggregation.masks import SEED_BYTES, mask_vector, pairwise_seed, private_key_to_scalar
 from fedfusion.secure_aggregation.messages import (
     EncryptedShares,
     MaskedInput,
@@ -36,7 +39,12 @@ from fedfusion.secure_aggregation.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from fedfusion.secure_aggregation.quantize import layout_of, weighted_quantized_vector
+from fedfusion.secure_aggregation.quantize import check_weight, layout_of, scaled_quantized_vector
+from fedfusion.secure_aggregation.shamir import create_shares
+
+
+Secret = Union[int, bytes, list[int], list[bytes]]
+"""A value of a site's kept secrets (what Flower's ConfigRecord holds)."""
 
 
 class Stage(Enum):
@@ -52,19 +60,64 @@ class Stage(Enum):
 class SecAggSite:
     """A site's secrets for one round and the four answers it gives the coordinator."""
 
-    def __init__(self, site_id: int, config: SecAggConfig) -> None:
+    def __init__(self, site_id: int, config: SecAggConfig, weight: int) -> None:
         self.site_id = site_id
         self.config = config
         self._stage = Stage.NEW
         self._encryption_private, encryption_public = generate_key_pairs()
         self._masking_private, masking_public = generate_key_pairs()
         self._public = PublicKeys(
-            site_id, public_key_to_bytes(encryption_public), public_key_to_bytes(masking_public)
+            site_id, public_key_to_bytes(encryption_public), public_key_to_bytes(masking_public),
+            check_weight(weight, str(site_id)),
         )
         self._self_mask_seed = os.urandom(SEED_BYTES)
         self._peer_keys: dict[int, PublicKeys] = {}
         self._self_mask_shares: dict[int, bytes] = {}
         self._masking_key_shares: dict[int, bytes] = {}
+
+    def secrets(self) -> dict[str, Secret]:
+        """Everything the site needs for its next stage, as plain values (private keys and seeds included)."""
+        peers = sorted(self._peer_keys)
+        return {
+            "site-id": self.site_id,
+            "stage": self._stage.value,
+            "encryption-private": private_key_to_bytes(self._encryption_private),
+            "masking-private": private_key_to_bytes(self._masking_private),
+            "encryption-public": self._public.encryption_key,
+            "masking-public": self._public.masking_key,
+            "weight": self._public.weight,
+            "self-mask-seed": self._self_mask_seed,
+            "peers": peers,
+            "peer-encryption-keys": [self._peer_keys[p].encryption_key for p in peers],
+            "peer-masking-keys": [self._peer_keys[p].masking_key for p in peers],
+            "peer-weights": [self._peer_keys[p].weight for p in peers],
+            "self-mask-share-sites": list(self._self_mask_shares),
+            "self-mask-shares": list(self._self_mask_shares.values()),
+            "masking-key-share-sites": list(self._masking_key_shares),
+            "masking-key-shares": list(self._masking_key_shares.values()),
+        }
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[str, Secret], config: SecAggConfig) -> SecAggSite:
+        """The site as `secrets` left it (the inverse of `secrets`)."""
+        site = cls.__new__(cls)
+        site.site_id = int(secrets["site-id"])  # type: ignore[arg-type]
+        site.config = config
+        site._stage = Stage(secrets["stage"])
+        site._encryption_private = bytes_to_private_key(secrets["encryption-private"])  # type: ignore[arg-type]
+        site._masking_private = bytes_to_private_key(secrets["masking-private"])  # type: ignore[arg-type]
+        site._public = PublicKeys(
+            site.site_id, secrets["encryption-public"], secrets["masking-public"], secrets["weight"]  # type: ignore[arg-type]
+        )
+        site._self_mask_seed = secrets["self-mask-seed"]  # type: ignore[assignment]
+        site._peer_keys = {
+            int(p): PublicKeys(int(p), e, m, w)
+            for p, e, m, w in zip(secrets["peers"], secrets["peer-encryption-keys"],  # type: ignore[call-overload]
+                                  secrets["peer-masking-keys"], secrets["peer-weights"])
+        }
+        site._self_mask_shares = dict(zip(secrets["self-mask-share-sites"], secrets["self-mask-shares"]))  # type: ignore[call-overload]
+        site._masking_key_shares = dict(zip(secrets["masking-key-share-sites"], secrets["masking-key-shares"]))  # type: ignore[call-overload]
+        return site
 
     def _advance(self, expected: Stage, following: Stage) -> None:
         if self._stage is not expected:
@@ -75,7 +128,7 @@ class SecAggSite:
         self._stage = following
 
     def public_keys(self) -> PublicKeys:
-        """Stage 1: the site's two public keys for this round."""
+        """Stage 1: the site's two public keys for this round, and its weight."""
         self._advance(Stage.NEW, Stage.KEYS_SENT)
         return self._public
 
@@ -92,10 +145,12 @@ class SecAggSite:
         published = [key for keys in all_keys.values() for key in (keys.encryption_key, keys.masking_key)]
         if len(set(published)) != len(published) or any(k.site_id != i for i, k in all_keys.items()):
             raise PrivacyError(f"site {self.site_id}: the key list repeats a public key or mislabels a site")
+        for keys in all_keys.values():
+            check_weight(keys.weight, str(keys.site_id))
         self._peer_keys = dict(all_keys)
         order = sorted(all_keys)
         seed_shares = create_shares(self._self_mask_seed, self.config.threshold, len(order))
-        key_shares = create_shares(private_key_to_bytes(self._masking_private), self.config.threshold, len(order))
+        key_shares = create_shares(private_key_to_scalar(self._masking_private), self.config.threshold, len(order))
         ciphertexts: dict[int, bytes] = {}
         for other, seed_share, key_share in zip(order, seed_shares, key_shares):
             if other == self.site_id:
@@ -111,13 +166,12 @@ class SecAggSite:
             self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key)
         )
 
-    def masked_input(
-        self, ciphertexts: Mapping[int, bytes], update: Mapping[str, NDArray[np.floating]], weight: int
-    ) -> MaskedInput:
-        """Stage 3: keep the shares sent to this site, then mask [weight * quantized update, weight].
+    def masked_input(self, ciphertexts: Mapping[int, bytes], update: Mapping[str, NDArray[np.floating]]) -> MaskedInput:
+        """Stage 3: keep the shares sent to this site, then mask its update quantized at its weight share.
 
         `ciphertexts` maps each site that shared its keys to the ciphertext it addressed to this site; only
-        those sites are paired with in the mask.
+        those sites are paired with in the mask. The weight share is this site's weight over the total weight
+        of the sites that announced keys (the key list of stage 2), which is bound into the pairwise masks.
         """
         self._advance(Stage.SHARES_SENT, Stage.INPUT_SENT)
         senders = set(ciphertexts)
@@ -136,14 +190,18 @@ class SecAggSite:
                 raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
             self._self_mask_shares[sender] = seed_share
             self._masking_key_shares[sender] = key_share
-        modulus = self.config.modulus
-        vector = weighted_quantized_vector(update, weight, self.config, str(self.site_id))
-        vector = (vector + mask_vector(self._self_mask_seed, len(vector), modulus)) % modulus
+        total_weight = sum(keys.weight for keys in self._peer_keys.values())
+        vector = scaled_quantized_vector(update, self._public.weight / total_weight, self.config, str(self.site_id))
+        vector += mask_vector(self._self_mask_seed, len(vector))
+        binding = self.config.binding(total_weight)
         for other in sorted(senders):
             pairwise = mask_vector(
-                pairwise_seed(self._masking_private, self._peer_keys[other].masking_key), len(vector), modulus
+                pairwise_seed(self._masking_private, self._peer_keys[other].masking_key, binding), len(vector)
             )
-            vector = (vector + pairwise if self.site_id < other else vector - pairwise) % modulus
+            if self.site_id < other:
+                vector += pairwise
+            else:
+                vector -= pairwise
         return MaskedInput(self.site_id, layout_of(update), vector)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:

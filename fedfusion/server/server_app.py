@@ -1,4 +1,5 @@
-"""The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites, with federated evaluation.
+"""The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites (through secure aggregation when the
+study asks for it), with federated evaluation.
 
 The initial model is built from the study config with the study seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``. After every completed round the
@@ -21,7 +22,7 @@ from fedfusion.server.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.server.progress_log import emit_progress
 from fedfusion.server.resumed_rounds import run_rounds
 from fedfusion.server.run_recorder import RunRecorder
-from fedfusion.strategies.patient_weighted_fedavg import PatientWeightedFedAvg
+from fedfusion.strategies.secure_fedavg import SecurePatientWeightedFedAvg
 
 app = ServerApp()
 
@@ -50,8 +51,11 @@ def main(grid: Grid, context: Context) -> None:
                             recorder.site_rows, recorder.round_rows)
         checkpoints.save(latest)
 
-    strategy = PatientWeightedFedAvg(
+    strategy = SecurePatientWeightedFedAvg(
         min_sites=study.min_sites,
+        secure_aggregation=study.secure_aggregation,
+        threshold_fraction=study.secure_aggregation_threshold,
+        stage_timeout=study.round_timeout,
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
     )

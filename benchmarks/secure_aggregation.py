@@ -1,0 +1,230 @@
+"""Secure aggregation overhead: one train round's aggregation with SecAgg+ vs plain patient-weighted FedAvg.
+
+5 sites, models of 1M and 10M float32 parameters, measured side by side in one process (interleaved, order
+alternating; medians reported). Each round is the real strategy (`SecurePatientWeightedFedAvg`, "on" vs "off")
+and the real site adapter (`secure_aggregation.flower_site`: `secure_train`, `stage_handler`) over a grid that
+serializes every message and reply with Flower's protobuf wire format, as between SuperLink and SuperNode.
+
+Inside the timed region: building and serializing the train messages (global model to every site), each site
+deserializing its message, its update (trained minus global), keys, shares, quantization and masking (secure)
+or its weights reply (plain), serializing the replies, the coordinator deserializing them, the SecAgg stages 2-4
+(three more round trips) and the unmasking / the weighted average. Outside it: local training (a site's
+"trained" weights are precomputed, the same for both), network transfer (loopback in memory; bytes are counted),
+the site's policy check and privacy ledger, and federated evaluation.
+
+Two round times are reported. "parallel sites": coordinator time plus, per round trip, the slowest site's time
+(each site is its own machine, as deployed); "sequential": everything on this one process, one after the other.
+Writes ``benchmarks/results/secure_aggregation.json`` and a line in ``benchmarks/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dp_overhead import record_summary  # noqa: E402
+from fedfusion.atomic_io import atomic_write_text  # noqa: E402
+from fedfusion.client.site_context import SiteContext  # noqa: E402
+from fedfusion.client.site_privacy import SitePrivacy  # noqa: E402
+from fedfusion.config import StudyConfig  # noqa: E402
+from fedfusion.privacy.site_policy import SitePolicy  # noqa: E402
+from fedfusion.secure_aggregation.flower_site import secure_train, stage_handler  # noqa: E402
+from fedfusion.strategies.patient_weighted_fedavg import WEIGHT_KEY  # noqa: E402
+from fedfusion.strategies.secure_fedavg import SecurePatientWeightedFedAvg  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SITES = 5
+PATIENTS = (212, 57, 1033, 88, 409)
+SIZES = {"1M": 1_000_000, "10M": 10_000_000}
+REPETITIONS = {"1M": 5, "10M": 3}
+RUN_ID = 7
+
+
+def model_arrays(parameters: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A model of `parameters` float32 values: one large matrix, a smaller one and two bias vectors."""
+    width = 1000
+    rows = (parameters - 2 * width - 100 * width) // width
+    shapes = {"encoder.weight": (rows, width), "encoder.bias": (width,), "head.weight": (100, width),
+              "head.bias": (width,)}
+    return {name: (rng.standard_normal(shape) * 0.05).astype(np.float32) for name, shape in shapes.items()}
+
+
+def serialize(message: Message) -> bytes:
+    """The message's bytes on the wire."""
+    return message_to_proto(message).SerializeToString()
+
+
+def deserialize(payload: bytes) -> Message:
+    """The message as the receiver rebuilds it."""
+    return message_from_proto(ProtoMessage.FromString(payload))
+
+
+class TimedGrid(Grid):
+    """Delivers each message (over the wire format) to its site and times the coordinator and every site."""
+
+    def __init__(self, trained: dict[int, dict[str, np.ndarray]], ledger_dir: Path) -> None:
+        self.trained = trained
+        self.states = {node: RecordDict() for node in trained}
+        self.privacy = SitePrivacy(ledger_dir=ledger_dir, policy=SitePolicy())
+        self.study = StudyConfig()
+        self.site_seconds = 0.0
+        self.slowest_site_seconds = 0.0
+        self.bytes = 0
+        self._replies: dict[str, Message] = {}
+        self._run = Run.create_empty(run_id=RUN_ID)
+
+    def set_run(self, run: Run) -> None:
+        """The run is fixed."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """The run."""
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        """A new message (deprecated Grid API)."""
+        return Message(content, dst_node_id, message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The sites' node ids."""
+        return list(self.trained)
+
+    def _site(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        site = SiteContext(name=f"site-{node}", data_dir=Path("."), gene_panel=Path("."), cache_dir=None,
+                           device="cpu", fallback_mpp=None)
+
+        def trained_weights(msg: Message, *_: object) -> RecordDict:  # local training is outside the benchmark
+            return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in self.trained[node].items()}),
+                               "metrics": MetricRecord({WEIGHT_KEY: PATIENTS[node - 100]})})
+
+        if message.metadata.message_type == "train":
+            content = secure_train(trained_weights, self.states[node])(message, self.study, site, self.privacy)
+        else:
+            content = stage_handler(self.states[node])(message, self.study, site, self.privacy)
+        return Message(content, reply_to=message)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Serialize each message, run its site, deserialize the reply; evaluate messages are not delivered."""
+        ids, slowest = [], 0.0
+        for message in messages:
+            if message.metadata.message_type == "evaluate":
+                continue
+            message.metadata.__dict__["_message_id"] = f"m{time.monotonic_ns()}"
+            ids.append(message.metadata.message_id)
+            payload = serialize(message)
+            site_started = time.perf_counter()  # the site: read the message, answer, write the reply
+            reply_payload = serialize(self._site(deserialize(payload)))
+            site_seconds = time.perf_counter() - site_started
+            self._replies[message.metadata.message_id] = deserialize(reply_payload)
+            self.bytes += len(payload) + len(reply_payload)
+            self.site_seconds += site_seconds
+            slowest = max(slowest, site_seconds)
+        self.slowest_site_seconds += slowest
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies to ``message_ids``."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push then pull."""
+        return self.pull_messages(self.push_messages(messages))
+
+
+def one_round(mode: str, initial: ArrayRecord, trained: dict[int, dict[str, np.ndarray]],
+              ledger_dir: Path) -> tuple[dict[str, float], ArrayRecord]:
+    """One train round with secure aggregation "on" or "off"; its times, bytes and the new global model."""
+    grid = TimedGrid(trained, ledger_dir)
+    strategy = SecurePatientWeightedFedAvg(min_sites=SITES, secure_aggregation=mode)
+    started = time.perf_counter()
+    result = strategy.start(grid, initial, num_rounds=1, timeout=3600)
+    sequential = time.perf_counter() - started
+    times = {"sequential": sequential, "parallel": sequential - grid.site_seconds + grid.slowest_site_seconds,
+             "megabytes": grid.bytes / 1e6}
+    return times, result.arrays
+
+
+def measure(size: str, ledger_dir: Path) -> dict[str, object]:
+    """Interleaved repetitions of both rounds for one model size; medians, ratios and the max deviation."""
+    rng = np.random.default_rng(0)
+    global_arrays = model_arrays(SIZES[size], rng)
+    trained = {100 + i: {k: (v + rng.standard_normal(v.shape, dtype=np.float32) * 0.01) for k, v in
+                         global_arrays.items()} for i in range(SITES)}
+    initial = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
+    samples: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    results: dict[str, ArrayRecord] = {}
+    one_round("on", initial, trained, ledger_dir)  # warm-up
+    for rep in range(REPETITIONS[size]):
+        for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
+            times, results[mode] = one_round(mode, initial, trained, ledger_dir)
+            samples[mode].append(times)
+    medians = {mode: {key: statistics.median(t[key] for t in runs) for key in runs[0]}
+               for mode, runs in samples.items()}
+    error = max(float(np.max(np.abs(results["on"][k].numpy().astype(np.float64) - results["off"][k].numpy())))
+                for k in global_arrays)
+    return {
+        "parameters": sum(v.size for v in global_arrays.values()),
+        "median_seconds_secure": medians["on"], "median_seconds_plain": medians["off"],
+        "ratio_parallel_sites": medians["on"]["parallel"] / medians["off"]["parallel"],
+        "ratio_sequential": medians["on"]["sequential"] / medians["off"]["sequential"],
+        "max_abs_difference_secure_vs_plain": error,
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    """Measure, print and record the secure/plain round-time ratios at 1M and 10M parameters."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 1
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as ledger_dir:
+        sizes = {size: measure(size, Path(ledger_dir)) for size in SIZES}
+    for size, numbers in sizes.items():
+        secure, plain = numbers["median_seconds_secure"], numbers["median_seconds_plain"]
+        print(f"{size}: secure {secure['parallel']:.3f} s vs plain {plain['parallel']:.3f} s with parallel sites "
+              f"({numbers['ratio_parallel_sites']:.2f}x); sequential {secure['sequential']:.3f} vs "
+              f"{plain['sequential']:.3f} s ({numbers['ratio_sequential']:.2f}x); "
+              f"{secure['megabytes']:.0f} vs {plain['megabytes']:.0f} MB on the wire; "
+              f"max |secure - plain| {numbers['max_abs_difference_secure_vs_plain']:.2g}")
+    result = {
+        "benchmark": "secure_aggregation",
+        "setup": {"sites": SITES, "patients": PATIENTS, "repetitions": REPETITIONS,
+                  "secure": "SecAgg+ 'on', default threshold fraction, clipping range 8, 2**22 levels",
+                  "timed": "train messages out, sites' replies and SecAgg stages 2-4 over Flower's wire format, "
+                           "aggregation; not local training, network transfer, policy/ledger, evaluation"},
+        "sizes": sizes,
+        "environment": {"numpy": np.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count()},
+    }
+    atomic_write_text(RESULTS / "secure_aggregation.json", json.dumps(result, indent=2) + "\n")
+    line = ("5 sites, SecAgg+/plain FedAvg round time (sites in parallel): "
+            + ", ".join(f"**{n['ratio_parallel_sites']:.2f}x** at {s} parameters "
+                        f"({n['median_seconds_secure']['parallel']:.2f} vs {n['median_seconds_plain']['parallel']:.2f} s)"
+                        for s, n in sizes.items())
+            + "; all on one process: " + ", ".join(f"{n['ratio_sequential']:.2f}x at {s}" for s, n in sizes.items())
+            + " -> [secure_aggregation.json](secure_aggregation.json)")
+    print(line)
+    record_summary("secure_aggregation", line)
+
+
+if __name__ == "__main__":
+    main()
