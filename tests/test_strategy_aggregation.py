@@ -44,6 +44,14 @@ def test_train_aggregation_weights_by_patients_and_takes_max_epsilon() -> None:
     assert [(r.site, r.metrics["num-examples"]) for r in seen] == [("site-a", 30.0), ("site-b", 10.0)]
 
 
+def test_round_with_fewer_sites_than_the_minimum_is_not_aggregated() -> None:
+    seen: list[SiteReply] = []
+    strategy = PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append)
+    only = _reply("site-a", {"w": np.array([1.0], dtype=np.float32)}, {"num-examples": 30, "epsilon": 1.0})
+    assert strategy.aggregate_train(3, [only]) == (None, None)
+    assert [r.site for r in seen] == ["site-a"]  # still reported to the operator
+
+
 def test_evaluate_aggregation_pools_c_index_from_pair_counts_and_skips_nan() -> None:
     strategy = PatientWeightedFedAvg(min_sites=2)
     metrics = strategy.aggregate_evaluate(1, [

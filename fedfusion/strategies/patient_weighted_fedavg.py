@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from logging import WARNING
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
 WEIGHT_KEY = "num-examples"
@@ -58,15 +60,21 @@ class PatientWeightedFedAvg(FedAvg):
             train_metrics_aggr_fn=aggregate_train_metrics,
             evaluate_metrics_aggr_fn=aggregate_evaluate_metrics,
         )
+        self.min_sites = min_sites
         self._on_site_reply = on_site_reply
         self._on_round_aggregated = on_round_aggregated
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate weights by patients; report each site's numbers first."""
+        """Aggregate weights by patients; report each site's numbers first.
+
+        A round answered by fewer than ``min_sites`` sites is not aggregated: the global model stays as it was.
+        """
         replies = list(replies)
         self._report(server_round, "train", replies)
+        if not self._enough_sites(server_round, replies):
+            return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", dict(metrics))
@@ -80,6 +88,15 @@ class PatientWeightedFedAvg(FedAvg):
         if metrics is not None and self._on_round_aggregated:
             self._on_round_aggregated(server_round, "evaluate", dict(metrics))
         return metrics
+
+    def _enough_sites(self, server_round: int, replies: list[Message]) -> bool:
+        """True when at least ``min_sites`` sites answered without error; logs the skipped round otherwise."""
+        answered = sum(not msg.has_error() for msg in replies)
+        if answered >= self.min_sites:
+            return True
+        log(WARNING, "round %s: %s of the study's minimum %s sites answered; the round is not aggregated and the "
+            "global model stays as it was", server_round, answered, self.min_sites)
+        return False
 
     def _report(self, server_round: int, phase: str, replies: list[Message]) -> None:
         if self._on_site_reply is None:

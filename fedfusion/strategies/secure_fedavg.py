@@ -104,6 +104,8 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         self._round = None
         replies = list(replies)
         self._report(server_round, "train", replies)
+        if not self._enough_sites(server_round, replies):
+            return None, None
         if self._grid is None:
             raise RuntimeError("secure aggregation needs configure_train to run before aggregate_train")
         try:
