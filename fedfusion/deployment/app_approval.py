@@ -53,7 +53,7 @@ class AppApprovals:
             return fab_hash
         raise AppNotApprovedError(
             f"site {site} has not approved app sha256:{fab_hash} ({reason}); to approve it the site admin runs "
-            f"`fedfusion site approve {fab_hash}` (allow-list {self.source})")
+            f"`fedfusion site approve {fab_hash}`")
 
     def _manifest_only_refusal(self, fab: bytes) -> str | None:
         """None if a ``fedfusion==VERSION`` entry admits this FAB, else why not."""

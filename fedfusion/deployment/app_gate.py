@@ -34,7 +34,7 @@ def gated_installer(approvals: AppApprovals, site: str, install: Callable[..., P
         try:
             fab_hash = approvals.check(site, fab)
         except AppNotApprovedError as exc:
-            logger.error("REFUSED: %s", exc)
+            logger.error("REFUSED: %s (allow-list %s)", exc, approvals.source)
             raise
         logger.info("site %s: app sha256:%s is approved", site, fab_hash)
         return install(fab_file, *args, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import ssl
 import threading
 import time
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -99,7 +101,8 @@ def run_coordinator(options: CoordinatorOptions) -> int:
                                             loopback_ca_file=str(tls.ca_file)))
         logger.info("Fleet gateway on %s:%d (TLS, Fleet API only); consortium %s", options.host, port,
                     registry.consortium)
-        server.run()  # returns on SIGTERM/SIGINT (uvicorn's handlers) or when the watcher sets should_exit
+        _stop_on_signals(server, stop)
+        server.run()  # returns on SIGTERM/SIGINT or when the watcher sets should_exit
         stop.set()
         watcher.join(timeout=10)
         control.close()
@@ -131,6 +134,21 @@ def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Call
                             len(outcome.unregistered))
         except Exception:  # the daemon keeps serving; the next change retries
             logger.exception("registry sync failed")
+
+
+def _stop_on_signals(server: uvicorn.Server, stop: threading.Event) -> None:
+    """Our SIGTERM/SIGINT handler: uvicorn re-raises the signal after its shutdown, which must not kill us
+    before the SuperLink is stopped."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        del frame
+        if not stop.is_set():
+            logger.info("signal %d: stopping the gateway, then the SuperLink", signum)
+        stop.set()
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 def _wait_until_healthy(url: str, ca_file: Path, poll: Callable[[], int | None]) -> None:

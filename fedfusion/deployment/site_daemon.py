@@ -126,7 +126,8 @@ def run_site(options: SiteOptions) -> int:
         stop_process(supernode)
     if stopping.is_set():
         return 0
-    code = supernode_code if supernode_code is not None else 1
-    logger.error("site %s: %s exited (code %s); see %s", bundle.site_name,
-                 "the SuperNode" if supernode_code is not None else "the SuperExec", code, logs)
+    code = supernode_code or 1  # a daemon that ends on its own failed, even when Flower says 0
+    logger.error("site %s: %s exited (code %s): is the site's key registered (not revoked) at the coordinator, "
+                 "and the coordinator reachable? See %s", bundle.site_name,
+                 "the SuperNode" if supernode_code is not None else "the SuperExec", supernode_code, logs)
     return code
