@@ -120,6 +120,8 @@ def _check_coordinator(host: str, port: int, ca_file: Path, result: ConnectionCh
         result.findings.warning(where, "no Date header: clock skew not checked")
         return
     theirs = email.utils.parsedate_to_datetime(date_header)
+    if theirs.tzinfo is None:  # "GMT" parses as naive; HTTP dates are always UTC
+        theirs = theirs.replace(tzinfo=datetime.timezone.utc)
     ours = sent + (received - sent) / 2
     skew = (ours - theirs).total_seconds()  # > 0: this site's clock is ahead
     text = f"this site's clock is {abs(skew):.1f} s {'ahead of' if skew >= 0 else 'behind'} the coordinator's"
