@@ -27,7 +27,7 @@ import pytest
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
 from fedfusion.deployment.coordinator_state import DAEMON_FILE
-from fedfusion.deployment.superlink_control import SuperLinkControl
+from fedfusion.deployment.superlink_control import SuperLinkControl, pem_of
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen
 
@@ -252,12 +252,18 @@ def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
         assert APPROVED_APPS_FILE in log
 
 
-def test_revoking_a_site_is_applied_by_the_coordinator(deployment: Deployment) -> None:
+def test_rotating_and_revoking_are_applied_by_the_running_coordinator(deployment: Deployment) -> None:
+    rotated = deployment.run("provision", "rotate", str(deployment.consortium), "site-b")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = pem_of((deployment.consortium / "sites" / "site-b" / "supernode.pub").read_text(), "site-b")
     revoked = deployment.run("provision", "revoke", str(deployment.consortium), "site-c")
     assert revoked.returncode == 0, revoked.stderr
     control = deployment.control()
     try:
-        _wait_for(lambda: "site-c" not in {node.name for node in control.nodes()}, "site-c unregistered", 30)
+        _wait_for(lambda: {(n.name, n.public_key_pem == new_key) for n in control.nodes()}
+                  == {("site-a", False), ("site-b", True)}, "site-b's new key only and no site-c", 30)
     finally:
         control.close()
-    assert deployment.sites["site-c"].wait(timeout=START_TIMEOUT_S) != 0  # its daemon is refused and says so
+    for site in ("site-b", "site-c"):  # their daemons still hold the old keys: refused, and they say so
+        assert deployment.sites[site].wait(timeout=START_TIMEOUT_S) != 0
+    assert deployment.sites["site-a"].poll() is None

@@ -31,6 +31,7 @@ from fedfusion.deployment.coordinator_state import (
     DaemonInfo,
     clear_daemon_info,
     write_cli_connection,
+    running_daemon,
     write_daemon_info,
 )
 from fedfusion.deployment.fleet_gateway import HEALTH_PATH, gateway_server
@@ -66,6 +67,8 @@ class CoordinatorOptions:
 def run_coordinator(options: CoordinatorOptions) -> int:
     """Run the coordinator until stopped; return the process exit code."""
     paths = CoordinatorPaths(options.state_dir)
+    if running_daemon(paths) is not None:
+        raise ConfigError(f"a coordinator already runs with state folder {options.state_dir}")
     registry = load_registry(options.consortium_dir)
     cert_dir = options.consortium_dir / COORDINATOR_DIR
     certfile, keyfile = cert_dir / SUPERLINK_CERT_FILE, cert_dir / SUPERLINK_KEY_FILE
@@ -73,6 +76,8 @@ def run_coordinator(options: CoordinatorOptions) -> int:
         if not path.is_file():
             raise ConfigError(f"coordinator TLS file {path} is missing (made by `fedfusion provision init`)")
     port = options.port if options.port is not None else registry.coordinator_port
+    lifecycle = _Lifecycle()
+    lifecycle.handle_signals()  # from here on SIGTERM means: stop what has started, in order
     tls = make_loopback_tls(paths.loopback_dir)
     superlink_address = f"127.0.0.1:{options.superlink_port}"
     write_cli_connection(paths, superlink_address, tls.ca_file)
@@ -83,47 +88,82 @@ def run_coordinator(options: CoordinatorOptions) -> int:
          "--disable-runtime-dependency-installation"],
         paths.logs_dir / "superlink.log", flower_env(paths.flwr_home))
     logger.info("SuperLink (pid %d) on %s, database %s", superlink.pid, superlink_address, paths.database)
-    stop, died = threading.Event(), threading.Event()
     try:
-        _wait_until_healthy(f"https://{superlink_address}", tls.ca_file, superlink.poll)
+        _wait_until_healthy(f"https://{superlink_address}", tls.ca_file, superlink.poll, lifecycle.stop)
+        if lifecycle.stop.is_set():
+            return 0  # stopped during start-up (the SuperLink is stopped below)
         control = SuperLinkControl(superlink_address, tls.ca_file)
-        sync_registry(options.consortium_dir, control)
-        for study in interrupted_studies(paths):
-            logger.warning("study %s was running when the coordinator stopped; resubmit it with "
-                           "`fedfusion study start --state-dir %s --resubmit %s`", study, options.state_dir, study)
-        server = gateway_server(f"https://{superlink_address}", tls.ca_file, options.host, port, certfile, keyfile)
-        watcher = threading.Thread(target=_watch, name="registry-watch", daemon=True,
-                                   args=(options.consortium_dir, control, superlink.poll, server, stop, died))
-        watcher.start()
-        write_daemon_info(paths, DaemonInfo(pid=os.getpid(), superlink_address=superlink_address,
-                                            gateway_address=f"{options.host}:{port}",
-                                            consortium_dir=str(options.consortium_dir.resolve()),
-                                            loopback_ca_file=str(tls.ca_file)))
-        logger.info("Fleet gateway on %s:%d (TLS, Fleet API only); consortium %s", options.host, port,
-                    registry.consortium)
-        _stop_on_signals(server, stop)
-        server.run()  # returns on SIGTERM/SIGINT or when the watcher sets should_exit
-        stop.set()
-        watcher.join(timeout=10)
-        control.close()
+        try:
+            sync_registry(options.consortium_dir, control)
+            for study in interrupted_studies(paths):
+                logger.warning("study %s was running when the coordinator stopped; resubmit it with "
+                               "`fedfusion study start --state-dir %s --resubmit %s`", study, options.state_dir,
+                               study)
+            lifecycle.server = gateway_server(f"https://{superlink_address}", tls.ca_file, options.host, port,
+                                              certfile, keyfile)
+            info = DaemonInfo(pid=os.getpid(), superlink_address=superlink_address,
+                              gateway_address=f"{options.host}:{port}",
+                              consortium_dir=str(options.consortium_dir.resolve()), loopback_ca_file=str(tls.ca_file))
+            watcher = threading.Thread(target=_watch, name="coordinator-watch", daemon=True,
+                                       args=(options.consortium_dir, control, superlink.poll, lifecycle, paths, info))
+            watcher.start()
+            if not lifecycle.stop.is_set():
+                lifecycle.server.run()  # returns on SIGTERM/SIGINT or when the watcher sees the SuperLink die
+            lifecycle.stop.set()
+            watcher.join(timeout=10)
+        finally:
+            control.close()
     finally:
-        stop.set()
+        lifecycle.stop.set()
         clear_daemon_info(paths)
         code = stop_process(superlink)
         logger.info("SuperLink stopped (exit code %d)", code)
-    return 1 if died.is_set() else 0
+    return 1 if lifecycle.superlink_died.is_set() else 0
+
+
+class _Lifecycle:
+    """The daemon's stop signal, shared by the signal handler, the watcher and the gateway."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.superlink_died = threading.Event()
+        self.server: uvicorn.Server | None = None
+
+    def request_stop(self) -> None:
+        """Stop the gateway (if serving) and everything after it."""
+        self.stop.set()
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def handle_signals(self) -> None:
+        """SIGTERM/SIGINT request a stop. Installed before uvicorn's own: uvicorn re-raises the signal after its
+        shutdown, which then lands here instead of killing the process before the SuperLink is stopped."""
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            del frame
+            if not self.stop.is_set():
+                logger.info("signal %d: stopping the gateway, then the SuperLink", signum)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
 
 
 def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Callable[[], int | None],
-           server: uvicorn.Server, stop: threading.Event, died: threading.Event) -> None:
-    """Re-sync when registry.json changes; stop the gateway if the SuperLink dies."""
+           lifecycle: _Lifecycle, paths: CoordinatorPaths, info: DaemonInfo) -> None:
+    """Publish the daemon once the gateway serves; re-sync when registry.json changes; stop if the SuperLink dies."""
     registry_file = consortium_dir / REGISTRY_FILE
     seen = registry_file.stat().st_mtime_ns
-    while not stop.wait(REGISTRY_POLL_S):
+    published = False
+    while not lifecycle.stop.wait(0.2 if not published else REGISTRY_POLL_S):
+        if not published and lifecycle.server is not None and lifecycle.server.started:
+            write_daemon_info(paths, info)
+            logger.info("Fleet gateway on %s (TLS, Fleet API only)", info.gateway_address)
+            published = True
         if superlink_poll() is not None:
             logger.error("the SuperLink exited; stopping the coordinator")
-            died.set()
-            server.should_exit = True
+            lifecycle.superlink_died.set()
+            lifecycle.request_stop()
             return
         try:
             mtime = registry_file.stat().st_mtime_ns
@@ -136,25 +176,10 @@ def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Call
             logger.exception("registry sync failed")
 
 
-def _stop_on_signals(server: uvicorn.Server, stop: threading.Event) -> None:
-    """Our SIGTERM/SIGINT handler: uvicorn re-raises the signal after its shutdown, which must not kill us
-    before the SuperLink is stopped."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        del frame
-        if not stop.is_set():
-            logger.info("signal %d: stopping the gateway, then the SuperLink", signum)
-        stop.set()
-        server.should_exit = True
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
-def _wait_until_healthy(url: str, ca_file: Path, poll: Callable[[], int | None]) -> None:
+def _wait_until_healthy(url: str, ca_file: Path, poll: Callable[[], int | None], stop: threading.Event) -> None:
     context = ssl.create_default_context(cafile=str(ca_file))
     deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
+    while not stop.is_set():
         if poll() is not None:
             raise ConfigError("flower-superlink exited at start; see its log in the state folder's logs/")
         try:

@@ -90,6 +90,14 @@ def read_daemon_info(paths: CoordinatorPaths) -> DaemonInfo:
     return info
 
 
+def running_daemon(paths: CoordinatorPaths) -> DaemonInfo | None:
+    """The daemon running with this state folder, or None (a stale file of a dead daemon counts as none)."""
+    try:
+        return read_daemon_info(paths)
+    except ConfigError:
+        return None
+
+
 def write_cli_connection(paths: CoordinatorPaths, superlink_address: str, ca_file: Path) -> None:
     """Point Flower's CLI (``flwr run``, ``flwr ls``) at the loopback SuperLink as ``fedfusion-coordinator``."""
     text = (f'[superlink]\ndefault = "{CONNECTION_NAME}"\n\n[superlink.{CONNECTION_NAME}]\n'
