@@ -23,6 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.runtime import RuntimeHttpClient
 
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
@@ -62,6 +66,7 @@ class Deployment:
     sites: dict[str, subprocess.Popen[bytes]]
     cohort: Path
     study_hash: str
+    runtime_ports: dict[str, int]
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run a fedfusion command to completion."""
@@ -77,10 +82,11 @@ class Deployment:
     def site_args(self, site: str, bundle: Path | None = None) -> list[str]:
         """`fedfusion site run` arguments for a site (its own bundle unless another is given)."""
         state = self.work / "sites" / site
+        self.runtime_ports[site] = _free_port()
         return ["site", "run", str(bundle or self.consortium / "sites" / site), "--state-dir", str(state),
                 "--data-dir", str(self.cohort / site), "--gene-panel", str(self.cohort / "gene_panel.txt"),
                 "--cache-dir", str(state / "cache"), "--ledger-dir", str(state / "ledger"), "--device", "cpu",
-                "--runtime-port", str(_free_port()), "--superlink", f"127.0.0.1:{self.gateway_port}"]
+                "--runtime-port", str(self.runtime_ports[site]), "--superlink", f"127.0.0.1:{self.gateway_port}"]
 
     def control(self) -> SuperLinkControl:
         """The operator's loopback Control API client."""
@@ -134,7 +140,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
            "FLWR_HOME": str(work / "operator-flwr-home")}
     state = work / "coordinator"
     started: list[subprocess.Popen[bytes]] = []
-    dep = Deployment(work, env, marker, consortium, state, gateway_port, None, {}, cohort, "")  # type: ignore[arg-type]
+    dep = Deployment(work, env, marker, consortium, state, gateway_port, None, {}, cohort, "", {})  # type: ignore[arg-type]
     try:
         dep.coordinator = dep.start("coordinator", "coordinator", "run", "--consortium-dir", str(consortium),
                                     "--state-dir", str(state), "--host", "127.0.0.1",
@@ -204,6 +210,17 @@ def test_outsider_can_neither_register_a_key_nor_submit_a_run(deployment: Deploy
         assert {node.name for node in control.nodes()} == set(SITES)
     finally:
         control.close()
+
+
+def test_only_the_site_launcher_can_take_a_sites_tasks(deployment: Deployment) -> None:
+    client = RuntimeHttpClient.from_server_address(
+        server_address=f"127.0.0.1:{deployment.runtime_ports['site-a']}", insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    try:
+        with pytest.raises(Exception, match="(?i)401|403|auth"):
+            client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    finally:
+        client.close()
 
 
 def test_site_with_an_unregistered_key_is_refused(deployment: Deployment) -> None:

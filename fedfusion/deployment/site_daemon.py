@@ -4,7 +4,9 @@ Two processes in the foreground until SIGTERM/SIGINT:
 1. ``flower-supernode`` dialing the coordinator with TLS (the bundle's ``ca.crt``) and the site's key, with the
    site's node config (data, gene panel, cache, ledger, policy, device), ``--isolation process`` and its Runtime
    API on 127.0.0.1 only; it opens no port to the network;
-2. the site's SuperExec (``fedfusion.deployment.site_exec``), which starts each ClientApp through the app gate.
+2. the site's SuperExec (``fedfusion.deployment.site_exec``), which starts each ClientApp through the app gate;
+   it proves itself to the SuperNode with Flower's SuperExec HMAC (a secret made fresh at every start), so no
+   other local process can take the site's tasks.
 If either exits, the other is stopped; the exit code is the SuperNode's (Flower's 305: the site's key is not
 registered at the coordinator), or 0 after SIGTERM.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -24,11 +27,14 @@ from types import FrameType
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
+from fedfusion.provisioning.key_files import write_private
 from fedfusion.provisioning.site_bundle import SITE_TOML_FILE
 
 logger = logging.getLogger("fedfusion.site")
 
 DEFAULT_RUNTIME_PORT = 9094
+SUPEREXEC_SECRET_FILE = "superexec.secret"
+"""Shared by the SuperNode and the site's SuperExec: only the latter can take ClientApp tasks (Flower's HMAC)."""
 SUPERVISE_INTERVAL_S = 1.0
 
 
@@ -91,6 +97,8 @@ def run_site(options: SiteOptions) -> int:
         logger.warning("site %s approves no app yet (%s): every app will be refused; approve one with "
                        "`fedfusion site approve HASH`", bundle.site_name, options.approved_apps)
     node_config = {**options.node_config, "site-name": bundle.site_name}
+    secret_file = options.state_dir / SUPEREXEC_SECRET_FILE
+    write_private(secret_file, secrets.token_bytes(32))  # fresh at every start; read by the two children only
     env = flower_env(options.state_dir / "flwr-home")
     logs = options.state_dir / "logs"
     runtime_address = f"127.0.0.1:{options.runtime_port}"
@@ -98,12 +106,12 @@ def run_site(options: SiteOptions) -> int:
         [flower_script("flower-supernode"), "--superlink", options.superlink or bundle.superlink,
          "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
          str(bundle.private_key), "--node-config", node_config_arg(node_config), "--isolation", "process",
-         "--host", "127.0.0.1", "--port", str(options.runtime_port)],
+         "--superexec-auth-secret-file", str(secret_file), "--host", "127.0.0.1", "--port", str(options.runtime_port)],
         logs / "supernode.log", env)
     site_exec = start_process(
         [sys.executable, "-m", "fedfusion.deployment.site_exec", "--runtime-api-address", runtime_address,
          "--approved-apps", str(options.approved_apps), "--site-name", bundle.site_name,
-         "--parent-pid", str(supernode.pid)],
+         "--superexec-auth-secret-file", str(secret_file), "--parent-pid", str(supernode.pid)],
         logs / "site-exec.log", env)
     logger.info("site %s: SuperNode (pid %d) dialing %s; SuperExec (pid %d); logs in %s", bundle.site_name,
                 supernode.pid, options.superlink or bundle.superlink, site_exec.pid, logs)

@@ -22,14 +22,17 @@ from types import FrameType
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.auth import load_superexec_auth_secret
 from flwr.supercore.constant import TaskType
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 
 logger = logging.getLogger("fedfusion.site")
 
 POLL_INTERVAL_S = 0.5
+AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
+"""What Flower 1.41's SuperNode checks the SuperExec HMAC on (as ``flower-superexec`` signs it)."""
 
 
 def gate_command(runtime_api_address: str, token: str, approved_apps: Path, site: str) -> list[str]:
@@ -39,7 +42,8 @@ def gate_command(runtime_api_address: str, token: str, approved_apps: Path, site
             "--parent-pid", str(os.getpid())]
 
 
-def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, parent_pid: int | None) -> None:
+def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, parent_pid: int | None,
+                  auth_secret: bytes | None) -> None:
     """Poll the SuperNode for ClientApp tasks and launch each in a gated process until stopped."""
     stopping = threading.Event()
 
@@ -53,7 +57,9 @@ def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, pare
         start_parent_process_monitor(parent_pid)  # raises SIGINT here when the SuperNode is gone
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                      *([SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=AUTH_METHODS)]
+                        if auth_secret else [])],
         retry_invoker=make_simple_http_retry_invoker(),
     )
     running: list[subprocess.Popen[bytes]] = []
@@ -88,10 +94,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--approved-apps", type=Path, required=True)
     parser.add_argument("--site-name", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--superexec-auth-secret-file", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    run_site_exec(args.runtime_api_address, args.approved_apps, args.site_name, args.parent_pid)
+    run_site_exec(args.runtime_api_address, args.approved_apps, args.site_name, args.parent_pid,
+                  load_superexec_auth_secret(args.superexec_auth_secret_file))
 
 
 if __name__ == "__main__":

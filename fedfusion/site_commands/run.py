@@ -6,12 +6,11 @@ Meant to run as a service (deploy/fedfusion-site.service); logs go to STATE_DIR/
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from fedfusion.client.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
-from fedfusion.deployment.site_daemon import DEFAULT_RUNTIME_PORT, SiteOptions, run_site
 from fedfusion.deployment.logging_setup import log_to_file
+from fedfusion.deployment.site_daemon import DEFAULT_RUNTIME_PORT, SiteOptions, run_site
 
 NODE_CONFIG_OPTIONS = {
     "data_dir": "data-dir", "gene_panel": "gene-panel", "cache_dir": "cache-dir", "device": "device",
