@@ -67,6 +67,8 @@ class Deployment:
     cohort: Path
     study_hash: str
     runtime_ports: dict[str, int]
+    stranger: subprocess.Popen[bytes] | None = None
+    """A site daemon with a key the coordinator never registered, started with the others."""
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run a fedfusion command to completion."""
@@ -156,6 +158,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             assert approved.returncode == 0, approved.stderr
             dep.sites[site] = dep.start(site, *dep.site_args(site))
             started.append(dep.sites[site])
+        stranger_bundle = work / "stranger-bundle"
+        shutil.copytree(consortium / "sites" / "site-a", stranger_bundle)
+        for key_file in ("supernode.key", "supernode.pub"):
+            (stranger_bundle / key_file).unlink()
+        keygen(stranger_bundle)  # a fresh key pair the coordinator never registered
+        dep.stranger = dep.start("stranger", *dep.site_args("stranger", stranger_bundle))
+        started.append(dep.stranger)
         control = dep.control()
         _wait_for(lambda: sum(n.status == "online" for n in control.nodes()) == len(SITES), "3 sites online")
         control.close()
@@ -166,7 +175,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert not leftovers, f"processes left running: {leftovers}"
-        assert codes[dep.coordinator.pid] == 0, "the coordinator did not stop cleanly on SIGTERM"
+        for name, process in (("the coordinator", dep.coordinator), ("site-a's daemon", dep.sites.get("site-a"))):
+            assert process is None or codes[process.pid] == 0, f"{name} did not stop cleanly on SIGTERM"
 
 
 def test_plaintext_connection_is_refused(deployment: Deployment) -> None:
@@ -224,16 +234,8 @@ def test_only_the_site_launcher_can_take_a_sites_tasks(deployment: Deployment) -
 
 
 def test_site_with_an_unregistered_key_is_refused(deployment: Deployment) -> None:
-    bundle = deployment.work / "stranger-bundle"
-    shutil.copytree(deployment.consortium / "sites" / "site-a", bundle)
-    for key_file in ("supernode.key", "supernode.pub"):
-        (bundle / key_file).unlink()
-    keygen(bundle)  # a fresh key pair the coordinator never registered
-    stranger = deployment.start("stranger", *deployment.site_args("stranger", bundle))
-    try:
-        code = stranger.wait(timeout=START_TIMEOUT_S)
-    finally:
-        _stop(stranger)
+    assert deployment.stranger is not None
+    code = deployment.stranger.wait(timeout=START_TIMEOUT_S)
     assert code != 0
     assert "Failed to activate" in (deployment.work / "sites" / "stranger" / "logs" / "supernode.log").read_text()
 
