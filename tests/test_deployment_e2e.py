@@ -259,7 +259,9 @@ def test_study_runs_on_three_site_daemons(deployment: Deployment) -> None:
 def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
     result = deployment.run("study", "start", "--state-dir", str(deployment.coordinator_state), "--study-id", "s2",
                             "--rounds", "1", "--set", "seed=7", *STUDY)
-    unapproved = json.loads((deployment.coordinator_state / "studies" / "s2" / "study.json").read_text())["fab_hash"]
+    study = json.loads((deployment.coordinator_state / "studies" / "s2" / "study.json").read_text())
+    unapproved = study["fab_hash"]
+    assert result.returncode == 1 and study["status"] == "failed"  # every site refused: nothing was trained
     assert unapproved != deployment.study_hash
     assert f"has not approved app sha256:{unapproved}" in result.stdout  # the operator sees the refusal
     for site in SITES:

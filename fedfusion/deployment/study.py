@@ -4,12 +4,14 @@ The study becomes a Flower app folder (``pyproject.toml`` only: fedfusion's Serv
 study config, written by ``write_flower_app``); its FAB hash is printed, since each site approves apps by hash or
 by fedfusion version. Flower's own ``flwr run APP fedfusion-coordinator --stream`` builds the same FAB and
 submits it over the loopback Control API, then streams the run's log until it ends. The ServerApp writes the
-results folder (``results-dir``) at the coordinator.
+results folder (``results-dir``) at the coordinator; the study has finished when it did and at least one site
+trained (a study every site refused has failed).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from fedfusion.errors import ConfigError
 from fedfusion.simulation.flower_engine import write_flower_app
 
 RESULTS_MARKER = "metrics.json"
-"""Written by the ServerApp's recorder when the study completes."""
+"""Written by the ServerApp's recorder when the study completes; lists each site's reply per round."""
 _STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -90,10 +92,21 @@ def run_study(paths: CoordinatorPaths, record: StudyRecord, echo: Callable[[str]
         for line in flwr_run.stdout:
             log.write(line)
             echo(line.rstrip("\n"))
-    done = (Path(record.results_dir) / RESULTS_MARKER).is_file() and flwr_run.returncode == 0
-    record = ended(record, FINISHED if done else FAILED)
+    trained = _site_rounds_trained(Path(record.results_dir))
+    if flwr_run.returncode == 0 and trained == 0:
+        echo(f"study {record.study_id}: no site trained in any round (refused or failed; see above)")
+    record = ended(record, FINISHED if flwr_run.returncode == 0 and trained > 0 else FAILED)
     write_study(paths, record)
     return record
+
+
+def _site_rounds_trained(results_dir: Path) -> int:
+    """How many (site, round) training replies the results folder records; 0 when it was not written."""
+    try:
+        rows = json.loads((results_dir / RESULTS_MARKER).read_text(encoding="utf-8"))["sites"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(1 for row in rows if row.get("phase") == "train" and "error" not in row)
 
 
 def resubmission(paths: CoordinatorPaths, study_id: str) -> StudyRecord:
