@@ -4,6 +4,8 @@
     fedfusion simulate   run a federated study of several simulated sites on this machine
     fedfusion site ...   a site admin's commands: check data, show the privacy ledger and the egress record
     fedfusion provision  an operator's commands: consortium CA, coordinator certificate, site keys
+    fedfusion coordinator run   the coordinator service (SuperLink on loopback + Fleet gateway)
+    fedfusion study ...  prepare and submit a study to the running coordinator
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedfusion.coordinator_command import register as register_coordinator
 from fedfusion.errors import ConfigError, FedfusionError
 from fedfusion.provision_command import register as register_provision
 from fedfusion.site_commands import REGISTRARS as SITE_COMMANDS
@@ -85,6 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for register in SITE_COMMANDS:  # one module per site command
         register(site_commands)
     register_provision(commands)
+    register_coordinator(commands)
     return parser
 
 

@@ -21,3 +21,7 @@ class SlideError(DataError):
 
 class PrivacyError(FedfusionError):
     """A privacy requirement (budget, policy) forbids the requested operation."""
+
+
+class AppNotApprovedError(FedfusionError):
+    """A site was asked to run a Flower app (FAB) its admin has not approved."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from fedfusion.site_commands import check, egress, privacy
+from fedfusion.site_commands import approve, check, egress, privacy, run
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     check.register,
     privacy.register,
     egress.register,
+    run.register,
+    approve.register,
 ]

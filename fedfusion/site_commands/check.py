@@ -1,7 +1,9 @@
-"""``fedfusion site check DATA_DIR``: validate a site's data for a site admin, without training or writing.
+"""``fedfusion site check [DATA_DIR] [--bundle BUNDLE_DIR]``: validate a site for its admin, without training.
 
-Prints per-modality counts, patients lacking a modality, and every error and warning (each naming the file or
-patient); ``--json`` prints the same as JSON. Exit code 1 when there are errors, 0 otherwise.
+With DATA_DIR: per-modality counts, patients lacking a modality, and every error and warning (each naming the file
+or patient); ``--json`` prints the same as JSON. With ``--bundle``: the site's certificates and key, the
+coordinator's reachability and the clock skew (``fedfusion.deployment.site_connectivity``). Exit code 1 when
+there are errors, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from fedfusion.data.cohort_index import GENE_PANEL_FILE, read_gene_panel
 from fedfusion.data.findings import Finding
 from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
+from fedfusion.deployment.site_connectivity import check_connection
+from fedfusion.errors import ConfigError
 
 PATIENTS_SHOWN = 10
 
@@ -25,7 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "training, open every slide and read one small region, and list every problem found. "
                     "Exit code 1 if there are errors.",
     )
-    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="the site folder (holds manifest.csv)")
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", nargs="?", default=None,
+                        help="the site folder (holds manifest.csv)")
+    parser.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
+                        help="also check the site bundle: certificates, key, coordinator reachability, clock skew")
+    parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
+                        help="with --bundle: check this coordinator address instead of site.toml's")
     parser.add_argument("--gene-panel", type=Path, default=None,
                         help=f"study gene panel, one gene per line (default: DATA_DIR/../{GENE_PANEL_FILE} "
                              "if present)")
@@ -37,13 +46,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Check the site and print the result; 1 if there are errors, else 0."""
+    if args.data_dir is None and args.bundle is None:
+        raise ConfigError("give DATA_DIR, --bundle BUNDLE_DIR or both")
+    ok = True
+    if args.bundle is not None:
+        ok = _check_bundle(args.bundle, args.superlink)
+    if args.data_dir is not None:
+        ok = _check_data(args) and ok
+    return 0 if ok else 1
+
+
+def _check_bundle(bundle_dir: Path, superlink: str | None) -> bool:
+    result = check_connection(bundle_dir, superlink)
+    lines = [f"site bundle {bundle_dir}:", *(f"  {fact}" for fact in result.facts)]
+    lines += _section("errors", result.findings.errors) + _section("warnings", result.findings.warnings)
+    lines.append(f"{'FAILED' if result.findings.errors else 'OK'}: {len(result.findings.errors)} errors, "
+                 f"{len(result.findings.warnings)} warnings")
+    print("\n".join(lines))
+    return not result.findings.errors
+
+
+def _check_data(args: argparse.Namespace) -> bool:
     panel_path = args.gene_panel or args.data_dir.parent / GENE_PANEL_FILE
     panel = read_gene_panel(panel_path) if args.gene_panel or panel_path.is_file() else []
     result = check_site(args.data_dir, panel, args.fallback_mpp)
     if not panel:
         result.findings.warning("gene panel", f"none given and {panel_path} is absent: panel coverage not checked")
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
-    return 0 if result.ok else 1
+    return bool(result.ok)
 
 
 def format_report(result: SiteCheck) -> str:

@@ -1,0 +1,163 @@
+"""Coordination overhead per round: deployment (coordinator + 3 site daemons, TLS) vs Flower's simulation engine.
+
+One small study (3 sites, a few dozen patients each, 3 rounds), run twice in one go on the same cohort and config:
+with ``fedfusion simulate`` and with a real ``fedfusion coordinator run`` + three ``fedfusion site run`` processes
+on loopback. A round's wall time is the time between the coordinator's "evaluate federation" progress lines of
+consecutive rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local
+training time a site reported for the round (sites train in parallel). Overhead therefore includes message
+transport, process start-up per message (deployment starts a fresh ClientApp process for each message),
+model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
+Every server binds to 127.0.0.1; every process started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import fedfusion
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.data.synthetic import generate_cohort
+from fedfusion.deployment.coordinator_state import DAEMON_FILE
+from fedfusion.provisioning.consortium import init_consortium
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dp_overhead import record_summary  # noqa: E402  (the shared README writer)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SITES = ("site-a", "site-b", "site-c")
+ROUNDS = 3
+STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
+         "--set", "noise-multiplier=1.0", "--set", "device=cpu"]
+ROUND_END = re.compile(r"\[round (\d+)/\d+\] evaluate federation")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fedfusion(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedfusion.cli", *args]
+
+
+def _round_end_times(command: list[str], env: dict[str, str], cwd: Path) -> tuple[dict[int, float], str]:
+    """Run ``command``, stamping each "round N evaluate federation" line as it arrives; return stamps and output."""
+    stamps: dict[int, float] = {}
+    lines = []
+    with subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if match := ROUND_END.search(line):
+                stamps.setdefault(int(match.group(1)), time.monotonic())
+    output = "".join(lines)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:5])} failed:\n{output[-3000:]}")
+    return stamps, output
+
+
+def _overheads(stamps: dict[int, float], site_metrics: Path) -> dict[str, list[float]]:
+    sites = pd.read_csv(site_metrics)
+    train = sites[sites["phase"] == "train"].groupby("round")["train-seconds"].max()
+    rounds = sorted(r for r in stamps if r - 1 in stamps)
+    wall = [stamps[r] - stamps[r - 1] for r in rounds]
+    return {"rounds": rounds, "round_seconds": wall, "max_site_train_seconds": [float(train[r]) for r in rounds],
+            "overhead_seconds": [w - float(train[r]) for w, r in zip(wall, rounds)]}
+
+
+def _simulation(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list[float]]:
+    results = work / "sim-results"
+    stamps, _ = _round_end_times(_fedfusion("simulate", "--sites", "3", "--rounds", str(ROUNDS), "--cohort-dir",
+                                            str(cohort), "--results-dir", str(results), *STUDY), env, work)
+    return _overheads(stamps, results / "site_metrics.csv")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list[float]]:
+    port = _free_port()
+    consortium, state = work / "consortium", work / "coordinator"
+    init_consortium(consortium, "coordinator", ["127.0.0.1"], list(SITES), port=port)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> None:
+        with (work / f"{name}.out").open("ab") as out:
+            started.append(subprocess.Popen(_fedfusion(*args), env=env, cwd=work, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        start("coordinator", "coordinator", "run", "--consortium-dir", str(consortium), "--state-dir", str(state),
+              "--host", "127.0.0.1", "--superlink-port", str(_free_port()))
+        deadline = time.monotonic() + 120
+        while not (state / DAEMON_FILE).is_file():
+            if started[0].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work / "coordinator.out").read_text()[-3000:])
+            time.sleep(0.5)
+        for site in SITES:
+            site_state = work / "sites" / site
+            subprocess.run(_fedfusion("site", "approve", f"fedfusion=={fedfusion.__version__}", "--state-dir",
+                                      str(site_state)), env=env, check=True, capture_output=True)
+            start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
+                  "--data-dir", str(cohort / site), "--gene-panel", str(cohort / "gene_panel.txt"), "--cache-dir",
+                  str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
+                  "--runtime-port", str(_free_port()))
+        stamps, output = _round_end_times(
+            _fedfusion("study", "start", "--state-dir", str(state), "--study-id", "bench", "--rounds", str(ROUNDS),
+                       "--set", "min-sites=3", *STUDY), env, work)
+        results = Path(re.search(r"results in (\S+)", output).group(1))  # type: ignore[union-attr]
+        return _overheads(stamps, results / "site_metrics.csv")
+    finally:
+        for process in reversed(started):
+            _stop(process)
+
+
+def main() -> None:
+    """Run the study in simulation and in deployment; print and record the overhead per round."""
+    with tempfile.TemporaryDirectory(prefix="fedfusion-deploy-bench-") as tmp:
+        work = Path(tmp)
+        cohort = generate_cohort(work / "cohort", num_sites=3, seed=3, patients_per_site=[24, 20, 20],
+                                 slide_size_px=1024)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "FLWR_HOME": str(work / "flwr-home"), "RAY_TMPDIR": str(work / "ray")}
+        simulation = _simulation(work, cohort, env)
+        deployment = _deployment(work, cohort, env)
+    mean = {name: sum(r["overhead_seconds"]) / len(r["overhead_seconds"])
+            for name, r in (("simulation", simulation), ("deployment", deployment))}
+    ratio = mean["deployment"] / mean["simulation"]
+    result = {"sites": len(SITES), "rounds": ROUNDS, "patients_per_site": [24, 20, 20], "study": STUDY,
+              "simulation": simulation, "deployment": deployment,
+              "mean_overhead_seconds": mean, "deployment_over_simulation": ratio,
+              "cpus": os.cpu_count()}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / "deployment_overhead.json", json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    record_summary("deployment_overhead",
+                   f"coordination overhead per round (round wall time - longest site training), 3 sites x "
+                   f"{ROUNDS} rounds: deployment {mean['deployment']:.1f} s vs simulation "
+                   f"{mean['simulation']:.1f} s = **{ratio:.1f}x** (deployment starts a ClientApp process per "
+                   f"message; TLS + gateway on loopback) -> [deployment_overhead.json](deployment_overhead.json)")
+
+
+if __name__ == "__main__":
+    main()

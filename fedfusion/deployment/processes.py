@@ -1,0 +1,68 @@
+"""Start and stop the Flower daemons a fedfusion daemon supervises, with Flower's environment set right.
+
+Each child runs in its own process group (a SuperLink starts a SuperExec, a SuperExec starts app processes), so
+stopping it by its PID's group stops its children too; nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+STOP_TIMEOUT_S = 20.0
+
+FLOWER_ENVIRONMENT = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+"""Set for every Flower process fedfusion starts: no telemetry, no update check, no ``uv sync`` of an app."""
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """This process's environment plus Flower's settings, ``FLWR_HOME`` and this interpreter's scripts on PATH.
+
+    The SuperLink starts ``flower-superexec`` by name, so the scripts folder must be on PATH even when the
+    virtual environment is not activated (systemd units run ``.venv/bin/fedfusion`` directly).
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return {**os.environ, **FLOWER_ENVIRONMENT, "FLWR_HOME": str(flwr_home),
+            "PATH": path if path.split(os.pathsep)[0] == bin_dir else f"{bin_dir}{os.pathsep}{path}"}
+
+
+def flower_script(name: str) -> str:
+    """The path of a Flower console script installed beside this interpreter."""
+    return str(Path(sys.executable).parent / name)
+
+
+def start_process(command: Sequence[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a new process group, appending its output to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        return subprocess.Popen(list(command), env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM the process group led by ``process``; SIGKILL it after ``timeout`` seconds; return the exit code."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+    _signal_group(process.pid, signal.SIGKILL)  # children the leader left behind (its group outlives it)
+    return int(process.returncode)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,290 @@
+"""End to end on loopback: a real coordinator (`fedfusion coordinator run`: SuperLink + Fleet gateway) and three
+real site daemons (`fedfusion site run`: SuperNode + gated app launcher), each a separate process, with TLS and
+SuperNode authentication; a 2-round study of the fusion model on generated site data; and the holes closed
+around Flower: an unregistered key, an outsider registering or submitting, plaintext, an unapproved app, a
+revoked site. Every server binds to 127.0.0.1; every process is stopped by PID and /proc is checked afterwards.
+Slow: deselect with -m "not slow"."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.runtime import RuntimeHttpClient
+
+from fedfusion.data.synthetic import generate_cohort
+from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
+from fedfusion.deployment.coordinator_state import DAEMON_FILE
+from fedfusion.deployment.superlink_control import SuperLinkControl, pem_of
+from fedfusion.provisioning.consortium import init_consortium
+from fedfusion.provisioning.site_keys import keygen
+
+pytestmark = pytest.mark.slow
+SITES = ("site-a", "site-b", "site-c")
+START_TIMEOUT_S = 120.0
+STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
+         "--set", "noise-multiplier=1.0", "--set", "device=cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fedfusion(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedfusion.cli", *args]
+
+
+@dataclass
+class Deployment:
+    """The running coordinator and sites of the module, and their folders."""
+
+    work: Path
+    env: dict[str, str]
+    marker: str
+    consortium: Path
+    coordinator_state: Path
+    gateway_port: int
+    coordinator: subprocess.Popen[bytes]
+    sites: dict[str, subprocess.Popen[bytes]]
+    cohort: Path
+    study_hash: str
+    runtime_ports: dict[str, int]
+    stranger: subprocess.Popen[bytes] | None = None
+    """A site daemon with a key the coordinator never registered, started with the others."""
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run a fedfusion command to completion."""
+        return subprocess.run(_fedfusion(*args), env=self.env, cwd=self.work, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start a fedfusion daemon in its own process group, output to WORK/NAME.out."""
+        with (self.work / f"{name}.out").open("ab") as out:
+            return subprocess.Popen(_fedfusion(*args), env=self.env, cwd=self.work, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def site_args(self, site: str, bundle: Path | None = None) -> list[str]:
+        """`fedfusion site run` arguments for a site (its own bundle unless another is given)."""
+        state = self.work / "sites" / site
+        self.runtime_ports[site] = _free_port()
+        return ["site", "run", str(bundle or self.consortium / "sites" / site), "--state-dir", str(state),
+                "--data-dir", str(self.cohort / site), "--gene-panel", str(self.cohort / "gene_panel.txt"),
+                "--cache-dir", str(state / "cache"), "--ledger-dir", str(state / "ledger"), "--device", "cpu",
+                "--runtime-port", str(self.runtime_ports[site]), "--superlink", f"127.0.0.1:{self.gateway_port}"]
+
+    def control(self) -> SuperLinkControl:
+        """The operator's loopback Control API client."""
+        info = json.loads((self.coordinator_state / DAEMON_FILE).read_text())
+        return SuperLinkControl(info["superlink_address"], Path(info["loopback_ca_file"]))
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM a daemon by PID and wait; SIGKILL its group if it does not stop."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return int(process.returncode)
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Coordinator + 3 site daemons on loopback, the study prepared and approved at every site."""
+    work = tmp_path_factory.mktemp("deploy")
+    cohort = generate_cohort(work / "cohort", num_sites=3, seed=3, patients_per_site=[24, 20, 20],
+                             slide_size_px=1024)
+    gateway_port = _free_port()
+    consortium = work / "consortium"
+    init_consortium(consortium, "coordinator", ["127.0.0.1", "localhost"], list(SITES), port=gateway_port)
+    marker = uuid.uuid4().hex
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "FEDFUSION_TEST_MARKER": marker, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FLWR_HOME": str(work / "operator-flwr-home")}
+    state = work / "coordinator"
+    started: list[subprocess.Popen[bytes]] = []
+    dep = Deployment(work, env, marker, consortium, state, gateway_port, None, {}, cohort, "", {})  # type: ignore[arg-type]
+    try:
+        dep.coordinator = dep.start("coordinator", "coordinator", "run", "--consortium-dir", str(consortium),
+                                    "--state-dir", str(state), "--host", "127.0.0.1",
+                                    "--superlink-port", str(_free_port()))
+        started.append(dep.coordinator)
+        _wait_for(lambda: (state / DAEMON_FILE).is_file() or dep.coordinator.poll() is not None, "the coordinator")
+        assert dep.coordinator.poll() is None, (work / "coordinator.out").read_text()
+        prepared = dep.run("study", "prepare", "--state-dir", str(state), "--study-id", "s1", "--rounds", "2", *STUDY)
+        assert prepared.returncode == 0, prepared.stderr
+        dep.study_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
+        for site in SITES:
+            approved = dep.run("site", "approve", dep.study_hash, "--state-dir", str(work / "sites" / site))
+            assert approved.returncode == 0, approved.stderr
+            dep.sites[site] = dep.start(site, *dep.site_args(site))
+            started.append(dep.sites[site])
+        stranger_bundle = work / "stranger-bundle"
+        shutil.copytree(consortium / "sites" / "site-a", stranger_bundle)
+        for key_file in ("supernode.key", "supernode.pub"):
+            (stranger_bundle / key_file).unlink()
+        keygen(stranger_bundle)  # a fresh key pair the coordinator never registered
+        dep.stranger = dep.start("stranger", *dep.site_args("stranger", stranger_bundle))
+        started.append(dep.stranger)
+        control = dep.control()
+        _wait_for(lambda: sum(n.status == "online" for n in control.nodes()) == len(SITES), "3 sites online")
+        control.close()
+        yield dep
+    finally:
+        codes = {process.pid: _stop(process) for process in reversed(started)}
+        leftovers = _processes_with_marker(marker)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"processes left running: {leftovers}"
+        for name, process in (("the coordinator", dep.coordinator), ("site-a's daemon", dep.sites.get("site-a"))):
+            assert process is None or codes[process.pid] == 0, f"{name} did not stop cleanly on SIGTERM"
+
+
+def test_plaintext_connection_is_refused(deployment: Deployment) -> None:
+    plain = http.client.HTTPConnection("127.0.0.1", deployment.gateway_port, timeout=10)
+    with pytest.raises((http.client.HTTPException, OSError)):
+        plain.request("GET", "/health")
+        plain.getresponse()
+    plain.close()
+
+
+def test_site_check_verifies_certificates_reachability_and_clock(deployment: Deployment) -> None:
+    bundle = deployment.consortium / "sites" / "site-a"
+    ok = deployment.run("site", "check", "--bundle", str(bundle), "--superlink",
+                        f"127.0.0.1:{deployment.gateway_port}")
+    assert ok.returncode == 0, ok.stdout
+    assert "certificate verified by the bundle's CA" in ok.stdout and "clock: this site's clock is" in ok.stdout
+    init_consortium(deployment.work / "other-consortium", "coordinator", ["127.0.0.1"], ["site-x"])
+    wrong_ca = deployment.run("site", "check", "--bundle", str(deployment.work / "other-consortium" / "sites" /
+                                                                 "site-x"),
+                              "--superlink", f"127.0.0.1:{deployment.gateway_port}")
+    assert wrong_ca.returncode == 1 and "not valid for this address under the bundle's CA" in wrong_ca.stdout
+
+
+def test_outsider_can_neither_register_a_key_nor_submit_a_run(deployment: Deployment, tmp_path: Path) -> None:
+    home = tmp_path / "outsider-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink.outsider]\naddress = "127.0.0.1:{deployment.gateway_port}"\n'
+        f'root-certificates = "{deployment.consortium / "ca" / "ca.crt"}"\n')
+    keygen(tmp_path / "outsider-key")
+    env = {**deployment.env, "FLWR_HOME": str(home)}
+    flwr = str(Path(sys.executable).parent / "flwr")
+    register = subprocess.run([flwr, "supernode", "register", str(tmp_path / "outsider-key" / "supernode.pub"),
+                               "outsider"], env=env, capture_output=True, text=True, timeout=120)
+    assert register.returncode != 0 and "403" in register.stdout + register.stderr
+    app = deployment.coordinator_state / "studies" / "s1" / "app"
+    submit = subprocess.run([flwr, "run", str(app), "outsider"], env=env, capture_output=True, text=True, timeout=120)
+    assert submit.returncode != 0 and "403" in submit.stdout + submit.stderr
+    control = deployment.control()
+    try:
+        assert {node.name for node in control.nodes()} == set(SITES)
+    finally:
+        control.close()
+
+
+def test_only_the_site_launcher_can_take_a_sites_tasks(deployment: Deployment) -> None:
+    client = RuntimeHttpClient.from_server_address(
+        server_address=f"127.0.0.1:{deployment.runtime_ports['site-a']}", insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    try:
+        with pytest.raises(Exception, match="(?i)401|403|auth"):
+            client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    finally:
+        client.close()
+
+
+def test_site_with_an_unregistered_key_is_refused(deployment: Deployment) -> None:
+    assert deployment.stranger is not None
+    code = deployment.stranger.wait(timeout=START_TIMEOUT_S)
+    assert code != 0
+    assert "Failed to activate" in (deployment.work / "sites" / "stranger" / "logs" / "supernode.log").read_text()
+
+
+def test_study_runs_on_three_site_daemons(deployment: Deployment) -> None:
+    started = time.monotonic()
+    result = deployment.run("study", "start", "--state-dir", str(deployment.coordinator_state), "--study-id", "s1")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    print(f"2-round deployed study: {time.monotonic() - started:.0f} s")
+    study = json.loads((deployment.coordinator_state / "studies" / "s1" / "study.json").read_text())
+    assert study["status"] == "finished" and study["fab_hash"] == deployment.study_hash
+    results = Path(study["results_dir"])
+    sites = pd.read_csv(results / "site_metrics.csv")
+    assert set(sites["round"]) == {1, 2} and set(sites["site"]) == set(SITES)
+    train = sites[sites["phase"] == "train"]
+    assert (train["epsilon"] > 0).all()
+    for site in SITES:  # each site kept its own privacy ledger, outside the coordinator's results
+        assert any((deployment.work / "sites" / site / "ledger").iterdir())
+
+
+def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
+    result = deployment.run("study", "start", "--state-dir", str(deployment.coordinator_state), "--study-id", "s2",
+                            "--rounds", "1", "--set", "seed=7", *STUDY)
+    study = json.loads((deployment.coordinator_state / "studies" / "s2" / "study.json").read_text())
+    unapproved = study["fab_hash"]
+    assert result.returncode == 1 and study["status"] == "failed"  # every site refused: nothing was trained
+    assert unapproved != deployment.study_hash
+    assert f"has not approved app sha256:{unapproved}" in result.stdout  # the operator sees the refusal
+    for site in SITES:
+        log = (deployment.work / "sites" / site / "logs" / "site-exec.log").read_text()
+        assert f"REFUSED: site {site} has not approved app sha256:{unapproved}" in log
+        assert f"fedfusion site approve {unapproved}" in log
+        assert unapproved[:8] not in " ".join(p.name for p in (deployment.work / "sites" / site / "flwr-home" /
+                                                                "apps").iterdir())  # never installed
+        assert APPROVED_APPS_FILE in log
+
+
+def test_rotating_and_revoking_are_applied_by_the_running_coordinator(deployment: Deployment) -> None:
+    rotated = deployment.run("provision", "rotate", str(deployment.consortium), "site-b")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = pem_of((deployment.consortium / "sites" / "site-b" / "supernode.pub").read_text(), "site-b")
+    revoked = deployment.run("provision", "revoke", str(deployment.consortium), "site-c")
+    assert revoked.returncode == 0, revoked.stderr
+    control = deployment.control()
+    try:
+        _wait_for(lambda: {(n.name, n.public_key_pem == new_key) for n in control.nodes()}
+                  == {("site-a", False), ("site-b", True)}, "site-b's new key only and no site-c", 30)
+    finally:
+        control.close()
+    for site in ("site-b", "site-c"):  # their daemons still hold the old keys: refused, and they say so
+        assert deployment.sites[site].wait(timeout=START_TIMEOUT_S) != 0
+    assert deployment.sites["site-a"].poll() is None
