@@ -50,6 +50,9 @@ class StudyConfig:
     num_subtypes: int = 3
     tile_feature_dim: int = 64
     omics_dim: int = 200
+    cnv_dim: int = 40
+    """Genes of the study's copy-number panel (a second omics layer, fed to the omics branch with the RNA-seq
+    panel; 0: no copy-number layer)."""
     clinical_dim: int = 2
     hidden_dim: int = 16
     dropout: float = 0.1
@@ -82,6 +85,11 @@ class StudyConfig:
     def time_bin_edges(self) -> tuple[float, ...]:
         """Inner bin edges in months, strictly increasing."""
         return tuple(float(x) for x in self.time_bins.split(",") if x.strip())
+
+    @property
+    def omics_input_dim(self) -> int:
+        """Width of the omics branch's input: RNA-seq panel, then copy-number panel and one present-flag per layer."""
+        return self.omics_dim + (self.cnv_dim + 2 if self.cnv_dim else 0)
 
     @property
     def num_time_bins(self) -> int:
@@ -152,6 +160,8 @@ class StudyConfig:
                               f"got '{self.stain_normalization}'")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
+        if self.cnv_dim < 0:
+            raise ConfigError(f"study config 'cnv-dim' must be >= 0, got {self.cnv_dim}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
 

@@ -1,8 +1,9 @@
-"""Ground truth of synthetic patients: subtype, age, histological grade, omics risk module, survival.
+"""Ground truth of synthetic patients: subtype, age, histological grade, omics risk module, amplicon, survival.
 
-The planted true log-risk is ``W_IMAGE * image_z + W_OMICS * omics_score + W_AGE * age_z`` with
-``image_z = (image_score - 0.5) / 0.2`` where ``image_score`` is the fraction of the tissue drawn with the
-high-grade texture, ``omics_score`` the shift of the risk gene module and ``age_z = (age - 60) / 10``. Each
+The planted true log-risk is ``W_IMAGE * image_z + W_OMICS * omics_score + W_CNV * cnv_score + W_AGE * age_z``
+with ``image_z = (image_score - 0.5) / 0.2`` where ``image_score`` is the fraction of the tissue drawn with the
+high-grade texture, ``omics_score`` the shift of the risk gene module, ``cnv_score`` the level of the copy-number
+risk amplicon and ``age_z = (age - 60) / 10``. Each
 modality carries part of the signal; the combination ranks patients best. Times follow an exponential model
 with that hazard (median 22 months at log-risk 0), censored by end of follow-up and loss to follow-up.
 """
@@ -19,7 +20,7 @@ from fedfusion.data.synthetic.sites import SiteProfile
 
 SUBTYPES = STUDY_SUBTYPES
 """Subtype names of the synthetic study (sorted, so the name's position is its class index)."""
-W_IMAGE, W_OMICS, W_AGE = 1.0, 1.0, 0.7
+W_IMAGE, W_OMICS, W_CNV, W_AGE = 1.0, 1.0, 0.6, 0.7
 BASELINE_MEDIAN_MONTHS = 22.0
 FOLLOW_UP_MONTHS = (30.0, 120.0)
 """End of follow-up is uniform in this range; loss to follow-up is exponential with mean ``LOSS_MEAN_MONTHS``."""
@@ -28,6 +29,8 @@ GRADE_BETA = {"basal": (4.0, 2.5), "her2": (3.0, 3.0), "luminal": (2.0, 4.0)}
 """Beta(a, b) of the high-grade fraction per subtype: basal tumours tend to be high grade."""
 MISSING_RATE = 0.03
 """Chance that a patient has no slide, and (independently) no RNA-seq sample."""
+CNV_MISSING_RATE = 0.12
+"""Chance that a patient has no copy-number profile (independently of the other modalities)."""
 MALE_RATE = 0.02
 
 
@@ -42,11 +45,13 @@ class PatientTruth:
     male: np.ndarray
     image_score: np.ndarray
     omics_score: np.ndarray
+    cnv_score: np.ndarray
     log_risk: np.ndarray
     time_months: np.ndarray
     event: np.ndarray
     has_slide: np.ndarray
     has_omics: np.ndarray
+    has_cnv: np.ndarray
 
     @property
     def age_z(self) -> np.ndarray:
@@ -54,11 +59,12 @@ class PatientTruth:
         return (self.age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS
 
 
-def planted_log_risk(image_score: np.ndarray, omics_score: np.ndarray, age: np.ndarray) -> np.ndarray:
+def planted_log_risk(image_score: np.ndarray, omics_score: np.ndarray, cnv_score: np.ndarray,
+                     age: np.ndarray) -> np.ndarray:
     """The true log-hazard ratio of the synthetic study."""
     image_z = (image_score - 0.5) / 0.2
     age_z = (age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS
-    return W_IMAGE * image_z + W_OMICS * omics_score + W_AGE * age_z
+    return W_IMAGE * image_z + W_OMICS * omics_score + W_CNV * cnv_score + W_AGE * age_z
 
 
 def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> PatientTruth:
@@ -69,7 +75,8 @@ def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> Patient
     image_score = rng.beta(a, b)
     omics_score = rng.standard_normal(n)
     age = np.clip(rng.normal(profile.age_mean, 10.0, n), 25.0, 95.0).round()
-    log_risk = planted_log_risk(image_score, omics_score, age)
+    cnv_score = rng.standard_normal(n)
+    log_risk = planted_log_risk(image_score, omics_score, cnv_score, age)
     hazard = np.log(2.0) / BASELINE_MEDIAN_MONTHS * np.exp(log_risk)
     death = rng.exponential(1.0 / hazard)
     censor = np.minimum(rng.uniform(*FOLLOW_UP_MONTHS, n), rng.exponential(LOSS_MEAN_MONTHS, n))
@@ -78,7 +85,8 @@ def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> Patient
     return PatientTruth(
         patient_ids=[f"{prefix}-P{i + 1:04d}" for i in range(n)],
         subtype=subtype, age=age, male=rng.random(n) < MALE_RATE,
-        image_score=image_score, omics_score=omics_score, log_risk=log_risk,
+        image_score=image_score, omics_score=omics_score, cnv_score=cnv_score, log_risk=log_risk,
         time_months=time, event=(death <= censor).astype(int),
         has_slide=rng.random(n) >= MISSING_RATE, has_omics=rng.random(n) >= MISSING_RATE,
+        has_cnv=rng.random(n) >= CNV_MISSING_RATE,
     )
