@@ -20,6 +20,7 @@ def _site(small_cohort: Path, tmp_path: Path) -> Path:
     shutil.copytree(read_cohort_index(small_cohort).sites[0].site_dir, site,
                     ignore=shutil.ignore_patterns(".fedfusion-cache"))
     shutil.copy(small_cohort / "gene_panel.txt", tmp_path / "cohort" / "gene_panel.txt")
+    shutil.copy(small_cohort / "cnv_panel.txt", tmp_path / "cohort" / "cnv_panel.txt")
     return site
 
 
@@ -55,7 +56,7 @@ def test_broken_site_lists_every_problem(small_cohort: Path, tmp_path: Path, rea
     with_omics = manifest.index[manifest["omics_sample"] != ""]
     ghost_sample_pid = manifest.at[with_omics[0], "patient_id"]
     manifest.at[with_omics[0], "omics_sample"] = "NO-SUCH-SAMPLE"
-    manifest.loc[len(manifest)] = ["STRANGER", "", ""]
+    manifest.loc[len(manifest)] = ["STRANGER", "", "", ""]
     manifest.to_csv(site / "manifest.csv", index=False)
     p0, p1, p2 = clinical["patient_id"].iloc[:3]
     clinical.loc[0, "survival_months"] = "-4"

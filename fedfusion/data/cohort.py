@@ -23,7 +23,9 @@ from fedfusion.data.manifest import ManifestEntry
 from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.records import PatientRecord, SiteCohort
 from fedfusion.data.site_tables import read_site_tables
+from fedfusion.data.progress import progress_bar
 from fedfusion.data.slide_features import extract_slide_features
+from fedfusion.data.slides import check_slide_file
 from fedfusion.data.tile_encoder import get_tile_encoder
 from fedfusion.data.tiling import TilingParams
 from fedfusion.errors import ConfigError, DataError, SlideError
@@ -117,15 +119,21 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
     features: dict[Path, np.ndarray] = {}
     notes: list[str] = []
     jobs: list[_SlideJob] = []
+    owner: dict[Path, str] = {}
+    for entry in entries:
+        for slide in entry.slides:
+            owner.setdefault(slide, entry.patient_id)
 
     def fail(path: Path, error: SlideError) -> None:
         if not skip_bad:
             raise error
-        notes.append(f"skipped slide: {error}")
+        notes.append(f"skipped slide of patient {owner[path]}: {error}")
 
-    for path in dict.fromkeys(s for e in entries for s in e.slides):
-        if not path.is_file():
-            fail(path, SlideError(f"slide {path}: file does not exist"))
+    for path in owner:
+        try:
+            check_slide_file(path)
+        except SlideError as error:
+            fail(path, error)
             continue
         key = cache.key(path, encoder, params, fallback_mpp)
         cached = cache.load(key)
@@ -135,12 +143,14 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
             features[path] = cached
     if jobs:
         report(f"extracting tile features of {len(jobs)} slides ({len(features)} cached)")
-    for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
-        if isinstance(result, SlideError):
-            fail(job.path, result)
-            continue
-        cache.store(job.key, result)
-        features[job.path] = result
+    with progress_bar(len(jobs), "slides", "slide") as bar:
+        for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
+            bar.update(1)
+            if isinstance(result, SlideError):
+                fail(job.path, result)
+                continue
+            cache.store(job.key, result)
+            features[job.path] = result
     return features, notes
 
 
@@ -156,8 +166,9 @@ def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: 
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file)
-                   for job in jobs]
+        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file,
+                               1 + index % workers)
+                   for index, job in enumerate(jobs)]
         for job, future in zip(jobs, futures):
             try:
                 yield job, future.result()

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from fedfusion.data.macenko import estimate_stains, macenko_normalize
+from fedfusion.data.progress import progress_bar
 from fedfusion.data.stain_normalization import reinhard_normalize, tissue_lab_stats
 from fedfusion.data.tile_encoder import get_tile_encoder
-from fedfusion.data.tiling import TilePlan, TilingParams, batched, iter_tiles, plan_tiles
+from fedfusion.data.tiling import TilePlan, TilingParams, batched, iter_tiles, plan_tiles, require_tissue
 from fedfusion.errors import SlideError
 
 ENCODE_BATCH = 8
@@ -22,18 +23,21 @@ STAIN_SAMPLE_TILES = 8
 
 
 def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
-                           fallback_mpp: float | None = None, encoder_file: Path | None = None) -> np.ndarray:
+                           fallback_mpp: float | None = None, encoder_file: Path | None = None,
+                           bar_position: int = 1) -> np.ndarray:
     """``[num_tiles, feature_dim]`` float32 features of the slide's kept tissue tiles, in tile-grid order.
 
-    Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue.
+    Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue. On a terminal a
+    progress bar over the slide's tiles is shown at line ``bar_position`` (below the caller's overall bar).
     """
-    plan = plan_tiles(path, params, fallback_mpp)
-    if len(plan.coords) == 0:
-        raise SlideError(f"slide {path}: no tissue tile among {plan.num_candidates} "
-                         f"(max background {params.max_background:.0%})")
+    plan = require_tissue(plan_tiles(path, params, fallback_mpp))
     encoder = get_tile_encoder(encoder_name, device, encoder_file)
-    with _one_torch_thread():
-        parts = [encoder.encode(batch) for batch in batched(slide_tiles(plan), ENCODE_BATCH)]
+    parts = []
+    with _one_torch_thread(), progress_bar(len(plan.coords), path.name, "tile", position=bar_position,
+                                           leave=False) as bar:
+        for batch in batched(slide_tiles(plan), ENCODE_BATCH):
+            parts.append(encoder.encode(batch))
+            bar.update(len(batch))
     return np.concatenate(parts, axis=0)
 
 

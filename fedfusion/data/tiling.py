@@ -90,6 +90,14 @@ def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = No
                     grid_shape=(rows, cols))
 
 
+def require_tissue(plan: TilePlan) -> TilePlan:
+    """``plan`` if it keeps at least one tile, else ``SlideError`` naming the slide (an empty or blank slide)."""
+    if len(plan.coords) == 0:
+        raise SlideError(f"slide {plan.path}: no tissue tile among {plan.num_candidates} "
+                         f"(max background {plan.params.max_background:.0%})")
+    return plan
+
+
 def check_reaches_target(path: Path, mpp: float, target_mpp: float) -> None:
     """Raise ``SlideError`` naming the slide when its finest level (``mpp``) is coarser than the study's target."""
     if mpp > target_mpp * (1 + MPP_TOLERANCE):
