@@ -93,7 +93,9 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
              size: tuple[int, int]) -> np.ndarray:
     """Read a region as ``[h, w, 3]`` uint8 RGB, transparent (outside-scan) pixels made white.
 
-    ``location`` is in level-0 pixels, ``size`` in pixels of ``level`` (OpenSlide's convention).
+    ``location`` is in level-0 pixels, ``size`` in pixels of ``level`` (OpenSlide's convention). A region without
+    transparent pixels (the usual case inside the scan) is returned as a read-only view of OpenSlide's buffer,
+    without a copy.
     """
     try:
         region = slide.read_region(location, level, size)
@@ -101,8 +103,11 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
         raise SlideError(f"slide {path}: file is truncated or corrupt (reading level {level} at {location}: {exc})"
                          ) from exc
     rgba = np.asarray(region)
+    transparent = rgba[..., 3] == 0
+    if not transparent.any():
+        return rgba[..., :3]
     rgb = rgba[..., :3].copy()
-    rgb[rgba[..., 3] == 0] = 255
+    rgb[transparent] = 255
     return rgb
 
 
