@@ -86,7 +86,8 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     no_omics = sum(1 for r in train + test if r.omics is None)
     no_cnv = sum(1 for r in train + test if r.copy_number is None)
     notes.append(f"{len(entries)} patients ({len(train)} train, {len(test)} test); {no_wsi} without slide "
-                 f"features, {no_omics} without omics, {no_cnv} without copy number; feature cache {cache.hits} hits, {cache.misses} extracted")
+                 f"features, {no_omics} without omics, {no_cnv} without copy number; feature cache {cache.hits} "
+                 f"hits, {cache.misses} extracted")
     report(f"site {site_dir.name}: {notes[-1]}")
     return SiteCohort(site=site_dir.name, train=train, test=test, notes=notes)
 

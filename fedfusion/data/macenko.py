@@ -50,7 +50,7 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def estimate_stains(tiles: Iterable[np.ndarray]) -> StainEstimate | None:
-    """Stain vectors and maximum concentrations of the tissue pixels of ``tiles`` pooled; None with too little tissue."""
+    """Stain vectors and maximum concentrations of the pooled tissue pixels of ``tiles``; None if too little tissue."""
     od = np.concatenate([optical_density(t).reshape(-1, 3) for t in tiles] or [np.empty((0, 3), np.float32)])
     tissue = od[np.all(od >= OD_THRESHOLD, axis=1)]
     if len(tissue) < MIN_TISSUE_PIXELS:
