@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedfusion.data.clinical import read_clinical, subtype_index
-from fedfusion.data.copy_number import CLIP_LOG2, parse_copy_number
+from fedfusion.data.copy_number import CLIP_LOG2, LOG2_PER_UNIT, parse_copy_number
 from fedfusion.data.findings import Findings
 from fedfusion.data.manifest import read_manifest
 from fedfusion.data.omics import read_expression
@@ -145,8 +145,9 @@ def test_copy_number_layer_clips_and_fills_neutral(tmp_path: Path) -> None:
     findings = Findings()
     layer = parse_copy_number(path, ["A", "B", "Z"], findings)
     assert not findings.errors and "1 panel genes missing, set to 0: ['Z']" in str(findings.warnings[0])
-    np.testing.assert_allclose(layer.sample_vector("C1", "P1"), [0.5, CLIP_LOG2, 0.0])
-    np.testing.assert_allclose(layer.sample_vector("C2", "P2"), [-CLIP_LOG2, 0.0, 0.0])
+    unit = LOG2_PER_UNIT
+    np.testing.assert_allclose(layer.sample_vector("C1", "P1"), [0.5 / unit, CLIP_LOG2 / unit, 0.0])
+    np.testing.assert_allclose(layer.sample_vector("C2", "P2"), [-CLIP_LOG2 / unit, 0.0, 0.0])
     with pytest.raises(DataError, match=f"copy-number table {path}: no sample column 'C9' "
                                         r"\(copy-number sample of patient P3\)"):
         layer.sample_vector("C9", "P3")

@@ -18,7 +18,8 @@ def _node_config(site_dir: Path, cohort: Path, cache: Path, **extra: str) -> dic
             "cnv-panel": str(cohort / "cnv_panel.txt"), "cache-dir": str(cache), "device": "cpu", **extra}
 
 
-def test_node_config_skip_bad_and_cnv_panel_reach_the_loader(small_cohort: Path, tmp_path: Path) -> None:
+def test_node_config_skip_bad_and_cnv_panel_reach_the_loader(small_cohort: Path, tmp_path: Path,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
     site_dir = shutil.copytree(small_cohort / "site-b", tmp_path / "site-b",
                                ignore=shutil.ignore_patterns(".fedfusion-cache"))
     victim = sorted((site_dir / "slides").glob("*.tiff"))[0]
@@ -33,5 +34,6 @@ def test_node_config_skip_bad_and_cnv_panel_reach_the_loader(small_cohort: Path,
     cohort = load_cohort_once(lenient, study)
     assert any(n.startswith(f"skipped slide of patient {victim.stem}: slide {victim}") for n in cohort.notes)
     assert sum(r.copy_number is not None for r in cohort.train + cohort.test) >= 8
+    assert capfd.readouterr().err == "", "progress bars must stay silent when stderr is not a terminal"
     with pytest.raises(ConfigError, match="'skip-bad' must be true or false, got 'sometimes'"):
         resolve_site_context(_node_config(site_dir, small_cohort, tmp_path, **{"skip-bad": "sometimes"}), study)
