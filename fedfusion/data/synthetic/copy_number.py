@@ -1,8 +1,9 @@
 """Synthetic copy number: per-gene log2 ratios (genes x samples) with a risk amplicon, arm-level events and noise.
 
 The first ``AMPLICON_SIZE`` genes of the copy-number panel form an amplicon whose level follows the patient's
-``cnv_score`` (part of the planted risk); each sample also gets a few random arm-level gains or losses over
-blocks of ``ARM_GENES`` genes, and per-gene measurement noise whose size depends on the site's platform.
+``cnv_score`` (the driver of the omics risk module, see ``patients``); each sample also gets a few random
+arm-level gains or losses over blocks of ``ARM_GENES`` genes, and per-gene measurement noise whose size depends
+on the site's platform.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Ground truth of synthetic patients: subtype, age, histological grade, omics risk module, amplicon, survival.
 
-The planted true log-risk is ``W_IMAGE * image_z + W_OMICS * omics_score + W_CNV * cnv_score + W_AGE * age_z``
-with ``image_z = (image_score - 0.5) / 0.2`` where ``image_score`` is the fraction of the tissue drawn with the
-high-grade texture, ``omics_score`` the shift of the risk gene module, ``cnv_score`` the level of the copy-number
-risk amplicon and ``age_z = (age - 60) / 10``. Each
+The planted true log-risk is ``W_IMAGE * image_z + W_OMICS * omics_score + W_AGE * age_z`` with
+``image_z = (image_score - 0.5) / 0.2`` where ``image_score`` is the fraction of the tissue drawn with the
+high-grade texture, ``omics_score`` the shift of the risk gene module and ``age_z = (age - 60) / 10``. The
+risk module is driven by an amplified driver gene region: its copy-number level ``cnv_score`` is ``omics_score``
+plus patient-level variation (``CNV_DRIVER_SD``), so the copy-number layer is a second, independent readout of
+the omics risk (and the only one for patients without RNA-seq) without adding risk of its own. Each
 modality carries part of the signal; the combination ranks patients best. Times follow an exponential model
 with that hazard (median 22 months at log-risk 0), censored by end of follow-up and loss to follow-up.
 """
@@ -20,7 +22,9 @@ from fedfusion.data.synthetic.sites import SiteProfile
 
 SUBTYPES = STUDY_SUBTYPES
 """Subtype names of the synthetic study (sorted, so the name's position is its class index)."""
-W_IMAGE, W_OMICS, W_CNV, W_AGE = 1.0, 1.0, 0.6, 0.7
+W_IMAGE, W_OMICS, W_AGE = 1.0, 1.0, 0.7
+CNV_DRIVER_SD = 0.5
+"""Spread of the driver amplicon's level around the omics risk it drives."""
 BASELINE_MEDIAN_MONTHS = 22.0
 FOLLOW_UP_MONTHS = (30.0, 120.0)
 """End of follow-up is uniform in this range; loss to follow-up is exponential with mean ``LOSS_MEAN_MONTHS``."""
@@ -59,12 +63,11 @@ class PatientTruth:
         return (self.age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS
 
 
-def planted_log_risk(image_score: np.ndarray, omics_score: np.ndarray, cnv_score: np.ndarray,
-                     age: np.ndarray) -> np.ndarray:
+def planted_log_risk(image_score: np.ndarray, omics_score: np.ndarray, age: np.ndarray) -> np.ndarray:
     """The true log-hazard ratio of the synthetic study."""
     image_z = (image_score - 0.5) / 0.2
     age_z = (age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS
-    return W_IMAGE * image_z + W_OMICS * omics_score + W_CNV * cnv_score + W_AGE * age_z
+    return W_IMAGE * image_z + W_OMICS * omics_score + W_AGE * age_z
 
 
 def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> PatientTruth:
@@ -75,8 +78,8 @@ def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> Patient
     image_score = rng.beta(a, b)
     omics_score = rng.standard_normal(n)
     age = np.clip(rng.normal(profile.age_mean, 10.0, n), 25.0, 95.0).round()
-    cnv_score = rng.standard_normal(n)
-    log_risk = planted_log_risk(image_score, omics_score, cnv_score, age)
+    cnv_score = omics_score + rng.normal(0.0, CNV_DRIVER_SD, n)
+    log_risk = planted_log_risk(image_score, omics_score, age)
     hazard = np.log(2.0) / BASELINE_MEDIAN_MONTHS * np.exp(log_risk)
     death = rng.exponential(1.0 / hazard)
     censor = np.minimum(rng.uniform(*FOLLOW_UP_MONTHS, n), rng.exponential(LOSS_MEAN_MONTHS, n))
