@@ -52,7 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLIDES = 12
 SLIDE_PX = 1536
 WORKERS = 2
-REPETITIONS = 3
+REPETITIONS = 9
 ENCODER = StudyConfig.encoder
 PARAMS = TilingParams.from_study(StudyConfig())
 
