@@ -78,18 +78,20 @@ def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> Patient
     image_score = rng.beta(a, b)
     omics_score = rng.standard_normal(n)
     age = np.clip(rng.normal(profile.age_mean, 10.0, n), 25.0, 95.0).round()
-    cnv_score = omics_score + rng.normal(0.0, CNV_DRIVER_SD, n)
     log_risk = planted_log_risk(image_score, omics_score, age)
     hazard = np.log(2.0) / BASELINE_MEDIAN_MONTHS * np.exp(log_risk)
     death = rng.exponential(1.0 / hazard)
     censor = np.minimum(rng.uniform(*FOLLOW_UP_MONTHS, n), rng.exponential(LOSS_MEAN_MONTHS, n))
     time = np.maximum(np.minimum(death, censor), 0.1).round(1)
     prefix = profile.name.upper()
+    male = rng.random(n) < MALE_RATE
+    has_slide, has_omics = rng.random(n) >= MISSING_RATE, rng.random(n) >= MISSING_RATE
+    # Copy number is drawn last, so every other draw is the same as in cohorts generated before it existed.
+    cnv_score = omics_score + rng.normal(0.0, CNV_DRIVER_SD, n)
     return PatientTruth(
         patient_ids=[f"{prefix}-P{i + 1:04d}" for i in range(n)],
-        subtype=subtype, age=age, male=rng.random(n) < MALE_RATE,
+        subtype=subtype, age=age, male=male,
         image_score=image_score, omics_score=omics_score, cnv_score=cnv_score, log_risk=log_risk,
         time_months=time, event=(death <= censor).astype(int),
-        has_slide=rng.random(n) >= MISSING_RATE, has_omics=rng.random(n) >= MISSING_RATE,
-        has_cnv=rng.random(n) >= CNV_MISSING_RATE,
+        has_slide=has_slide, has_omics=has_omics, has_cnv=rng.random(n) >= CNV_MISSING_RATE,
     )
