@@ -7,7 +7,8 @@ before timing):
 - ``raw-read``: OpenSlide ``read_region`` of exactly the tiles the pipeline keeps (same level, coordinates and
   size; the tile plans are computed beforehand in the parent and not timed), converted to a numpy array;
 - ``pipeline``: the site path with a cold cache: content hash for the cache key, tissue mask, tile grid and
-  background filter, Reinhard normalisation, the ``random-conv-v1`` encoder, atomic cache write;
+  background filter, the study's default stain normalisation (none), the ``random-conv-v1`` encoder, atomic
+  cache write;
 - ``pipeline-no-encoder``: the same up to the normalised tiles (no encoder, no cache), to separate the data path
   from the encoder's cost;
 - ``cached``: the pipeline again on the warm cache (hash + load).
@@ -51,7 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLIDES = 12
 SLIDE_PX = 1536
 WORKERS = 2
-REPETITIONS = 3
+REPETITIONS = 9
 ENCODER = StudyConfig.encoder
 PARAMS = TilingParams.from_study(StudyConfig())
 

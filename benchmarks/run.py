@@ -1,4 +1,5 @@
-"""Run every benchmark module in ``benchmarks/`` (the one command: ``python benchmarks/run.py``).
+"""Run every benchmark module in ``benchmarks/`` (the one command: ``python benchmarks/run.py``), or only those
+named on the command line (``python benchmarks/run.py data_pipeline``).
 
 Each benchmark runs in its own child process with glibc's allocator told to keep freed memory instead of
 returning it to the OS (``MALLOC_MMAP_MAX_=0``, high trim threshold and top pad): with the default
@@ -27,12 +28,17 @@ def benchmark_modules() -> list[Path]:
     return sorted(p for p in BENCHMARKS.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
 
 
-def main() -> int:
-    """Run each benchmark; return non-zero if any failed."""
+def main(names: list[str]) -> int:
+    """Run each benchmark (or those in ``names``); return non-zero if any failed or a name is unknown."""
+    modules = benchmark_modules()
+    unknown = sorted(set(names) - {m.stem for m in modules})
+    if unknown:
+        print(f"unknown benchmarks {unknown}; known: {[m.stem for m in modules]}")
+        return 2
     env = {**os.environ, **MALLOC_ENV}
     print("benchmark child processes get: " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()))
     failed = []
-    for module in benchmark_modules():
+    for module in (m for m in modules if not names or m.stem in names):
         print(f"== {module.stem}", flush=True)
         if subprocess.run([sys.executable, str(module)], env=env, check=False).returncode != 0:
             failed.append(module.stem)
@@ -42,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,7 @@ from fedfusion.errors import ConfigError
 MODALITIES = ("wsi", "omics", "clinical")
 FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
-STAIN_NORMALIZATIONS = ("reinhard", "none")
+STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
 
 # Study-fixed clinical normalisation (public reference values, not site statistics).
@@ -57,6 +57,9 @@ class StudyConfig:
     num_subtypes: int = 3
     tile_feature_dim: int = 64
     omics_dim: int = 200
+    cnv_dim: int = 40
+    """Genes of the study's copy-number panel (a second omics layer, fed to the omics branch with the RNA-seq
+    panel; 0: no copy-number layer)."""
     clinical_dim: int = 2
     hidden_dim: int = 16
     dropout: float = 0.1
@@ -67,9 +70,9 @@ class StudyConfig:
     target_mpp: float = 0.5
     max_background: float = 0.6
     stain_normalization: str = "none"
-    """'reinhard' matches each slide's tissue colour to a study-fixed H&E target before the encoder; 'none' skips
-    it (LAB statistics, per slide). Off by default: on the synthetic cohorts it made extraction about 4x slower
-    and did not help the model."""
+    """'reinhard' matches each slide's tissue colour to a study-fixed H&E target before the encoder (LAB statistics,
+    per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
+    default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
     cohort_dir: str = "cohorts/default"
     results_dir: str = ""
@@ -95,6 +98,11 @@ class StudyConfig:
     def time_bin_edges(self) -> tuple[float, ...]:
         """Inner bin edges in months, strictly increasing."""
         return tuple(float(x) for x in self.time_bins.split(",") if x.strip())
+
+    @property
+    def omics_input_dim(self) -> int:
+        """Width of the omics branch's input: RNA-seq panel, then copy-number panel and one present-flag per layer."""
+        return self.omics_dim + (self.cnv_dim + 2 if self.cnv_dim else 0)
 
     @property
     def num_time_bins(self) -> int:
@@ -173,6 +181,8 @@ class StudyConfig:
             raise ConfigError(f"study config 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
+        if self.cnv_dim < 0:
+            raise ConfigError(f"study config 'cnv-dim' must be >= 0, got {self.cnv_dim}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
 

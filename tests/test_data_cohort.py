@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_predict
@@ -119,3 +120,21 @@ def test_inconsistent_site_files(small_cohort: Path, panel: list[str], tmp_path:
         load_site_cohort(site, STUDY, gene_panel=panel)
     with pytest.raises(ConfigError, match="'omics-dim' is 200 but the gene panel has 3"):
         load_site_cohort(site, STUDY, gene_panel=["A", "B", "C"])
+
+
+def test_copy_number_layer_joins_records_with_its_signal(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
+    cnv_panel = read_gene_panel(small_cohort / "cnv_panel.txt")
+    site = read_cohort_index(small_cohort).sites[0]
+    cohort = load_site_cohort(site.site_dir, STUDY, gene_panel=panel, cnv_panel=cnv_panel,
+                              cache_dir=tmp_path / "cache")
+    records = cohort.train + cohort.test
+    manifest = pd.read_csv(site.site_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("patient_id")
+    for record in records:
+        assert (record.copy_number is None) == (manifest.at[record.patient_id, "cnv_sample"] == "")
+    with_cnv = [r for r in records if r.copy_number is not None]
+    assert len(with_cnv) >= 10 and all(r.copy_number.shape == (STUDY.cnv_dim,) for r in with_cnv)
+    truth = read_oracle(small_cohort / "oracle.csv").set_index("patient_id")["cnv_score"]
+    amplicon = [r.copy_number[:10].mean() for r in with_cnv]
+    assert np.corrcoef(amplicon, truth.loc[[r.patient_id for r in with_cnv]])[0, 1] > 0.8
+    with pytest.raises(ConfigError, match="'cnv-dim' is 40 but the copy-number gene list has 2"):
+        load_site_cohort(site.site_dir, STUDY, gene_panel=panel, cnv_panel=["A", "B"])

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedfusion.data.clinical import read_clinical, subtype_index
+from fedfusion.data.copy_number import CLIP_LOG2, LOG2_PER_UNIT, parse_copy_number
+from fedfusion.data.findings import Findings
 from fedfusion.data.manifest import read_manifest
 from fedfusion.data.omics import read_expression
 from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.table_sources import TABLES_CONFIG_FILE, resolve_table_sources
 from fedfusion.errors import DataError
 
 HEADER = "patient_id,age,sex,survival_months,event,subtype\n"
@@ -101,3 +105,75 @@ def test_split_is_per_patient_and_follows_fraction() -> None:
     assert held_out == [is_test_patient(pid, 0, 0.25) for pid in ids]
     assert held_out != [is_test_patient(pid, 1, 0.25) for pid in ids]
     assert all(is_test_patient(pid, 0, 0.5) for pid, out in zip(ids, held_out) if out)
+
+
+def test_expression_parquet_reads_like_csv(tmp_path: Path) -> None:
+    csv = tmp_path / "expr.csv"
+    csv.write_text("gene_id,S1,S2\nG2,3,0\nG1,1,7\nEXTRA,5,5\n")
+    table = pd.read_csv(csv, index_col=0)
+    with_index, first_column = tmp_path / "indexed.parquet", tmp_path / "plain.parquet"
+    table.to_parquet(with_index)
+    table.reset_index().to_parquet(first_column, index=False)
+    expected = read_expression(csv, ["G1", "G2", "G3"]).values
+    for path in (with_index, first_column):
+        pd.testing.assert_frame_equal(read_expression(path, ["G1", "G2", "G3"]).values, expected)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(with_index.read_bytes()[:40])
+    with pytest.raises(DataError, match=f"expression table {broken}: not a readable Parquet table"):
+        read_expression(broken, ["G1"])
+
+
+def test_raw_counts_are_library_size_normalised_per_sample(tmp_path: Path) -> None:
+    path = tmp_path / "counts.tsv"
+    path.write_text("gene_id\tS1\tS2\nG1\t10\t300\nG2\t30\t100\nEXTRA\t60\t600\n")
+    expr = read_expression(path, ["G1", "G2"], units="counts")
+    for sample, counts in (("S1", [10, 30, 60]), ("S2", [300, 100, 600])):
+        log2 = np.log2(np.array(counts[:2]) / sum(counts) * 1e6 + 1.0)
+        np.testing.assert_allclose(expr.sample_vector(sample, "P"), (log2 - log2.mean()) / log2.std(), atol=1e-5)
+    # a deeper library of the same sample gives the same vector: only within-sample proportions count
+    path.write_text("gene_id\tS1\tS2\nG1\t10\t100\nG2\t30\t300\nEXTRA\t60\t600\n")
+    deeper = read_expression(path, ["G1", "G2"], units="counts")
+    np.testing.assert_allclose(deeper.sample_vector("S1", "P"), deeper.sample_vector("S2", "P"), atol=1e-5)
+    path.write_text("gene_id\tS1\tS2\nG1\t10\t0\nG2\t-3\t0\n")
+    with pytest.raises(DataError, match=r"gene G2, sample S1: count -3.0 is negative.*samples \['S2'\] have no counts"):
+        read_expression(path, ["G1", "G2"], units="counts")
+
+
+def test_copy_number_layer_clips_and_fills_neutral(tmp_path: Path) -> None:
+    path = tmp_path / "cn.csv"
+    path.write_text("gene_id,C1,C2\nA,0.5,-4.2\nB,7,0\n")
+    findings = Findings()
+    layer = parse_copy_number(path, ["A", "B", "Z"], findings)
+    assert not findings.errors and "1 panel genes missing, set to 0: ['Z']" in str(findings.warnings[0])
+    unit = LOG2_PER_UNIT
+    np.testing.assert_allclose(layer.sample_vector("C1", "P1"), [0.5 / unit, CLIP_LOG2 / unit, 0.0])
+    np.testing.assert_allclose(layer.sample_vector("C2", "P2"), [-CLIP_LOG2 / unit, 0.0, 0.0])
+    with pytest.raises(DataError, match=f"copy-number table {path}: no sample column 'C9' "
+                                        r"\(copy-number sample of patient P3\)"):
+        layer.sample_vector("C9", "P3")
+    path.write_text("gene_id,C1\nA,amp\n")
+    parse_copy_number(path, ["A"], findings)
+    assert f"copy-number table {path}: gene A, sample C1: value 'amp' is not a number" in map(str, findings.errors)
+
+
+def test_site_tables_config_names_files_and_units(tmp_path: Path) -> None:
+    (tmp_path / "rna").mkdir()
+    (tmp_path / "rna" / "counts.tsv").write_text("gene_id\tS1\nG1\t5\n")
+    (tmp_path / TABLES_CONFIG_FILE).write_text('[expression]\nfile = "rna/counts.tsv"\nunits = "counts"\n'
+                                               '[copy-number]\nfile = "/abs/cn.parquet"\ncolour = "red"\n')
+    findings = Findings()
+    sources = resolve_table_sources(tmp_path, findings)
+    assert sources.expression.path == tmp_path / "rna" / "counts.tsv" and sources.expression.units == "counts"
+    assert sources.copy_number.path == Path("/abs/cn.parquet")
+    assert [str(w) for w in findings.warnings] == [
+        f"site tables config {tmp_path / TABLES_CONFIG_FILE}: [copy-number] unknown keys ['colour'] are ignored"]
+    (tmp_path / TABLES_CONFIG_FILE).write_text('[expression]\nunits = "fpkm"\n')
+    resolve_table_sources(tmp_path, findings)
+    assert "[expression] units must be one of ['tpm', 'counts'], got 'fpkm'" in str(findings.errors[-1])
+    (tmp_path / TABLES_CONFIG_FILE).write_text("[expression\n")
+    resolve_table_sources(tmp_path, findings)
+    assert "not valid TOML" in str(findings.errors[-1])
+    (tmp_path / TABLES_CONFIG_FILE).unlink()
+    (tmp_path / "expression_tpm.parquet").write_bytes(b"")
+    defaults = resolve_table_sources(tmp_path, Findings())
+    assert defaults.expression.path == tmp_path / "expression_tpm.parquet" and defaults.copy_number.path is None

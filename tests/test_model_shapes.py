@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,12 +16,12 @@ from fedfusion.data.records import PatientRecord
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion_model import build_model
 
-BASE = StudyConfig(hidden_dim=8, tile_feature_dim=6, omics_dim=5, tiles_per_patient=4, num_subtypes=3,
+BASE = StudyConfig(hidden_dim=8, tile_feature_dim=6, omics_dim=5, cnv_dim=3, tiles_per_patient=4, num_subtypes=3,
                    time_bins="12,24,36")
 
 
 def records(n: int, seed: int = 0) -> list[PatientRecord]:
-    """Patients with 0-9 tiles; every third lacks omics."""
+    """Patients with 0-9 tiles; every third lacks RNA-seq, every second copy number."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -27,7 +29,8 @@ def records(n: int, seed: int = 0) -> list[PatientRecord]:
         out.append(PatientRecord(
             f"p{i}", rng.normal(size=(tiles, 6)).astype(np.float32) if tiles else None,
             None if i % 3 == 0 else rng.normal(size=5).astype(np.float32), rng.normal(size=2).astype(np.float32),
-            float(rng.uniform(0, 50)), int(rng.integers(0, 2)), int(rng.integers(-1, 3))))
+            float(rng.uniform(0, 50)), int(rng.integers(0, 2)), int(rng.integers(-1, 3)),
+            None if i % 2 == 0 else rng.normal(size=3).astype(np.float32)))
     return out
 
 
@@ -46,7 +49,7 @@ def test_output_shapes_for_each_fusion_and_modality_subset(fusion: str, modaliti
 def test_missing_modality_is_masked_not_read() -> None:
     model = build_model(BASE, seed=0).eval()
     batch = collate_full_bags(records(6), BASE)
-    assert batch.modality_mask[0, 1] == 0 and batch.modality_mask[1, 1] == 1  # patient 0 lacks omics
+    assert batch.modality_mask[0, 1] == 0 and batch.modality_mask[1, 1] == 1  # patient 0 lacks both omics layers
     garbage = batch.omics.clone()
     garbage[0] = 1e3
     outputs = model(*batch.model_inputs())
@@ -96,5 +99,21 @@ def test_training_items_have_fixed_k_and_collated_structure() -> None:
         assert tiles.shape == (BASE.tiles_per_patient, 6) and tile_mask.shape == (BASE.tiles_per_patient,)
         n_tiles = len(dataset.patients[index].tile_features) if dataset.patients[index].tile_features is not None else 0
         assert int(tile_mask.sum()) == min(n_tiles, BASE.tiles_per_patient)
-        assert omics.shape == (5,) and modality_mask.shape == (3,) and clinical.shape == (2,)
+        assert omics.shape == (5 + 3 + 2,) and modality_mask.shape == (3,) and clinical.shape == (2,)
         assert time_bin.dtype == torch.int64 and time_bin.shape == () and subtype.shape == ()
+
+
+def test_copy_number_joins_the_omics_input_with_its_own_present_flag() -> None:
+    patients = records(4)
+    batch = collate_full_bags(patients, BASE)
+    for row, record in zip(batch.omics.numpy(), patients):
+        rna, cnv, flags = row[:5], row[5:8], row[8:]
+        np.testing.assert_array_equal(rna, record.omics if record.omics is not None else np.zeros(5))
+        np.testing.assert_array_equal(cnv, record.copy_number if record.copy_number is not None else np.zeros(3))
+        np.testing.assert_array_equal(flags, [record.omics is not None, record.copy_number is not None])
+    # patient 3 has copy number only: the omics branch is present, RNA-seq flagged absent
+    assert patients[3].omics is None and patients[3].copy_number is not None and batch.modality_mask[3, 1] == 1
+    assert build_model(BASE, seed=0).encoders["omics"].layers[0].in_features == 5 + 3 + 2
+    without = BASE.replace(cnv_dim=0)
+    plain = [dataclasses.replace(p, copy_number=None) for p in patients]
+    assert collate_full_bags(plain, without).omics.shape == (4, 5)

@@ -107,7 +107,9 @@ def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, 
     cohort_dir, results_dir, study = simulated_run
     index = read_cohort_index(cohort_dir)
     panel = read_gene_panel(index.gene_panel_path)
-    cohorts = [load_site_cohort(site.site_dir, study, gene_panel=panel) for site in index.sites[:2]]
+    cnv_panel = read_gene_panel(index.cnv_panel_path)
+    cohorts = [load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel)
+               for site in index.sites[:2]]
     test = [p for c in cohorts for p in c.test]
     pooled = SiteTrainer(SiteCohort("pooled", [p for c in cohorts for p in c.train], test), study)
     trained = torch.load(results_dir / "final_model.pt", weights_only=True)

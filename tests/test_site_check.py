@@ -20,6 +20,7 @@ def _site(small_cohort: Path, tmp_path: Path) -> Path:
     shutil.copytree(read_cohort_index(small_cohort).sites[0].site_dir, site,
                     ignore=shutil.ignore_patterns(".fedfusion-cache"))
     shutil.copy(small_cohort / "gene_panel.txt", tmp_path / "cohort" / "gene_panel.txt")
+    shutil.copy(small_cohort / "cnv_panel.txt", tmp_path / "cohort" / "cnv_panel.txt")
     return site
 
 
@@ -37,7 +38,18 @@ def test_clean_site_passes(small_cohort: Path, tmp_path: Path, capsys: pytest.Ca
     assert report["patients"] == len(manifest)
     assert report["with"]["slides"] == (manifest["slides"] != "").sum() == report["slides_checked"]
     assert report["lacking"]["omics"] == list(manifest.loc[manifest["omics_sample"] == "", "patient_id"])
+    assert report["lacking"]["copy number"] == list(manifest.loc[manifest["cnv_sample"] == "", "patient_id"])
     assert not list(site.rglob(".fedfusion-cache")), "site check must not write features"
+
+
+def test_slides_coarser_than_the_target_are_named(small_cohort: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    site = _site(small_cohort, tmp_path)
+    code, out = _check(capsys, str(site), "--target-mpp", "0.25")
+    slide = sorted((site / "slides").glob("*.tiff"))[0]
+    assert code == 1
+    assert (f"slide {slide}: scanned at 0.500 um/px, coarser than the study's target 0.25 um/px (tiles would "
+            "have to be upsampled)") in out
 
 
 def test_broken_site_lists_every_problem(small_cohort: Path, tmp_path: Path, real_slides: Path,
@@ -55,7 +67,7 @@ def test_broken_site_lists_every_problem(small_cohort: Path, tmp_path: Path, rea
     with_omics = manifest.index[manifest["omics_sample"] != ""]
     ghost_sample_pid = manifest.at[with_omics[0], "patient_id"]
     manifest.at[with_omics[0], "omics_sample"] = "NO-SUCH-SAMPLE"
-    manifest.loc[len(manifest)] = ["STRANGER", "", ""]
+    manifest.loc[len(manifest)] = ["STRANGER", "", "", ""]
     manifest.to_csv(site / "manifest.csv", index=False)
     p0, p1, p2 = clinical["patient_id"].iloc[:3]
     clinical.loc[0, "survival_months"] = "-4"

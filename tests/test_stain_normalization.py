@@ -1,4 +1,4 @@
-"""Reinhard stain normalisation: a stain-shifted slide's tiles move to the study target; tiles stay uint8 RGB."""
+"""Reinhard and Macenko stain normalisation: a stain-shifted slide's tiles move to the study target; tiles stay uint8."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from fedfusion.config import StudyConfig
 from fedfusion.data.feature_cache import FeatureCache
+from fedfusion.data.macenko import OD_THRESHOLD, TARGET_STAINS, estimate_stains, optical_density
 from fedfusion.data.slide_features import slide_tiles
 from fedfusion.data.stain_normalization import TARGET_LAB_MEAN, TISSUE_MAX_L, lab_to_rgb, rgb_to_lab
 from fedfusion.data.synthetic.histology import render_slide
@@ -57,8 +58,30 @@ def test_lab_round_trip_and_reference_white() -> None:
 def test_knob_is_validated_and_keys_the_cache(shifted_slide: Path, tmp_path: Path) -> None:
     assert TilingParams.from_study(StudyConfig(stain_normalization="reinhard")).stain_normalization == "reinhard"
     with pytest.raises(ConfigError, match="'stain-normalization' must be one of"):
-        StudyConfig(stain_normalization="macenko")
+        StudyConfig(stain_normalization="vahadane")
     cache = FeatureCache(tmp_path)
     keys = {cache.key(shifted_slide, "random-conv-v1", TilingParams(256, 0.5, 0.6, method), None)
-            for method in ("reinhard", "none")}
-    assert len(keys) == 2
+            for method in ("reinhard", "macenko", "none")}
+    assert len(keys) == 3
+
+
+def _stain_angles_to_target(tiles: list[np.ndarray]) -> np.ndarray:
+    """Angle (degrees) between the tiles' estimated H and E vectors and the study's target ones."""
+    estimate = estimate_stains(tiles)
+    assert estimate is not None
+    cosines = np.sum(estimate.stains * TARGET_STAINS / np.linalg.norm(TARGET_STAINS, axis=0), axis=0)
+    return np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))
+
+
+def test_macenko_moves_shifted_stains_to_target(shifted_slide: Path) -> None:
+    plan = plan_tiles(shifted_slide, TilingParams(256, 0.5, 0.6, "macenko"))
+    raw = list(slide_tiles(dataclasses.replace(plan, params=TilingParams(256, 0.5, 0.6, "none"))))
+    normalised = list(slide_tiles(plan))
+    assert len(raw) == len(normalised) >= 3
+    before, after = _stain_angles_to_target(raw), _stain_angles_to_target(normalised)
+    assert before.max() > 10 and after.max() < 4 and after.max() < before.max() / 3, (before, after)
+    for tile, out in zip(raw, normalised):
+        assert out.dtype == np.uint8 and out.shape == tile.shape == (256, 256, 3)
+    background = np.all(optical_density(raw[0]) < OD_THRESHOLD, axis=-1)
+    assert background.any()
+    np.testing.assert_array_equal(normalised[0][background], raw[0][background])

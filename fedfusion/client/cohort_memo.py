@@ -27,5 +27,7 @@ def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
             cache_dir=site.cache_dir,
             fallback_mpp=site.fallback_mpp,
             encoder_file=site.encoder_file,
+            cnv_panel=read_gene_panel(site.cnv_panel) if site.cnv_panel is not None and study.cnv_dim else None,
+            skip_bad=site.skip_bad,
         )
     return _MEMO[key]

@@ -2,7 +2,9 @@
 
 A deployed site daemon gets its facts from Flower's ``context.node_config`` (set by the site admin when the
 SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device``,
-``fallback-mpp`` and ``encoder-file`` (the site's copy of a ``torchscript:<sha256>`` study encoder). A simulated
+``fallback-mpp``, ``encoder-file`` (the site's copy of a ``torchscript:`` / ``safetensors:`` study encoder),
+``cnv-panel`` (the study's copy-number gene list, when it has that layer) and ``skip-bad`` (true: a bad slide or
+a manifest patient without clinical labels is skipped with a note instead of stopping the site). A simulated
 site has only ``partition-id``; it is then the partition-th site listed in the
 cohort index under the study's ``cohort-dir``, and keeps its privacy ledger and egress record in the run's results
 folder (``<results-dir>/sites/<site>/``): each simulation is an experiment with its own privacy accounting.
@@ -38,6 +40,10 @@ class SiteContext:
     """The site's copy of a user-supplied TorchScript tile encoder, when the study uses one."""
     privacy_dir: Path | None = None
     """A simulated site's ledger and egress folder; None for a deployed site (its node config decides)."""
+    cnv_panel: Path | None = None
+    """The study's copy-number gene list; None when the study has no copy-number layer."""
+    skip_bad: bool = False
+    """Skip bad slides and unlabelled patients (each reported) instead of failing."""
 
 
 def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> SiteContext:
@@ -54,6 +60,8 @@ def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> 
             device=str(node_config.get("device", study.device)),
             fallback_mpp=float(node_config["fallback-mpp"]) if "fallback-mpp" in node_config else None,
             encoder_file=Path(str(node_config["encoder-file"])) if "encoder-file" in node_config else None,
+            cnv_panel=Path(str(node_config["cnv-panel"])) if "cnv-panel" in node_config else None,
+            skip_bad=_flag(node_config, "skip-bad"),
         )
     if PARTITION_ID_KEY in node_config:
         index = read_cohort_index(Path(study.cohort_dir))
@@ -71,5 +79,16 @@ def resolve_site_context(node_config: Mapping[str, Any], study: StudyConfig) -> 
             device=study.device,
             fallback_mpp=None,
             privacy_dir=Path(study.results_dir) / SIMULATED_SITES_DIR / site.name if study.results_dir else None,
+            cnv_panel=index.cnv_panel_path,
         )
     raise ConfigError("node config names neither 'data-dir' (a deployed site) nor 'partition-id' (a simulated one)")
+
+
+def _flag(node_config: Mapping[str, Any], key: str) -> bool:
+    """A boolean node config value (true/false, as TOML or text); absent is false."""
+    value = node_config.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("true", "false"):
+        return str(value).strip().lower() == "true"
+    raise ConfigError(f"site node config '{key}' must be true or false, got {value!r}")

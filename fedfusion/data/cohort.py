@@ -1,8 +1,8 @@
 """A site's cohort: manifest + clinical + omics + cached slide features, joined per patient and split.
 
 Reads the site layout documented in ``fedfusion.data.synthetic.generator`` (``manifest.csv``, ``clinical.csv``,
-``expression_tpm.csv`` and the slides). A patient lacking slides or omics keeps that modality as None. The
-train/test split is a per-patient hash rule (``fedfusion.data.patient_split``).
+the expression and copy-number tables (``table_sources``) and the slides). A patient lacking slides or an omics
+layer keeps it as None. The train/test split is a per-patient hash rule (``fedfusion.data.patient_split``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from fedfusion.data.manifest import ManifestEntry
 from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.records import PatientRecord, SiteCohort
 from fedfusion.data.site_tables import read_site_tables
+from fedfusion.data.progress import progress_bar
 from fedfusion.data.slide_features import extract_slide_features
+from fedfusion.data.slides import check_slide_file
 from fedfusion.data.tile_encoder import get_tile_encoder
 from fedfusion.data.tiling import TilingParams
 from fedfusion.errors import ConfigError, DataError, SlideError
@@ -38,23 +40,25 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
                      cache_dir: Path | None = None, device: str = "cpu", fallback_mpp: float | None = None,
                      skip_bad: bool = False, progress: Callable[[str], None] | None = None,
                      workers: int = 1, subtypes: Sequence[str] = STUDY_SUBTYPES,
-                     encoder_file: Path | None = None) -> SiteCohort:
+                     encoder_file: Path | None = None, cnv_panel: Sequence[str] | None = None) -> SiteCohort:
     """Read one site's data into patient records split into train and test.
 
     Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
     extracted (in ``workers`` spawned processes when > 1, so a calling script needs the usual
     ``if __name__ == "__main__"`` guard). A slide that cannot be used raises ``SlideError``, or with
-    ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it. Table problems always raise
-    ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:<sha256>``
-    study encoder (see ``fedfusion.data.tile_encoder``).
+    ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it; with ``skip_bad`` a
+    manifest patient without clinical labels is left out (a note) too. Other table problems always raise
+    ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:`` or
+    ``safetensors:`` study encoder (see ``fedfusion.data.tile_encoder``). ``cnv_panel`` is the study's
+    copy-number gene list (None: the copy-number layer is not read).
     """
     site_dir = Path(site_dir)
     report = progress or (lambda _msg: None)
-    _check_study(study, gene_panel, subtypes, encoder_file)
+    _check_study(study, gene_panel, subtypes, encoder_file, cnv_panel)
     if not site_dir.is_dir():
         raise DataError(f"site {site_dir.name}: directory {site_dir} does not exist")
     findings = Findings()
-    tables = read_site_tables(site_dir, gene_panel, findings, subtypes)
+    tables = read_site_tables(site_dir, gene_panel, findings, subtypes, cnv_panel=cnv_panel, skip_bad=skip_bad)
     findings.raise_errors()
     notes = [str(w) for w in findings.warnings]
     entries, omics = tables.entries, tables.omics
@@ -74,21 +78,28 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
             tile_features=np.concatenate(bags, axis=0) if bags else None,
             omics=None if omics is None or entry.omics_sample is None
             else omics.sample_vector(entry.omics_sample, entry.patient_id),
-            clinical=row.covariates, time_months=row.time_months, event=row.event, subtype=row.subtype)
+            clinical=row.covariates, time_months=row.time_months, event=row.event, subtype=row.subtype,
+            copy_number=None if tables.copy_number is None or entry.cnv_sample is None
+            else tables.copy_number.sample_vector(entry.cnv_sample, entry.patient_id))
         (test if is_test_patient(entry.patient_id, study.seed, study.test_fraction) else train).append(record)
     no_wsi = sum(1 for r in train + test if r.tile_features is None)
     no_omics = sum(1 for r in train + test if r.omics is None)
+    no_cnv = sum(1 for r in train + test if r.copy_number is None)
     notes.append(f"{len(entries)} patients ({len(train)} train, {len(test)} test); {no_wsi} without slide "
-                 f"features, {no_omics} without omics; feature cache {cache.hits} hits, {cache.misses} extracted")
+                 f"features, {no_omics} without omics, {no_cnv} without copy number; feature cache {cache.hits} "
+                 f"hits, {cache.misses} extracted")
     report(f"site {site_dir.name}: {notes[-1]}")
     return SiteCohort(site=site_dir.name, train=train, test=test, notes=notes)
 
 
 def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequence[str],
-                 encoder_file: Path | None) -> None:
+                 encoder_file: Path | None, cnv_panel: Sequence[str] | None) -> None:
     if len(gene_panel) != study.omics_dim:
         raise ConfigError(f"study config 'omics-dim' is {study.omics_dim} but the gene panel has "
                           f"{len(gene_panel)} genes")
+    if cnv_panel is not None and len(cnv_panel) != study.cnv_dim:
+        raise ConfigError(f"study config 'cnv-dim' is {study.cnv_dim} but the copy-number gene list has "
+                          f"{len(cnv_panel)} genes")
     if len(subtypes) != study.num_subtypes:
         raise ConfigError(f"study config 'num-subtypes' is {study.num_subtypes} but the study names "
                           f"{len(subtypes)} subtypes {list(subtypes)}")
@@ -109,15 +120,21 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
     features: dict[Path, np.ndarray] = {}
     notes: list[str] = []
     jobs: list[_SlideJob] = []
+    owner: dict[Path, str] = {}
+    for entry in entries:
+        for slide in entry.slides:
+            owner.setdefault(slide, entry.patient_id)
 
     def fail(path: Path, error: SlideError) -> None:
         if not skip_bad:
             raise error
-        notes.append(f"skipped slide: {error}")
+        notes.append(f"skipped slide of patient {owner[path]}: {error}")
 
-    for path in dict.fromkeys(s for e in entries for s in e.slides):
-        if not path.is_file():
-            fail(path, SlideError(f"slide {path}: file does not exist"))
+    for path in owner:
+        try:
+            check_slide_file(path)
+        except SlideError as error:
+            fail(path, error)
             continue
         key = cache.key(path, encoder, params, fallback_mpp)
         cached = cache.load(key)
@@ -127,12 +144,14 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
             features[path] = cached
     if jobs:
         report(f"extracting tile features of {len(jobs)} slides ({len(features)} cached)")
-    for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
-        if isinstance(result, SlideError):
-            fail(job.path, result)
-            continue
-        cache.store(job.key, result)
-        features[job.path] = result
+    with progress_bar(len(jobs), "slides", "slide") as bar:
+        for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
+            bar.update(1)
+            if isinstance(result, SlideError):
+                fail(job.path, result)
+                continue
+            cache.store(job.key, result)
+            features[job.path] = result
     return features, notes
 
 
@@ -148,8 +167,9 @@ def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: 
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file)
-                   for job in jobs]
+        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file,
+                               1 + index % workers)
+                   for index, job in enumerate(jobs)]
         for job, future in zip(jobs, futures):
             try:
                 yield job, future.result()

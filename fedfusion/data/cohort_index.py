@@ -16,6 +16,7 @@ from fedfusion.errors import DataError
 
 COHORT_INDEX_FILE = "cohort.json"
 GENE_PANEL_FILE = "gene_panel.txt"
+CNV_PANEL_FILE = "cnv_panel.txt"
 ORACLE_FILE = "oracle.csv"
 
 
@@ -39,6 +40,8 @@ class CohortIndex:
     oracle_path: Path | None
     """Ground truth of a synthetic cohort; None for real cohorts."""
     seed: int | None
+    cnv_panel_path: Path | None = None
+    """The study's copy-number gene list; None when the cohort has no copy-number layer."""
 
 
 def read_cohort_index(cohort_dir: Path) -> CohortIndex:
@@ -62,13 +65,17 @@ def read_cohort_index(cohort_dir: Path) -> CohortIndex:
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise DataError(f"cohort index {path}: duplicate site names in {names}")
-    oracle = raw.get("oracle")
+    oracle, cnv_panel = raw.get("oracle"), raw.get("cnv_panel")
     return CohortIndex(root=path.parent, sites=sites, gene_panel_path=panel, subtypes=subtypes,
-                       oracle_path=None if oracle is None else path.parent / str(oracle), seed=raw.get("seed"))
+                       oracle_path=None if oracle is None else path.parent / str(oracle), seed=raw.get("seed"),
+                       cnv_panel_path=None if cnv_panel is None else path.parent / str(cnv_panel))
 
 
 def read_gene_panel(path: Path) -> list[str]:
-    """The study's gene symbols, one per line (blank lines ignored); duplicates or an empty panel are errors."""
+    """The study's gene symbols, one per line (blank lines ignored); duplicates or an empty panel are errors.
+
+    Reads the copy-number gene list too (same format).
+    """
     try:
         genes = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except FileNotFoundError as exc:

@@ -1,7 +1,8 @@
 """A site's manifest: which slides and which RNA-seq sample belong to each patient.
 
 ``manifest.csv`` has columns patient_id, slides (';'-separated paths relative to the site directory, or
-absolute; may be empty) and omics_sample (a column name of the expression table; may be empty).
+absolute; may be empty), omics_sample (a column name of the expression table; may be empty) and, optionally,
+cnv_sample (a column name of the copy-number table; may be empty).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fedfusion.data.findings import Findings
 from fedfusion.data.table_files import check_columns, read_text_table
 
 MANIFEST_COLUMNS = ("patient_id", "slides", "omics_sample")
+OPTIONAL_COLUMNS = ("cnv_sample",)
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ManifestEntry:
     patient_id: str
     slides: tuple[Path, ...]
     omics_sample: str | None
+    cnv_sample: str | None = None
 
 
 def read_manifest(path: Path) -> list[ManifestEntry]:
@@ -36,7 +39,7 @@ def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
     """The manifest's valid entries (first of duplicates kept); every problem is recorded in ``findings``."""
     where = f"manifest {path}"
     table = read_text_table(path, where, findings)
-    if table is None or not check_columns(table, where, findings, MANIFEST_COLUMNS):
+    if table is None or not check_columns(table, where, findings, MANIFEST_COLUMNS, OPTIONAL_COLUMNS):
         return []
     entries: list[ManifestEntry] = []
     seen: set[str] = set()
@@ -51,5 +54,6 @@ def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
         seen.add(pid)
         slides = tuple(path.parent / s.strip() for s in record["slides"].split(";") if s.strip())
         sample = record["omics_sample"].strip() or None
-        entries.append(ManifestEntry(patient_id=pid, slides=slides, omics_sample=sample))
+        cnv_sample = str(record.get("cnv_sample", "")).strip() or None
+        entries.append(ManifestEntry(patient_id=pid, slides=slides, omics_sample=sample, cnv_sample=cnv_sample))
     return entries

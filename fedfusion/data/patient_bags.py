@@ -21,8 +21,8 @@ from fedfusion.errors import DataError
 from fedfusion.models.survival_loss import time_to_bin
 
 PatientItem = tuple[torch.Tensor, ...]
-"""One patient: tiles ``[K, F]``, tile_mask ``[K]``, omics ``[G]``, modality_mask ``[3]``, clinical ``[C]``,
-time_bin, event, subtype (scalars)."""
+"""One patient: tiles ``[K, F]``, tile_mask ``[K]``, omics ``[G]`` (``genomic_input``), modality_mask ``[3]``,
+clinical ``[C]``, time_bin, event, subtype (scalars)."""
 
 
 class PatientBatch(NamedTuple):
@@ -87,14 +87,13 @@ def patient_item(record: PatientRecord, tiles: np.ndarray, slots: int, time_bin:
     padded[: len(tiles)] = tiles
     tile_mask = torch.zeros(slots, dtype=torch.bool)
     tile_mask[: len(tiles)] = True
-    omics_present = record.omics is not None
-    omics = record.omics if omics_present else np.zeros(study.omics_dim, dtype=np.float32)
     clinical_present = bool(np.all(np.isfinite(record.clinical)))
+    omics_present = record.omics is not None or (study.cnv_dim > 0 and record.copy_number is not None)
     present = {"wsi": len(tiles) > 0, "omics": omics_present, "clinical": clinical_present}
     return (
         torch.from_numpy(padded),
         tile_mask,
-        torch.as_tensor(omics, dtype=torch.float32),
+        torch.from_numpy(genomic_input(record, study)),
         torch.tensor([float(present[m]) for m in MODALITIES]),
         torch.as_tensor(np.nan_to_num(record.clinical, nan=0.0), dtype=torch.float32),
         torch.tensor(time_bin, dtype=torch.int64),
@@ -103,11 +102,23 @@ def patient_item(record: PatientRecord, tiles: np.ndarray, slots: int, time_bin:
     )
 
 
+def genomic_input(record: PatientRecord, study: StudyConfig) -> np.ndarray:
+    """``[study.omics_input_dim]`` float32 input of the omics branch: each layer's panel (zeros when the patient
+    lacks it), then, with a copy-number layer in the study, one present-flag per layer (RNA-seq, copy number)."""
+    layers = [(record.omics, study.omics_dim)] + ([(record.copy_number, study.cnv_dim)] if study.cnv_dim else [])
+    parts = [np.zeros(width, np.float32) if values is None else np.asarray(values, np.float32)
+             for values, width in layers]
+    if study.cnv_dim:
+        parts.append(np.array([values is not None for values, _ in layers], dtype=np.float32))
+    return np.concatenate(parts)
+
+
 def check_record(record: PatientRecord, study: StudyConfig) -> None:
     """Raise ``DataError`` naming the patient when its arrays do not match the study's dimensions."""
     expected = {
         "tile_features": (record.tile_features, 2, study.tile_feature_dim),
         "omics": (record.omics, 1, study.omics_dim),
+        "copy_number": (record.copy_number, 1, study.cnv_dim),
         "clinical": (record.clinical, 1, study.clinical_dim),
     }
     for name, (array, ndim, width) in expected.items():

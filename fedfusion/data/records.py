@@ -30,6 +30,9 @@ class PatientRecord:
     """1 if death was observed at ``time_months``, 0 if censored then."""
     subtype: int
     """Class index in ``[0, num_subtypes)``; -1 when unknown (then excluded from the subtype loss)."""
+    copy_number: np.ndarray | None = None
+    """``[cnv_dim]`` float32 log2 copy-number ratios on the study's copy-number panel (clipped, in units of about
+    one copy: ``fedfusion.data.copy_number``), or None."""
 
 
 @dataclass(frozen=True)

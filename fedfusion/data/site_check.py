@@ -1,7 +1,10 @@
 """``fedfusion site check``'s engine: validate a site's data without training and without writing anything.
 
-Reads the tables with the same validation as the cohort loader (``site_tables``), opens every slide and reads
-one small region (``slides.probe_slide``), and collects every problem instead of stopping at the first.
+Reads the tables with the same validation as the cohort loader (``site_tables``), opens every slide, reads one
+small region (``slides.probe_slide``), checks that its resolution reaches the study's target and that its tissue
+mask keeps at least one tile (``tiling``), and collects every problem instead of stopping at the first. With
+``skip_bad`` the problems the loader would skip (bad slides, manifest patients without clinical labels) are
+warnings, as they would be when training with ``skip-bad``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedfusion.config import StudyConfig
 from fedfusion.data.clinical import STUDY_SUBTYPES
 from fedfusion.data.findings import Findings
 from fedfusion.data.site_tables import SiteTables, read_site_tables
 from fedfusion.data.slides import probe_slide
+from fedfusion.data.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
 from fedfusion.errors import SlideError
 
-MODALITIES = ("slides", "omics", "clinical")
+MODALITIES = ("slides", "omics", "copy number", "clinical")
+SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
 
 
 @dataclass(frozen=True)
@@ -54,24 +60,37 @@ class SiteCheck:
 
 
 def check_site(site_dir: Path, gene_panel: Sequence[str], fallback_mpp: float | None = None,
-               subtypes: Sequence[str] = STUDY_SUBTYPES) -> SiteCheck:
-    """Validate the site folder ``site_dir`` (tables, cross-references, every slide) and collect all problems."""
+               subtypes: Sequence[str] = STUDY_SUBTYPES, *, cnv_panel: Sequence[str] | None = None,
+               params: TilingParams = TilingParams.from_study(StudyConfig()), skip_bad: bool = False) -> SiteCheck:
+    """Validate the site folder ``site_dir`` (tables, cross-references, every slide) and collect all problems.
+
+    ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet.
+    """
     findings = Findings()
     if not site_dir.is_dir():
         findings.error(f"site {site_dir.name}", f"directory {site_dir} does not exist")
         return SiteCheck(site_dir, [], {m: [] for m in MODALITIES}, 0, 0, findings)
-    tables = read_site_tables(site_dir, gene_panel, findings, subtypes)
-    checked, unreadable = _check_slides(tables, fallback_mpp, findings)
+    tables = read_site_tables(site_dir, gene_panel, findings, subtypes, cnv_panel=cnv_panel, skip_bad=skip_bad)
+    checked, unreadable = _check_slides(tables, fallback_mpp, params, findings, skip_bad)
     lacking = {
         "slides": [e.patient_id for e in tables.entries if not e.slides],
         "omics": [e.patient_id for e in tables.entries if not e.omics_sample],
+        "copy number": [e.patient_id for e in tables.entries if not e.cnv_sample],
         "clinical": [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical],
     }
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)
 
 
-def _check_slides(tables: SiteTables, fallback_mpp: float | None, findings: Findings) -> tuple[int, int]:
-    """Probe every slide of the manifest once; record each unusable one under its patient."""
+def check_slide(path: Path, fallback_mpp: float | None, params: TilingParams) -> None:
+    """Raise ``SlideError`` naming the slide if training could not use it (unreadable, too coarse, no tissue)."""
+    mpp = probe_slide(path, fallback_mpp)
+    check_reaches_target(path, mpp, params.target_mpp)
+    require_tissue(plan_tiles(path, params, fallback_mpp))
+
+
+def _check_slides(tables: SiteTables, fallback_mpp: float | None, params: TilingParams, findings: Findings,
+                  skip_bad: bool) -> tuple[int, int]:
+    """Check every slide of the manifest once; record each unusable one under its patient."""
     checked = unreadable = 0
     seen: set[Path] = set()
     for entry in tables.entries:
@@ -81,8 +100,11 @@ def _check_slides(tables: SiteTables, fallback_mpp: float | None, findings: Find
             seen.add(path)
             checked += 1
             try:
-                probe_slide(path, fallback_mpp)
+                check_slide(path, fallback_mpp, params)
             except SlideError as error:
                 unreadable += 1
-                findings.error(f"patient {entry.patient_id}", str(error))
+                if skip_bad:
+                    findings.warning(f"patient {entry.patient_id}", f"{error}; {SKIPPED}")
+                else:
+                    findings.error(f"patient {entry.patient_id}", str(error))
     return checked, unreadable

@@ -26,8 +26,7 @@ PROBE_PIXELS = 64
 @contextmanager
 def open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
     """Open ``path`` with OpenSlide; raise ``SlideError`` naming the file and the reason if it cannot be read."""
-    if not path.is_file():
-        raise SlideError(f"slide {path}: file does not exist")
+    check_slide_file(path)
     try:
         slide = openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as exc:
@@ -41,6 +40,23 @@ def open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
         yield slide
     finally:
         slide.close()
+
+
+def check_slide_file(path: Path) -> None:
+    """Raise ``SlideError`` naming ``path`` unless it is a non-empty regular file this process may read."""
+    if not path.exists():
+        raise SlideError(f"slide {path}: file does not exist")
+    if not path.is_file():
+        raise SlideError(f"slide {path}: not a regular file (a directory or device)")
+    try:
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except PermissionError as exc:
+        raise SlideError(f"slide {path}: file cannot be read (permission denied)") from exc
+    except OSError as exc:
+        raise SlideError(f"slide {path}: file cannot be read ({exc.strerror or exc})") from exc
+    if empty:
+        raise SlideError(f"slide {path}: file is empty (0 bytes)")
 
 
 def slide_mpp(slide: openslide.OpenSlide, path: Path, fallback_mpp: float | None = None) -> float:
@@ -77,7 +93,9 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
              size: tuple[int, int]) -> np.ndarray:
     """Read a region as ``[h, w, 3]`` uint8 RGB, transparent (outside-scan) pixels made white.
 
-    ``location`` is in level-0 pixels, ``size`` in pixels of ``level`` (OpenSlide's convention).
+    ``location`` is in level-0 pixels, ``size`` in pixels of ``level`` (OpenSlide's convention). A region without
+    transparent pixels (the usual case inside the scan) is returned as a read-only view of OpenSlide's buffer,
+    without a copy.
     """
     try:
         region = slide.read_region(location, level, size)
@@ -85,8 +103,11 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
         raise SlideError(f"slide {path}: file is truncated or corrupt (reading level {level} at {location}: {exc})"
                          ) from exc
     rgba = np.asarray(region)
+    transparent = rgba[..., 3] == 0
+    if not transparent.any():
+        return rgba[..., :3]
     rgb = rgba[..., :3].copy()
-    rgb[rgba[..., 3] == 0] = 255
+    rgb[transparent] = 255
     return rgb
 
 

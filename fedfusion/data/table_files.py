@@ -1,12 +1,17 @@
-"""Reading a site's CSV/TSV tables as text, with unreadable files recorded as findings naming the file."""
+"""Reading a site's tables (CSV/TSV as text, Parquet), with unreadable files recorded as findings naming the file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pyarrow
 
 from fedfusion.data.findings import Findings
+
+TAB_SUFFIXES = {".tsv", ".tab", ".txt"}
+COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
 def read_text_table(path: Path, where: str, findings: Findings, *, sep: str = ",",
@@ -16,6 +21,12 @@ def read_text_table(path: Path, where: str, findings: Findings, *, sep: str = ",
         table = pd.read_csv(path, sep=sep, index_col=index_col, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         findings.error(where, "file does not exist")
+        return None
+    except IsADirectoryError:
+        findings.error(where, "is a directory, not a table file")
+        return None
+    except PermissionError:
+        findings.error(where, "cannot be read (permission denied)")
         return None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         findings.error(where, f"not a readable table ({exc})")
@@ -34,3 +45,41 @@ def check_columns(table: pd.DataFrame, where: str, findings: Findings, required:
     if unknown:
         findings.warning(where, f"unknown columns {unknown} are ignored")
     return not missing
+
+
+def read_matrix_table(path: Path, where: str, findings: Findings) -> pd.DataFrame | None:
+    """A features x samples table: row ids (stripped strings) as the index, one column per sample.
+
+    CSV or TSV (by suffix, optionally compressed) are read as text, the first column being the ids; Parquet keeps
+    its stored types, the ids being its stored index or else its first column. None after recording why not.
+    """
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSION_SUFFIXES]
+    last = suffixes[-1] if suffixes else ""
+    if last in PARQUET_SUFFIXES:
+        table = _read_parquet(path, where, findings)
+        sep = None
+    else:
+        sep = "\t" if last in TAB_SUFFIXES else ","
+        table = read_text_table(path, where, findings, sep=sep, index_col=0)
+    if table is None:
+        return None
+    if table.shape[1] == 0:
+        findings.error(where, "no sample columns" + (f" (is the separator {sep!r} right?)" if sep else ""))
+        return None
+    table.index = table.index.astype(str).str.strip()
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def _read_parquet(path: Path, where: str, findings: Findings) -> pd.DataFrame | None:
+    try:
+        table = pd.read_parquet(path, engine="pyarrow")
+    except FileNotFoundError:
+        findings.error(where, "file does not exist")
+        return None
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        findings.error(where, f"not a readable Parquet table ({exc})")
+        return None
+    if isinstance(table.index, pd.RangeIndex) and table.shape[1] > 0:
+        table = table.set_index(table.columns[0])
+    return table

@@ -9,6 +9,11 @@ separates stain colour and nuclear texture (size, density, darkness) linearly.
 exported with ``torch.jit.save``): the study names the file's sha256, so every site provably uses the same
 weights, and each site points its node config key ``encoder-file`` at its local copy. The module takes float32
 ``[batch, 3, h, w]`` RGB scaled to [0, 1] and returns ``[batch, feature_dim]``.
+
+``safetensors:<arch>:<sha256>`` is a frozen encoder given as plain weights for one of the architectures defined
+here (``ARCHITECTURES``): no code comes with the file, only tensors. The site's copy (node config
+``encoder-file``) is hash-checked like a TorchScript file, then every tensor the architecture needs must be in
+it with the right shape (no more, no fewer); the module is frozen and in eval mode. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -26,6 +33,7 @@ from fedfusion.data.slide_hash_index import file_sha256
 from fedfusion.errors import ConfigError
 
 TORCHSCRIPT_PREFIX = "torchscript:"
+SAFETENSORS_PREFIX = "safetensors:"
 RANDOM_CONV_SEED = 20240601
 """Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
 
@@ -79,8 +87,52 @@ def _mean_std(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, std], dim=1)
 
 
+class SmallResNetEncoder(TileEncoder):
+    """``small-resnet-v1``: a ResNet-style stem and two residual stages, global average pooled to 64 features.
+
+    Only an architecture: its weights come from a site's safetensors file (``safetensors:small-resnet-v1:<sha>``).
+    Takes RGB scaled to [0, 1], like the usual pathology backbones.
+    """
+
+    name = "small-resnet-v1"
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 7, stride=2, padding=3), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.stage1 = _ResidualBlock(32, 32, stride=1)
+        self.stage2 = _ResidualBlock(32, 64, stride=2)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
+        return self.stage2(self.stage1(self.stem(rgb / 255.0))).mean(dim=(2, 3))
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 conv + BatchNorm layers with an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels else
+                         nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual block output."""
+        out = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+        return (out + self.shortcut(x)).relu()
+
+
 ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
 """Registered tile encoders by name (the study's ``encoder`` key)."""
+ARCHITECTURES: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder,
+                                                       SmallResNetEncoder.name: SmallResNetEncoder}
+"""Architectures a ``safetensors:<arch>:<sha256>`` encoder can name; the weights come from the site's file."""
 
 
 class TorchScriptEncoder(TileEncoder):
@@ -106,24 +158,65 @@ def get_tile_encoder(name: str, device: str = "cpu", encoder_file: Path | None =
     ``torchscript:<sha256>`` loads ``encoder_file`` after checking that its sha256 is the one the study names.
     """
     if name.startswith(TORCHSCRIPT_PREFIX):
-        return _load_torchscript(name, encoder_file).to(torch.device(device)).eval()
-    if name not in ENCODERS:
-        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)} "
-                          f"or '{TORCHSCRIPT_PREFIX}<sha256 of a TorchScript file>'")
-    return ENCODERS[name]().to(torch.device(device)).eval()
+        encoder: TileEncoder = _load_torchscript(name, encoder_file)
+    elif name.startswith(SAFETENSORS_PREFIX):
+        encoder = _load_safetensors(name, encoder_file)
+    elif name in ENCODERS:
+        encoder = ENCODERS[name]()
+    else:
+        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)}, "
+                          f"'{TORCHSCRIPT_PREFIX}<sha256 of a TorchScript file>' or "
+                          f"'{SAFETENSORS_PREFIX}<architecture>:<sha256 of a safetensors file>' with an "
+                          f"architecture in {sorted(ARCHITECTURES)}")
+    encoder.requires_grad_(False)
+    return encoder.to(torch.device(device)).eval()
+
+
+def _load_safetensors(name: str, encoder_file: Path | None) -> TileEncoder:
+    """The named architecture with its weights from the site's hash-checked safetensors file."""
+    arch, _, expected = name.removeprefix(SAFETENSORS_PREFIX).partition(":")
+    if arch not in ARCHITECTURES or not expected:
+        raise ConfigError(f"study config 'encoder' '{name}': expected '{SAFETENSORS_PREFIX}<architecture>:<sha256>' "
+                          f"with an architecture in {sorted(ARCHITECTURES)}")
+    path = _checked_encoder_file(name, expected, encoder_file, "safetensors")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"tile encoder file {path}: not a safetensors file ({exc})") from exc
+    encoder = ARCHITECTURES[arch]()
+    expected_shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
+    missing = sorted(set(expected_shapes) - set(tensors))
+    if missing:
+        raise ConfigError(f"tile encoder file {path}: architecture '{arch}' needs tensors it lacks: {missing}")
+    unexpected = sorted(set(tensors) - set(expected_shapes))
+    if unexpected:
+        raise ConfigError(f"tile encoder file {path}: tensors {unexpected} are not part of architecture '{arch}'")
+    for key, shape in expected_shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ConfigError(f"tile encoder file {path}: tensor '{key}' has shape {list(tensors[key].shape)}, "
+                              f"architecture '{arch}' expects {list(shape)}")
+    encoder.load_state_dict(tensors)
+    encoder.name = name
+    return encoder
+
+
+def _checked_encoder_file(name: str, expected: str, encoder_file: Path | None, kind: str) -> Path:
+    """The site's encoder file after checking it exists and its sha256 is the one the study names."""
+    if encoder_file is None:
+        raise ConfigError(f"the study uses tile encoder '{name}': set this site's node config 'encoder-file' to "
+                          f"its local copy of that {kind} file")
+    path = Path(encoder_file)
+    if not path.is_file():
+        raise ConfigError(f"tile encoder file {path}: does not exist")
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise ConfigError(f"tile encoder file {path}: sha256 {actual} is not the study's {expected.lower()}; "
+                          "every site must use the same encoder file")
+    return path
 
 
 def _load_torchscript(name: str, encoder_file: Path | None) -> TorchScriptEncoder:
-    expected = name.removeprefix(TORCHSCRIPT_PREFIX).lower()
-    if encoder_file is None:
-        raise ConfigError(f"the study uses tile encoder '{name}': set this site's node config 'encoder-file' to "
-                          "its local copy of that TorchScript file")
-    if not Path(encoder_file).is_file():
-        raise ConfigError(f"tile encoder file {encoder_file}: does not exist")
-    actual = file_sha256(Path(encoder_file))
-    if actual != expected:
-        raise ConfigError(f"tile encoder file {encoder_file}: sha256 {actual} is not the study's {expected}; "
-                          "every site must use the same encoder file")
+    encoder_file = _checked_encoder_file(name, name.removeprefix(TORCHSCRIPT_PREFIX), encoder_file, "TorchScript")
     try:
         module = torch.jit.load(str(encoder_file), map_location="cpu")
     except RuntimeError as exc:

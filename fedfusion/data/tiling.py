@@ -71,9 +71,7 @@ def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = No
     """Open a slide, pick the pyramid level, lay the tile grid and keep the tiles with enough tissue."""
     with open_slide(path) as slide:
         mpp = slide_mpp(slide, path, fallback_mpp)
-        if mpp > params.target_mpp * (1 + MPP_TOLERANCE):
-            raise SlideError(f"slide {path}: scanned at {mpp:.3f} um/px, coarser than the study's target "
-                             f"{params.target_mpp} um/px (tiles would have to be upsampled)")
+        check_reaches_target(path, mpp, params.target_mpp)
         level = _pick_level(slide.level_downsamples, mpp, params.target_mpp)
         level_ds = float(slide.level_downsamples[level])
         stride0 = params.tile_size * params.target_mpp / mpp
@@ -90,6 +88,21 @@ def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = No
     coords = np.asarray(kept, dtype=np.int64).reshape(-1, 2)
     return TilePlan(path=path, params=params, mpp=mpp, level=level, read_size=read_size, coords=coords,
                     grid_shape=(rows, cols))
+
+
+def require_tissue(plan: TilePlan) -> TilePlan:
+    """``plan`` if it keeps at least one tile, else ``SlideError`` naming the slide (an empty or blank slide)."""
+    if len(plan.coords) == 0:
+        raise SlideError(f"slide {plan.path}: no tissue tile among {plan.num_candidates} "
+                         f"(max background {plan.params.max_background:.0%})")
+    return plan
+
+
+def check_reaches_target(path: Path, mpp: float, target_mpp: float) -> None:
+    """Raise ``SlideError`` naming the slide when its finest level (``mpp``) is coarser than the study's target."""
+    if mpp > target_mpp * (1 + MPP_TOLERANCE):
+        raise SlideError(f"slide {path}: scanned at {mpp:.3f} um/px, coarser than the study's target "
+                         f"{target_mpp} um/px (tiles would have to be upsampled)")
 
 
 def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:

@@ -1,7 +1,8 @@
 """The patient-level model: modality encoders -> fusion -> survival-hazard and subtype heads.
 
 Inputs are one patient per row (the privacy unit): tile features ``[B, K, F]`` with a tile mask ``[B, K]``,
-omics ``[B, G]``, the modality-present mask ``[B, 3]`` (columns in ``fedfusion.config.MODALITIES`` order),
+omics ``[B, G]`` (``StudyConfig.omics_input_dim``: RNA-seq panel, copy-number panel and per-layer present flags,
+concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in ``fedfusion.config.MODALITIES`` order),
 clinical covariates ``[B, C]``. Only the study's modalities get an encoder, so single-modality baselines are
 this same class built with ``modalities = "wsi"`` or ``"omics"``.
 """
@@ -56,7 +57,7 @@ def build_model(study: StudyConfig, seed: int | None = None) -> MultimodalFusion
 def _construct(study: StudyConfig) -> MultimodalFusionModel:
     return MultimodalFusionModel(
         modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
-        omics_dim=study.omics_dim, clinical_dim=study.clinical_dim, hidden_dim=study.hidden_dim,
+        omics_dim=study.omics_input_dim, clinical_dim=study.clinical_dim, hidden_dim=study.hidden_dim,
         fusion=study.fusion, num_time_bins=study.num_time_bins, num_subtypes=study.num_subtypes,
         dropout=study.dropout,
     )

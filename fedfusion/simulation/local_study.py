@@ -63,7 +63,8 @@ def simulate_study(
         raise ConfigError(f"study 'omics-dim' is {study.omics_dim} but the gene panel "
                           f"{index.gene_panel_path} lists {len(panel)} genes")
 
-    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, emit)
+    cnv_panel = read_gene_panel(index.cnv_panel_path) if index.cnv_panel_path is not None and study.cnv_dim else None
+    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, cnv_panel, emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
          + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP"))
     run_in_simulation_engine(study, num_sites, results_dir / "flower-app")
@@ -81,13 +82,14 @@ def simulate_study(
     return results_dir
 
 
-def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], panel: list[str],
+def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], panel: list[str], cnv_panel: list[str] | None,
                    emit: Callable[[str], None]) -> list[SiteCohort]:
     """Run each site's data path once so the simulated sites find their features cached."""
     cohorts = []
     for site in sites:
         started = time.monotonic()
-        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, workers=os.cpu_count() or 1)
+        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel,
+                                  workers=os.cpu_count() or 1)
         emit(f"{site.name}: {len(cohort.train)} training + {len(cohort.test)} held-out patients "
              f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in cohort.notes))
         cohorts.append(cohort)

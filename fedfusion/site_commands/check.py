@@ -1,9 +1,9 @@
 """``fedfusion site check [DATA_DIR] [--bundle BUNDLE_DIR]``: validate a site for its admin, without training.
 
 With DATA_DIR: per-modality counts, patients lacking a modality, and every error and warning (each naming the file
-or patient); ``--json`` prints the same as JSON. With ``--bundle``: the site's certificates and key, the
-coordinator's reachability and the clock skew (``fedfusion.deployment.site_connectivity``). Exit code 1 when
-there are errors, 0 otherwise.
+or patient); ``--json`` prints the same as JSON; ``--skip-bad`` reports what training with ``skip-bad`` would skip
+as warnings. With ``--bundle``: the site's certificates and key, the coordinator's reachability and the clock skew
+(``fedfusion.deployment.site_connectivity``). Exit code 1 when there are errors, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-from fedfusion.data.cohort_index import GENE_PANEL_FILE, read_gene_panel
+from fedfusion.config import StudyConfig
+from fedfusion.data.cohort_index import CNV_PANEL_FILE, GENE_PANEL_FILE, read_gene_panel
 from fedfusion.data.findings import Finding
 from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
+from fedfusion.data.tiling import TilingParams
 from fedfusion.deployment.site_connectivity import check_connection
 from fedfusion.errors import ConfigError
 
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``check`` site command."""
     parser = subparsers.add_parser(
         "check", help="validate this site's slides, omics and clinical tables (no training, nothing written)",
-        description="Read manifest.csv, clinical.csv and the expression table with the same validation as "
+        description="Read manifest.csv, clinical.csv and the omics tables with the same validation as "
                     "training, open every slide and read one small region, and list every problem found. "
                     "Exit code 1 if there are errors.",
     )
@@ -38,8 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--gene-panel", type=Path, default=None,
                         help=f"study gene panel, one gene per line (default: DATA_DIR/../{GENE_PANEL_FILE} "
                              "if present)")
+    parser.add_argument("--cnv-panel", type=Path, default=None,
+                        help=f"study copy-number gene list (default: DATA_DIR/../{CNV_PANEL_FILE} if present)")
     parser.add_argument("--fallback-mpp", type=float, default=None, metavar="X",
                         help="microns per pixel to assume for slides without resolution metadata")
+    parser.add_argument("--target-mpp", type=float, default=StudyConfig.target_mpp, metavar="X",
+                        help="the study's tile resolution; a slide scanned coarser cannot reach it "
+                             "(default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report bad slides and unlabelled patients as skipped (warnings), as training with "
+                             "node config skip-bad = true would")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
@@ -69,7 +79,11 @@ def _check_bundle(bundle_dir: Path, superlink: str | None) -> bool:
 def _check_data(args: argparse.Namespace) -> bool:
     panel_path = args.gene_panel or args.data_dir.parent / GENE_PANEL_FILE
     panel = read_gene_panel(panel_path) if args.gene_panel or panel_path.is_file() else []
-    result = check_site(args.data_dir, panel, args.fallback_mpp)
+    cnv_path = args.cnv_panel or args.data_dir.parent / CNV_PANEL_FILE
+    cnv_panel = read_gene_panel(cnv_path) if args.cnv_panel or cnv_path.is_file() else None
+    params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp))
+    result = check_site(args.data_dir, panel, args.fallback_mpp, cnv_panel=cnv_panel, params=params,
+                        skip_bad=args.skip_bad)
     if not panel:
         result.findings.warning("gene panel", f"none given and {panel_path} is absent: panel coverage not checked")
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
@@ -80,7 +94,7 @@ def format_report(result: SiteCheck) -> str:
     """The readable summary a site admin sees."""
     lines = [f"site {result.site_dir}: {len(result.patients)} patients",
              "  with " + ", ".join(f"{m} {result.count(m)}" for m in MODALITIES),
-             f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unreadable"]
+             f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unusable"]
     for modality in MODALITIES:
         lacking = result.lacking[modality]
         if lacking:

@@ -5,12 +5,15 @@ Layout (also the layout ``fedfusion.data.cohort.load_site_cohort`` reads at a re
     <out_dir>/cohort.json            sites in order (name, dir relative to out_dir, num_patients), generator
                                      params and seed, gene panel file, oracle file, subtype names
     <out_dir>/gene_panel.txt         the study's gene list, one symbol per line
-    <out_dir>/oracle.csv             site, patient_id, oracle_risk (+ its parts image_score, omics_score, age_z):
-                                     ground truth for the simulator only, never inside a site dir
+    <out_dir>/cnv_panel.txt          the study's copy-number gene list, one symbol per line
+    <out_dir>/oracle.csv             site, patient_id, oracle_risk (+ its parts image_score, omics_score,
+                                     cnv_score, age_z): ground truth for the simulator only, never in a site dir
     <out_dir>/<site>/manifest.csv    patient_id, slides (';'-separated paths relative to the site dir, may be
-                                     empty), omics_sample (column of the expression table, may be empty)
+                                     empty), omics_sample (column of the expression table, may be empty),
+                                     cnv_sample (column of the copy-number table, may be empty)
     <out_dir>/<site>/clinical.csv    patient_id, age, sex (F/M), survival_months, event (0/1), subtype (name)
     <out_dir>/<site>/expression_tpm.csv   RNA-seq TPM, genes x samples: gene_id, then one column per sample
+    <out_dir>/<site>/copy_number.csv      log2 copy-number ratios, genes x samples, like the expression table
     <out_dir>/<site>/slides/<patient_id>.tiff   pyramidal tiled JPEG TIFF, 0.5 um/px at level 0 (resolution tags)
 
 The planted signal is described in ``fedfusion.data.synthetic.patients``; how sites differ in
@@ -32,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
-from fedfusion.data.cohort_index import COHORT_INDEX_FILE, GENE_PANEL_FILE, ORACLE_FILE
+from fedfusion.data.cohort_index import CNV_PANEL_FILE, COHORT_INDEX_FILE, GENE_PANEL_FILE, ORACLE_FILE
+from fedfusion.data.synthetic.copy_number import cnv_panel, simulate_copy_number
 from fedfusion.data.synthetic.expression import gene_panel, simulate_expression
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.patients import SUBTYPES, PatientTruth, simulate_patients
@@ -40,7 +44,7 @@ from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.synthetic.sites import SiteProfile, draw_site_profiles
 from fedfusion.errors import ConfigError
 
-GENERATOR_VERSION = "fedfusion-synthetic/1"
+GENERATOR_VERSION = "fedfusion-synthetic/2"
 SLIDE_MPP = 0.5
 SLIDE_LEVELS = 3
 DEFAULT_SLIDE_SIZE_PX = 1280
@@ -82,16 +86,17 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
                                   np.random.default_rng(profile_seed))
     panel = gene_panel()
     atomic_write_text(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
+    atomic_write_text(out_dir / CNV_PANEL_FILE, "\n".join(cnv_panel()) + "\n")
     oracle_parts = []
     # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
     # does not re-import the caller's main module (a script without a __main__ guard still works).
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
         for profile, site_seed in zip(profiles, site_seeds):
-            patients_seed, omics_seed, slides_seed = site_seed.spawn(3)
+            patients_seed, omics_seed, slides_seed, cnv_seed = site_seed.spawn(4)
             truth = simulate_patients(profile, np.random.default_rng(patients_seed))
             oracle_parts.append(_write_site_tables(out_dir / profile.name, profile, truth,
-                                                   np.random.default_rng(omics_seed)))
+                                                   np.random.default_rng(omics_seed), np.random.default_rng(cnv_seed)))
             jobs = [pool.submit(_render_and_write, out_dir / profile.name / "slides" / f"{pid}.tiff",
                                 slide_size_px, float(truth.image_score[i]), profile, stream)
                     for i, (pid, stream) in enumerate(zip(truth.patient_ids, slides_seed.spawn(len(truth.patient_ids))))
@@ -105,6 +110,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
         "format": "fedfusion-cohort/1",
         "sites": [{"name": p.name, "dir": p.name, "num_patients": p.num_patients} for p in profiles],
         "gene_panel": GENE_PANEL_FILE,
+        "cnv_panel": CNV_PANEL_FILE,
         "oracle": ORACLE_FILE,
         "subtypes": list(SUBTYPES),
         "seed": seed,
@@ -114,15 +120,17 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     return out_dir
 
 
-def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth,
-                       rng: np.random.Generator) -> pd.DataFrame:
-    """Write manifest, clinical and expression tables of one site; return its oracle rows."""
+def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth, rng: np.random.Generator,
+                       cnv_rng: np.random.Generator) -> pd.DataFrame:
+    """Write manifest, clinical, expression and copy-number tables of one site; return its oracle rows."""
     ids = truth.patient_ids
     sample_of = {i: f"{profile.name.upper()}-RNA-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_omics))}
+    cnv_of = {i: f"{profile.name.upper()}-CNV-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_cnv))}
     manifest = pd.DataFrame({
         "patient_id": ids,
         "slides": [f"slides/{pid}.tiff" if truth.has_slide[i] else "" for i, pid in enumerate(ids)],
         "omics_sample": [sample_of.get(i, "") for i in range(len(ids))],
+        "cnv_sample": [cnv_of.get(i, "") for i in range(len(ids))],
     })
     clinical = pd.DataFrame({
         "patient_id": ids,
@@ -133,11 +141,14 @@ def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth
         "subtype": [SUBTYPES[k] for k in truth.subtype],
     })
     expression = simulate_expression(profile, truth, list(sample_of.values()), rng)
+    copy_number = simulate_copy_number(profile, truth, list(cnv_of.values()), cnv_rng)
     atomic_write(site_dir / "manifest.csv", lambda tmp: manifest.to_csv(tmp, index=False))
     atomic_write(site_dir / "clinical.csv", lambda tmp: clinical.to_csv(tmp, index=False))
     atomic_write(site_dir / "expression_tpm.csv", lambda tmp: expression.to_csv(tmp))
+    atomic_write(site_dir / "copy_number.csv", lambda tmp: copy_number.to_csv(tmp))
     return pd.DataFrame({"site": profile.name, "patient_id": ids, "oracle_risk": truth.log_risk,
-                         "image_score": truth.image_score, "omics_score": truth.omics_score, "age_z": truth.age_z})
+                         "image_score": truth.image_score, "omics_score": truth.omics_score,
+                         "cnv_score": truth.cnv_score, "age_z": truth.age_z})
 
 
 def _render_and_write(path: Path, size: int, image_score: float, profile: SiteProfile,

@@ -1,8 +1,11 @@
-"""Ground truth of synthetic patients: subtype, age, histological grade, omics risk module, survival.
+"""Ground truth of synthetic patients: subtype, age, histological grade, omics risk module, amplicon, survival.
 
 The planted true log-risk is ``W_IMAGE * image_z + W_OMICS * omics_score + W_AGE * age_z`` with
 ``image_z = (image_score - 0.5) / 0.2`` where ``image_score`` is the fraction of the tissue drawn with the
-high-grade texture, ``omics_score`` the shift of the risk gene module and ``age_z = (age - 60) / 10``. Each
+high-grade texture, ``omics_score`` the shift of the risk gene module and ``age_z = (age - 60) / 10``. The
+risk module is driven by an amplified driver gene region: its copy-number level ``cnv_score`` is ``omics_score``
+plus patient-level variation (``CNV_DRIVER_SD``), so the copy-number layer is a second, independent readout of
+the omics risk (and the only one for patients without RNA-seq) without adding risk of its own. Each
 modality carries part of the signal; the combination ranks patients best. Times follow an exponential model
 with that hazard (median 22 months at log-risk 0), censored by end of follow-up and loss to follow-up.
 """
@@ -20,6 +23,8 @@ from fedfusion.data.synthetic.sites import SiteProfile
 SUBTYPES = STUDY_SUBTYPES
 """Subtype names of the synthetic study (sorted, so the name's position is its class index)."""
 W_IMAGE, W_OMICS, W_AGE = 1.0, 1.0, 0.7
+CNV_DRIVER_SD = 0.5
+"""Spread of the driver amplicon's level around the omics risk it drives."""
 BASELINE_MEDIAN_MONTHS = 22.0
 FOLLOW_UP_MONTHS = (30.0, 120.0)
 """End of follow-up is uniform in this range; loss to follow-up is exponential with mean ``LOSS_MEAN_MONTHS``."""
@@ -28,6 +33,8 @@ GRADE_BETA = {"basal": (4.0, 2.5), "her2": (3.0, 3.0), "luminal": (2.0, 4.0)}
 """Beta(a, b) of the high-grade fraction per subtype: basal tumours tend to be high grade."""
 MISSING_RATE = 0.03
 """Chance that a patient has no slide, and (independently) no RNA-seq sample."""
+CNV_MISSING_RATE = 0.12
+"""Chance that a patient has no copy-number profile (independently of the other modalities)."""
 MALE_RATE = 0.02
 
 
@@ -42,11 +49,13 @@ class PatientTruth:
     male: np.ndarray
     image_score: np.ndarray
     omics_score: np.ndarray
+    cnv_score: np.ndarray
     log_risk: np.ndarray
     time_months: np.ndarray
     event: np.ndarray
     has_slide: np.ndarray
     has_omics: np.ndarray
+    has_cnv: np.ndarray
 
     @property
     def age_z(self) -> np.ndarray:
@@ -75,10 +84,14 @@ def simulate_patients(profile: SiteProfile, rng: np.random.Generator) -> Patient
     censor = np.minimum(rng.uniform(*FOLLOW_UP_MONTHS, n), rng.exponential(LOSS_MEAN_MONTHS, n))
     time = np.maximum(np.minimum(death, censor), 0.1).round(1)
     prefix = profile.name.upper()
+    male = rng.random(n) < MALE_RATE
+    has_slide, has_omics = rng.random(n) >= MISSING_RATE, rng.random(n) >= MISSING_RATE
+    # Copy number is drawn last, so every other draw is the same as in cohorts generated before it existed.
+    cnv_score = omics_score + rng.normal(0.0, CNV_DRIVER_SD, n)
     return PatientTruth(
         patient_ids=[f"{prefix}-P{i + 1:04d}" for i in range(n)],
-        subtype=subtype, age=age, male=rng.random(n) < MALE_RATE,
-        image_score=image_score, omics_score=omics_score, log_risk=log_risk,
+        subtype=subtype, age=age, male=male,
+        image_score=image_score, omics_score=omics_score, cnv_score=cnv_score, log_risk=log_risk,
         time_months=time, event=(death <= censor).astype(int),
-        has_slide=rng.random(n) >= MISSING_RATE, has_omics=rng.random(n) >= MISSING_RATE,
+        has_slide=has_slide, has_omics=has_omics, has_cnv=rng.random(n) >= CNV_MISSING_RATE,
     )
