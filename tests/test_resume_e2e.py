@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from process_scan import processes_with_marker
 
 from fedfusion.client.round_replay import REPLIES_DIR
 from fedfusion.client.site_context import SIMULATED_SITES_DIR
@@ -32,37 +33,24 @@ ROUNDS = 3
 SITES = ("site-a", "site-b")
 
 
-def _processes_with_marker(marker: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``marker`` (inherited by every child, Ray's too)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
 
 def _kill_all(marker: str) -> None:
     """SIGKILL every process carrying ``marker`` until none is left (Ray may still be starting one)."""
     deadline = time.monotonic() + 30
-    while (pids := _processes_with_marker(marker)) and time.monotonic() < deadline:
+    while (pids := processes_with_marker(marker)) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         time.sleep(0.2)
-    assert not _processes_with_marker(marker), "processes survived SIGKILL"
+    assert not processes_with_marker(marker), "processes survived SIGKILL"
 
 
 def _left_running(marker: str, grace_s: float = 10.0) -> list[str]:
     """Command lines of marked processes still alive ``grace_s`` after a run ended (Ray stops asynchronously)."""
     deadline = time.monotonic() + grace_s
-    while (pids := _processes_with_marker(marker)) and time.monotonic() < deadline:
+    while (pids := processes_with_marker(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
     lines = []
     for pid in pids:

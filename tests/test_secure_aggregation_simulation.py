@@ -29,7 +29,7 @@ from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.server.run_recorder import MODEL_FILE, ROUND_METRICS_FILE
-from test_simulation_e2e import _processes_with_marker
+from process_scan import processes_with_marker
 
 pytestmark = pytest.mark.slow
 SITES = 3
@@ -47,7 +47,7 @@ def simulate(cohort_dir: Path, results_dir: Path, *settings: str) -> None:
         command += ["--set", setting]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cohort_dir.parent)
     deadline = time.monotonic() + 15  # Ray's workers may take a few seconds to exit after its shutdown
-    while (leftovers := _processes_with_marker(f"FEDFUSION_TEST_MARKER={marker}")) and time.monotonic() < deadline:
+    while (leftovers := processes_with_marker(f"FEDFUSION_TEST_MARKER={marker}")) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in leftovers:
         try:

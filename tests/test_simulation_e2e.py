@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from process_scan import processes_with_marker
 import torch
 
 from fedfusion.config import StudyConfig
@@ -27,19 +28,6 @@ from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 
 pytestmark = pytest.mark.slow
 
-
-def _processes_with_marker(marker: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``marker`` (inherited by every child, Ray's too)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +46,7 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
         env=env, capture_output=True, text=True, timeout=600, cwd=work,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    leftovers = _processes_with_marker(marker)
+    leftovers = processes_with_marker(marker)
     for pid in leftovers:  # stop them anyway, then fail: a run must not leave processes behind
         try:
             os.kill(pid, 9)
