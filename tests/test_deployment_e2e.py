@@ -31,6 +31,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
 from fedfusion.deployment.coordinator_state import DAEMON_FILE
+from fedfusion.deployment.processes import descendants
 from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.deployment.superlink_control import SuperLinkControl, pem_of
 from fedfusion.provisioning.consortium import init_consortium
@@ -278,23 +279,6 @@ def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
         assert APPROVED_APPS_FILE in log
 
 
-def _process_tree(root: int) -> list[int]:
-    """``root`` and every process descended from it (from /proc's parent links)."""
-    parents: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = [root], [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        tree.extend(children)
-        frontier = children
-    return tree
-
-
 def _alive(pid: int) -> bool:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -304,7 +288,7 @@ def _alive(pid: int) -> bool:
 
 def _kill_process_groups(root: int) -> list[int]:
     """SIGKILL every process group of ``root``'s process tree (found by PID, never by name); return the pids."""
-    tree = _process_tree(root)
+    tree = [root, *descendants(root)]
     groups = set()
     for pid in tree:
         try:
@@ -330,7 +314,7 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
     """SIGKILL the whole coordinator after round 1 of 3; a restart resumes at round 2 with the same site daemons."""
     state = deployment.coordinator_state
     prepared = deployment.run("study", "prepare", "--state-dir", str(state), "--study-id", "s3", "--rounds", "3",
-                              *STUDY)
+                              "--set", "round-timeout=240", *STUDY)  # a lost message fails the test in minutes
     assert prepared.returncode == 0, prepared.stderr
     fab_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
     for site in SITES:
