@@ -335,17 +335,20 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
         assert json.loads(study_file.read_text())["status"] == "running"
         assert "the coordinator stopped during the study" in (deployment.work / "follower-s3.out").read_text()
 
+        killed_at = time.monotonic()
         deployment.start_coordinator()  # same state folder: it resubmits s3 itself
-        _wait_for(lambda: json.loads(study_file.read_text())["status"] in ("finished", "failed"), "s3 to end", 600)
+        coordinator_log = state / "logs" / "coordinator.log"
+        _wait_for(lambda: "resubmitted study s3 ended" in coordinator_log.read_text(), "s3 to end", 600)
+        print(f"coordinator killed after round 1 of 3; restarted, resumed and finished in "
+              f"{time.monotonic() - killed_at:.0f} s")
     finally:
         _stop(follower)
     study = json.loads(study_file.read_text())
-    coordinator_log = (state / "logs" / "coordinator.log").read_text()
     study_log = (state / "logs" / "study-s3.log").read_text()
     assert study["status"] == "finished", study_log[-4000:]
     assert study["submissions"] == 2 and study["fab_hash"] == fab_hash  # the same app: no new approval needed
-    assert "resubmitting study s3 (interrupted)" in coordinator_log
-    assert "resubmitted study s3 ended: finished" in coordinator_log
+    assert "resubmitting study s3 (interrupted)" in coordinator_log.read_text()
+    assert "resubmitted study s3 ended: finished" in coordinator_log.read_text()
     assert "resuming study s3 at round 2 of 3" in study_log and "resuming study s3 at round 1" not in study_log
     rounds = pd.read_csv(results / "round_metrics.csv")
     for phase in ("train", "evaluate"):
@@ -356,6 +359,9 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
         assert len(ledgers) == 1
         assert [len(ledgers[0].rounds_of("s3", r)) for r in (1, 2, 3)] == [1, 1, 1], site
         assert deployment.sites[site].poll() is None and deployment.sites[site].pid == site_pids[site]
+        site_log = (deployment.work / "sites" / site / "logs" / "site.log").read_text()
+        assert "does not answer; the SuperNode keeps retrying" in site_log
+        assert "reconnected to the coordinator" in site_log
         log = (deployment.work / "sites" / site / "logs" / "site-exec.log").read_text()
         assert f"has not approved app sha256:{fab_hash}" not in log
 

@@ -104,7 +104,8 @@ def run_study(paths: CoordinatorPaths, record: StudyRecord, echo: Callable[[str]
             echo(line.rstrip("\n"))
     if flwr_run.returncode != 0 and _interrupted(paths, record, daemon.pid):
         echo(f"study {record.study_id}: the coordinator stopped during the study; it resumes the study when it "
-             "starts again (checkpoint in the results folder)")
+             f"starts again (checkpoint in the results folder; with --no-resume: `fedfusion study start --resubmit "
+             f"{record.study_id}`)")
         return record
     trained = _site_rounds_trained(Path(record.results_dir))
     if flwr_run.returncode == 0 and trained == 0:
