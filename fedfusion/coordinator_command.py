@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Start flower-superlink on 127.0.0.1 with TLS, SuperNode authentication and a database in "
                     "STATE_DIR; register the consortium's active site keys (again whenever registry.json "
                     "changes); serve only the Fleet API to the network through a TLS gateway with the "
-                    "consortium certificate. Stops cleanly on SIGTERM.",
+                    "consortium certificate; resubmit the studies the last stop interrupted (they resume at the "
+                    "round after their checkpoint). Stops cleanly on SIGTERM.",
     )
     run.add_argument("--consortium-dir", type=Path, required=True,
                      help="the consortium folder (registry.json, coordinator/ with the TLS key and certificate)")
@@ -37,6 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     run.add_argument("--port", type=int, default=None, help="gateway port (default: the registry's port)")
     run.add_argument("--superlink-port", type=int, default=DEFAULT_SUPERLINK_PORT,
                      help="the SuperLink's loopback port (default: %(default)s)")
+    run.add_argument("--no-resume", dest="resume_studies", action="store_false",
+                     help="do not resubmit interrupted studies at start; only log them (resubmit with "
+                          "`fedfusion study start --resubmit ID`)")
     run.set_defaults(handler=_run_coordinator)
 
     study = commands.add_parser("study", help="submit studies to the running coordinator")
@@ -53,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "start", help="submit a study and follow it until it ends",
         description="Submit the study prepared as ID (or prepare it now from the options), print its FAB hash, "
                     "submit it with `flwr run` over the loopback Control API and stream its log. Exit code 0 when "
-                    "the results folder was written. --resubmit ID submits an interrupted study again, unchanged.",
+                    "the results folder was written. --resubmit ID submits an interrupted or failed study again, "
+                    "unchanged (the coordinator resubmits interrupted studies itself when it starts).",
     )
     start.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
     start.add_argument("--study-id", default=None, help="a prepared or new study's id (letters, digits, . _ -)")
@@ -84,7 +89,8 @@ def _run_coordinator(args: argparse.Namespace) -> int:
     log_to_file(args.state_dir / "logs" / "coordinator.log")
     return run_coordinator(CoordinatorOptions(consortium_dir=args.consortium_dir.resolve(),
                                               state_dir=args.state_dir.resolve(), host=args.host, port=args.port,
-                                              superlink_port=args.superlink_port))
+                                              superlink_port=args.superlink_port,
+                                              resume_studies=args.resume_studies))
 
 
 def _prepare(args: argparse.Namespace) -> int:

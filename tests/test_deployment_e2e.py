@@ -31,6 +31,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
 from fedfusion.deployment.coordinator_state import DAEMON_FILE
+from fedfusion.deployment.processes import descendants
+from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.deployment.superlink_control import SuperLinkControl, pem_of
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen
@@ -80,6 +82,17 @@ class Deployment:
         with (self.work / f"{name}.out").open("ab") as out:
             return subprocess.Popen(_fedfusion(*args), env=self.env, cwd=self.work, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_coordinator(self) -> None:
+        """Start `fedfusion coordinator run` on this deployment's state folder and wait until it serves."""
+        self.coordinator = self.start("coordinator", "coordinator", "run", "--consortium-dir", str(self.consortium),
+                                      "--state-dir", str(self.coordinator_state), "--host", "127.0.0.1",
+                                      "--superlink-port", str(_free_port()))
+        process = self.coordinator
+        daemon_file = self.coordinator_state / DAEMON_FILE
+        _wait_for(lambda: (daemon_file.is_file() and json.loads(daemon_file.read_text())["pid"] == process.pid)
+                  or process.poll() is not None, "the coordinator")
+        assert process.poll() is None, (self.work / "coordinator.out").read_text()
 
     def site_args(self, site: str, bundle: Path | None = None) -> list[str]:
         """`fedfusion site run` arguments for a site (its own bundle unless another is given)."""
@@ -141,15 +154,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     env = {**os.environ, "FEDFUSION_TEST_MARKER": marker, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "FLWR_HOME": str(work / "operator-flwr-home")}
     state = work / "coordinator"
-    started: list[subprocess.Popen[bytes]] = []
     dep = Deployment(work, env, marker, consortium, state, gateway_port, None, {}, cohort, "", {})  # type: ignore[arg-type]
     try:
-        dep.coordinator = dep.start("coordinator", "coordinator", "run", "--consortium-dir", str(consortium),
-                                    "--state-dir", str(state), "--host", "127.0.0.1",
-                                    "--superlink-port", str(_free_port()))
-        started.append(dep.coordinator)
-        _wait_for(lambda: (state / DAEMON_FILE).is_file() or dep.coordinator.poll() is not None, "the coordinator")
-        assert dep.coordinator.poll() is None, (work / "coordinator.out").read_text()
+        dep.start_coordinator()
         prepared = dep.run("study", "prepare", "--state-dir", str(state), "--study-id", "s1", "--rounds", "2", *STUDY)
         assert prepared.returncode == 0, prepared.stderr
         dep.study_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
@@ -157,19 +164,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             approved = dep.run("site", "approve", dep.study_hash, "--state-dir", str(work / "sites" / site))
             assert approved.returncode == 0, approved.stderr
             dep.sites[site] = dep.start(site, *dep.site_args(site))
-            started.append(dep.sites[site])
         stranger_bundle = work / "stranger-bundle"
         shutil.copytree(consortium / "sites" / "site-a", stranger_bundle)
         for key_file in ("supernode.key", "supernode.pub"):
             (stranger_bundle / key_file).unlink()
         keygen(stranger_bundle)  # a fresh key pair the coordinator never registered
         dep.stranger = dep.start("stranger", *dep.site_args("stranger", stranger_bundle))
-        started.append(dep.stranger)
         control = dep.control()
         _wait_for(lambda: sum(n.status == "online" for n in control.nodes()) == len(SITES), "3 sites online")
         control.close()
         yield dep
     finally:
+        started = [p for p in (dep.coordinator, *dep.sites.values(), dep.stranger) if p is not None]
         codes = {process.pid: _stop(process) for process in reversed(started)}
         leftovers = _processes_with_marker(marker)
         for pid in leftovers:
@@ -271,6 +277,93 @@ def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
         assert unapproved[:8] not in " ".join(p.name for p in (deployment.work / "sites" / site / "flwr-home" /
                                                                 "apps").iterdir())  # never installed
         assert APPROVED_APPS_FILE in log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_process_groups(root: int) -> list[int]:
+    """SIGKILL every process group of ``root``'s process tree (found by PID, never by name); return the pids."""
+    tree = [root, *descendants(root)]
+    groups = set()
+    for pid in tree:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for pgid in groups - {os.getpgid(0)}:
+        os.killpg(pgid, signal.SIGKILL)
+    for pid in tree:  # a child that had moved to a group of its own outside the tree's groups
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    return tree
+
+
+def _completed_round(results: Path) -> int:
+    try:
+        return int(json.loads((results / "checkpoint" / "state.json").read_text())["completed_round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deployment) -> None:
+    """SIGKILL the whole coordinator after round 1 of 3; a restart resumes at round 2 with the same site daemons."""
+    state = deployment.coordinator_state
+    prepared = deployment.run("study", "prepare", "--state-dir", str(state), "--study-id", "s3", "--rounds", "3",
+                              "--set", "round-timeout=240", *STUDY)  # a lost message fails the test in minutes
+    assert prepared.returncode == 0, prepared.stderr
+    fab_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
+    for site in SITES:
+        assert deployment.run("site", "approve", fab_hash, "--state-dir",
+                              str(deployment.work / "sites" / site)).returncode == 0
+    site_pids = {site: process.pid for site, process in deployment.sites.items()}
+    results, study_file = state / "studies" / "s3" / "results", state / "studies" / "s3" / "study.json"
+    follower = deployment.start("follower-s3", "study", "start", "--state-dir", str(state), "--study-id", "s3")
+    try:
+        _wait_for(lambda: _completed_round(results) >= 1 or follower.poll() is not None, "round 1's checkpoint", 600)
+        assert _completed_round(results) == 1, (deployment.work / "follower-s3.out").read_text()[-3000:]
+        killed = _kill_process_groups(deployment.coordinator.pid)
+        deployment.coordinator.wait(timeout=30)
+        assert len(killed) >= 3  # the daemon, the SuperLink, its SuperExec (and the ServerApp)
+        _wait_for(lambda: not any(_alive(pid) for pid in killed), "the killed coordinator's processes", 30)
+        # the operator's follower sees its run end with the coordinator and leaves the study to the restart
+        assert follower.wait(timeout=120) == 1
+        assert json.loads(study_file.read_text())["status"] == "running"
+        assert "the coordinator stopped during the study" in (deployment.work / "follower-s3.out").read_text()
+
+        killed_at = time.monotonic()
+        deployment.start_coordinator()  # same state folder: it resubmits s3 itself
+        coordinator_log = state / "logs" / "coordinator.log"
+        _wait_for(lambda: "resubmitted study s3 ended" in coordinator_log.read_text(), "s3 to end", 600)
+        print(f"coordinator killed after round 1 of 3; restarted, resumed and finished in "
+              f"{time.monotonic() - killed_at:.0f} s")
+    finally:
+        _stop(follower)
+    study = json.loads(study_file.read_text())
+    study_log = (state / "logs" / "study-s3.log").read_text()
+    assert study["status"] == "finished", study_log[-4000:]
+    assert study["submissions"] == 2 and study["fab_hash"] == fab_hash  # the same app: no new approval needed
+    assert "resubmitting study s3 (interrupted)" in coordinator_log.read_text()
+    assert "resubmitted study s3 ended: finished" in coordinator_log.read_text()
+    assert "resuming study s3 at round 2 of 3" in study_log and "resuming study s3 at round 1" not in study_log
+    rounds = pd.read_csv(results / "round_metrics.csv")
+    for phase in ("train", "evaluate"):
+        assert sorted(rounds[rounds["phase"] == phase]["round"]) == [1, 2, 3]
+    assert (rounds[rounds["phase"] == "train"]["secure-aggregation-sites"] == len(SITES)).all()
+    for site in SITES:  # each round's privacy charged once at every site, by daemons that never restarted
+        ledgers = ledgers_in(deployment.work / "sites" / site / "ledger")
+        assert len(ledgers) == 1
+        assert [len(ledgers[0].rounds_of("s3", r)) for r in (1, 2, 3)] == [1, 1, 1], site
+        assert deployment.sites[site].poll() is None and deployment.sites[site].pid == site_pids[site]
+        site_log = (deployment.work / "sites" / site / "logs" / "site.log").read_text()
+        assert "does not answer; the SuperNode keeps retrying" in site_log
+        assert "reconnected to the coordinator" in site_log
+        log = (deployment.work / "sites" / site / "logs" / "site-exec.log").read_text()
+        assert f"has not approved app sha256:{fab_hash}" not in log
 
 
 def test_rotating_and_revoking_are_applied_by_the_running_coordinator(deployment: Deployment) -> None:

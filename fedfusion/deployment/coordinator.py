@@ -5,9 +5,11 @@ In the foreground, until SIGTERM/SIGINT:
    state folder and runtime dependency installation off, bound to 127.0.0.1 only;
 2. the consortium registry's active site keys registered at the SuperLink and every other key unregistered,
    again whenever ``registry.json`` changes (so ``fedfusion provision rotate/revoke`` takes effect at once);
-3. the Fleet gateway (``fedfusion.deployment.fleet_gateway``) with the consortium certificate on HOST:PORT.
-On SIGTERM the gateway stops, then the SuperLink (and its SuperExec); the exit code is 0. If the SuperLink dies,
-the gateway stops and the exit code is 1.
+3. the Fleet gateway (``fedfusion.deployment.fleet_gateway``) with the consortium certificate on HOST:PORT;
+4. once the gateway serves, the studies that were running when the coordinator stopped are resubmitted
+   (``study_resume.py``; they resume at the round after their checkpoint), unless ``resume_studies`` is off.
+On SIGTERM the gateway stops, then the resubmissions, then the SuperLink (and its SuperExec); the exit code is 0.
+If the SuperLink dies, the gateway stops and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from fedfusion.deployment.fleet_gateway import HEALTH_PATH, gateway_server
 from fedfusion.deployment.loopback_tls import make_loopback_tls
 from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.deployment.registry_sync import sync_registry
+from fedfusion.deployment.study_resume import StudyResumer
 from fedfusion.deployment.study_state import interrupted_studies
 from fedfusion.deployment.superlink_control import SuperLinkControl
 from fedfusion.errors import ConfigError
@@ -62,6 +65,8 @@ class CoordinatorOptions:
     """The gateway's port; default: the registry's coordinator port."""
     superlink_port: int = DEFAULT_SUPERLINK_PORT
     """The SuperLink's loopback port."""
+    resume_studies: bool = True
+    """Resubmit the studies interrupted by the last stop once the gateway serves (else only log them)."""
 
 
 def run_coordinator(options: CoordinatorOptions) -> int:
@@ -93,25 +98,30 @@ def run_coordinator(options: CoordinatorOptions) -> int:
         if lifecycle.stop.is_set():
             return 0  # stopped during start-up (the SuperLink is stopped below)
         control = SuperLinkControl(superlink_address, tls.ca_file)
+        resumer = StudyResumer(paths) if options.resume_studies else None
         try:
             sync_registry(options.consortium_dir, control)
-            for study in interrupted_studies(paths):
-                logger.warning("study %s was running when the coordinator stopped; resubmit it with "
-                               "`fedfusion study start --state-dir %s --resubmit %s`", study, options.state_dir,
-                               study)
+            if not options.resume_studies:
+                for study in interrupted_studies(paths):
+                    logger.warning("study %s was running when the coordinator stopped; resubmit it with "
+                                   "`fedfusion study start --state-dir %s --resubmit %s`", study, options.state_dir,
+                                   study)
             lifecycle.server = gateway_server(f"https://{superlink_address}", tls.ca_file, options.host, port,
                                               certfile, keyfile)
             info = DaemonInfo(pid=os.getpid(), superlink_address=superlink_address,
                               gateway_address=f"{options.host}:{port}",
                               consortium_dir=str(options.consortium_dir.resolve()), loopback_ca_file=str(tls.ca_file))
             watcher = threading.Thread(target=_watch, name="coordinator-watch", daemon=True,
-                                       args=(options.consortium_dir, control, superlink.poll, lifecycle, paths, info))
+                                       args=(options.consortium_dir, control, superlink.poll, lifecycle, paths, info,
+                                             resumer))
             watcher.start()
             if not lifecycle.stop.is_set():
                 lifecycle.server.run()  # returns on SIGTERM/SIGINT or when the watcher sees the SuperLink die
             lifecycle.stop.set()
             watcher.join(timeout=10)
         finally:
+            if resumer is not None:
+                resumer.stop()  # before the SuperLink: an interrupted study stays `running`, resumed at next start
             control.close()
     finally:
         lifecycle.stop.set()
@@ -150,8 +160,9 @@ class _Lifecycle:
 
 
 def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Callable[[], int | None],
-           lifecycle: _Lifecycle, paths: CoordinatorPaths, info: DaemonInfo) -> None:
-    """Publish the daemon once the gateway serves; re-sync when registry.json changes; stop if the SuperLink dies."""
+           lifecycle: _Lifecycle, paths: CoordinatorPaths, info: DaemonInfo, resumer: StudyResumer | None) -> None:
+    """Publish the daemon once the gateway serves, then resubmit interrupted studies; re-sync when registry.json
+    changes; stop if the SuperLink dies."""
     registry_file = consortium_dir / REGISTRY_FILE
     seen = registry_file.stat().st_mtime_ns
     published = False
@@ -160,6 +171,10 @@ def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Call
             write_daemon_info(paths, info)
             logger.info("Fleet gateway on %s (TLS, Fleet API only)", info.gateway_address)
             published = True
+            if resumer is not None:
+                _logged(resumer.resubmit_interrupted, "resubmitting interrupted studies failed")
+        if resumer is not None:
+            resumer.reap()
         if superlink_poll() is not None:
             logger.error("the SuperLink exited; stopping the coordinator")
             lifecycle.superlink_died.set()
@@ -174,6 +189,14 @@ def _watch(consortium_dir: Path, control: SuperLinkControl, superlink_poll: Call
                             len(outcome.unregistered))
         except Exception:  # the daemon keeps serving; the next change retries
             logger.exception("registry sync failed")
+
+
+def _logged(action: Callable[[], None], failure: str) -> None:
+    """Run ``action``; log its exception (the daemon keeps serving) instead of ending the watcher."""
+    try:
+        action()
+    except Exception:
+        logger.exception(failure)
 
 
 def _wait_until_healthy(url: str, ca_file: Path, poll: Callable[[], int | None], stop: threading.Event) -> None:

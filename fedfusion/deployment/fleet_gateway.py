@@ -7,6 +7,7 @@ bound to 127.0.0.1 only, and this gateway, with the consortium-signed TLS certif
 network reaches. It forwards the Fleet methods a SuperNode needs, bytes and headers unchanged (the SuperNode's
 signed-timestamp authentication headers are checked by the SuperLink itself), plus ``GET /health``; every other
 path, including the Fleet's own ``register-node``/``unregister-node`` (self-registration), is answered 403 here.
+A request the SuperLink does not answer is answered 502, which a SuperNode retries.
 The operator registers sites and submits studies on the coordinator host, over loopback.
 """
 
@@ -37,6 +38,10 @@ HEALTH_PATH = "/health"
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                          "transfer-encoding", "upgrade", "host", "content-length"})
 UPSTREAM_TIMEOUT_S = 120.0
+UPSTREAM_KEEPALIVE_S = 1.0
+"""Idle upstream connections are dropped well before the SuperLink's uvicorn closes them (after 5 s): reusing one
+it is closing loses the request ("Server disconnected without sending a response"), which a SuperNode may not
+retry (a train message lost until the round times out)."""
 
 
 def is_public(method: str, path: str) -> bool:
@@ -47,7 +52,8 @@ def is_public(method: str, path: str) -> bool:
 def create_gateway_app(upstream_url: str, upstream_ca_file: Path) -> Starlette:
     """The proxy application forwarding public requests to ``upstream_url`` (the loopback SuperLink)."""
     upstream_tls = ssl.create_default_context(cafile=str(upstream_ca_file))
-    client = httpx.AsyncClient(base_url=upstream_url, verify=upstream_tls, timeout=UPSTREAM_TIMEOUT_S)
+    client = httpx.AsyncClient(base_url=upstream_url, verify=upstream_tls, timeout=UPSTREAM_TIMEOUT_S,
+                               limits=httpx.Limits(keepalive_expiry=UPSTREAM_KEEPALIVE_S))
 
     async def forward(request: Request) -> Response:
         path = request.url.path
@@ -55,8 +61,12 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path) -> Starlette:
             logger.warning("gateway refused %s %s from %s", request.method, path,
                            request.client.host if request.client else "?")
             return PlainTextResponse("forbidden: only the Fleet API is served on this port\n", status_code=403)
-        upstream = await client.request(request.method, path, content=await request.body(),
-                                        headers=_forwarded(request.headers.items()))
+        try:
+            upstream = await client.request(request.method, path, content=await request.body(),
+                                            headers=_forwarded(request.headers.items()))
+        except httpx.TransportError as exc:  # 502: a SuperNode retries it (Flower's retryable status codes)
+            logger.warning("gateway: the SuperLink did not answer %s: %r", path, exc)
+            return PlainTextResponse("bad gateway: the SuperLink did not answer\n", status_code=502)
         headers = [(k, v) for k, v in _forwarded(upstream.headers.items()) if k.lower() != "content-encoding"]
         return Response(upstream.content, status_code=upstream.status_code, headers=dict(headers))
 

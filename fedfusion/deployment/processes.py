@@ -1,7 +1,8 @@
 """Start and stop the Flower daemons a fedfusion daemon supervises, with Flower's environment set right.
 
 Each child runs in its own process group (a SuperLink starts a SuperExec, a SuperExec starts app processes), so
-stopping it by its PID's group stops its children too; nothing is ever stopped by name.
+stopping it by its PID's group, and the groups of its descendants, stops its children too; nothing is ever
+stopped by name.
 """
 
 from __future__ import annotations
@@ -49,20 +50,53 @@ def start_process(command: Sequence[str], log_file: Path, env: dict[str, str]) -
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the process group led by ``process``; SIGKILL it after ``timeout`` seconds; return the exit code."""
+    """SIGTERM the process groups of ``process`` and of its descendants; SIGKILL them after ``timeout`` seconds;
+    return the exit code.
+
+    The descendants' groups count because Flower starts some children in sessions of their own (the SuperLink's
+    SuperExec and, under it, a running ServerApp), which would outlive the SuperLink's group.
+    """
+    groups = {process.pid} | _groups_of(descendants(process.pid))
     if process.poll() is None:
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_groups(groups, signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(process.pid, signal.SIGKILL)
+            _signal_groups(groups, signal.SIGKILL)
             process.wait()
-    _signal_group(process.pid, signal.SIGKILL)  # children the leader left behind (its group outlives it)
+    _signal_groups(groups, signal.SIGKILL)  # children the leader left behind (a group outlives its leader)
     return int(process.returncode)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def descendants(pid: int) -> list[int]:
+    """The processes descended from ``pid`` now (from /proc's parent links; empty where there is no /proc)."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found: list[int] = []
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found.extend(sorted(frontier))
+    return found
+
+
+def _groups_of(pids: list[int]) -> set[int]:
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    return groups - {os.getpgid(0)}
+
+
+def _signal_groups(pgids: set[int], sig: signal.Signals) -> None:
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

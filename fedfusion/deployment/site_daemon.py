@@ -8,7 +8,8 @@ Two processes in the foreground until SIGTERM/SIGINT:
    it proves itself to the SuperNode with Flower's SuperExec HMAC (a secret made fresh at every start), so no
    other local process can take the site's tasks.
 If either exits, the other is stopped; the exit code is the SuperNode's (Flower's 305: the site's key is not
-registered at the coordinator), or 0 after SIGTERM.
+registered at the coordinator), or 0 after SIGTERM. A coordinator that is down or restarting is not an exit: the
+SuperNode retries forever (``connection_watch.py`` logs when the link is lost and back).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE, load_approvals
+from fedfusion.deployment.connection_watch import ConnectionWatch
 from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
 from fedfusion.provisioning.key_files import write_private
@@ -124,8 +126,10 @@ def run_site(options: SiteOptions) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    connection = ConnectionWatch(bundle.site_name, options.superlink or bundle.superlink, logs / "supernode.log")
     try:
         while not stopping.wait(SUPERVISE_INTERVAL_S):
+            connection.poll()
             if supernode.poll() is not None or site_exec.poll() is not None:
                 break
     finally:

@@ -5,7 +5,9 @@ study config, written by ``write_flower_app``); its FAB hash is printed, since e
 by fedfusion version. Flower's own ``flwr run APP fedfusion-coordinator --stream`` builds the same FAB and
 submits it over the loopback Control API, then streams the run's log until it ends. The ServerApp writes the
 results folder (``results-dir``) at the coordinator; the study has finished when it did and at least one site
-trained (a study every site refused has failed).
+trained (a study every site refused has failed). The deployment's study id is the app's ``study-id``, so the
+ServerApp's checkpoint and the sites' ledger rounds are keyed by it. When the coordinator stops during the run,
+the study stays ``running`` (interrupted): the coordinator resubmits it when it starts again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from flwr.cli.build import build_fab_from_disk
 
 from fedfusion.config import StudyConfig
-from fedfusion.deployment.coordinator_state import CONNECTION_NAME, CoordinatorPaths, read_daemon_info
+from fedfusion.deployment.coordinator_state import CONNECTION_NAME, CoordinatorPaths, read_daemon_info, running_daemon
 from fedfusion.deployment.processes import flower_env, flower_script
 from fedfusion.deployment.study_state import (
     FAILED,
@@ -56,8 +58,12 @@ def prepare_study(paths: CoordinatorPaths, study: StudyConfig, study_id: str) ->
     folder = study_folder(paths, study_id)
     if folder.exists():
         raise ConfigError(f"study {study_id!r} already exists at {folder}; choose another id or --resubmit it")
+    if study.study_id and study.study_id != study_id:
+        raise ConfigError(f"study config key study-id={study.study_id!r} differs from the study's id {study_id!r}; "
+                          "leave study-id unset (the id is written into the app)")
     results_dir = Path(study.results_dir) if study.results_dir else folder / "results"
-    study = StudyConfig.from_run_config({**study.to_run_config(), "results-dir": str(results_dir.resolve())})
+    study = StudyConfig.from_run_config({**study.to_run_config(), "results-dir": str(results_dir.resolve()),
+                                         "study-id": study_id})
     app_dir = write_flower_app(study, folder / "app")
     record = StudyRecord(study_id=study_id, status=PREPARED, fab_hash=app_hash(app_dir), app_dir=str(app_dir),
                          results_dir=str(results_dir.resolve()), submitted=now())
@@ -77,8 +83,12 @@ def prepared_study(paths: CoordinatorPaths, study_id: str) -> StudyRecord | None
 
 
 def run_study(paths: CoordinatorPaths, record: StudyRecord, echo: Callable[[str], None]) -> StudyRecord:
-    """Submit the study's app to the running coordinator and follow its log until the run ends."""
-    read_daemon_info(paths)  # a clear error when no coordinator runs with this state folder
+    """Submit the study's app to the running coordinator and follow its log until the run ends.
+
+    When the run ends because the coordinator it was submitted to stopped (or another submission of the study
+    took over), the study's state is left to the coordinator's resubmission: the returned record is ``running``.
+    """
+    daemon = read_daemon_info(paths)  # a clear error when no coordinator runs with this state folder
     if app_hash(Path(record.app_dir)) != record.fab_hash:
         raise ConfigError(f"study {record.study_id}: its app folder {record.app_dir} changed since it was prepared")
     record = replace(record, status=RUNNING, submitted=now())
@@ -92,12 +102,25 @@ def run_study(paths: CoordinatorPaths, record: StudyRecord, echo: Callable[[str]
         for line in flwr_run.stdout:
             log.write(line)
             echo(line.rstrip("\n"))
+    if flwr_run.returncode != 0 and _interrupted(paths, record, daemon.pid):
+        echo(f"study {record.study_id}: the coordinator stopped during the study; it resumes the study when it "
+             f"starts again (checkpoint in the results folder; with --no-resume: `fedfusion study start --resubmit "
+             f"{record.study_id}`)")
+        return record
     trained = _site_rounds_trained(Path(record.results_dir))
     if flwr_run.returncode == 0 and trained == 0:
         echo(f"study {record.study_id}: no site trained in any round (refused or failed; see above)")
     record = ended(record, FINISHED if flwr_run.returncode == 0 and trained > 0 else FAILED)
     write_study(paths, record)
     return record
+
+
+def _interrupted(paths: CoordinatorPaths, record: StudyRecord, daemon_pid: int) -> bool:
+    """Did the coordinator (pid ``daemon_pid``) stop during the run, or did a later submission take it over?"""
+    running = running_daemon(paths)
+    if running is None or running.pid != daemon_pid:
+        return True
+    return read_study(paths, record.study_id).submissions != record.submissions
 
 
 def _site_rounds_trained(results_dir: Path) -> int:

@@ -1,0 +1,45 @@
+"""A deployed study's identity and resubmission: the study id in the app's run config, the same FAB on every
+submission, and the coordinator's limit on resubmitting a study that keeps being interrupted. Real FABs built with
+Flower's own builder; the daemon's end-to-end resume is in tests/test_deployment_e2e.py."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fedfusion.config import StudyConfig
+from fedfusion.deployment.coordinator_state import CoordinatorPaths
+from fedfusion.deployment.study import app_hash, prepare_study, resubmission
+from fedfusion.deployment.study_resume import MAX_SUBMISSIONS, StudyResumer
+from fedfusion.deployment.study_state import FAILED, RUNNING, read_study, write_study
+from fedfusion.errors import ConfigError
+
+
+def test_the_study_id_is_in_the_app_and_a_resubmission_keeps_the_same_fab(tmp_path: Path) -> None:
+    paths = CoordinatorPaths(tmp_path / "state")
+    record = prepare_study(paths, StudyConfig(num_server_rounds=3), "s1")
+    config = tomllib.loads((Path(record.app_dir) / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config["study-id"] == "s1" and config["results-dir"] == record.results_dir
+    write_study(paths, replace(record, status=RUNNING))
+    again = resubmission(paths, "s1")
+    assert (again.app_dir, again.fab_hash, again.submissions) == (record.app_dir, record.fab_hash, 2)
+    assert app_hash(Path(again.app_dir)) == record.fab_hash  # what the sites approved
+
+
+def test_a_study_id_in_the_config_must_match_the_deployment_id(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="study-id='other' differs from the study's id 's1'"):
+        prepare_study(CoordinatorPaths(tmp_path / "state"), StudyConfig(study_id="other"), "s1")
+    assert not (tmp_path / "state" / "studies" / "s1").exists()  # nothing half-written
+
+
+def test_a_study_interrupted_too_often_is_marked_failed_not_resubmitted(tmp_path: Path) -> None:
+    paths = CoordinatorPaths(tmp_path / "state")
+    record = prepare_study(paths, StudyConfig(num_server_rounds=2), "s1")
+    write_study(paths, replace(record, status=RUNNING, submissions=MAX_SUBMISSIONS))
+    resumer = StudyResumer(paths)
+    resumer.resubmit_interrupted()
+    assert resumer.children == {}
+    assert read_study(paths, "s1").status == FAILED
