@@ -27,13 +27,15 @@ from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 from flwr.supercore.runtime import RuntimeHttpClient
+from process_scan import processes_with_marker
 
+from fedfusion.data.cohort_index import CNV_PANEL_FILE
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.app_approval import APPROVED_APPS_FILE
 from fedfusion.deployment.coordinator_state import DAEMON_FILE
 from fedfusion.deployment.processes import descendants
-from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.deployment.superlink_control import SuperLinkControl, pem_of
+from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen
 
@@ -100,6 +102,7 @@ class Deployment:
         self.runtime_ports[site] = _free_port()
         return ["site", "run", str(bundle or self.consortium / "sites" / site), "--state-dir", str(state),
                 "--data-dir", str(self.cohort / site), "--gene-panel", str(self.cohort / "gene_panel.txt"),
+                "--cnv-panel", str(self.cohort / CNV_PANEL_FILE),
                 "--cache-dir", str(state / "cache"), "--ledger-dir", str(state / "ledger"), "--device", "cpu",
                 "--runtime-port", str(self.runtime_ports[site]), "--superlink", f"127.0.0.1:{self.gateway_port}"]
 
@@ -120,17 +123,6 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
             process.wait()
     return int(process.returncode)
 
-
-def _processes_with_marker(marker: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker.encode() in (proc / "environ").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> None:
@@ -177,7 +169,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         started = [p for p in (dep.coordinator, *dep.sites.values(), dep.stranger) if p is not None]
         codes = {process.pid: _stop(process) for process in reversed(started)}
-        leftovers = _processes_with_marker(marker)
+        leftovers = processes_with_marker(marker)
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         assert not leftovers, f"processes left running: {leftovers}"
