@@ -73,10 +73,14 @@ class RunRecorder:
             write_progress_plot(site_table, round_table, results_dir / PLOT_FILE)
 
 
+COUNT_LABELS = ("patients", "secure-aggregation sites")
+
+
 def _describe(phase: str, metrics: dict[str, float]) -> str:
     if "error" in metrics:
         return "FAILED (see the site's log)"
-    keys = ([("patients", "patients"), ("num-examples", "patients"), ("epsilon", "eps"), ("train-loss", "loss")]
+    keys = ([("patients", "patients"), ("num-examples", "patients"), ("epsilon", "eps"), ("train-loss", "loss"),
+             ("secure-aggregation-sites", "secure-aggregation sites")]
             if phase == "train" else
             [("patients", "patients"), ("num-examples", "patients"), ("c-index", "C-index"),
              ("pooled-c-index", "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
@@ -84,7 +88,7 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
     for key, label in keys:
         if key in metrics:
             value = metrics[key]
-            parts.append(f"{label}={int(value)}" if label == "patients" else f"{label}={value:.3f}")
+            parts.append(f"{label}={int(value)}" if label in COUNT_LABELS else f"{label}={value:.3f}")
     return "  ".join(parts)
 
 
