@@ -7,20 +7,24 @@ current round under-reports; summing per-round epsilons over-reports.)
 
 from __future__ import annotations
 
-
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from opacus.accountants import IAccountant, create_accountant
 
 from fedfusion.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 AccountantHistory = list[tuple[float, float, int]]
 
 
 def restore_accountant(mechanism: str, history: Sequence[Sequence[float]]) -> IAccountant:
     """A fresh ``mechanism`` ("prv" or "rdp") accountant holding ``history`` (validated)."""
+    from opacus.accountants import create_accountant  # Opacus loads torch: only when epsilon is computed
+
     accountant = create_accountant(mechanism=mechanism)
     accountant.load_state_dict({"history": validated_history(history), "mechanism": accountant.mechanism()})
     return accountant

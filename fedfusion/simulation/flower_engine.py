@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import tomli_w
-import torch
 from flwr.app import Context, RecordDict
 from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
 from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
@@ -68,6 +67,8 @@ def run_in_simulation_engine(study: StudyConfig, num_sites: int, app_dir: Path) 
                              run_config=dict(run_config))
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep CUDA_VISIBLE_DEVICES as the user set it
     cpus = os.cpu_count() or 1
+    import torch  # only to see a GPU; writing the app manifest must not load torch
+
     gpus_per_site = 1.0 / num_sites if torch.cuda.is_available() else 0.0
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": gpus_per_site},
