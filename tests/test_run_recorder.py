@@ -14,3 +14,11 @@ def test_train_line_shows_patients_epsilon_and_how_many_sites_were_securely_aggr
                         "secure-aggregation sites=3")
     assert "secure-aggregation" not in lines[1]  # a plain round says nothing of it
     assert [row["round"] for row in recorder.round_rows] == [2, 3]
+
+
+def test_a_round_not_aggregated_says_so() -> None:
+    lines: list[str] = []
+    recorder = RunRecorder(StudyConfig(num_server_rounds=4), emit=lines.append)
+    recorder.round_aggregated(1, "train", {"not-aggregated": 1.0})
+    assert lines == ["[round 1/4] train    federation NOT AGGREGATED: the global model stays as it was "
+                     "(reason in the warning above)"]

@@ -46,10 +46,13 @@ def test_train_aggregation_weights_by_patients_and_takes_max_epsilon() -> None:
 
 def test_round_with_fewer_sites_than_the_minimum_is_not_aggregated() -> None:
     seen: list[SiteReply] = []
-    strategy = PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append)
+    rounds: list[tuple[int, str, dict[str, float]]] = []
+    strategy = PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append,
+                                     on_round_aggregated=lambda *row: rounds.append(row))
     only = _reply("site-a", {"w": np.array([1.0], dtype=np.float32)}, {"num-examples": 30, "epsilon": 1.0})
     assert strategy.aggregate_train(3, [only]) == (None, None)
     assert [r.site for r in seen] == ["site-a"]  # still reported to the operator
+    assert rounds == [(3, "train", {"not-aggregated": 1.0})]  # and the results say the round changed nothing
 
 
 def test_evaluate_aggregation_pools_c_index_from_pair_counts_and_skips_nan() -> None:

@@ -19,7 +19,7 @@ import torch
 from fedfusion.atomic_io import atomic_write, atomic_write_text
 from fedfusion.config import StudyConfig
 from fedfusion.server.progress_plot import write_progress_plot
-from fedfusion.strategies.patient_weighted_fedavg import SiteReply
+from fedfusion.strategies.patient_weighted_fedavg import NOT_AGGREGATED_KEY, SiteReply
 
 SITE_METRICS_FILE = "site_metrics.csv"
 ROUND_METRICS_FILE = "round_metrics.csv"
@@ -79,6 +79,8 @@ COUNT_LABELS = ("patients", "secure-aggregation sites")
 def _describe(phase: str, metrics: dict[str, float]) -> str:
     if "error" in metrics:
         return "FAILED (see the site's log)"
+    if NOT_AGGREGATED_KEY in metrics:
+        return "NOT AGGREGATED: the global model stays as it was (reason in the warning above)"
     keys = ([("patients", "patients"), ("num-examples", "patients"), ("epsilon", "eps"), ("train-loss", "loss"),
              ("secure-aggregation-sites", "secure-aggregation sites")]
             if phase == "train" else

@@ -23,6 +23,8 @@ WEIGHT_KEY = "num-examples"
 """Reply metric holding the site's patient count (the FedAvg weight)."""
 SITE_RECORD_KEY = "site"
 """Reply ConfigRecord holding the site's public name."""
+NOT_AGGREGATED_KEY = "not-aggregated"
+"""Round metric (1) of a train round whose updates were not aggregated: the global model stayed as it was."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,15 @@ class PatientWeightedFedAvg(FedAvg):
         answered = sum(not msg.has_error() for msg in replies)
         if answered >= self.min_sites:
             return True
-        log(WARNING, "round %s: %s of the study's minimum %s sites answered; the round is not aggregated and the "
-            "global model stays as it was", server_round, answered, self.min_sites)
+        self._not_aggregated(server_round, f"{answered} of the study's minimum {self.min_sites} sites answered")
         return False
+
+    def _not_aggregated(self, server_round: int, reason: str) -> None:
+        """Log why a train round was not aggregated and record it (``not-aggregated`` = 1) for the results."""
+        log(WARNING, "round %s: %s; the round is not aggregated and the global model stays as it was",
+            server_round, reason)
+        if self._on_round_aggregated:
+            self._on_round_aggregated(server_round, "train", {NOT_AGGREGATED_KEY: 1.0})
 
     def _report(self, server_round: int, phase: str, replies: list[Message]) -> None:
         if self._on_site_reply is None:

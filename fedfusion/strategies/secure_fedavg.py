@@ -111,7 +111,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         try:
             average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._stage_timeout)
         except PrivacyError as exc:
-            log(WARNING, "round %s failed safely, the global model stays as it was: %s", server_round, exc)
+            self._not_aggregated(server_round, f"secure aggregation failed safely ({exc})")
             return None, None
         arrays = ArrayRecord({
             name: Array(np.asarray(global_arrays[name].numpy() + average.arrays[name],
