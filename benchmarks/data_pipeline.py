@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dp_overhead import record_summary  # noqa: E402
 
 from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.config import StudyConfig  # noqa: E402
-from fedfusion.data.feature_cache import FeatureCache  # noqa: E402
-from fedfusion.data.slide_features import extract_slide_features, slide_tiles  # noqa: E402
+from fedfusion.study.config import StudyConfig  # noqa: E402
+from fedfusion.data.slides.feature_cache import FeatureCache  # noqa: E402
+from fedfusion.data.slides.slide_features import extract_slide_features, slide_tiles  # noqa: E402
 from fedfusion.data.synthetic.histology import render_slide  # noqa: E402
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff  # noqa: E402
 from fedfusion.data.synthetic.sites import draw_site_profiles  # noqa: E402
-from fedfusion.data.tiling import TilingParams, plan_tiles  # noqa: E402
+from fedfusion.data.slides.tiling import TilingParams, plan_tiles  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SLIDES = 12

@@ -28,7 +28,7 @@ import pandas as pd
 import fedfusion
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.synthetic import generate_cohort
-from fedfusion.deployment.coordinator_state import DAEMON_FILE
+from fedfusion.deployment.coordinator.state import DAEMON_FILE
 from fedfusion.provisioning.consortium import init_consortium
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.client.site_trainer import SiteTrainer  # noqa: E402
-from fedfusion.config import StudyConfig  # noqa: E402
-from fedfusion.data.records import PatientRecord, SiteCohort  # noqa: E402
+from fedfusion.site.trainer import SiteTrainer  # noqa: E402
+from fedfusion.study.config import StudyConfig  # noqa: E402
+from fedfusion.data.patient_records import PatientRecord, SiteCohort  # noqa: E402
 from fedfusion.models.fusion_model import build_model  # noqa: E402
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE  # noqa: E402
 

@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dp_overhead import record_summary  # noqa: E402
 from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.client.site_context import SiteContext  # noqa: E402
-from fedfusion.client.site_privacy import SitePrivacy  # noqa: E402
-from fedfusion.config import StudyConfig  # noqa: E402
+from fedfusion.site.node_context import SiteContext  # noqa: E402
+from fedfusion.site.site_privacy import SitePrivacy  # noqa: E402
+from fedfusion.study.config import StudyConfig  # noqa: E402
 from fedfusion.privacy.site_policy import SitePolicy  # noqa: E402
-from fedfusion.secure_aggregation.flower_site import secure_train, stage_handler  # noqa: E402
-from fedfusion.strategies.patient_weighted_fedavg import WEIGHT_KEY  # noqa: E402
-from fedfusion.strategies.secure_fedavg import SecurePatientWeightedFedAvg  # noqa: E402
+from fedfusion.site.secure_stages import secure_train, stage_handler  # noqa: E402
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY  # noqa: E402
+from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = 5

@@ -10,9 +10,9 @@ import pytest
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
 import fedfusion
-from fedfusion.config import StudyConfig
-from fedfusion.deployment.app_approval import approve, load_approvals
-from fedfusion.deployment.fleet_gateway import is_public
+from fedfusion.study.config import StudyConfig
+from fedfusion.deployment.site.app_approval import approve, load_approvals
+from fedfusion.deployment.coordinator.fleet_gateway import is_public
 from fedfusion.errors import AppNotApprovedError, ConfigError
 from fedfusion.simulation.flower_engine import write_flower_app
 
@@ -48,10 +48,10 @@ def test_a_fedfusion_version_admits_manifest_only_apps_but_not_apps_shipping_cod
     approvals.check("site-a", study_fab)  # any study config, fedfusion's own code only
     manifest = (write_flower_app(StudyConfig(), tmp_path / "shadow") / "pyproject.toml").read_bytes()
     shadowing = build_fab_from_files({"pyproject.toml": manifest,
-                                      "fedfusion/client/client_app.py": b"import os  # anything at all\n"})[0]
-    with pytest.raises(AppNotApprovedError, match="ships files besides its manifest: fedfusion/client/client_app.py"):
+                                      "fedfusion/site/client_app.py": b"import os  # anything at all\n"})[0]
+    with pytest.raises(AppNotApprovedError, match="ships files besides its manifest: fedfusion/site/client_app.py"):
         approvals.check("site-a", shadowing)
-    foreign = manifest.replace(b"fedfusion.client.client_app:app", b"evil.client:app")
+    foreign = manifest.replace(b"fedfusion.site.client_app:app", b"evil.client:app")
     with pytest.raises(AppNotApprovedError, match="components"):
         approvals.check("site-a", build_fab_from_files({"pyproject.toml": foreign})[0])
     older = manifest.replace(f"fedfusion=={fedfusion.__version__}".encode(), b"fedfusion==0.0.1")

@@ -20,7 +20,7 @@ import pytest
 
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.cli import main
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff

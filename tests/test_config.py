@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 from fedfusion.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

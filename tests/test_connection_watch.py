@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.deployment.connection_watch import ConnectionWatch
+from fedfusion.deployment.site.connection_watch import ConnectionWatch
 
 FAILED = "WARNING :   Connection attempt failed, retrying in 1.73 seconds\n"
 BACK = "INFO :      Connection successful after 41.20 seconds and 5 tries.\n"

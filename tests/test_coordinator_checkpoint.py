@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fedfusion.cli import main
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
-from fedfusion.server.checkpoint import Checkpoint, CoordinatorCheckpoint
-from fedfusion.study_identity import study_id
+from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
+from fedfusion.study.identity import study_id
 
 STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20, results_dir="/somewhere")
 

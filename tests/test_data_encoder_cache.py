@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fedfusion.atomic_io import TEMP_SUFFIX
-from fedfusion.data.feature_cache import FeatureCache
-from fedfusion.data.tile_encoder import ENCODERS, get_tile_encoder
-from fedfusion.data.tiling import TilingParams
+from fedfusion.data.slides.feature_cache import FeatureCache
+from fedfusion.data.slides.tile_encoder import ENCODERS, get_tile_encoder
+from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.errors import ConfigError
 
 PARAMS = TilingParams(tile_size=256, target_mpp=0.5, max_background=0.6)

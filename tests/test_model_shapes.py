@@ -10,9 +10,9 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedfusion.config import StudyConfig
-from fedfusion.data.patient_bags import PatientBagDataset, collate_full_bags
-from fedfusion.data.records import PatientRecord
+from fedfusion.study.config import StudyConfig
+from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
+from fedfusion.data.patient_records import PatientRecord
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion_model import build_model
 

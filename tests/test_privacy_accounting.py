@@ -7,9 +7,9 @@ import pytest
 import torch
 from opacus.accountants import create_accountant
 
-from fedfusion.client.site_trainer import SiteTrainer
-from fedfusion.config import StudyConfig
-from fedfusion.data.records import PatientRecord, SiteCohort
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import PrivacyError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.accounting import epsilon_spent, restore_accountant

@@ -134,7 +134,7 @@ def test_a_kill_during_training_leaves_the_round_charged(small_cohort: Path, tmp
     policy.write_text("max-epsilon = inf\n")
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
     call_site("evaluate", small_study(small_cohort), config)  # extract features here, not in the killed process
-    script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from fedfusion.config import StudyConfig; "
+    script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from fedfusion.study.config import StudyConfig; "
               "from flower_site import call_site; "
               "call_site('train', StudyConfig.from_run_config(json.loads(sys.argv[1])), json.loads(sys.argv[2]))")
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(study.to_run_config()), json.dumps(config)])

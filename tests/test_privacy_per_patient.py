@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fedfusion.config import StudyConfig
-from fedfusion.data.patient_bags import PatientBagDataset, collate_full_bags
-from fedfusion.data.records import PatientRecord
+from fedfusion.study.config import StudyConfig
+from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
+from fedfusion.data.patient_records import PatientRecord
 from fedfusion.models.fusion_model import build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 from process_scan import processes_with_marker
 
-from fedfusion.client.round_replay import REPLIES_DIR
-from fedfusion.client.site_context import SIMULATED_SITES_DIR
-from fedfusion.config import StudyConfig
+from fedfusion.site.round_replay import REPLIES_DIR
+from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.study.config import StudyConfig
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import ledgers_in
-from fedfusion.server.checkpoint import CHECKPOINT_DIR, STATE_FILE
-from fedfusion.study_identity import study_id
+from fedfusion.coordinator.checkpoint import CHECKPOINT_DIR, STATE_FILE
+from fedfusion.study.identity import study_id
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.client.cohort_memo import load_cohort_once
-from fedfusion.client.site_context import resolve_site_context
-from fedfusion.config import StudyConfig
+from fedfusion.site.cohort_memo import load_cohort_once
+from fedfusion.site.node_context import resolve_site_context
+from fedfusion.study.config import StudyConfig
 from fedfusion.errors import ConfigError, SlideError
 
 

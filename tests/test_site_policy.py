@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import ConfigError
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord

@@ -4,7 +4,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from fedfusion.data.slide_hash_index import SlideHashIndex
+from fedfusion.data.slides.slide_hash_index import SlideHashIndex
 
 
 def _slide(tmp_path: Path, content: bytes) -> Path:

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedfusion.strategies import PatientWeightedFedAvg, SiteReply
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, SiteReply
 
 
 @pytest.fixture(autouse=True)

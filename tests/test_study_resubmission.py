@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.config import StudyConfig
-from fedfusion.deployment.coordinator_state import CoordinatorPaths
-from fedfusion.deployment.study import app_hash, prepare_study, resubmission
-from fedfusion.deployment.study_resume import MAX_SUBMISSIONS, StudyResumer
-from fedfusion.deployment.study_state import FAILED, RUNNING, read_study, write_study
+from fedfusion.study.config import StudyConfig
+from fedfusion.deployment.coordinator.state import CoordinatorPaths
+from fedfusion.deployment.coordinator.study import app_hash, prepare_study, resubmission
+from fedfusion.deployment.coordinator.study_resume import MAX_SUBMISSIONS, StudyResumer
+from fedfusion.deployment.coordinator.study_state import FAILED, RUNNING, read_study, write_study
 from fedfusion.errors import ConfigError
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedfusion.client.site_trainer import SiteTrainer, resolve_device
-from fedfusion.config import StudyConfig
-from fedfusion.data.records import PatientRecord, SiteCohort
+from fedfusion.site.trainer import SiteTrainer, resolve_device
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
 

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfusion.config import StudyConfig
-from fedfusion.data.clinical import STUDY_SUBTYPES
-from fedfusion.data.feature_cache import CACHE_DIRNAME, FeatureCache
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.tables.clinical import STUDY_SUBTYPES
+from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.findings import Findings
-from fedfusion.data.manifest import ManifestEntry
+from fedfusion.data.tables.manifest import ManifestEntry
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.data.records import PatientRecord, SiteCohort
-from fedfusion.data.site_tables import read_site_tables
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.data.tables.site_tables import read_site_tables
 from fedfusion.data.progress import progress_bar
-from fedfusion.data.slide_features import extract_slide_features
-from fedfusion.data.slides import check_slide_file
-from fedfusion.data.tile_encoder import get_tile_encoder
-from fedfusion.data.tiling import TilingParams
+from fedfusion.data.slides.slide_features import extract_slide_features
+from fedfusion.data.slides.slide_reader import check_slide_file
+from fedfusion.data.slides.tile_encoder import get_tile_encoder
+from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.errors import ConfigError, DataError, SlideError
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it; with ``skip_bad`` a
     manifest patient without clinical labels is left out (a note) too. Other table problems always raise
     ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:`` or
-    ``safetensors:`` study encoder (see ``fedfusion.data.tile_encoder``). ``cnv_panel`` is the study's
+    ``safetensors:`` study encoder (see ``fedfusion.data.slides.tile_encoder``). ``cnv_panel`` is the study's
     copy-number gene list (None: the copy-number layer is not read).
     """
     site_dir = Path(site_dir)

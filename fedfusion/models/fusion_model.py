@@ -2,7 +2,7 @@
 
 Inputs are one patient per row (the privacy unit): tile features ``[B, K, F]`` with a tile mask ``[B, K]``,
 omics ``[B, G]`` (``StudyConfig.omics_input_dim``: RNA-seq panel, copy-number panel and per-layer present flags,
-concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in ``fedfusion.config.MODALITIES`` order),
+concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in ``fedfusion.study.config.MODALITIES`` order),
 clinical covariates ``[B, C]``. Only the study's modalities get an encoder, so single-modality baselines are
 this same class built with ``modalities = "wsi"`` or ``"omics"``.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfusion.config import MODALITIES, StudyConfig
+from fedfusion.study.config import MODALITIES, StudyConfig
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion import build_fusion
 from fedfusion.models.snn import SelfNormalizingNetwork

@@ -24,7 +24,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 from fedfusion.models.survival_loss import LOSS_REDUCTION
 from fedfusion.privacy.accounting import AccountantHistory, history_of, restore_accountant
 

@@ -32,7 +32,7 @@ from flwr.app import Message
 from flwr.common.serde import message_to_proto
 
 from fedfusion.errors import PrivacyError
-from fedfusion.secure_aggregation.records import SECAGG_RECORD
+from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD
 
 EGRESS_FILE = "egress.jsonl"
 GENESIS = "0" * 64

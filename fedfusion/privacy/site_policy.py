@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedfusion.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
+from fedfusion.study.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
 from fedfusion.errors import ConfigError, PrivacyError
 
 POLICY_FILE_NAME = "privacy_policy.toml"

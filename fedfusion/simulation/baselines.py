@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedfusion.client.site_trainer import SiteTrainer
-from fedfusion.config import StudyConfig
-from fedfusion.data.records import PatientRecord, SiteCohort
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.evaluation.metrics import concordance
 from fedfusion.models.fusion_model import build_model
 

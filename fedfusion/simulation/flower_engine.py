@@ -24,10 +24,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 import fedfusion
-from fedfusion.config import StudyConfig
+from fedfusion.study.config import StudyConfig
 
-SERVER_APP = "fedfusion.server.server_app:app"
-CLIENT_APP = "fedfusion.client.client_app:app"
+SERVER_APP = "fedfusion.coordinator.server_app:app"
+CLIENT_APP = "fedfusion.site.client_app:app"
 
 
 def write_flower_app(study: StudyConfig, app_dir: Path) -> Path:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfusion.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
-from fedfusion.data.clinical import STUDY_SUBTYPES
+from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
+from fedfusion.data.tables.clinical import STUDY_SUBTYPES
 from fedfusion.data.synthetic.sites import SiteProfile
 
 SUBTYPES = STUDY_SUBTYPES

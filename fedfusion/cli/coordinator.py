@@ -1,0 +1,114 @@
+"""``fedfusion coordinator run`` and ``fedfusion study ...``: the operator's commands on the coordinator host.
+
+    coordinator run   the SuperLink (loopback) and the Fleet gateway (network), in the foreground
+    study prepare     write a study's Flower app and print its FAB hash, for the sites to approve
+    study start       submit a (prepared) study to the running coordinator and follow it, or --resubmit one
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedfusion.study.config import StudyConfig
+from fedfusion.deployment.coordinator.service import DEFAULT_SUPERLINK_PORT, CoordinatorOptions, run_coordinator
+from fedfusion.deployment.coordinator.state import CoordinatorPaths
+from fedfusion.deployment.logging_setup import log_to_file
+from fedfusion.deployment.coordinator.study import prepare_study, prepared_study, resubmission, run_study
+from fedfusion.deployment.coordinator.study_state import FINISHED
+from fedfusion.errors import ConfigError
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``coordinator`` and ``study`` commands."""
+    coordinator = commands.add_parser("coordinator", help="run the coordinator (SuperLink + Fleet gateway)")
+    actions = coordinator.add_subparsers(title="coordinator commands", required=True, metavar="COORDINATOR_COMMAND")
+    run = actions.add_parser(
+        "run", help="run the coordinator in the foreground (a service)",
+        description="Start flower-superlink on 127.0.0.1 with TLS, SuperNode authentication and a database in "
+                    "STATE_DIR; register the consortium's active site keys (again whenever registry.json "
+                    "changes); serve only the Fleet API to the network through a TLS gateway with the "
+                    "consortium certificate; resubmit the studies the last stop interrupted (they resume at the "
+                    "round after their checkpoint). Stops cleanly on SIGTERM.",
+    )
+    run.add_argument("--consortium-dir", type=Path, required=True,
+                     help="the consortium folder (registry.json, coordinator/ with the TLS key and certificate)")
+    run.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
+    run.add_argument("--host", default="0.0.0.0", help="address the gateway listens on (default: %(default)s)")
+    run.add_argument("--port", type=int, default=None, help="gateway port (default: the registry's port)")
+    run.add_argument("--superlink-port", type=int, default=DEFAULT_SUPERLINK_PORT,
+                     help="the SuperLink's loopback port (default: %(default)s)")
+    run.add_argument("--no-resume", dest="resume_studies", action="store_false",
+                     help="do not resubmit interrupted studies at start; only log them (resubmit with "
+                          "`fedfusion study start --resubmit ID`)")
+    run.set_defaults(handler=_run_coordinator)
+
+    study = commands.add_parser("study", help="submit studies to the running coordinator")
+    study_actions = study.add_subparsers(title="study commands", required=True, metavar="STUDY_COMMAND")
+    prepare = study_actions.add_parser(
+        "prepare", help="write a study's Flower app and print its FAB hash (sites approve it)",
+        description="Write the study's Flower app under STATE_DIR/studies/ID and print its FAB SHA-256, which "
+                    "the sites approve with `fedfusion site approve HASH`; `study start --study-id ID` submits it.")
+    prepare.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
+    prepare.add_argument("--study-id", required=True, help="the study's id (letters, digits, . _ -)")
+    _study_options(prepare)
+    prepare.set_defaults(handler=_prepare)
+    start = study_actions.add_parser(
+        "start", help="submit a study and follow it until it ends",
+        description="Submit the study prepared as ID (or prepare it now from the options), print its FAB hash, "
+                    "submit it with `flwr run` over the loopback Control API and stream its log. Exit code 0 when "
+                    "the results folder was written. --resubmit ID submits an interrupted or failed study again, "
+                    "unchanged (the coordinator resubmits interrupted studies itself when it starts).",
+    )
+    start.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
+    start.add_argument("--study-id", default=None, help="a prepared or new study's id (letters, digits, . _ -)")
+    start.add_argument("--resubmit", default=None, metavar="ID", help="submit an interrupted study again")
+    _study_options(start)
+    start.set_defaults(handler=_start)
+
+
+def _study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study config key (see pyproject.toml [tool.flwr.app.config]); repeatable")
+
+
+def _study(args: argparse.Namespace) -> StudyConfig:
+    from fedfusion.cli import _key_value  # the same KEY=VALUE parsing as `fedfusion simulate --set`
+
+    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    study = StudyConfig.from_run_config({**StudyConfig().to_run_config(), **overrides})
+    if study.extra:
+        raise ConfigError(f"unknown study config keys: {sorted(study.extra)}")
+    return study
+
+
+def _run_coordinator(args: argparse.Namespace) -> int:
+    log_to_file(args.state_dir / "logs" / "coordinator.log")
+    return run_coordinator(CoordinatorOptions(consortium_dir=args.consortium_dir.resolve(),
+                                              state_dir=args.state_dir.resolve(), host=args.host, port=args.port,
+                                              superlink_port=args.superlink_port,
+                                              resume_studies=args.resume_studies))
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    record = prepare_study(CoordinatorPaths(args.state_dir.resolve()), _study(args), args.study_id)
+    print(f"study {record.study_id}: app sha256 {record.fab_hash}")
+    print(f"sites approve it with: fedfusion site approve {record.fab_hash} --state-dir SITE_STATE_DIR")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    paths = CoordinatorPaths(args.state_dir.resolve())
+    if (args.study_id is None) == (args.resubmit is None):
+        raise ConfigError("give either --study-id ID (a new study) or --resubmit ID (an interrupted one)")
+    if args.resubmit is not None:
+        record = resubmission(paths, args.resubmit)
+    else:
+        record = prepared_study(paths, args.study_id) or prepare_study(paths, _study(args), args.study_id)
+    print(f"study {record.study_id}: app sha256 {record.fab_hash}; results in {record.results_dir}", flush=True)
+    record = run_study(paths, record, echo=lambda line: print(line, flush=True))
+    print(f"study {record.study_id}: {record.status}")
+    return 0 if record.status == FINISHED else 1

@@ -1,0 +1,111 @@
+"""``fedfusion site check [DATA_DIR] [--bundle BUNDLE_DIR]``: validate a site for its admin, without training.
+
+With DATA_DIR: per-modality counts, patients lacking a modality, and every error and warning (each naming the file
+or patient); ``--json`` prints the same as JSON; ``--skip-bad`` reports what training with ``skip-bad`` would skip
+as warnings. With ``--bundle``: the site's certificates and key, the coordinator's reachability and the clock skew
+(``fedfusion.deployment.site.connectivity``). Exit code 1 when there are errors, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.cohort_index import CNV_PANEL_FILE, GENE_PANEL_FILE, read_gene_panel
+from fedfusion.data.findings import Finding
+from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
+from fedfusion.data.slides.tiling import TilingParams
+from fedfusion.deployment.site.connectivity import check_connection
+from fedfusion.errors import ConfigError
+
+PATIENTS_SHOWN = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``check`` site command."""
+    parser = subparsers.add_parser(
+        "check", help="validate this site's slides, omics and clinical tables (no training, nothing written)",
+        description="Read manifest.csv, clinical.csv and the omics tables with the same validation as "
+                    "training, open every slide and read one small region, and list every problem found. "
+                    "Exit code 1 if there are errors.",
+    )
+    parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", nargs="?", default=None,
+                        help="the site folder (holds manifest.csv)")
+    parser.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
+                        help="also check the site bundle: certificates, key, coordinator reachability, clock skew")
+    parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
+                        help="with --bundle: check this coordinator address instead of site.toml's")
+    parser.add_argument("--gene-panel", type=Path, default=None,
+                        help=f"study gene panel, one gene per line (default: DATA_DIR/../{GENE_PANEL_FILE} "
+                             "if present)")
+    parser.add_argument("--cnv-panel", type=Path, default=None,
+                        help=f"study copy-number gene list (default: DATA_DIR/../{CNV_PANEL_FILE} if present)")
+    parser.add_argument("--fallback-mpp", type=float, default=None, metavar="X",
+                        help="microns per pixel to assume for slides without resolution metadata")
+    parser.add_argument("--target-mpp", type=float, default=StudyConfig.target_mpp, metavar="X",
+                        help="the study's tile resolution; a slide scanned coarser cannot reach it "
+                             "(default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report bad slides and unlabelled patients as skipped (warnings), as training with "
+                             "node config skip-bad = true would")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the site and print the result; 1 if there are errors, else 0."""
+    if args.data_dir is None and args.bundle is None:
+        raise ConfigError("give DATA_DIR, --bundle BUNDLE_DIR or both")
+    ok = True
+    if args.bundle is not None:
+        ok = _check_bundle(args.bundle, args.superlink)
+    if args.data_dir is not None:
+        ok = _check_data(args) and ok
+    return 0 if ok else 1
+
+
+def _check_bundle(bundle_dir: Path, superlink: str | None) -> bool:
+    result = check_connection(bundle_dir, superlink)
+    lines = [f"site bundle {bundle_dir}:", *(f"  {fact}" for fact in result.facts)]
+    lines += _section("errors", result.findings.errors) + _section("warnings", result.findings.warnings)
+    lines.append(f"{'FAILED' if result.findings.errors else 'OK'}: {len(result.findings.errors)} errors, "
+                 f"{len(result.findings.warnings)} warnings")
+    print("\n".join(lines))
+    return not result.findings.errors
+
+
+def _check_data(args: argparse.Namespace) -> bool:
+    panel_path = args.gene_panel or args.data_dir.parent / GENE_PANEL_FILE
+    panel = read_gene_panel(panel_path) if args.gene_panel or panel_path.is_file() else []
+    cnv_path = args.cnv_panel or args.data_dir.parent / CNV_PANEL_FILE
+    cnv_panel = read_gene_panel(cnv_path) if args.cnv_panel or cnv_path.is_file() else None
+    params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp))
+    result = check_site(args.data_dir, panel, args.fallback_mpp, cnv_panel=cnv_panel, params=params,
+                        skip_bad=args.skip_bad)
+    if not panel:
+        result.findings.warning("gene panel", f"none given and {panel_path} is absent: panel coverage not checked")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
+    return bool(result.ok)
+
+
+def format_report(result: SiteCheck) -> str:
+    """The readable summary a site admin sees."""
+    lines = [f"site {result.site_dir}: {len(result.patients)} patients",
+             "  with " + ", ".join(f"{m} {result.count(m)}" for m in MODALITIES),
+             f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unusable"]
+    for modality in MODALITIES:
+        lacking = result.lacking[modality]
+        if lacking:
+            more = f" (+{len(lacking) - PATIENTS_SHOWN} more)" if len(lacking) > PATIENTS_SHOWN else ""
+            outcome = "unusable: no survival labels" if modality == "clinical" else "kept, modality masked"
+            lines.append(f"  without {modality} ({outcome}): {', '.join(lacking[:PATIENTS_SHOWN])}{more}")
+    lines += _section("errors", result.findings.errors) + _section("warnings", result.findings.warnings)
+    lines.append(f"{'FAILED' if result.findings.errors else 'OK'}: {len(result.findings.errors)} errors, "
+                 f"{len(result.findings.warnings)} warnings")
+    return "\n".join(lines)
+
+
+def _section(title: str, findings: list[Finding]) -> list[str]:
+    return [f"{title}:", *(f"  - {f}" for f in findings)] if findings else []

@@ -1,0 +1,59 @@
+"""``fedfusion site run BUNDLE_DIR``: this hospital's site daemon (SuperNode + gated app launcher), foreground.
+
+Meant to run as a service (deploy/fedfusion-site.service); logs go to STATE_DIR/logs/ and stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
+from fedfusion.deployment.logging_setup import log_to_file
+from fedfusion.deployment.site.daemon import DEFAULT_RUNTIME_PORT, SiteOptions, run_site
+
+NODE_CONFIG_OPTIONS = {
+    "data_dir": "data-dir", "gene_panel": "gene-panel", "cache_dir": "cache-dir", "device": "device",
+    "ledger_dir": LEDGER_DIR_KEY, "policy_file": POLICY_FILE_KEY, "encoder_file": "encoder-file",
+    "fallback_mpp": "fallback-mpp", "cnv_panel": "cnv-panel", "skip_bad": "skip-bad",
+}
+"""Command-line option -> node config key read by the ClientApp (fedfusion.site.node_context, site_privacy)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``run`` site command."""
+    parser = subparsers.add_parser(
+        "run", help="run this site's daemon: a SuperNode dialing the coordinator (outbound only)",
+        description="Run flower-supernode with the bundle's CA and key and this site's node config, and a "
+                    "launcher that runs only apps listed in STATE_DIR/approved-apps.txt (`fedfusion site "
+                    "approve`). Stops cleanly on SIGTERM.",
+    )
+    parser.add_argument("bundle_dir", type=Path, metavar="BUNDLE_DIR", help="the site bundle (site.toml, ca.crt, key)")
+    parser.add_argument("--state-dir", type=Path, required=True, help="site daemon state: allow-list, logs, apps")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the site's data folder (manifest.csv)")
+    parser.add_argument("--gene-panel", type=Path, required=True, help="the study's gene panel file")
+    parser.add_argument("--cnv-panel", type=Path, default=None,
+                        help="the study's copy-number gene list (when the study has that layer)")
+    parser.add_argument("--skip-bad", action="store_const", const="true", default=None,
+                        help="leave out a bad slide or an unlabelled patient (logged) instead of refusing the round")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="tile feature cache (default: in data dir)")
+    parser.add_argument("--ledger-dir", type=Path, default=None,
+                        help="privacy ledger and egress record (default: DATA_DIR/.fedfusion-ledger)")
+    parser.add_argument("--policy-file", type=Path, default=None, help="the site's privacy policy (TOML)")
+    parser.add_argument("--device", default=None, help="torch device for this site, e.g. cpu or cuda:1")
+    parser.add_argument("--encoder-file", type=Path, default=None, help="the site's copy of a TorchScript encoder")
+    parser.add_argument("--fallback-mpp", type=float, default=None, help="mpp for slides without resolution")
+    parser.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
+                        help="the SuperNode's local Runtime API port on 127.0.0.1 (default: %(default)s)")
+    parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
+                        help="override the coordinator address of site.toml")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the site daemon until SIGTERM; return its exit code."""
+    log_to_file(args.state_dir / "logs" / "site.log")
+    node_config = {key: str(Path(value).resolve()) if isinstance(value, Path) else str(value)
+                   for option, key in NODE_CONFIG_OPTIONS.items() if (value := getattr(args, option)) is not None}
+    return run_site(SiteOptions(bundle_dir=args.bundle_dir.resolve(), state_dir=args.state_dir.resolve(),
+                                node_config=node_config, runtime_port=args.runtime_port, superlink=args.superlink))

@@ -1,0 +1,1 @@
+"""The coordinator: the Flower ServerApp, its strategies, checkpoints and what it records about a study."""

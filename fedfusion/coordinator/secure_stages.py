@@ -1,0 +1,114 @@
+"""The coordinator's side of SecAgg+ on Flower's Message API: stages 2-4 as ``query.secagg`` round trips.
+
+`secure_round` starts from the train replies (each carrying a site's stage-1 public keys), drives
+`SecAggServer` through share-keys, masked-input and unmask with ``grid.send_and_receive``, and returns the
+patient-weighted average of the sites' updates. A site that does not answer a stage, or answers with an error,
+is a dropout from then on; fewer than the threshold at any stage raises `PrivacyError` and nothing is unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from logging import WARNING
+from typing import Protocol, TypeVar
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedfusion.errors import PrivacyError
+from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.messages import SecureAverage
+from fedfusion.secure_aggregation.wire_records import (
+    QUERY_ACTION,
+    SECAGG_RECORD,
+    masked_input_request,
+    read_encrypted_shares,
+    read_masked_input,
+    read_public_keys,
+    read_unmask_shares,
+    share_keys_request,
+    unmask_request,
+)
+from fedfusion.secure_aggregation.server import SecAggServer
+
+MESSAGE_TYPE = f"query.{QUERY_ACTION}"
+
+
+class FromSite(Protocol):
+    """A stage answer: it names the site that sent it."""
+
+    @property
+    def site_id(self) -> int:
+        """The sending site's id in the round."""
+
+
+Parsed = TypeVar("Parsed", bound=FromSite)
+
+
+class StageRunner:
+    """Sends one stage's requests to the sites; keeps the well-formed answers from the site each was sent to."""
+
+    def __init__(self, grid: Grid, server_round: int, node_of_site: Mapping[int, int], timeout: float) -> None:
+        self.grid = grid
+        self.server_round = server_round
+        self.node_of_site = dict(node_of_site)
+        self.timeout = timeout
+
+    def ask(self, requests: Mapping[int, ConfigRecord], parse: Callable[[RecordDict], Parsed]) -> list[Parsed]:
+        """Send each site its request; return the parsed answers (see `accept`)."""
+        messages = [
+            Message(RecordDict({SECAGG_RECORD: record, "config": ConfigRecord({"server-round": self.server_round})}),
+                    dst_node_id=self.node_of_site[site], message_type=MESSAGE_TYPE)
+            for site, record in requests.items()
+        ]
+        return self.accept(self.grid.send_and_receive(messages, timeout=self.timeout), parse)
+
+    def accept(self, replies: Iterable[Message], parse: Callable[[RecordDict], Parsed]) -> list[Parsed]:
+        """The parsed replies without error that ``parse`` can read and whose site id is their sender's.
+
+        Any other reply is logged and its site counts as dropped out from this stage on.
+        """
+        accepted = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "secure aggregation, round %s: node %s answered with an error: %s", self.server_round,
+                    node, reply.error.reason)
+                continue
+            try:
+                parsed = parse(reply.content)
+            except (PrivacyError, KeyError, TypeError, ValueError) as exc:
+                log(WARNING, "secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
+                    self.server_round, node, type(exc).__name__, exc)
+                continue
+            site = parsed.site_id
+            if self.node_of_site.get(site) != node:
+                log(WARNING, "secure aggregation, round %s: node %s answered for site %r; ignored",
+                    self.server_round, node, site)
+                continue
+            accepted.append(parsed)
+        return accepted
+
+
+def secure_round(
+    grid: Grid, server_round: int, config: SecAggConfig, node_of_site: Mapping[int, int],
+    train_replies: Iterable[Message], timeout: float,
+) -> SecureAverage:
+    """Run stages 2-4 after the train replies; return the weighted average of the surviving sites' updates.
+
+    ``node_of_site`` maps each site id given in the train messages to its Flower node id.
+    """
+    stages = StageRunner(grid, server_round, node_of_site, timeout)
+    server = SecAggServer(config)
+    keys = server.collect_public_keys(stages.accept(train_replies, read_public_keys))
+
+    broadcast = share_keys_request(keys)
+    routed = server.route_shares(stages.ask({site: broadcast for site in keys}, read_encrypted_shares))
+
+    masked = stages.ask({site: masked_input_request(ciphertexts) for site, ciphertexts in routed.items()},
+                        read_masked_input)
+    request = server.collect_masked_inputs(masked)
+
+    query = unmask_request(request)
+    return server.aggregate(stages.ask({site: query for site in request.survivors}, read_unmask_shares))

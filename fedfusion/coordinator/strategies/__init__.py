@@ -1,0 +1,1 @@
+"""Aggregation strategies run by the coordinator (Flower Message-API strategies, patient-weighted)."""

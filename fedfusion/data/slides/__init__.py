@@ -1,0 +1,1 @@
+"""A site's whole-slide images: OpenSlide reading, tissue mask, tiling, stain normalisation, tile encoders, feature cache."""

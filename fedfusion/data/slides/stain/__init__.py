@@ -1,0 +1,1 @@
+"""Stain normalisation of H&E tiles to study-fixed targets (Reinhard, Macenko)."""

@@ -1,0 +1,224 @@
+"""Tile encoders: a batch of RGB tiles in, ``[batch, feature_dim]`` float32 features out.
+
+``random-conv-v1`` is a fixed, untrained encoder: two convolution stages whose weights come from a constant seed
+(the same at every site and in every run, whatever the study seed), pooled to per-channel mean and standard
+deviation, plus optical-density colour statistics. It needs no download and never sees site data, yet it
+separates stain colour and nuclear texture (size, density, darkness) linearly.
+
+``torchscript:<sha256>`` is a frozen encoder the hospital already has (e.g. a public pathology foundation model
+exported with ``torch.jit.save``): the study names the file's sha256, so every site provably uses the same
+weights, and each site points its node config key ``encoder-file`` at its local copy. The module takes float32
+``[batch, 3, h, w]`` RGB scaled to [0, 1] and returns ``[batch, feature_dim]``.
+
+``safetensors:<arch>:<sha256>`` is a frozen encoder given as plain weights for one of the architectures defined
+here (``ARCHITECTURES``): no code comes with the file, only tensors. The site's copy (node config
+``encoder-file``) is hash-checked like a TorchScript file, then every tensor the architecture needs must be in
+it with the right shape (no more, no fewer); the module is frozen and in eval mode. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+from fedfusion.data.slides.slide_hash_index import file_sha256
+from fedfusion.errors import ConfigError
+
+TORCHSCRIPT_PREFIX = "torchscript:"
+SAFETENSORS_PREFIX = "safetensors:"
+RANDOM_CONV_SEED = 20240601
+"""Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
+
+
+class TileEncoder(nn.Module):
+    """Base of the registered tile encoders: ``encode`` maps uint8 tiles to float32 features."""
+
+    name: str
+    feature_dim: int
+
+    @torch.no_grad()
+    def encode(self, tiles: np.ndarray) -> np.ndarray:
+        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
+        device = next(self.buffers()).device
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
+        return self(batch).cpu().numpy().astype(np.float32, copy=False)
+
+
+class RandomConvEncoder(TileEncoder):
+    """``random-conv-v1``: optical-density colour statistics plus pooled responses of fixed random convolutions."""
+
+    name = "random-conv-v1"
+    feature_dim = 64
+    _STAGE1, _STAGE2, _KERNEL = 12, 17, 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(RANDOM_CONV_SEED)
+        k = self._KERNEL
+        self.register_buffer("w1", _he_normal(rng, (self._STAGE1, 3, k, k)))
+        self.register_buffer("b1", torch.from_numpy(rng.uniform(-0.5, 0.5, self._STAGE1).astype(np.float32)))
+        self.register_buffer("w2", _he_normal(rng, (self._STAGE2, self._STAGE1, k, k)))
+        self.register_buffer("b2", torch.from_numpy(rng.uniform(-0.5, 0.5, self._STAGE2).astype(np.float32)))
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
+        od = torch.log(256.0 / (rgb + 1.0))  # optical density: stain amount, ~0 on white background
+        h1 = F.conv2d(od, self.w1, self.b1, stride=2, padding=self._KERNEL // 2).relu_()
+        h2 = F.conv2d(F.avg_pool2d(h1, 2), self.w2, self.b2, stride=2, padding=self._KERNEL // 2).relu_()
+        return torch.cat([_mean_std(od), _mean_std(h1), _mean_std(h2)], dim=1)
+
+
+def _he_normal(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    fan_in = shape[1] * shape[2] * shape[3]
+    return torch.from_numpy((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+
+
+def _mean_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel spatial mean then standard deviation: ``[b, c, h, w]`` -> ``[b, 2c]``."""
+    std, mean = torch.std_mean(x, dim=(2, 3))
+    return torch.cat([mean, std], dim=1)
+
+
+class SmallResNetEncoder(TileEncoder):
+    """``small-resnet-v1``: a ResNet-style stem and two residual stages, global average pooled to 64 features.
+
+    Only an architecture: its weights come from a site's safetensors file (``safetensors:small-resnet-v1:<sha>``).
+    Takes RGB scaled to [0, 1], like the usual pathology backbones.
+    """
+
+    name = "small-resnet-v1"
+    feature_dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 7, stride=2, padding=3), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.stage1 = _ResidualBlock(32, 32, stride=1)
+        self.stage2 = _ResidualBlock(32, 64, stride=2)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
+        return self.stage2(self.stage1(self.stem(rgb / 255.0))).mean(dim=(2, 3))
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 conv + BatchNorm layers with an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels else
+                         nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual block output."""
+        out = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+        return (out + self.shortcut(x)).relu()
+
+
+ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
+"""Registered tile encoders by name (the study's ``encoder`` key)."""
+ARCHITECTURES: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder,
+                                                       SmallResNetEncoder.name: SmallResNetEncoder}
+"""Architectures a ``safetensors:<arch>:<sha256>`` encoder can name; the weights come from the site's file."""
+
+
+class TorchScriptEncoder(TileEncoder):
+    """A user-supplied frozen TorchScript encoder (see the module docstring for its contract)."""
+
+    def __init__(self, name: str, module: torch.jit.ScriptModule, tile_size: int = 224) -> None:
+        super().__init__()
+        self.name = name
+        self.module = module
+        self.register_buffer("_device_marker", torch.zeros(0))
+        with torch.no_grad():
+            self.feature_dim = int(self.module(torch.zeros(1, 3, tile_size, tile_size)).shape[-1])
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, feature_dim]`` features."""
+        return self.module(rgb / 255.0)
+
+
+@lru_cache(maxsize=8)
+def get_tile_encoder(name: str, device: str = "cpu", encoder_file: Path | None = None) -> TileEncoder:
+    """The encoder ``name`` in eval mode on ``device`` (one shared instance per process).
+
+    ``torchscript:<sha256>`` loads ``encoder_file`` after checking that its sha256 is the one the study names.
+    """
+    if name.startswith(TORCHSCRIPT_PREFIX):
+        encoder: TileEncoder = _load_torchscript(name, encoder_file)
+    elif name.startswith(SAFETENSORS_PREFIX):
+        encoder = _load_safetensors(name, encoder_file)
+    elif name in ENCODERS:
+        encoder = ENCODERS[name]()
+    else:
+        raise ConfigError(f"study config 'encoder': unknown tile encoder '{name}'; registered: {sorted(ENCODERS)}, "
+                          f"'{TORCHSCRIPT_PREFIX}<sha256 of a TorchScript file>' or "
+                          f"'{SAFETENSORS_PREFIX}<architecture>:<sha256 of a safetensors file>' with an "
+                          f"architecture in {sorted(ARCHITECTURES)}")
+    encoder.requires_grad_(False)
+    return encoder.to(torch.device(device)).eval()
+
+
+def _load_safetensors(name: str, encoder_file: Path | None) -> TileEncoder:
+    """The named architecture with its weights from the site's hash-checked safetensors file."""
+    arch, _, expected = name.removeprefix(SAFETENSORS_PREFIX).partition(":")
+    if arch not in ARCHITECTURES or not expected:
+        raise ConfigError(f"study config 'encoder' '{name}': expected '{SAFETENSORS_PREFIX}<architecture>:<sha256>' "
+                          f"with an architecture in {sorted(ARCHITECTURES)}")
+    path = _checked_encoder_file(name, expected, encoder_file, "safetensors")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"tile encoder file {path}: not a safetensors file ({exc})") from exc
+    encoder = ARCHITECTURES[arch]()
+    expected_shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
+    missing = sorted(set(expected_shapes) - set(tensors))
+    if missing:
+        raise ConfigError(f"tile encoder file {path}: architecture '{arch}' needs tensors it lacks: {missing}")
+    unexpected = sorted(set(tensors) - set(expected_shapes))
+    if unexpected:
+        raise ConfigError(f"tile encoder file {path}: tensors {unexpected} are not part of architecture '{arch}'")
+    for key, shape in expected_shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ConfigError(f"tile encoder file {path}: tensor '{key}' has shape {list(tensors[key].shape)}, "
+                              f"architecture '{arch}' expects {list(shape)}")
+    encoder.load_state_dict(tensors)
+    encoder.name = name
+    return encoder
+
+
+def _checked_encoder_file(name: str, expected: str, encoder_file: Path | None, kind: str) -> Path:
+    """The site's encoder file after checking it exists and its sha256 is the one the study names."""
+    if encoder_file is None:
+        raise ConfigError(f"the study uses tile encoder '{name}': set this site's node config 'encoder-file' to "
+                          f"its local copy of that {kind} file")
+    path = Path(encoder_file)
+    if not path.is_file():
+        raise ConfigError(f"tile encoder file {path}: does not exist")
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise ConfigError(f"tile encoder file {path}: sha256 {actual} is not the study's {expected.lower()}; "
+                          "every site must use the same encoder file")
+    return path
+
+
+def _load_torchscript(name: str, encoder_file: Path | None) -> TorchScriptEncoder:
+    encoder_file = _checked_encoder_file(name, name.removeprefix(TORCHSCRIPT_PREFIX), encoder_file, "TorchScript")
+    try:
+        module = torch.jit.load(str(encoder_file), map_location="cpu")
+    except RuntimeError as exc:
+        raise ConfigError(f"tile encoder file {encoder_file}: not a TorchScript model ({exc})") from exc
+    return TorchScriptEncoder(name, module.eval())

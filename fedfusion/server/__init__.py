@@ -1,1 +1,0 @@
-"""The coordinator: the Flower ServerApp and what it records about a study."""

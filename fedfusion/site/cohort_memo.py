@@ -1,0 +1,33 @@
+"""Load a site's cohort once per process: a ClientApp is called every round, the data does not change.
+
+Tile features are cached on disk by the data path; this memo only avoids re-reading the tables and
+feature files within one long-lived process (a simulation actor or a site daemon's app process).
+"""
+
+from __future__ import annotations
+
+from fedfusion.site.node_context import SiteContext
+from fedfusion.study.config import StudyConfig
+from fedfusion.data.cohort import load_site_cohort
+from fedfusion.data.cohort_index import read_gene_panel
+from fedfusion.data.patient_records import SiteCohort
+
+_MEMO: dict[tuple[SiteContext, StudyConfig], SiteCohort] = {}
+
+
+def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
+    """The site's cohort for this study, read from disk on first use in this process."""
+    # Keyed by the whole (frozen, hashable) site context and study: a knob added later cannot be forgotten here.
+    key = (site, study)
+    if key not in _MEMO:
+        _MEMO[key] = load_site_cohort(
+            site.data_dir,
+            study,
+            gene_panel=read_gene_panel(site.gene_panel),
+            cache_dir=site.cache_dir,
+            fallback_mpp=site.fallback_mpp,
+            encoder_file=site.encoder_file,
+            cnv_panel=read_gene_panel(site.cnv_panel) if site.cnv_panel is not None and study.cnv_dim else None,
+            skip_bad=site.skip_bad,
+        )
+    return _MEMO[key]

@@ -1,0 +1,200 @@
+"""A site's training and evaluation of the study model on its own patients, independent of Flower.
+
+The Flower ClientApp is a thin adapter around ``SiteTrainer``: it passes global weights and the site's
+privacy ledger in, and sends the returned weights and aggregate metrics out. Nothing patient-level leaves.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from contextlib import contextmanager
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedfusion.study.config import StudyConfig
+from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.errors import ConfigError, DataError
+from fedfusion.evaluation.metrics import concordance, subtype_auc, subtype_mcc
+from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
+from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
+from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
+from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
+
+INFERENCE_BATCH_PATIENTS = 32
+"""Patients per forward pass at inference (full bags, so memory grows with the longest bag)."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What one call of ``SiteTrainer.train`` hands back to the federation layer."""
+
+    weights: dict[str, torch.Tensor]
+    """CPU tensors keyed like the unwrapped model's ``state_dict``."""
+    num_patients: int
+    """Training patients (the FedAvg weight)."""
+    metrics: dict[str, float]
+    """"train-loss", "epsilon" (cumulative; 0.0 with dp off), "delta", "noise-multiplier", "max-grad-norm",
+    "steps" (this call), "total-steps" (all accounted DP steps so far; with dp off, this call's steps),
+    "train-seconds" (wall time of the local epochs, without setup and accounting)."""
+    accountant_history: AccountantHistory
+    """``(noise_multiplier, sample_rate, steps)`` over all rounds so far (passed through unchanged with dp off)."""
+
+
+class SiteTrainer:
+    """Local training (DP-SGD when the study says so) and evaluation on one site's cohort."""
+
+    def __init__(self, cohort: SiteCohort, study: StudyConfig, device: str = "auto", *,
+                 grad_sample_mode: str = GRAD_SAMPLE_MODE) -> None:
+        for record in [*cohort.train, *cohort.test]:
+            check_record(record, study)
+        self.cohort = cohort
+        self.study = study
+        self.device = resolve_device(device)
+        self.grad_sample_mode = grad_sample_mode
+
+    def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
+              seed: int = 0, dp_seed: int | None = None) -> TrainOutcome:
+        """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
+
+        ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
+        leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
+        chooses the study seed) can regenerate the noise and subtract it from the update.
+        """
+        if not self.cohort.train:
+            raise DataError(f"site '{self.cohort.site}' has no training patients")
+        history = validated_history(accountant_history)
+        with self._seeded(seed):
+            model = self._load(weights).train()
+            sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
+            loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
+                                batch_size=self.study.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(sampling_seed))
+            optimizer = torch.optim.Adam(model.parameters(), lr=self.study.learning_rate)
+            private = None
+            trained: nn.Module = model
+            if self.study.dp:
+                private = make_private(model, optimizer, loader, self.study, history=history, noise_seed=sampling_seed,
+                                       grad_sample_mode=self.grad_sample_mode)
+                trained, optimizer, loader = private.model, private.optimizer, private.loader
+            steps, loss_sum, seen = 0, 0.0, 0
+            started = time.perf_counter()
+            for _ in range(self.study.local_epochs):
+                for items in loader:
+                    batch = PatientBatch(*items).to(self.device)
+                    steps += 1
+                    if private is not None and len(batch.tiles) == 0:
+                        private.step_without_patients()  # only Poisson sampling yields empty batches
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    losses = patient_loss(*trained(*batch.model_inputs()), batch.time_bin, batch.event, batch.subtype)
+                    with warnings.catch_warnings():
+                        # Opacus' hooks on the first layer fire although tile features need no gradient: harmless.
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        batch_loss(losses).backward()
+                    optimizer.step()
+                    loss_sum, seen = loss_sum + float(losses.detach().sum()), seen + len(losses)
+            train_seconds = time.perf_counter() - started
+            if private is not None:
+                history = private.history()
+                model = private.release()
+        epsilon = epsilon_spent(self.study.accountant, history, self.study.delta) if self.study.dp else 0.0
+        accounted = sum(entry[2] for entry in history) if self.study.dp else steps
+        metrics = {
+            "train-loss": loss_sum / seen if seen else float("nan"),
+            "epsilon": epsilon,
+            "delta": self.study.delta,
+            "noise-multiplier": self.study.noise_multiplier if self.study.dp else 0.0,
+            "max-grad-norm": self.study.max_grad_norm if self.study.dp else 0.0,
+            "steps": float(steps),
+            "total-steps": float(accounted),
+            "train-seconds": train_seconds,
+        }
+        state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+        return TrainOutcome(state, len(self.cohort.train), metrics, history)
+
+    def evaluate(self, weights: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
+        """Aggregate metrics on ``split`` ("test" or "train"): C-index with its pair counts, AUC, MCC, loss."""
+        splits = {"test": self.cohort.test, "train": self.cohort.train}
+        if split not in splits:
+            raise ConfigError(f"site '{self.cohort.site}': unknown split '{split}', expected one of {sorted(splits)}")
+        patients = splits[split]
+        if not patients:
+            nan = float("nan")
+            return {"c-index": nan, "concordant-pairs": 0.0, "comparable-pairs": 0.0, "auc": nan, "mcc": nan,
+                    "loss": nan, "num-examples": 0.0}
+        hazard_logits, subtype_logits, losses = self._infer(weights, patients)
+        labels = np.array([p.subtype for p in patients])
+        probabilities = torch.softmax(subtype_logits, dim=1).numpy()
+        pairs = concordance(np.array([p.time_months for p in patients]), risk_score(hazard_logits).numpy(),
+                            np.array([p.event for p in patients]))
+        return {
+            "c-index": pairs.c_index,
+            "concordant-pairs": float(pairs.concordant),
+            "comparable-pairs": float(pairs.comparable),
+            "auc": subtype_auc(labels, probabilities),
+            "mcc": subtype_mcc(labels, probabilities),
+            "loss": float(losses.mean()),
+            "num-examples": float(len(patients)),
+        }
+
+    def predict_risk(self, weights: dict[str, torch.Tensor], patients: Sequence[PatientRecord]) -> np.ndarray:
+        """Risk score per patient (higher = shorter predicted survival) from full bags in eval mode."""
+        for record in patients:
+            check_record(record, self.study)
+        return risk_score(self._infer(weights, patients)[0]).numpy()
+
+    def _infer(self, weights: dict[str, torch.Tensor],
+               patients: Sequence[PatientRecord]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hazard logits, subtype logits and per-patient losses (CPU) for ``patients``, in eval mode."""
+        model = self._load(weights).eval()
+        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad():
+            for start in range(0, len(patients), INFERENCE_BATCH_PATIENTS):
+                batch = collate_full_bags(patients[start : start + INFERENCE_BATCH_PATIENTS], self.study).to(self.device)
+                hazard, subtype = model(*batch.model_inputs())
+                losses = patient_loss(hazard, subtype, batch.time_bin, batch.event, batch.subtype)
+                outputs.append((hazard.cpu(), subtype.cpu(), losses.cpu()))
+        return tuple(torch.cat(column) for column in zip(*outputs))  # type: ignore[return-value]
+
+    def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
+        model = build_model(self.study)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ConfigError(f"site '{self.cohort.site}': received weights do not fit the study's model: {exc}") from exc
+        return model.to(self.device)
+
+    @contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """Seed torch's global RNG (dropout) for the block and restore it afterwards."""
+        cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            yield
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"`` -> the first CUDA device if there is one, else CPU; ``"cpu"``; ``"cuda"``/``"cuda:N"``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"device '{spec}' is not a device name (use 'auto', 'cpu' or 'cuda:N')") from exc
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise ConfigError(f"device '{spec}' requested but this machine has {available} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"device '{spec}' is not supported (use 'auto', 'cpu' or 'cuda:N')")
+    return device

@@ -1,0 +1,1 @@
+"""What defines a study: its configuration and its identity (hashed into ledger rounds and checkpoints)."""
