@@ -37,16 +37,16 @@ import openslide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dp_overhead import record_summary  # noqa: E402
+from dp_overhead import record_summary
 
-from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.study.config import StudyConfig  # noqa: E402
-from fedfusion.data.slides.feature_cache import FeatureCache  # noqa: E402
-from fedfusion.data.slides.slide_features import extract_slide_features, slide_tiles  # noqa: E402
-from fedfusion.data.synthetic.histology import render_slide  # noqa: E402
-from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff  # noqa: E402
-from fedfusion.data.synthetic.sites import draw_site_profiles  # noqa: E402
-from fedfusion.data.slides.tiling import TilingParams, plan_tiles  # noqa: E402
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.data.slides.feature_cache import FeatureCache
+from fedfusion.data.slides.slide_features import extract_slide_features, slide_tiles
+from fedfusion.data.slides.tiling import TilingParams, plan_tiles
+from fedfusion.data.synthetic.histology import render_slide
+from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
+from fedfusion.data.synthetic.sites import draw_site_profiles
+from fedfusion.study.config import StudyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SLIDES = 12

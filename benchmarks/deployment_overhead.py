@@ -32,7 +32,7 @@ from fedfusion.deployment.coordinator.state import DAEMON_FILE
 from fedfusion.provisioning.consortium import init_consortium
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dp_overhead import record_summary  # noqa: E402  (the shared README writer)
+from dp_overhead import record_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = ("site-a", "site-b", "site-c")

@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.site.trainer import SiteTrainer  # noqa: E402
-from fedfusion.study.config import StudyConfig  # noqa: E402
-from fedfusion.data.patient_records import PatientRecord, SiteCohort  # noqa: E402
-from fedfusion.models.fusion_model import build_model  # noqa: E402
-from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE  # noqa: E402
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.models.fusion_model import build_model
+from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATIENTS = 640

@@ -40,15 +40,16 @@ from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dp_overhead import record_summary  # noqa: E402
-from fedfusion.atomic_io import atomic_write_text  # noqa: E402
-from fedfusion.site.node_context import SiteContext  # noqa: E402
-from fedfusion.site.site_privacy import SitePrivacy  # noqa: E402
-from fedfusion.study.config import StudyConfig  # noqa: E402
-from fedfusion.privacy.site_policy import SitePolicy  # noqa: E402
-from fedfusion.site.secure_stages import secure_train, stage_handler  # noqa: E402
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY  # noqa: E402
-from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg  # noqa: E402
+from dp_overhead import record_summary
+
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY
+from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
+from fedfusion.privacy.site_policy import SitePolicy
+from fedfusion.site.node_context import SiteContext
+from fedfusion.site.secure_stages import secure_train, stage_handler
+from fedfusion.site.site_privacy import SitePrivacy
+from fedfusion.study.config import StudyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = 5

@@ -15,10 +15,10 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 
-from fedfusion.site.client_app import app
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort_index import SiteEntry, read_cohort_index, read_gene_panel
 from fedfusion.models.fusion_model import build_model
+from fedfusion.site.client_app import app
+from fedfusion.study.config import StudyConfig
 
 RUN_ID = 7
 SUPERLINK_NODE_ID = 1

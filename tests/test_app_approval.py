@@ -10,11 +10,11 @@ import pytest
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 
 import fedfusion
-from fedfusion.study.config import StudyConfig
-from fedfusion.deployment.site.app_approval import approve, load_approvals
 from fedfusion.deployment.coordinator.fleet_gateway import is_public
+from fedfusion.deployment.site.app_approval import approve, load_approvals
 from fedfusion.errors import AppNotApprovedError, ConfigError
 from fedfusion.simulation.flower_engine import write_flower_app
+from fedfusion.study.config import StudyConfig
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ import pytest
 
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.cli import main
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import DataError, SlideError
+from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig()
 KEPT_PATIENTS = 4
@@ -135,7 +135,7 @@ def site(small_cohort: Path, tmp_path: Path) -> tuple[Path, list[str]]:
     return site, list(manifest["patient_id"])
 
 
-def _load(site: Path, cache: Path, skip_bad: bool):  # noqa: ANN202
+def _load(site: Path, cache: Path, skip_bad: bool):
     return load_site_cohort(site, STUDY, gene_panel=read_gene_panel(site.parent / "gene_panel.txt"),
                             cnv_panel=read_gene_panel(site.parent / "cnv_panel.txt"), cache_dir=cache,
                             skip_bad=skip_bad)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fedfusion.cli import main
-from fedfusion.study.config import StudyConfig
+from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
-from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
+from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import study_id
 
 STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20, results_dir="/somewhere")

@@ -14,13 +14,13 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
-from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.data.patient_split import is_test_patient
 from fedfusion.errors import ConfigError, DataError, SlideError
+from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig()
 

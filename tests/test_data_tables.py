@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedfusion.data.findings import Findings
+from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.tables.clinical import read_clinical, subtype_index
 from fedfusion.data.tables.copy_number import CLIP_LOG2, LOG2_PER_UNIT, parse_copy_number
-from fedfusion.data.findings import Findings
 from fedfusion.data.tables.manifest import read_manifest
 from fedfusion.data.tables.omics import read_expression
-from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.tables.table_sources import TABLES_CONFIG_FILE, resolve_table_sources
 from fedfusion.errors import DataError
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedfusion.data.slides.slide_features import extract_slide_features
-from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.slides.tiling import TilingParams, iter_tiles, plan_tiles
+from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import SlideError
 
 PARAMS = TilingParams(tile_size=256, target_mpp=0.5, max_background=0.6)

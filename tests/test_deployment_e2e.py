@@ -31,10 +31,10 @@ from process_scan import processes_with_marker
 
 from fedfusion.data.cohort_index import CNV_PANEL_FILE
 from fedfusion.data.synthetic import generate_cohort
-from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE
 from fedfusion.deployment.coordinator.state import DAEMON_FILE
-from fedfusion.deployment.processes import descendants
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl, pem_of
+from fedfusion.deployment.processes import descendants
+from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE
 from fedfusion.privacy.ledger import ledgers_in
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen

@@ -7,13 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from flower_site import call_site, deployed_node_config, small_study
 
 from fedfusion.cli import main
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import PrivacyError
 from fedfusion.privacy.egress_record import EGRESS_FILE, GENESIS, EgressRecord, serialize
-
-from flower_site import call_site, deployed_node_config, small_study
 
 
 def _record(tmp_path: Path, count: int = 3) -> EgressRecord:

@@ -15,19 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from flower_site import small_study
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
-from fedfusion.site.egress_mod import PAYLOAD_DIR
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.simulation.local_study import simulate_study
-
-from flower_site import small_study
+from fedfusion.site.egress_mod import PAYLOAD_DIR
+from fedfusion.site.node_context import SIMULATED_SITES_DIR
 
 pytestmark = pytest.mark.slow
 ROUNDS = 2

@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from fedfusion.models.survival_loss import (SUBTYPE_LOSS_WEIGHT, patient_loss, risk_score, survival_nll,
-                                             time_to_bin)
+from fedfusion.models.survival_loss import SUBTYPE_LOSS_WEIGHT, patient_loss, risk_score, survival_nll, time_to_bin
 
 
 def test_time_to_bin_uses_left_closed_intervals() -> None:

@@ -10,11 +10,11 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedfusion.study.config import StudyConfig
-from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
 from fedfusion.data.patient_records import PatientRecord
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion_model import build_model
+from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
+from fedfusion.study.config import StudyConfig
 
 BASE = StudyConfig(hidden_dim=8, tile_feature_dim=6, omics_dim=5, cnv_dim=3, tiles_per_patient=4, num_subtypes=3,
                    time_bins="12,24,36")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from opacus.accountants import create_accountant
 
-from fedfusion.site.trainer import SiteTrainer
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import PrivacyError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.accounting import epsilon_spent, restore_accountant
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig(hidden_dim=4, tile_feature_dim=3, omics_dim=4, tiles_per_patient=2, batch_size=4,
                     noise_multiplier=1.1, local_epochs=2)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from flower_site import call_site, deployed_node_config, small_study
 from opacus.accountants import create_accountant
 
 from fedfusion.data.cohort_index import read_cohort_index
@@ -19,8 +20,6 @@ from fedfusion.errors import PrivacyError
 from fedfusion.privacy.accounting import planned_round
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import SitePolicy
-
-from flower_site import call_site, deployed_node_config, small_study
 
 TESTS_DIR = Path(__file__).resolve().parent
 ROUNDS = [(1.0, 1 / 3, 6), (1.0, 1 / 3, 6), (1.5, 1 / 4, 8)]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fedfusion.study.config import StudyConfig
-from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
 from fedfusion.data.patient_records import PatientRecord
 from fedfusion.models.fusion_model import build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
+from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
+from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig(dp=False, noise_multiplier=0.0, max_grad_norm=0.05, dropout=0.0, hidden_dim=8,
                     tile_feature_dim=6, omics_dim=5, tiles_per_patient=4, time_bins="10,20")
@@ -45,7 +45,7 @@ def per_patient_grads(model: torch.nn.Module, records: list[PatientRecord]) -> l
     return grads
 
 
-def private_for(model: torch.nn.Module, records: list[PatientRecord], mode: str):  # noqa: ANN201
+def private_for(model: torch.nn.Module, records: list[PatientRecord], mode: str):
     loader = DataLoader(PatientBagDataset(records, STUDY), batch_size=len(records))
     return make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, STUDY, grad_sample_mode=mode)
 

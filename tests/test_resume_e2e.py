@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 from process_scan import processes_with_marker
 
-from fedfusion.site.round_replay import REPLIES_DIR
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
-from fedfusion.study.config import StudyConfig
+from fedfusion.coordinator.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import ledgers_in
-from fedfusion.coordinator.checkpoint import CHECKPOINT_DIR, STATE_FILE
+from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.site.round_replay import REPLIES_DIR
+from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import study_id
 
 pytestmark = pytest.mark.slow

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from flower_site import call_site, deployed_node_config, instruction, site_context, small_study
 from flwr.app import ArrayRecord, Message
 
-from fedfusion.site.client_app import app
-from fedfusion.site.round_replay import RoundReplay
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import SitePolicy
+from fedfusion.site.client_app import app
+from fedfusion.site.round_replay import RoundReplay
 from fedfusion.study.identity import study_id
-
-from flower_site import call_site, deployed_node_config, instruction, site_context, small_study
 
 
 def _weights(reply: Message) -> dict[str, torch.Tensor]:

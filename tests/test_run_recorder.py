@@ -1,7 +1,7 @@
 """The coordinator's live progress lines say what the operator needs: patients, epsilon, and secure aggregation."""
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.coordinator.run_recorder import RunRecorder
+from fedfusion.study.config import StudyConfig
 
 
 def test_train_line_shows_patients_epsilon_and_how_many_sites_were_securely_aggregated() -> None:

@@ -17,8 +17,8 @@ from fedfusion.secure_aggregation import (
     SecAggSite,
     SecureAverage,
     UnmaskRequest,
+    shamir,
 )
-from fedfusion.secure_aggregation import shamir
 from fedfusion.secure_aggregation.quantize import scaled_quantized_vector
 
 SHAPES = {"attention.weight": (64, 128), "attention.bias": (128,), "head.weight": (16, 100)}

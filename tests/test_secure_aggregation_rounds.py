@@ -12,24 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flower_site import call_site, deployed_node_config, small_study
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp.strategy import Result
+from loopback_grid import LoopbackGrid
 
-from fedfusion.site.client_app import SITE_REFUSAL_CODE, app
-from fedfusion.study.config import StudyConfig
+from fedfusion.coordinator.secure_stages import MESSAGE_TYPE
+from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg, secagg_threshold
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.coordinator.secure_stages import MESSAGE_TYPE
 from fedfusion.secure_aggregation.messages import UnmaskRequest
 from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD, stage_of, unmask_request
-from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg, secagg_threshold
-from flower_site import call_site, deployed_node_config, small_study
-from loopback_grid import LoopbackGrid
+from fedfusion.site.client_app import SITE_REFUSAL_CODE, app
+from fedfusion.study.config import StudyConfig
 
 DEFAULT_CLIPPING_RANGE = SecAggConfig(num_sites=3, threshold=2).clipping_range
 FLOAT32_SLACK = 1e-6

@@ -20,16 +20,16 @@ import pytest
 import torch
 from flwr.common.serde import message_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
+from process_scan import processes_with_marker
 
-from fedfusion.site.egress_mod import PAYLOAD_DIR
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.coordinator.run_recorder import MODEL_FILE, ROUND_METRICS_FILE
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.coordinator.run_recorder import MODEL_FILE, ROUND_METRICS_FILE
-from process_scan import processes_with_marker
+from fedfusion.site.egress_mod import PAYLOAD_DIR
+from fedfusion.site.node_context import SIMULATED_SITES_DIR
 
 pytestmark = pytest.mark.slow
 SITES = 3

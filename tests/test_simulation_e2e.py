@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from process_scan import processes_with_marker
 import torch
+from process_scan import processes_with_marker
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
+from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.simulation.baselines import held_out_c_index
 from fedfusion.site.node_context import SIMULATED_SITES_DIR
 from fedfusion.site.trainer import SiteTrainer
-from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
+from fedfusion.study.config import StudyConfig
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from fedfusion.errors import ConfigError, SlideError
 from fedfusion.site.cohort_memo import load_cohort_once
 from fedfusion.site.node_context import resolve_site_context
 from fedfusion.study.config import StudyConfig
-from fedfusion.errors import ConfigError, SlideError
 
 
 def _node_config(site_dir: Path, cohort: Path, cache: Path, **extra: str) -> dict[str, str]:

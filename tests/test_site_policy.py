@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flower_site import call_site, deployed_node_config, small_study
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import ConfigError
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import SitePolicy, load_policy
-
-from flower_site import call_site, deployed_node_config, small_study
+from fedfusion.study.config import StudyConfig
 
 POLICIES = {
     "site-a": "min-noise-multiplier = 0.8\nmax-grad-norm = 2.0\ndelta = 1e-5\n",

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.slides.feature_cache import FeatureCache
-from fedfusion.data.slides.stain.macenko import OD_THRESHOLD, TARGET_STAINS, estimate_stains, optical_density
 from fedfusion.data.slides.slide_features import slide_tiles
+from fedfusion.data.slides.stain.macenko import OD_THRESHOLD, TARGET_STAINS, estimate_stains, optical_density
 from fedfusion.data.slides.stain.reinhard import TARGET_LAB_MEAN, TISSUE_MAX_L, lab_to_rgb, rgb_to_lab
+from fedfusion.data.slides.tiling import TilingParams, plan_tiles
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.synthetic.sites import draw_site_profiles
-from fedfusion.data.slides.tiling import TilingParams, plan_tiles
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 
 @pytest.fixture(scope="module")

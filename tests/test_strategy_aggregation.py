@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, SiteReply

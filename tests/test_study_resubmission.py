@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
 from fedfusion.deployment.coordinator.study import app_hash, prepare_study, resubmission
 from fedfusion.deployment.coordinator.study_resume import MAX_SUBMISSIONS, StudyResumer
 from fedfusion.deployment.coordinator.study_state import FAILED, RUNNING, read_study, write_study
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 
 def test_the_study_id_is_in_the_app_and_a_resubmission_keeps_the_same_fab(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import openslide
 import pandas as pd
 import pytest
+from conftest import SMALL_COHORT
 from lifelines.utils import concordance_index
 
-from conftest import SMALL_COHORT
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.synthetic import generate_cohort

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
 from fedfusion.data.slides.slide_hash_index import file_sha256
 from fedfusion.data.slides.tile_encoder import TORCHSCRIPT_PREFIX, get_tile_encoder
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 FEATURES = 5
 

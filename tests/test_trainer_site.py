@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedfusion.site.trainer import SiteTrainer, resolve_device
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
+from fedfusion.site.trainer import SiteTrainer, resolve_device
+from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig(hidden_dim=16, tile_feature_dim=8, omics_dim=20, tiles_per_patient=8, batch_size=32,
                     learning_rate=0.01, local_epochs=6, noise_multiplier=0.5, max_grad_norm=1.0, dropout=0.0)

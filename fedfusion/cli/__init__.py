@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedfusion.cli.coordinator import register as register_coordinator
-from fedfusion.errors import ConfigError, FedfusionError
 from fedfusion.cli.provision import register as register_provision
 from fedfusion.cli.site import REGISTRARS as SITE_COMMANDS
+from fedfusion.errors import ConfigError, FedfusionError
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -102,9 +102,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedfusion.study.config import StudyConfig
     from fedfusion.coordinator.progress_log import quiet_flower_console
     from fedfusion.simulation.local_study import simulate_study
+    from fedfusion.study.config import StudyConfig
 
     if not args.verbose:
         quiet_flower_console()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.deployment.coordinator.service import DEFAULT_SUPERLINK_PORT, CoordinatorOptions, run_coordinator
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
-from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.deployment.coordinator.study import prepare_study, prepared_study, resubmission, run_study
 from fedfusion.deployment.coordinator.study_state import FINISHED
+from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

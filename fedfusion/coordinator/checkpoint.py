@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import json
+import pickle
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
-from fedfusion.study.config import StudyConfig
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import config_hash, defining_config, study_id
 
 CHECKPOINT_DIR = "checkpoint"
@@ -107,7 +107,7 @@ class CoordinatorCheckpoint:
             "num_rounds": checkpoint.num_rounds, "finished": checkpoint.finished, "arrays_file": arrays_file,
             "arrays_sha256": hashlib.sha256(data).hexdigest(), "site_rows": checkpoint.site_rows,
             "round_rows": checkpoint.round_rows,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write_text(self.state_path, json.dumps(state, indent=1) + "\n")
         for old in self.directory.glob("global-round-*.pt"):

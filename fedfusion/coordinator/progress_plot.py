@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from fedfusion.atomic_io import atomic_write  # noqa: E402
+from fedfusion.atomic_io import atomic_write
 
 
 def write_progress_plot(site_table: pd.DataFrame, round_table: pd.DataFrame, path: Path) -> None:

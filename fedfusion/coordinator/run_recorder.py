@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
-from fedfusion.study.config import StudyConfig
 from fedfusion.coordinator.progress_plot import write_progress_plot
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import NOT_AGGREGATED_KEY, SiteReply
+from fedfusion.study.config import StudyConfig
 
 SITE_METRICS_FILE = "site_metrics.csv"
 ROUND_METRICS_FILE = "round_metrics.csv"

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.messages import SecureAverage
+from fedfusion.secure_aggregation.server import SecAggServer
 from fedfusion.secure_aggregation.wire_records import (
     QUERY_ACTION,
     SECAGG_RECORD,
@@ -30,7 +31,6 @@ from fedfusion.secure_aggregation.wire_records import (
     share_keys_request,
     unmask_request,
 )
-from fedfusion.secure_aggregation.server import SecAggServer
 
 MESSAGE_TYPE = f"query.{QUERY_ACTION}"
 

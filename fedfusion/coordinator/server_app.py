@@ -16,13 +16,13 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedfusion.study.config import StudyConfig
-from fedfusion.models.fusion_model import build_model
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.coordinator.progress_log import emit_progress
 from fedfusion.coordinator.resumed_rounds import run_rounds
 from fedfusion.coordinator.run_recorder import RunRecorder
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
+from fedfusion.models.fusion_model import build_model
+from fedfusion.study.config import StudyConfig
 
 app = ServerApp()
 

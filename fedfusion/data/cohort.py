@@ -15,20 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfusion.study.config import StudyConfig
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES
-from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.findings import Findings
-from fedfusion.data.tables.manifest import ManifestEntry
-from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
-from fedfusion.data.tables.site_tables import read_site_tables
+from fedfusion.data.patient_split import is_test_patient
 from fedfusion.data.progress import progress_bar
+from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.slide_features import extract_slide_features
 from fedfusion.data.slides.slide_reader import check_slide_file
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.data.slides.tiling import TilingParams
+from fedfusion.data.tables.clinical import STUDY_SUBTYPES
+from fedfusion.data.tables.manifest import ManifestEntry
+from fedfusion.data.tables.site_tables import read_site_tables
 from fedfusion.errors import ConfigError, DataError, SlideError
+from fedfusion.study.config import StudyConfig
+
 
 @dataclass(frozen=True)
 class _SlideJob:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedfusion.study.config import MODALITIES, StudyConfig
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion import build_fusion
 from fedfusion.models.snn import SelfNormalizingNetwork
+from fedfusion.study.config import MODALITIES, StudyConfig
 
 
 class MultimodalFusionModel(nn.Module):

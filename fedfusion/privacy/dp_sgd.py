@@ -13,7 +13,6 @@ The generator itself (Philox/Mersenne) is not a CSPRNG: a known gap, to close wh
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,9 +23,9 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.models.survival_loss import LOSS_REDUCTION
 from fedfusion.privacy.accounting import AccountantHistory, history_of, restore_accountant
+from fedfusion.study.config import StudyConfig
 
 GRAD_SAMPLE_MODE = "hooks"
 """Opacus per-sample-gradient mode. With the tile-level Linear layers on ``[B, K, F]`` inputs and the small

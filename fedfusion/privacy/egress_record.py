@@ -23,7 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ class EgressRecord:
             handle.seek(0)
             lines = handle.read().splitlines()
             prev = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
-            full = {"seq": len(lines), "time": datetime.now(timezone.utc).isoformat(), "prev": prev, **entry}
+            full = {"seq": len(lines), "time": datetime.now(UTC).isoformat(), "prev": prev, **entry}
             handle.write(json.dumps(full, sort_keys=True).encode() + b"\n")
             handle.flush()
             os.fsync(handle.fileno())

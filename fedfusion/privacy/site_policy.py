@@ -27,8 +27,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedfusion.study.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
 from fedfusion.errors import ConfigError, PrivacyError
+from fedfusion.study.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
 
 POLICY_FILE_NAME = "privacy_policy.toml"
 """The policy file a simulated site reads from its own data folder."""

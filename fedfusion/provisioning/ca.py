@@ -38,7 +38,7 @@ def create_ca(consortium_name: str) -> CertificateAuthority:
     """A new CA named after the consortium (key usage: certificate and CRL signing only)."""
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium_name} CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

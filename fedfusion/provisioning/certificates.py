@@ -24,7 +24,7 @@ def issue_server_certificate(
     if not addresses:
         raise ConfigError(f"coordinator {common_name!r}: at least one --coordinator-address is needed")
     key = ec.generate_private_key(ec.SECP384R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

@@ -42,7 +42,6 @@ from fedfusion.secure_aggregation.messages import (
 from fedfusion.secure_aggregation.quantize import check_weight, layout_of, scaled_quantized_vector
 from fedfusion.secure_aggregation.shamir import create_shares
 
-
 Secret = Union[int, bytes, list[int], list[bytes]]
 """A value of a site's kept secrets (what Flower's ConfigRecord holds)."""
 

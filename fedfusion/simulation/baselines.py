@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedfusion.site.trainer import SiteTrainer
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.evaluation.metrics import concordance
 from fedfusion.models.fusion_model import build_model
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
 
 
 @dataclass(frozen=True)

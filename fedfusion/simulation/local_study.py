@@ -20,16 +20,16 @@ import pandas as pd
 import torch
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.study.config import StudyConfig
+from fedfusion.coordinator.checkpoint import CoordinatorCheckpoint
+from fedfusion.coordinator.run_recorder import MODEL_FILE
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import CohortIndex, SiteEntry, read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
-from fedfusion.coordinator.checkpoint import CoordinatorCheckpoint
-from fedfusion.coordinator.run_recorder import MODEL_FILE
 from fedfusion.simulation.baselines import format_table, run_baselines
 from fedfusion.simulation.flower_engine import run_in_simulation_engine
+from fedfusion.study.config import StudyConfig
 
 BASELINES_CSV = "baselines.csv"
 BASELINES_MD = "baselines.md"

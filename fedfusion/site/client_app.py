@@ -19,22 +19,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.app import Error
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
+from fedfusion.errors import PrivacyError
+from fedfusion.privacy.accounting import history_delta, planned_round
+from fedfusion.secure_aggregation.wire_records import QUERY_ACTION
 from fedfusion.site.cohort_memo import load_cohort_once
 from fedfusion.site.egress_mod import egress_record_mod
-from fedfusion.site.round_replay import RoundReplay, StoredReply
 from fedfusion.site.node_context import SiteContext, resolve_site_context
+from fedfusion.site.round_replay import RoundReplay, StoredReply
+from fedfusion.site.secure_stages import secure_train, stage_handler
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
-from fedfusion.errors import PrivacyError
-from fedfusion.privacy.accounting import history_delta, planned_round
-from fedfusion.site.secure_stages import secure_train, stage_handler
-from fedfusion.secure_aggregation.wire_records import QUERY_ACTION
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
 from fedfusion.study.identity import study_id
 
 logger = logging.getLogger(__name__)

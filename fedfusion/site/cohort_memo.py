@@ -6,11 +6,11 @@ feature files within one long-lived process (a simulation actor or a site daemon
 
 from __future__ import annotations
 
-from fedfusion.site.node_context import SiteContext
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.site.node_context import SiteContext
+from fedfusion.study.config import StudyConfig
 
 _MEMO: dict[tuple[SiteContext, StudyConfig], SiteCohort] = {}
 

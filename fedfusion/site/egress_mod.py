@@ -15,11 +15,11 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedfusion.atomic_io import atomic_write_bytes
+from fedfusion.errors import ConfigError
+from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord, describe, serialize
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.site_privacy import resolve_ledger_dir, resolve_site_privacy
 from fedfusion.study.config import StudyConfig
-from fedfusion.errors import ConfigError
-from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord, describe, serialize
 
 logger = logging.getLogger(__name__)
 

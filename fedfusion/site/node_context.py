@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 PARTITION_ID_KEY = "partition-id"
 SIMULATED_SITES_DIR = "sites"

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fedfusion.study.config import MODALITIES, StudyConfig
 from fedfusion.data.patient_records import PatientRecord
 from fedfusion.errors import DataError
 from fedfusion.models.survival_loss import time_to_bin
+from fedfusion.study.config import MODALITIES, StudyConfig
 
 PatientItem = tuple[torch.Tensor, ...]
 """One patient: tiles ``[K, F]``, tile_mask ``[K]``, omics ``[G]`` (``genomic_input``), modality_mask ``[3]``,

@@ -17,11 +17,10 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedfusion.site.node_context import SiteContext
-from fedfusion.site.site_privacy import SitePrivacy
-from fedfusion.study.config import StudyConfig
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY
 from fedfusion.errors import PrivacyError
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
+from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.secure_aggregation.wire_records import (
     MASKED_INPUT,
     SECAGG_RECORD,
@@ -39,8 +38,9 @@ from fedfusion.secure_aggregation.wire_records import (
     stage_of,
     unmask_shares_record,
 )
-from fedfusion.secure_aggregation.site import SecAggSite
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY
+from fedfusion.site.node_context import SiteContext
+from fedfusion.site.site_privacy import SitePrivacy
+from fedfusion.study.config import StudyConfig
 
 Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
 

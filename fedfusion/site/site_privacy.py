@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfusion.site.node_context import SiteContext
 from fedfusion.privacy.ledger import LEDGER_DIR_NAME, PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME, SitePolicy, load_policy
+from fedfusion.site.node_context import SiteContext
 
 LEDGER_DIR_KEY = "ledger-dir"
 POLICY_FILE_KEY = "policy-file"

@@ -7,21 +7,17 @@ privacy ledger in, and sends the returned weights and aggregate metrics out. Not
 from __future__ import annotations
 
 import secrets
-import warnings
-
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from contextlib import contextmanager
-
 import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedfusion.study.config import StudyConfig
-from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.evaluation.metrics import concordance, subtype_auc, subtype_mcc
@@ -29,6 +25,8 @@ from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
+from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
+from fedfusion.study.config import StudyConfig
 
 INFERENCE_BATCH_PATIENTS = 32
 """Patients per forward pass at inference (full bags, so memory grows with the longest bag)."""

@@ -12,13 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.cohort_index import CNV_PANEL_FILE, GENE_PANEL_FILE, read_gene_panel
 from fedfusion.data.findings import Finding
 from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
 from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.deployment.site.connectivity import check_connection
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import StudyConfig
 
 PATIENTS_SHOWN = 10
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
 from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.deployment.site.daemon import DEFAULT_RUNTIME_PORT, SiteOptions, run_site
+from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
 
 NODE_CONFIG_OPTIONS = {
     "data_dir": "data-dir", "gene_panel": "gene-panel", "cache_dir": "cache-dir", "device": "device",

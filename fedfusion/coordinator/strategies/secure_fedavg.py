@@ -24,12 +24,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedfusion.study.config import SECURE_AGGREGATION_MODES
+from fedfusion.coordinator.secure_stages import secure_round
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, ReplyListener, RoundListener
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.coordinator.secure_stages import secure_round
 from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD, train_request
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, ReplyListener, RoundListener
+from fedfusion.study.config import SECURE_AGGREGATION_MODES
 
 AUTO_MIN_SITES = 3
 """With secure-aggregation = "auto", rounds with at least this many sampled sites are secure."""

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfusion.data.slides.stain.macenko import estimate_stains, macenko_normalize
 from fedfusion.data.progress import progress_bar
+from fedfusion.data.slides.stain.macenko import estimate_stains, macenko_normalize
 from fedfusion.data.slides.stain.reinhard import reinhard_normalize, tissue_lab_stats
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.data.slides.tiling import TilePlan, TilingParams, batched, iter_tiles, plan_tiles, require_tissue

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.data.slides.slide_reader import open_slide, read_rgb, slide_mpp
 from fedfusion.data.slides.tissue_mask import detect_tissue
 from fedfusion.errors import SlideError
+from fedfusion.study.config import StudyConfig
 
 MPP_TOLERANCE = 0.05
 """Relative slack when comparing resolutions: a 20x scan at 0.503 um/px still serves a 0.5 um/px target."""

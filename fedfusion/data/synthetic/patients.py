@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES
 from fedfusion.data.synthetic.sites import SiteProfile
+from fedfusion.data.tables.clinical import STUDY_SUBTYPES
+from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
 
 SUBTYPES = STUDY_SUBTYPES
 """Subtype names of the synthetic study (sorted, so the name's position is its class index)."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
+
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.table_files import check_columns, read_text_table
+from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
 
 STUDY_SUBTYPES = ("basal", "her2", "luminal")
 """Subtype names of the study; index = position in the sorted list, anything else is unknown (-1)."""

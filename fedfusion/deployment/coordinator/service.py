@@ -28,21 +28,21 @@ from types import FrameType
 
 import uvicorn
 
+from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH, gateway_server
+from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
+from fedfusion.deployment.coordinator.registry_sync import sync_registry
 from fedfusion.deployment.coordinator.state import (
     CoordinatorPaths,
     DaemonInfo,
     clear_daemon_info,
-    write_cli_connection,
     running_daemon,
+    write_cli_connection,
     write_daemon_info,
 )
-from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH, gateway_server
-from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
-from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
-from fedfusion.deployment.coordinator.registry_sync import sync_registry
 from fedfusion.deployment.coordinator.study_resume import StudyResumer
 from fedfusion.deployment.coordinator.study_state import interrupted_studies
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl
+from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
 from fedfusion.provisioning.consortium import COORDINATOR_DIR, SUPERLINK_CERT_FILE, SUPERLINK_KEY_FILE
 from fedfusion.provisioning.registry import REGISTRY_FILE, load_registry

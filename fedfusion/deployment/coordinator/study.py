@@ -22,9 +22,7 @@ from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
-from fedfusion.study.config import StudyConfig
 from fedfusion.deployment.coordinator.state import CONNECTION_NAME, CoordinatorPaths, read_daemon_info, running_daemon
-from fedfusion.deployment.processes import flower_env, flower_script
 from fedfusion.deployment.coordinator.study_state import (
     FAILED,
     FINISHED,
@@ -38,8 +36,10 @@ from fedfusion.deployment.coordinator.study_state import (
     study_folder,
     write_study,
 )
+from fedfusion.deployment.processes import flower_env, flower_script
 from fedfusion.errors import ConfigError
 from fedfusion.simulation.flower_engine import write_flower_app
+from fedfusion.study.config import StudyConfig
 
 RESULTS_MARKER = "metrics.json"
 """Written by the ServerApp's recorder when the study completes; lists each site's reply per round."""

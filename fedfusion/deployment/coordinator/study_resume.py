@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
-from fedfusion.deployment.processes import start_process, stop_process
 from fedfusion.deployment.coordinator.study_state import FAILED, ended, interrupted_studies, read_study, write_study
+from fedfusion.deployment.processes import start_process, stop_process
 
 logger = logging.getLogger("fedfusion.coordinator")
 

@@ -70,4 +70,4 @@ def interrupted_studies(paths: CoordinatorPaths) -> list[str]:
 
 def now() -> str:
     """The current UTC time, ISO format."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

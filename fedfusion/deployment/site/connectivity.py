@@ -65,7 +65,7 @@ def _check_certificate(path: Path, what: str, result: ConnectionCheck) -> None:
 
 
 def _check_dates(cert: x509.Certificate, what: str, result: ConnectionCheck) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     left = cert.not_valid_after_utc - now
     if cert.not_valid_before_utc > now or left.total_seconds() <= 0:
         result.findings.error(what, f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
@@ -100,10 +100,10 @@ def _check_coordinator(host: str, port: int, ca_file: Path, result: ConnectionCh
         if der:
             _check_dates(x509.load_der_x509_certificate(der), f"{where} certificate", result)
         connection = http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=context)
-        sent = datetime.datetime.now(datetime.timezone.utc)
+        sent = datetime.datetime.now(datetime.UTC)
         connection.request("GET", HEALTH_PATH)
         response = connection.getresponse()
-        received = datetime.datetime.now(datetime.timezone.utc)
+        received = datetime.datetime.now(datetime.UTC)
         date_header = response.getheader("Date")
         response.read()
         connection.close()
@@ -121,7 +121,7 @@ def _check_coordinator(host: str, port: int, ca_file: Path, result: ConnectionCh
         return
     theirs = email.utils.parsedate_to_datetime(date_header)
     if theirs.tzinfo is None:  # "GMT" parses as naive; HTTP dates are always UTC
-        theirs = theirs.replace(tzinfo=datetime.timezone.utc)
+        theirs = theirs.replace(tzinfo=datetime.UTC)
     ours = sent + (received - sent) / 2
     skew = (ours - theirs).total_seconds()  # > 0: this site's clock is ahead
     text = f"this site's clock is {abs(skew):.1f} s {'ahead of' if skew >= 0 else 'behind'} the coordinator's"

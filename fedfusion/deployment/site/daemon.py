@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.site.connection_watch import ConnectionWatch
-from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
 from fedfusion.provisioning.key_files import write_private
 from fedfusion.provisioning.site_bundle import SITE_TOML_FILE
