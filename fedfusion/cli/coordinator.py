@@ -19,7 +19,7 @@ from fedfusion.errors import ConfigError
 from fedfusion.study.config import StudyConfig
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``coordinator`` and ``study`` commands."""
     coordinator = commands.add_parser("coordinator", help="run the coordinator (SuperLink + Fleet gateway)")
     actions = coordinator.add_subparsers(title="coordinator commands", required=True, metavar="COORDINATOR_COMMAND")

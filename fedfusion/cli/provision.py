@@ -23,7 +23,7 @@ from fedfusion.provisioning.consortium import (
 from fedfusion.provisioning.site_keys import SITE_PUBLIC_KEY_FILE, fingerprint, keygen
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``provision`` command and its subcommands."""
     provision = commands.add_parser(
         "provision", help="create a consortium's CA, coordinator certificate and site keys",

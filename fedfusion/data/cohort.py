@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
@@ -116,9 +117,9 @@ def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequen
 def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder: str, cache: FeatureCache,
                     device: str, fallback_mpp: float | None, skip_bad: bool, workers: int,
                     report: Callable[[str], None],
-                    encoder_file: Path | None) -> tuple[dict[Path, np.ndarray], list[str]]:
+                    encoder_file: Path | None) -> tuple[dict[Path, npt.NDArray[np.float32]], list[str]]:
     """Features of every slide (from the cache or extracted), and notes on slides skipped as bad."""
-    features: dict[Path, np.ndarray] = {}
+    features: dict[Path, npt.NDArray[np.float32]] = {}
     notes: list[str] = []
     jobs: list[_SlideJob] = []
     owner: dict[Path, str] = {}
@@ -157,7 +158,8 @@ def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder:
 
 
 def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: str, fallback_mpp: float | None,
-             workers: int, encoder_file: Path | None) -> Iterator[tuple[_SlideJob, np.ndarray | SlideError]]:
+             workers: int, encoder_file: Path | None
+             ) -> Iterator[tuple[_SlideJob, npt.NDArray[np.float32] | SlideError]]:
     """Extract the jobs' features in order, serially or in a process pool (one OpenSlide handle per task)."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
@@ -171,7 +173,7 @@ def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: 
         futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file,
                                1 + index % workers)
                    for index, job in enumerate(jobs)]
-        for job, future in zip(jobs, futures):
+        for job, future in zip(jobs, futures, strict=True):
             try:
                 yield job, future.result()
             except SlideError as error:

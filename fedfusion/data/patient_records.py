@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,18 @@ class PatientRecord:
     """
 
     patient_id: str
-    tile_features: np.ndarray | None
+    tile_features: npt.NDArray[np.float32] | None
     """``[num_tiles, tile_feature_dim]`` float32 features of the patient's tissue tiles (all slides)."""
-    omics: np.ndarray | None
+    omics: npt.NDArray[np.float32] | None
     """``[omics_dim]`` float32: log2(TPM+1) on the study's gene panel, z-scored within the patient."""
-    clinical: np.ndarray
+    clinical: npt.NDArray[np.float32]
     """``[clinical_dim]`` float32 covariates normalised with study-fixed constants."""
     time_months: float
     event: int
     """1 if death was observed at ``time_months``, 0 if censored then."""
     subtype: int
     """Class index in ``[0, num_subtypes)``; -1 when unknown (then excluded from the subtype loss)."""
-    copy_number: np.ndarray | None = None
+    copy_number: npt.NDArray[np.float32] | None = None
     """``[cnv_dim]`` float32 log2 copy-number ratios on the study's copy-number panel (clipped, in units of about
     one copy: ``fedfusion.data.tables.copy_number``), or None."""
 

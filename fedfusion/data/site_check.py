@@ -61,11 +61,14 @@ class SiteCheck:
 
 def check_site(site_dir: Path, gene_panel: Sequence[str], fallback_mpp: float | None = None,
                subtypes: Sequence[str] = STUDY_SUBTYPES, *, cnv_panel: Sequence[str] | None = None,
-               params: TilingParams = TilingParams.from_study(StudyConfig()), skip_bad: bool = False) -> SiteCheck:
+               params: TilingParams | None = None, skip_bad: bool = False) -> SiteCheck:
     """Validate the site folder ``site_dir`` (tables, cross-references, every slide) and collect all problems.
 
-    ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet.
+    ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet;
+    by default those of a default ``StudyConfig``.
     """
+    if params is None:
+        params = TilingParams.from_study(StudyConfig())
     findings = Findings()
     if not site_dir.is_dir():
         findings.error(f"site {site_dir.name}", f"directory {site_dir} does not exist")

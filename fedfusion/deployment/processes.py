@@ -7,6 +7,7 @@ stopped by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,7 +97,5 @@ def _groups_of(pids: list[int]) -> set[int]:
 
 def _signal_groups(pgids: set[int], sig: signal.Signals) -> None:
     for pgid in pgids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass

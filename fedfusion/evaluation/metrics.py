@@ -8,8 +8,10 @@ to within-site pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from lifelines.utils import concordance_index
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
@@ -27,7 +29,7 @@ class Concordance:
         return self.concordant / self.comparable if self.comparable else float("nan")
 
 
-def concordance(times: np.ndarray, risks: np.ndarray, events: np.ndarray) -> Concordance:
+def concordance(times: npt.ArrayLike, risks: npt.ArrayLike, events: npt.ArrayLike) -> Concordance:
     """C-index where a higher risk means shorter survival, with its pair counts.
 
     A pair is comparable, as in lifelines, when the earlier time is an observed event, or when the times tie
@@ -47,7 +49,7 @@ def pooled_c_index(parts: list[Concordance]) -> float:
     return Concordance(sum(p.concordant for p in parts), sum(p.comparable for p in parts)).c_index
 
 
-def subtype_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+def subtype_auc(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
     """Macro one-vs-rest AUC over the classes present among ``labels`` (-1 = unknown, ignored).
 
     ``probabilities`` is ``[N, num_classes]``. NaN when fewer than two classes are present.
@@ -60,7 +62,7 @@ def subtype_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
-def subtype_mcc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+def subtype_mcc(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
     """Matthews correlation of the arg-max prediction (unknown labels ignored; NaN when none is known)."""
     labels, probabilities = _known(labels, probabilities)
     if len(labels) == 0:
@@ -68,13 +70,14 @@ def subtype_mcc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(matthews_corrcoef(labels, probabilities.argmax(axis=1)))
 
 
-def _known(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels)
-    keep = labels >= 0
-    return labels[keep], np.asarray(probabilities)[keep]
+def _known(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The labels (any dtype given) that are known (``>= 0``) and their rows of ``probabilities``."""
+    known_labels = np.asarray(labels)
+    keep = known_labels >= 0
+    return known_labels[keep], np.asarray(probabilities)[keep]
 
 
-def _comparable_pairs(times: np.ndarray, events: np.ndarray) -> int:
+def _comparable_pairs(times: npt.NDArray[np.float64], events: npt.NDArray[np.float64]) -> int:
     died = events == 1
     earlier = (times[:, None] < times[None, :]) | ((times[:, None] == times[None, :]) & ~died[None, :])
     return int((earlier & died[:, None]).sum())

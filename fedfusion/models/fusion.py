@@ -26,7 +26,8 @@ class ConcatFusion(nn.Module):
     def forward(self, embeddings: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """Fuse ``M`` embeddings ``[B, embed_dim]`` given ``present`` ``[B, M]`` into ``[B, out_dim]``."""
         masked = [embedding * present[:, i : i + 1] for i, embedding in enumerate(embeddings)]
-        return self.project(torch.cat([*masked, present], dim=1))
+        fused: torch.Tensor = self.project(torch.cat([*masked, present], dim=1))
+        return fused
 
 
 class KroneckerFusion(nn.Module):
@@ -49,13 +50,14 @@ class KroneckerFusion(nn.Module):
         """Fuse ``M`` embeddings ``[B, embed_dim]`` given ``present`` ``[B, M]`` into ``[B, out_dim]``."""
         ones = present.new_ones(present.shape[0], 1)
         fused = ones
-        for i, (projection, embedding) in enumerate(zip(self.projections, embeddings)):
+        for i, (projection, embedding) in enumerate(zip(self.projections, embeddings, strict=True)):
             factor = torch.cat([projection(embedding) * present[:, i : i + 1], ones], dim=1)
             fused = (fused.unsqueeze(2) * factor.unsqueeze(1)).flatten(1)
-        return self.project(torch.cat([fused, present], dim=1))
+        out: torch.Tensor = self.project(torch.cat([fused, present], dim=1))
+        return out
 
 
 def build_fusion(kind: str, num_modalities: int, embed_dim: int, out_dim: int, dropout: float) -> nn.Module:
     """The fusion named by the study (``"kronecker"`` or ``"concat"``)."""
-    fusions = {"kronecker": KroneckerFusion, "concat": ConcatFusion}
+    fusions: dict[str, type[KroneckerFusion | ConcatFusion]] = {"kronecker": KroneckerFusion, "concat": ConcatFusion}
     return fusions[kind](num_modalities, embed_dim, out_dim, dropout)

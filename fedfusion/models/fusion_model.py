@@ -2,12 +2,14 @@
 
 Inputs are one patient per row (the privacy unit): tile features ``[B, K, F]`` with a tile mask ``[B, K]``,
 omics ``[B, G]`` (``StudyConfig.omics_input_dim``: RNA-seq panel, copy-number panel and per-layer present flags,
-concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in ``fedfusion.study.config.MODALITIES`` order),
-clinical covariates ``[B, C]``. Only the study's modalities get an encoder, so single-modality baselines are
-this same class built with ``modalities = "wsi"`` or ``"omics"``.
+concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in
+``fedfusion.study.config.MODALITIES`` order), clinical covariates ``[B, C]``. Only the study's modalities get an
+encoder, so single-modality baselines are this same class built with ``modalities = "wsi"`` or ``"omics"``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ class MultimodalFusionModel(nn.Module):
         super().__init__()
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.modality_columns = [MODALITIES.index(m) for m in self.modalities]
-        encoders = {
+        encoders: dict[str, Callable[[], nn.Module]] = {
             "wsi": lambda: GatedAttentionMIL(tile_feature_dim, hidden_dim, dropout),
             "omics": lambda: SelfNormalizingNetwork(omics_dim, hidden_dim, dropout),
             "clinical": lambda: SelfNormalizingNetwork(clinical_dim, hidden_dim, dropout, depth=1),

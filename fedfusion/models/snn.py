@@ -23,4 +23,5 @@ class SelfNormalizingNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[B, in_dim]`` to ``[B, hidden_dim]``."""
-        return self.layers(x)
+        out: torch.Tensor = self.layers(x)
+        return out

@@ -14,8 +14,10 @@ exactly that patient's influence, as DP-SGD requires.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +30,8 @@ LOSS_REDUCTION = "mean"
 UNKNOWN_SUBTYPE = -1
 
 
-def time_to_bin(times: torch.Tensor | np.ndarray | Sequence[float], edges: Sequence[float]) -> torch.Tensor:
+def time_to_bin(times: torch.Tensor | npt.NDArray[np.floating[Any]] | Sequence[float],
+                edges: Sequence[float]) -> torch.Tensor:
     """Bin index (int64) of each time: the number of inner edges ``<= t``."""
     times_t = torch.as_tensor(times, dtype=torch.float64)
     return torch.bucketize(times_t, torch.tensor(edges, dtype=torch.float64), right=True)

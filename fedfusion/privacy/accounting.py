@@ -92,7 +92,8 @@ def validated_history(history: Sequence[Sequence[float]]) -> AccountantHistory:
             sigma, rate, steps = entry
             typed = (float(sigma), float(rate), int(steps))
         except (TypeError, ValueError) as exc:
-            raise PrivacyError(f"accountant history entry {index} is not (noise, sample_rate, steps): {entry!r}") from exc
+            raise PrivacyError(f"accountant history entry {index} is not (noise, sample_rate, steps): {entry!r}"
+                               ) from exc
         if not (math.isfinite(typed[0]) and typed[0] > 0 and 0 < typed[1] <= 1 and typed[2] >= 1 and typed[2] == steps):
             raise PrivacyError(f"accountant history entry {index} is out of range: {entry!r}")
         entries.append(typed)

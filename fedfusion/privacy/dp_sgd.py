@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from opacus import PrivacyEngine
@@ -32,14 +33,17 @@ GRAD_SAMPLE_MODE = "hooks"
 Kronecker projection, "hooks" gave the lowest DP/no-DP epoch-time ratio in benchmarks/dp_overhead.py
 (about 1.2-1.5x vs 1.4-1.7x for "ew"); both are exact (tests/test_privacy_per_patient.py checks both)."""
 
+ItemT = TypeVar("ItemT")
+"""A dataset item of the loader (one patient)."""
+
 
 @dataclass
-class PrivateTraining:
+class PrivateTraining(Generic[ItemT]):
     """The private counterparts of a model, optimizer and loader for one round, and their engine."""
 
     model: AbstractGradSampleModule
     optimizer: DPOptimizer
-    loader: DataLoader
+    loader: DataLoader[ItemT]
     engine: PrivacyEngine
 
     def history(self) -> AccountantHistory:
@@ -60,12 +64,13 @@ class PrivateTraining:
 
     def release(self) -> nn.Module:
         """Remove Opacus' hooks and attributes and return the plain module (no ``_module.`` prefix)."""
-        return self.model.to_standard_module()
+        module: nn.Module = self.model.to_standard_module()
+        return module
 
 
-def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, study: StudyConfig, *,
-                 history: Sequence[Sequence[float]] = (), noise_seed: int | None = None,
-                 grad_sample_mode: str = GRAD_SAMPLE_MODE) -> PrivateTraining:
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[ItemT], study: StudyConfig,
+                 *, history: Sequence[Sequence[float]] = (), noise_seed: int | None = None,
+                 grad_sample_mode: str = GRAD_SAMPLE_MODE) -> PrivateTraining[ItemT]:
     """Wrap for DP-SGD with the study's noise multiplier, clipping norm and accountant, resuming ``history``.
 
     ``loader`` must yield one patient per item; it is replaced by a Poisson-sampling loader that keeps its

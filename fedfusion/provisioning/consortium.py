@@ -79,7 +79,10 @@ def init_consortium(consortium_dir: Path, coordinator_name: str, coordinator_add
 
 
 def add_site(consortium_dir: Path, site: str, public_key_file: Path | None = None) -> str:
-    """Admit a new site; with ``public_key_file`` (sent by the site) no private key is written. Returns its fingerprint."""
+    """Admit a new site and return its key fingerprint.
+
+    With ``public_key_file`` (sent by the site) no private key is written.
+    """
     registry = load_registry(consortium_dir)
     _check_site_names([site], consortium_dir)
     if site in registry.sites:
@@ -91,7 +94,10 @@ def add_site(consortium_dir: Path, site: str, public_key_file: Path | None = Non
 
 
 def rotate_site(consortium_dir: Path, site: str, public_key_file: Path | None = None) -> str:
-    """Give an active site a new key pair (or its new public key); the old key is revoked. Returns the new fingerprint."""
+    """Give an active site a new key pair (or its new public key) and return the new fingerprint.
+
+    The old key is revoked.
+    """
     registry = load_registry(consortium_dir)
     if registry.site(site, consortium_dir).status == REVOKED:
         raise ConfigError(f"site {site!r} in consortium {consortium_dir} is revoked: not issuing it a new key")

@@ -51,8 +51,9 @@ class SecAggConfig:
             raise ConfigError(f"secure aggregation: clipping_range must be positive, got {self.clipping_range}")
         if self.quantization_range and not 2 <= self.quantization_range <= (WORD_LIMIT - 1) // self.num_sites:
             raise ConfigError(
-                f"secure aggregation: quantization_range must be 0 (largest) or in [2, {(WORD_LIMIT - 1) // self.num_sites}]"
-                f" so that {self.num_sites} sites' levels add up below 2**{WORD_BITS}, got {self.quantization_range}"
+                f"secure aggregation: quantization_range must be 0 (largest) or in "
+                f"[2, {(WORD_LIMIT - 1) // self.num_sites}] so that {self.num_sites} sites' levels add up below "
+                f"2**{WORD_BITS}, got {self.quantization_range}"
             )
 
     @property

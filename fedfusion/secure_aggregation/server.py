@@ -54,8 +54,8 @@ class SecAggServer:
                 f"(at most {self.config.num_sites} invited)"
             )
         self._require(len(by_site), "announced keys")
-        for keys in by_site.values():
-            check_weight(keys.weight, str(keys.site_id))
+        for announced in by_site.values():
+            check_weight(announced.weight, str(announced.site_id))
         self._keys = by_site
         return dict(by_site)
 
@@ -107,7 +107,8 @@ class SecAggServer:
             try:
                 private_key = scalar_to_private_key(scalar)
             except ValueError:
-                raise PrivacyError(f"secure aggregation: the key shares of site {dropout} do not rebuild a key") from None
+                raise PrivacyError(f"secure aggregation: the key shares of site {dropout} do not rebuild a key"
+                                   ) from None
             for site in survivors:
                 pairwise = mask_vector(pairwise_seed(private_key, self._keys[site].masking_key, binding), len(total))
                 # The survivor added the pair's mask if its id is smaller, else subtracted it: undo that.

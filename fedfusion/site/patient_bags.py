@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
@@ -76,11 +77,11 @@ def collate_full_bags(patients: Sequence[PatientRecord], study: StudyConfig) -> 
     bags = [_tiles_of(p, study) for p in patients]
     slots = max([len(b) for b in bags] + [1])
     time_bins = time_to_bin([p.time_months for p in patients], study.time_bin_edges)
-    items = [patient_item(p, b, slots, int(t), study) for p, b, t in zip(patients, bags, time_bins)]
-    return PatientBatch(*(torch.stack(column) for column in zip(*items)))
+    items = [patient_item(p, b, slots, int(t), study) for p, b, t in zip(patients, bags, time_bins, strict=True)]
+    return PatientBatch(*(torch.stack(column) for column in zip(*items, strict=True)))
 
 
-def patient_item(record: PatientRecord, tiles: np.ndarray, slots: int, time_bin: int,
+def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: int, time_bin: int,
                  study: StudyConfig) -> PatientItem:
     """One patient's tensors with ``tiles`` (at most ``slots`` rows) zero-padded to ``slots`` and masked."""
     padded = np.zeros((slots, study.tile_feature_dim), dtype=np.float32)
@@ -102,7 +103,7 @@ def patient_item(record: PatientRecord, tiles: np.ndarray, slots: int, time_bin:
     )
 
 
-def genomic_input(record: PatientRecord, study: StudyConfig) -> np.ndarray:
+def genomic_input(record: PatientRecord, study: StudyConfig) -> npt.NDArray[np.float32]:
     """``[study.omics_input_dim]`` float32 input of the omics branch: each layer's panel (zeros when the patient
     lacks it), then, with a copy-number layer in the study, one present-flag per layer (RNA-seq, copy number)."""
     layers = [(record.omics, study.omics_dim)] + ([(record.copy_number, study.cnv_dim)] if study.cnv_dim else [])
@@ -133,7 +134,7 @@ def check_record(record: PatientRecord, study: StudyConfig) -> None:
         raise DataError(f"patient '{record.patient_id}': subtype {record.subtype} outside [-1, {study.num_subtypes})")
 
 
-def _tiles_of(record: PatientRecord, study: StudyConfig) -> np.ndarray:
+def _tiles_of(record: PatientRecord, study: StudyConfig) -> npt.NDArray[np.float32]:
     if record.tile_features is None:
         return np.zeros((0, study.tile_feature_dim), dtype=np.float32)
     return record.tile_features

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -72,7 +73,7 @@ class SiteTrainer:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
         history = validated_history(accountant_history)
         with self._seeded(seed):
-            model = self._load(weights).train()
+            model: nn.Module = self._load(weights).train()
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
@@ -94,11 +95,14 @@ class SiteTrainer:
                         private.step_without_patients()  # only Poisson sampling yields empty batches
                         continue
                     optimizer.zero_grad(set_to_none=True)
-                    losses = patient_loss(*trained(*batch.model_inputs()), batch.time_bin, batch.event, batch.subtype)
+                    hazard_logits: torch.Tensor
+                    subtype_logits: torch.Tensor
+                    hazard_logits, subtype_logits = trained(*batch.model_inputs())
+                    losses = patient_loss(hazard_logits, subtype_logits, batch.time_bin, batch.event, batch.subtype)
                     with warnings.catch_warnings():
                         # Opacus' hooks on the first layer fire although tile features need no gradient: harmless.
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        batch_loss(losses).backward()
+                        batch_loss(losses).backward()  # type: ignore[no-untyped-call]  # unannotated in torch
                     optimizer.step()
                     loss_sum, seen = loss_sum + float(losses.detach().sum()), seen + len(losses)
             train_seconds = time.perf_counter() - started
@@ -145,7 +149,8 @@ class SiteTrainer:
             "num-examples": float(len(patients)),
         }
 
-    def predict_risk(self, weights: dict[str, torch.Tensor], patients: Sequence[PatientRecord]) -> np.ndarray:
+    def predict_risk(self, weights: dict[str, torch.Tensor],
+                     patients: Sequence[PatientRecord]) -> npt.NDArray[np.float32]:
         """Risk score per patient (higher = shorter predicted survival) from full bags in eval mode."""
         for record in patients:
             check_record(record, self.study)
@@ -158,18 +163,21 @@ class SiteTrainer:
         outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         with torch.no_grad():
             for start in range(0, len(patients), INFERENCE_BATCH_PATIENTS):
-                batch = collate_full_bags(patients[start : start + INFERENCE_BATCH_PATIENTS], self.study).to(self.device)
+                chunk = patients[start : start + INFERENCE_BATCH_PATIENTS]
+                batch = collate_full_bags(chunk, self.study).to(self.device)
                 hazard, subtype = model(*batch.model_inputs())
                 losses = patient_loss(hazard, subtype, batch.time_bin, batch.event, batch.subtype)
                 outputs.append((hazard.cpu(), subtype.cpu(), losses.cpu()))
-        return tuple(torch.cat(column) for column in zip(*outputs))  # type: ignore[return-value]
+        columns = [torch.cat(column) for column in zip(*outputs, strict=True)]
+        return columns[0], columns[1], columns[2]
 
     def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
         model = build_model(self.study)
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise ConfigError(f"site '{self.cohort.site}': received weights do not fit the study's model: {exc}") from exc
+            raise ConfigError(f"site '{self.cohort.site}': received weights do not fit the study's model: {exc}"
+                              ) from exc
         return model.to(self.device)
 
     @contextmanager

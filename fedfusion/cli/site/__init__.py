@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from fedfusion.cli.site import approve, check, egress, privacy, run
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     check.register,
     privacy.register,
     egress.register,

@@ -13,7 +13,7 @@ import fedfusion
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, approve
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``approve`` site command."""
     parser = subparsers.add_parser(
         "approve", help="approve a Flower app (by its SHA-256) for this site's daemon",

@@ -23,7 +23,7 @@ from fedfusion.study.config import StudyConfig
 PATIENTS_SHOWN = 10
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``check`` site command."""
     parser = subparsers.add_parser(
         "check", help="validate this site's slides, omics and clinical tables (no training, nothing written)",

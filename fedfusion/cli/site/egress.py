@@ -9,7 +9,7 @@ from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import LEDGER_DIR_NAME
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``egress`` site command."""
     parser = subparsers.add_parser(
         "egress", help="print the site's egress record",

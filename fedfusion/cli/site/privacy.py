@@ -9,7 +9,7 @@ from fedfusion.privacy.ledger import LEDGER_DIR_NAME, ledgers_in
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME, load_policy
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``privacy`` site command."""
     parser = subparsers.add_parser(
         "privacy", help="print the site's privacy ledger",

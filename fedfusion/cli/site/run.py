@@ -20,7 +20,7 @@ NODE_CONFIG_OPTIONS = {
 """Command-line option -> node config key read by the ClientApp (fedfusion.site.node_context, site_privacy)."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``run`` site command."""
     parser = subparsers.add_parser(
         "run", help="run this site's daemon: a SuperNode dialing the coordinator (outbound only)",

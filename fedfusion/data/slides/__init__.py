@@ -1,1 +1,4 @@
-"""A site's whole-slide images: OpenSlide reading, tissue mask, tiling, stain normalisation, tile encoders, feature cache."""
+"""A site's whole-slide images: reading (OpenSlide), tissue mask, tiling, stain normalisation, tile encoders.
+
+Tile features are cached on site (``feature_cache``).
+"""

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from fedfusion.atomic_io import atomic_write
 from fedfusion.data.slides.slide_hash_index import SlideHashIndex
@@ -41,18 +42,18 @@ class FeatureCache:
                     "fallback_mpp": fallback_mpp}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
-    def load(self, key: str) -> np.ndarray | None:
+    def load(self, key: str) -> npt.NDArray[np.float32] | None:
         """The cached features for ``key``, or None (an unreadable entry counts as absent)."""
         path = self._path(key)
         try:
-            features = np.load(path, allow_pickle=False)
+            features: npt.NDArray[np.float32] = np.load(path, allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError, EOFError):
             self.misses += 1
             return None
         self.hits += 1
         return features
 
-    def store(self, key: str, features: np.ndarray) -> None:
+    def store(self, key: str, features: npt.NDArray[np.float32]) -> None:
         """Write ``features`` for ``key`` atomically."""
         atomic_write(self._path(key), lambda tmp: _save_npy(tmp, features))
 
@@ -60,6 +61,6 @@ class FeatureCache:
         return self.cache_dir / f"{key}.npy"
 
 
-def _save_npy(path: Path, features: np.ndarray) -> None:
+def _save_npy(path: Path, features: npt.NDArray[np.float32]) -> None:
     with open(path, "wb") as handle:  # a file handle, so numpy does not append ".npy" to the temp name
         np.save(handle, np.ascontiguousarray(features, dtype=np.float32), allow_pickle=False)

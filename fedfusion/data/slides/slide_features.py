@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from fedfusion.data.progress import progress_bar
@@ -24,7 +25,7 @@ STAIN_SAMPLE_TILES = 8
 
 def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
                            fallback_mpp: float | None = None, encoder_file: Path | None = None,
-                           bar_position: int = 1) -> np.ndarray:
+                           bar_position: int = 1) -> npt.NDArray[np.float32]:
     """``[num_tiles, feature_dim]`` float32 features of the slide's kept tissue tiles, in tile-grid order.
 
     Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue. On a terminal a
@@ -32,7 +33,7 @@ def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, 
     """
     plan = require_tissue(plan_tiles(path, params, fallback_mpp))
     encoder = get_tile_encoder(encoder_name, device, encoder_file)
-    parts = []
+    parts: list[npt.NDArray[np.float32]] = []
     with _one_torch_thread(), progress_bar(len(plan.coords), path.name, "tile", position=bar_position,
                                            leave=False) as bar:
         for batch in batched(slide_tiles(plan), ENCODE_BATCH):
@@ -41,7 +42,7 @@ def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, 
     return np.concatenate(parts, axis=0)
 
 
-def slide_tiles(plan: TilePlan) -> Iterator[np.ndarray]:
+def slide_tiles(plan: TilePlan) -> Iterator[npt.NDArray[np.uint8]]:
     """The plan's tiles in grid order, colour-normalised as ``plan.params.stain_normalization`` says.
 
     For 'reinhard' and 'macenko' the slide's stain statistics come from up to ``STAIN_SAMPLE_TILES`` tiles
@@ -53,7 +54,7 @@ def slide_tiles(plan: TilePlan) -> Iterator[np.ndarray]:
         return
     count = len(plan.coords)
     picked = sorted({round(i) for i in np.linspace(0, count - 1, min(count, STAIN_SAMPLE_TILES))})
-    sampled = dict(zip(picked, iter_tiles(plan, picked)))
+    sampled = dict(zip(picked, iter_tiles(plan, picked), strict=True))
     normalize = _stain_normalizer(method, list(sampled.values()))
     rest = iter_tiles(plan, [i for i in range(count) if i not in sampled])
     for i in range(count):
@@ -61,7 +62,8 @@ def slide_tiles(plan: TilePlan) -> Iterator[np.ndarray]:
         yield normalize(tile)
 
 
-def _stain_normalizer(method: str, sample: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+def _stain_normalizer(method: str, sample: list[npt.NDArray[np.uint8]]
+                      ) -> Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.uint8]]:
     """The per-tile colour transform of ``method`` fitted to a slide's ``sample`` tiles (identity without tissue)."""
     if method == "reinhard":
         stats = tissue_lab_stats(sample)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import openslide
 
 from fedfusion.errors import SlideError
@@ -90,7 +91,7 @@ def slide_mpp(slide: openslide.OpenSlide, path: Path, fallback_mpp: float | None
 
 
 def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], level: int,
-             size: tuple[int, int]) -> np.ndarray:
+             size: tuple[int, int]) -> npt.NDArray[np.uint8]:
     """Read a region as ``[h, w, 3]`` uint8 RGB, transparent (outside-scan) pixels made white.
 
     ``location`` is in level-0 pixels, ``size`` in pixels of ``level`` (OpenSlide's convention). A region without
@@ -102,7 +103,7 @@ def read_rgb(slide: openslide.OpenSlide, path: Path, location: tuple[int, int], 
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise SlideError(f"slide {path}: file is truncated or corrupt (reading level {level} at {location}: {exc})"
                          ) from exc
-    rgba = np.asarray(region)
+    rgba: npt.NDArray[np.uint8] = np.asarray(region)
     transparent = rgba[..., 3] == 0
     if not transparent.any():
         return rgba[..., :3]

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -45,11 +46,12 @@ class TileEncoder(nn.Module):
     feature_dim: int
 
     @torch.no_grad()
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
+    def encode(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
         device = next(self.buffers()).device
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
-        return self(batch).cpu().numpy().astype(np.float32, copy=False)
+        features: torch.Tensor = self(batch)
+        return features.cpu().numpy().astype(np.float32, copy=False)
 
 
 class RandomConvEncoder(TileEncoder):
@@ -58,6 +60,10 @@ class RandomConvEncoder(TileEncoder):
     name = "random-conv-v1"
     feature_dim = 64
     _STAGE1, _STAGE2, _KERNEL = 12, 17, 5
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,7 +112,8 @@ class SmallResNetEncoder(TileEncoder):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 64]`` features."""
-        return self.stage2(self.stage1(self.stem(rgb / 255.0))).mean(dim=(2, 3))
+        pooled: torch.Tensor = self.stage2(self.stage1(self.stem(rgb / 255.0))).mean(dim=(2, 3))
+        return pooled
 
 
 class _ResidualBlock(nn.Module):
@@ -124,8 +131,9 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual block output."""
-        out = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
-        return (out + self.shortcut(x)).relu()
+        out: torch.Tensor = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+        shortcut: torch.Tensor = self.shortcut(x)
+        return (out + shortcut).relu()
 
 
 ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
@@ -148,7 +156,8 @@ class TorchScriptEncoder(TileEncoder):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, feature_dim]`` features."""
-        return self.module(rgb / 255.0)
+        features: torch.Tensor = self.module(rgb / 255.0)
+        return features
 
 
 @lru_cache(maxsize=8)
@@ -218,7 +227,7 @@ def _checked_encoder_file(name: str, expected: str, encoder_file: Path | None, k
 def _load_torchscript(name: str, encoder_file: Path | None) -> TorchScriptEncoder:
     encoder_file = _checked_encoder_file(name, name.removeprefix(TORCHSCRIPT_PREFIX), encoder_file, "TorchScript")
     try:
-        module = torch.jit.load(str(encoder_file), map_location="cpu")
+        module = torch.jit.load(str(encoder_file), map_location="cpu")  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     except RuntimeError as exc:
         raise ConfigError(f"tile encoder file {encoder_file}: not a TorchScript model ({exc})") from exc
     return TorchScriptEncoder(name, module.eval())

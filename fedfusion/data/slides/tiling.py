@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from fedfusion.data.slides.slide_reader import open_slide, read_rgb, slide_mpp
@@ -56,7 +57,7 @@ class TilePlan:
     """Pyramid level the tiles are read from."""
     read_size: int
     """Tile side in pixels of ``level`` before resizing to ``tile_size``."""
-    coords: np.ndarray
+    coords: npt.NDArray[np.int64]
     """``[num_kept, 2]`` int64 level-0 (x, y) of each kept tile's top-left corner, row-major grid order."""
     grid_shape: tuple[int, int]
     """(rows, cols) of the full tile grid before the background rule."""
@@ -105,7 +106,7 @@ def check_reaches_target(path: Path, mpp: float, target_mpp: float) -> None:
                          f"{target_mpp} um/px (tiles would have to be upsampled)")
 
 
-def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator[npt.NDArray[np.uint8]]:
     """Yield each kept tile of ``plan`` (or those at ``indices``) as ``[tile_size, tile_size, 3]`` uint8 RGB.
 
     Tiles are read one at a time, as stored in the slide (colour normalisation is ``slide_features``' step).
@@ -120,9 +121,9 @@ def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator
             yield rgb
 
 
-def batched(tiles: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def batched(tiles: Iterable[npt.NDArray[np.uint8]], batch_size: int) -> Iterator[npt.NDArray[np.uint8]]:
     """Stack ``tiles`` into ``[<=batch_size, tile_size, tile_size, 3]`` uint8 batches."""
-    batch: list[np.ndarray] = []
+    batch: list[npt.NDArray[np.uint8]] = []
     for tile in tiles:
         batch.append(tile)
         if len(batch) == batch_size:

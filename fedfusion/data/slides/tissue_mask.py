@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import openslide
 from PIL import Image
 
@@ -23,13 +24,13 @@ BAND_PIXELS = 1 << 23
 class TissueMask:
     """Boolean tissue mask on a thumbnail grid."""
 
-    mask: np.ndarray
+    mask: npt.NDArray[np.bool_]
     """``[rows, cols]`` bool, True where the thumbnail pixel is tissue."""
     downsample: float
     """Level-0 pixels per mask pixel."""
     threshold: int
     """Otsu threshold on saturation (0-255); tissue is saturation above it."""
-    _integral: np.ndarray = field(init=False, repr=False, compare=False)
+    _integral: npt.NDArray[np.int64] = field(init=False, repr=False, compare=False)
     """Summed-area table of ``mask`` (``[rows + 1, cols + 1]``): any window's tissue count in four lookups."""
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class TissueMask:
 
     def background_fraction(self, x0: float, y0: float, size0: float) -> float:
         """Fraction of non-tissue mask pixels in the level-0 square ``[x0, x0+size0) x [y0, y0+size0)``."""
+        rows: int
+        cols: int
         rows, cols = self.mask.shape
         c0, c1 = round(x0 / self.downsample), round((x0 + size0) / self.downsample)
         r0, r1 = round(y0 / self.downsample), round((y0 + size0) / self.downsample)
@@ -52,7 +55,7 @@ class TissueMask:
         return 1.0 - float(tissue) / area
 
 
-def otsu_threshold(values: np.ndarray) -> int:
+def otsu_threshold(values: npt.NDArray[np.uint8]) -> int:
     """Otsu's threshold of uint8 ``values``: the cut maximising between-class variance (classes ``<= t``, ``> t``)."""
     hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
     prob = hist / max(hist.sum(), 1.0)
@@ -64,7 +67,7 @@ def otsu_threshold(values: np.ndarray) -> int:
     return int(np.argmax(between)) if between.max() >= 0 else 255
 
 
-def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) -> tuple[np.ndarray, float]:
+def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) -> tuple[npt.NDArray[np.uint8], float]:
     """RGB thumbnail at about ``downsample`` level-0 pixels per pixel, box-averaged band by band.
 
     Returns the thumbnail and its exact downsample.

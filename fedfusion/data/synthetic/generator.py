@@ -92,14 +92,15 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     # does not re-import the caller's main module (a script without a __main__ guard still works).
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
-        for profile, site_seed in zip(profiles, site_seeds):
+        for profile, site_seed in zip(profiles, site_seeds, strict=True):
             patients_seed, omics_seed, slides_seed, cnv_seed = site_seed.spawn(4)
             truth = simulate_patients(profile, np.random.default_rng(patients_seed))
             oracle_parts.append(_write_site_tables(out_dir / profile.name, profile, truth,
                                                    np.random.default_rng(omics_seed), np.random.default_rng(cnv_seed)))
+            streams = slides_seed.spawn(len(truth.patient_ids))
             jobs = [pool.submit(_render_and_write, out_dir / profile.name / "slides" / f"{pid}.tiff",
                                 slide_size_px, float(truth.image_score[i]), profile, stream)
-                    for i, (pid, stream) in enumerate(zip(truth.patient_ids, slides_seed.spawn(len(truth.patient_ids))))
+                    for i, (pid, stream) in enumerate(zip(truth.patient_ids, streams, strict=True))
                     if truth.has_slide[i]]
             for job in jobs:
                 job.result()
@@ -124,8 +125,9 @@ def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth
                        cnv_rng: np.random.Generator) -> pd.DataFrame:
     """Write manifest, clinical, expression and copy-number tables of one site; return its oracle rows."""
     ids = truth.patient_ids
-    sample_of = {i: f"{profile.name.upper()}-RNA-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_omics))}
-    cnv_of = {i: f"{profile.name.upper()}-CNV-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_cnv))}
+    sample_of = {int(i): f"{profile.name.upper()}-RNA-{k + 1:04d}"
+                 for k, i in enumerate(np.flatnonzero(truth.has_omics))}
+    cnv_of = {int(i): f"{profile.name.upper()}-CNV-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_cnv))}
     manifest = pd.DataFrame({
         "patient_id": ids,
         "slides": [f"slides/{pid}.tiff" if truth.has_slide[i] else "" for i, pid in enumerate(ids)],

@@ -9,6 +9,7 @@ eosin optical-density vectors, so every site has its own stain hue and intensity
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from fedfusion.data.synthetic.sites import SiteProfile
@@ -19,7 +20,8 @@ HIGH_GRADE = {"radius": 8.0, "px_per_nucleus": 420.0, "darkness": 1.6}
 COMPOSE_BAND_ROWS = 64
 
 
-def render_slide(size: int, image_score: float, profile: SiteProfile, rng: np.random.Generator) -> np.ndarray:
+def render_slide(size: int, image_score: float, profile: SiteProfile,
+                 rng: np.random.Generator) -> npt.NDArray[np.uint8]:
     """A ``[size, size, 3]`` uint8 RGB H&E image at level 0."""
     tissue = _tissue(size, rng)
     solid = tissue > 0.5
@@ -33,8 +35,9 @@ def render_slide(size: int, image_score: float, profile: SiteProfile, rng: np.ra
     return _compose_stains(tissue, nuclei, fibres, profile, rng)
 
 
-def _compose_stains(tissue: np.ndarray, nuclei: np.ndarray, fibres: np.ndarray, profile: SiteProfile,
-                    rng: np.random.Generator) -> np.ndarray:
+def _compose_stains(tissue: npt.NDArray[np.float32], nuclei: npt.NDArray[np.float32],
+                    fibres: npt.NDArray[np.float32], profile: SiteProfile,
+                    rng: np.random.Generator) -> npt.NDArray[np.uint8]:
     """Beer-Lambert RGB from stain amounts, band by band (small temporaries avoid page-fault-bound full-size ones)."""
     size = tissue.shape[0]
     hematoxylin_od = profile.stain_intensity * np.asarray(profile.hematoxylin_od, np.float32)
@@ -52,7 +55,7 @@ def _compose_stains(tissue: np.ndarray, nuclei: np.ndarray, fibres: np.ndarray, 
     return out
 
 
-def _tissue(size: int, rng: np.random.Generator) -> np.ndarray:
+def _tissue(size: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Soft tissue mask in [0, 1]: one to three irregular blobs, background elsewhere."""
     low = max(8, size // 32)
     yy, xx = np.mgrid[0:low, 0:low] / low
@@ -66,13 +69,14 @@ def _tissue(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip((up - 0.45) * 8.0 + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def _smooth_noise(size: int, cells: int, rng: np.random.Generator) -> np.ndarray:
+def _smooth_noise(size: int, cells: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Smooth noise in about [-1, 1], varying over ``size / cells`` pixels."""
     low = rng.uniform(-1.0, 1.0, (max(2, cells), max(2, cells))).astype(np.float32)
     return np.asarray(Image.fromarray(low).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _stamp_nuclei(canvas: np.ndarray, where: np.ndarray, kind: dict[str, float], rng: np.random.Generator) -> None:
+def _stamp_nuclei(canvas: npt.NDArray[np.float32], where: npt.NDArray[np.bool_], kind: dict[str, float],
+                  rng: np.random.Generator) -> None:
     """Draw elliptical nuclei of one kind at random positions inside ``where`` (in place)."""
     size = canvas.shape[0]
     count = rng.poisson(size * size / kind["px_per_nucleus"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from fedfusion.data.synthetic.sites import SiteProfile
 from fedfusion.data.tables.clinical import STUDY_SUBTYPES
@@ -43,27 +44,28 @@ class PatientTruth:
     """Arrays over a site's patients (index i is patient i)."""
 
     patient_ids: list[str]
-    subtype: np.ndarray
+    subtype: npt.NDArray[np.int64]
     """Index into ``SUBTYPES``."""
-    age: np.ndarray
-    male: np.ndarray
-    image_score: np.ndarray
-    omics_score: np.ndarray
-    cnv_score: np.ndarray
-    log_risk: np.ndarray
-    time_months: np.ndarray
-    event: np.ndarray
-    has_slide: np.ndarray
-    has_omics: np.ndarray
-    has_cnv: np.ndarray
+    age: npt.NDArray[np.float64]
+    male: npt.NDArray[np.bool_]
+    image_score: npt.NDArray[np.float64]
+    omics_score: npt.NDArray[np.float64]
+    cnv_score: npt.NDArray[np.float64]
+    log_risk: npt.NDArray[np.float64]
+    time_months: npt.NDArray[np.float64]
+    event: npt.NDArray[np.int64]
+    has_slide: npt.NDArray[np.bool_]
+    has_omics: npt.NDArray[np.bool_]
+    has_cnv: npt.NDArray[np.bool_]
 
     @property
-    def age_z(self) -> np.ndarray:
+    def age_z(self) -> npt.NDArray[np.float64]:
         """Age standardised with the study-fixed constants."""
         return (self.age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS
 
 
-def planted_log_risk(image_score: np.ndarray, omics_score: np.ndarray, age: np.ndarray) -> np.ndarray:
+def planted_log_risk(image_score: npt.NDArray[np.float64], omics_score: npt.NDArray[np.float64],
+                     age: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The true log-hazard ratio of the synthetic study."""
     image_z = (image_score - 0.5) / 0.2
     age_z = (age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import tifffile
 from PIL import Image
 
@@ -14,7 +15,7 @@ TIFF_TILE_PX = 256
 JPEG_QUALITY = 85
 
 
-def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int) -> None:
+def write_pyramid_tiff(path: Path, rgb: npt.NDArray[np.uint8], mpp: float, levels: int) -> None:
     """Write ``rgb`` (level 0) and ``levels - 1`` halvings as one TIFF page per level, atomically.
 
     Microns per pixel go into the resolution tags (pixels per centimetre), which OpenSlide reports as

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_PATIENTS_PER_SITE = (260, 190, 130)
 """Patients of the first sites of a default cohort; further sites get 40-120 drawn from the seed."""
@@ -54,7 +55,7 @@ def draw_site_profiles(num_sites: int, patients_per_site: tuple[int, ...] | None
         profiles.append(SiteProfile(
             name=site_name(index),
             num_patients=int(n),
-            subtype_probs=tuple(float(p) for p in rng.dirichlet([3.0, 3.0, 3.0])),  # type: ignore[arg-type]
+            subtype_probs=_triple(rng.dirichlet([3.0, 3.0, 3.0])),
             age_mean=float(rng.uniform(52.0, 68.0)),
             hematoxylin_od=_tint(HEMATOXYLIN_OD, rng),
             eosin_od=_tint(EOSIN_OD, rng),
@@ -65,7 +66,13 @@ def draw_site_profiles(num_sites: int, patients_per_site: tuple[int, ...] | None
     return profiles
 
 
-def _tint(od: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+def _tint(od: npt.NDArray[np.float64], rng: np.random.Generator) -> tuple[float, float, float]:
     """A site's version of a stain: the reference OD direction, shifted in hue and renormalised."""
     shifted = np.clip(od + rng.normal(0.0, 0.08, 3), 0.02, None)
-    return tuple(float(v) for v in shifted / np.linalg.norm(shifted))  # type: ignore[return-value]
+    return _triple(shifted / np.linalg.norm(shifted))
+
+
+def _triple(values: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """The three entries of ``values`` as Python floats."""
+    first, second, third = (float(v) for v in values)
+    return first, second, third

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.table_files import check_columns, read_text_table
@@ -30,7 +31,7 @@ class ClinicalRow:
     """One patient's covariates and labels."""
 
     patient_id: str
-    covariates: np.ndarray
+    covariates: npt.NDArray[np.float32]
     """``[2]`` float32: age_z, sex (0 = F, 1 = M)."""
     time_months: float
     event: int

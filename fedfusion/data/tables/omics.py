@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,8 @@ def parse_expression(path: Path, gene_panel: Sequence[str], findings: Findings,
     values = numeric.clip(lower=0).fillna(0.0)
     if units == "counts":
         values = counts_per_million(values, where, findings)
-    log2 = np.log2(values.reindex(gene_panel) + 1.0)
+    # np.log2 of a DataFrame is a DataFrame (numpy dispatches the ufunc to pandas); the stubs say ndarray.
+    log2 = cast(pd.DataFrame, np.log2(values.reindex(list(gene_panel)) + 1.0))
     return PanelMatrix(path=path, where=where, sample_kind=SAMPLE_KIND, values=standardize_per_sample(log2),
                        missing_genes=missing)
 

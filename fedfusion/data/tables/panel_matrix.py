@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from fedfusion.data.findings import Findings
@@ -35,7 +36,7 @@ class PanelMatrix:
     missing_genes: list[str]
     """Panel genes absent from the table."""
 
-    def sample_vector(self, sample: str, patient_id: str) -> np.ndarray:
+    def sample_vector(self, sample: str, patient_id: str) -> npt.NDArray[np.float32]:
         """``[panel size]`` float32 vector of ``sample``; ``DataError`` naming patient and file if absent."""
         if sample not in self.values.columns:
             raise DataError(f"{self.where}: {self.missing_sample(sample, patient_id)}")
@@ -73,7 +74,7 @@ def read_numeric_panel_table(path: Path, where: str, gene_panel: Sequence[str],
 def record_cells(mask: pd.DataFrame, where: str, findings: Findings, problem: Callable[[str, str], str]) -> None:
     """Record the cells where ``mask`` is True: the first few by gene and sample, then a count."""
     rows, cols = np.nonzero(mask.to_numpy())
-    for r, c in zip(rows[:MAX_CELLS_LISTED], cols[:MAX_CELLS_LISTED]):
+    for r, c in zip(rows[:MAX_CELLS_LISTED], cols[:MAX_CELLS_LISTED], strict=True):
         gene, sample = str(mask.index[r]), str(mask.columns[c])
         findings.error(where, f"gene {gene}, sample {sample}: {problem(gene, sample)}")
     if len(rows) > MAX_CELLS_LISTED:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 TARGET_STAINS = np.array([[0.5626, 0.2159],
                           [0.7201, 0.8012],
@@ -30,7 +31,7 @@ ANGLE_PERCENTILE = 1.0
 CONCENTRATION_PERCENTILE = 99.0
 MIN_TISSUE_PIXELS = 64
 """Fewer tissue pixels than this: the slide is left as it is (the estimate would be noise)."""
-_OD_OF_LEVEL = -np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)
+_OD_OF_LEVEL: npt.NDArray[np.float32] = -np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)
 """Optical density of each 8-bit intensity (a lookup instead of a per-pixel logarithm)."""
 
 
@@ -38,18 +39,18 @@ _OD_OF_LEVEL = -np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)
 class StainEstimate:
     """A slide's stain vectors and robust maximum concentrations."""
 
-    stains: np.ndarray
+    stains: npt.NDArray[np.float32]
     """``[3, 2]`` unit OD vectors (columns: haematoxylin, eosin)."""
-    max_concentrations: np.ndarray
+    max_concentrations: npt.NDArray[np.float32]
     """``[2]`` 99th-percentile concentrations."""
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
+def optical_density(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """``[..., 3]`` uint8 RGB -> ``[..., 3]`` float32 optical density."""
     return _OD_OF_LEVEL[rgb]
 
 
-def estimate_stains(tiles: Iterable[np.ndarray]) -> StainEstimate | None:
+def estimate_stains(tiles: Iterable[npt.NDArray[np.uint8]]) -> StainEstimate | None:
     """Stain vectors and maximum concentrations of the pooled tissue pixels of ``tiles``; None if too little tissue."""
     od = np.concatenate([optical_density(t).reshape(-1, 3) for t in tiles] or [np.empty((0, 3), np.float32)])
     tissue = od[np.all(od >= OD_THRESHOLD, axis=1)]
@@ -72,7 +73,7 @@ def estimate_stains(tiles: Iterable[np.ndarray]) -> StainEstimate | None:
     return StainEstimate(stains=stains.astype(np.float32), max_concentrations=max_c.astype(np.float32))
 
 
-def macenko_normalize(tile: np.ndarray, source: StainEstimate) -> np.ndarray:
+def macenko_normalize(tile: npt.NDArray[np.uint8], source: StainEstimate) -> npt.NDArray[np.uint8]:
     """``tile`` (``[h, w, 3]`` uint8 RGB) recomposed with the target stains; background pixels unchanged."""
     od = optical_density(tile)
     unmix = np.linalg.pinv(source.stains)  # [2, 3]
