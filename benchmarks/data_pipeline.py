@@ -118,7 +118,7 @@ def main() -> None:
                 cache_dirs = [str(Path(tmp) / f"cache-{rep}")] * len(paths)
                 runs = [("raw-read", lambda: timed(pool, raw_read, *raw_args)),
                         ("pipeline-no-encoder", lambda: timed(pool, pipeline_no_encoder, paths)),
-                        ("pipeline", lambda: timed(pool, pipeline, paths, cache_dirs))]
+                        ("pipeline", lambda dirs=cache_dirs: timed(pool, pipeline, paths, dirs))]
                 for name, run in runs if rep % 2 == 0 else list(reversed(runs)):
                     samples[name].append(run())
                 samples["cached"].append(timed(pool, pipeline, paths, cache_dirs))
@@ -141,7 +141,8 @@ def main() -> None:
     line = (f"{tiles} tiles of {SLIDES} slides, {WORKERS} workers: pipeline **{ratios['pipeline_over_raw']:.2f}x** "
             f"raw read_region throughput with the random-conv encoder ({throughput['pipeline']:.0f} vs "
             f"{throughput['raw-read']:.0f} tiles/s), {ratios['no_encoder_over_raw']:.2f}x without encoder; "
-            f"cached run **{ratios['cached_speedup']:.0f}x** faster than cold -> [data_pipeline.json](data_pipeline.json)")
+            f"cached run **{ratios['cached_speedup']:.0f}x** faster than cold -> "
+            "[data_pipeline.json](data_pipeline.json)")
     print(line)
     record_summary("data_pipeline", line)
 

@@ -75,7 +75,7 @@ def _overheads(stamps: dict[int, float], site_metrics: Path) -> dict[str, list[f
     rounds = sorted(r for r in stamps if r - 1 in stamps)
     wall = [stamps[r] - stamps[r - 1] for r in rounds]
     return {"rounds": rounds, "round_seconds": wall, "max_site_train_seconds": [float(train[r]) for r in rounds],
-            "overhead_seconds": [w - float(train[r]) for w, r in zip(wall, rounds)]}
+            "overhead_seconds": [w - float(train[r]) for w, r in zip(wall, rounds, strict=True)]}
 
 
 def _simulation(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list[float]]:

@@ -219,7 +219,8 @@ def main() -> None:
     atomic_write_text(RESULTS / "secure_aggregation.json", json.dumps(result, indent=2) + "\n")
     line = ("5 sites, SecAgg+/plain FedAvg round time (sites in parallel): "
             + ", ".join(f"**{n['ratio_parallel_sites']:.2f}x** at {s} parameters "
-                        f"({n['median_seconds_secure']['parallel']:.2f} vs {n['median_seconds_plain']['parallel']:.2f} s)"
+                        f"({n['median_seconds_secure']['parallel']:.2f} vs "
+                        f"{n['median_seconds_plain']['parallel']:.2f} s)"
                         for s, n in sizes.items())
             + "; all on one process: " + ", ".join(f"{n['ratio_sequential']:.2f}x at {s}" for s, n in sizes.items())
             + " -> [secure_aggregation.json](secure_aggregation.json)")

@@ -190,7 +190,7 @@ def test_site_check_reports_each_case_with_and_without_skip_bad(case: Case, site
     assert main(["site", "check", str(site_dir)]) == 1
     out = capsys.readouterr().out
     errors = out.split("errors:\n")[1].split("warnings:\n")[0]
-    assert [line for line in errors.splitlines() if message in line][0].startswith(prefix + message), out
+    assert next(line for line in errors.splitlines() if message in line).startswith(prefix + message), out
     assert out.strip().endswith("errors, 0 warnings") and "FAILED: 1 errors" in out
 
     code = main(["site", "check", str(site_dir), "--skip-bad"])

@@ -18,7 +18,8 @@ def test_pyproject_app_config_equals_study_defaults() -> None:
 
 
 def test_run_config_round_trip_and_coercion() -> None:
-    study = StudyConfig.from_run_config({"num-server-rounds": "7", "dp": "false", "learning-rate": 1, "fusion": "concat"})
+    study = StudyConfig.from_run_config({"num-server-rounds": "7", "dp": "false", "learning-rate": 1,
+                                         "fusion": "concat"})
     assert (study.num_server_rounds, study.dp, study.learning_rate, study.fusion) == (7, False, 1.0, "concat")
     assert StudyConfig.from_run_config(study.to_run_config()) == study
 

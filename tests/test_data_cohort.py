@@ -76,7 +76,7 @@ def test_second_load_comes_from_cache(loaded: dict) -> None:
     assert not list(cache_root.rglob(f"*{TEMP_SUFFIX}"))
     assert all("0 extracted" in c.notes[-1] for c in loaded["second"].values())
     assert loaded["cached_s"] < loaded["extract_s"] / 3
-    for first, second in zip(_records(loaded["first"]), _records(loaded["second"])):
+    for first, second in zip(_records(loaded["first"]), _records(loaded["second"]), strict=True):
         if first.tile_features is not None:
             np.testing.assert_array_equal(first.tile_features, second.tile_features)
 

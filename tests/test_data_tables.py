@@ -104,7 +104,7 @@ def test_split_is_per_patient_and_follows_fraction() -> None:
     assert 0.22 < np.mean(held_out) < 0.28
     assert held_out == [is_test_patient(pid, 0, 0.25) for pid in ids]
     assert held_out != [is_test_patient(pid, 1, 0.25) for pid in ids]
-    assert all(is_test_patient(pid, 0, 0.5) for pid, out in zip(ids, held_out) if out)
+    assert all(is_test_patient(pid, 0, 0.5) for pid, out in zip(ids, held_out, strict=True) if out)
 
 
 def test_expression_parquet_reads_like_csv(tmp_path: Path) -> None:

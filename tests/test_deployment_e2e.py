@@ -225,7 +225,7 @@ def test_only_the_site_launcher_can_take_a_sites_tasks(deployment: Deployment) -
         server_address=f"127.0.0.1:{deployment.runtime_ports['site-a']}", insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     try:
-        with pytest.raises(Exception, match="(?i)401|403|auth"):
+        with pytest.raises(Exception, match=r"(?i)401|403|auth"):
             client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
     finally:
         client.close()

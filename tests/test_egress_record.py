@@ -59,7 +59,8 @@ def test_client_app_records_each_reply_with_its_serialized_bytes(small_cohort: P
     assert (sent["kind"], sent["round"], sent["bytes"]) == ("train", 3, len(payload))
     assert sent["sha256"] == hashlib.sha256(payload).hexdigest()
     arrays = train.content["arrays"]
-    assert [(a["name"], a["shape"]) for a in sent["arrays"]] == [(f"arrays/{k}", list(v.shape)) for k, v in arrays.items()]
+    assert [(a["name"], a["shape"]) for a in sent["arrays"]] == [(f"arrays/{k}", list(v.shape))
+                                                                 for k, v in arrays.items()]
     assert sent["dp"]["epsilon"] == train.content["metrics"]["epsilon"] > 0
     assert evaluated["kind"] == "evaluate" and evaluated["sha256"] == hashlib.sha256(serialize(evaluate)).hexdigest()
     assert evaluated["arrays"] == [] and evaluated["dp"] is None

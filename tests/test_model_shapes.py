@@ -54,7 +54,7 @@ def test_missing_modality_is_masked_not_read() -> None:
     garbage[0] = 1e3
     outputs = model(*batch.model_inputs())
     outputs_garbage = model(batch.tiles, batch.tile_mask, garbage, batch.modality_mask, batch.clinical)
-    for a, b in zip(outputs, outputs_garbage):
+    for a, b in zip(outputs, outputs_garbage, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -95,7 +95,7 @@ def test_build_model_seed_is_reproducible_and_leaves_global_rng_alone() -> None:
 def test_training_items_have_fixed_k_and_collated_structure() -> None:
     dataset = PatientBagDataset(records(6), BASE, seed=0)
     for index in range(len(dataset)):
-        tiles, tile_mask, omics, modality_mask, clinical, time_bin, event, subtype = dataset[index]
+        tiles, tile_mask, omics, modality_mask, clinical, time_bin, _event, subtype = dataset[index]
         assert tiles.shape == (BASE.tiles_per_patient, 6) and tile_mask.shape == (BASE.tiles_per_patient,)
         n_tiles = len(dataset.patients[index].tile_features) if dataset.patients[index].tile_features is not None else 0
         assert int(tile_mask.sum()) == min(n_tiles, BASE.tiles_per_patient)
@@ -106,7 +106,7 @@ def test_training_items_have_fixed_k_and_collated_structure() -> None:
 def test_copy_number_joins_the_omics_input_with_its_own_present_flag() -> None:
     patients = records(4)
     batch = collate_full_bags(patients, BASE)
-    for row, record in zip(batch.omics.numpy(), patients):
+    for row, record in zip(batch.omics.numpy(), patients, strict=True):
         rna, cnv, flags = row[:5], row[5:8], row[8:]
         np.testing.assert_array_equal(rna, record.omics if record.omics is not None else np.zeros(5))
         np.testing.assert_array_equal(cnv, record.copy_number if record.copy_number is not None else np.zeros(3))

@@ -20,8 +20,9 @@ STUDY = StudyConfig(hidden_dim=4, tile_feature_dim=3, omics_dim=4, tiles_per_pat
 
 def cohort() -> SiteCohort:
     rng = np.random.default_rng(0)
-    patients = [PatientRecord(f"p{i}", rng.normal(size=(3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32),
-                              rng.normal(size=2).astype(np.float32), float(rng.uniform(1, 60)), i % 2, i % 3)
+    patients = [PatientRecord(f"p{i}", rng.normal(size=(3, 3)).astype(np.float32),
+                              rng.normal(size=4).astype(np.float32), rng.normal(size=2).astype(np.float32),
+                              float(rng.uniform(1, 60)), i % 2, i % 3)
                 for i in range(20)]
     return SiteCohort("site-a", patients[:16], patients[16:])
 

@@ -29,7 +29,8 @@ def _ledger(tmp_path: Path) -> PrivacyLedger:
     return PrivacyLedger(tmp_path / "ledger", dataset_id("site-x", tmp_path / "data"))
 
 
-def _spend(ledger: PrivacyLedger, rounds: list[tuple[float, float, int]], policy: SitePolicy = SitePolicy()) -> None:
+def _spend(ledger: PrivacyLedger, rounds: list[tuple[float, float, int]], policy: SitePolicy | None = None) -> None:
+    policy = policy or SitePolicy()
     for number, entry in enumerate(rounds, start=1):
         charge = ledger.charge(run_id=1, server_round=number, planned=[entry], policy=policy)
         ledger.settle(charge, [entry])
@@ -91,7 +92,7 @@ def test_unreadable_ledger_refuses_instead_of_restarting_from_zero(tmp_path: Pat
     ledger = _ledger(tmp_path)
     _spend(ledger, ROUNDS[:1])
     ledger.path.write_text(ledger.path.read_text()[:-20])
-    with pytest.raises(PrivacyError, match="site site-x: privacy ledger .* is unreadable"):
+    with pytest.raises(PrivacyError, match=r"site site-x: privacy ledger .* is unreadable"):
         ledger.charge(run_id=1, server_round=2, planned=[ROUNDS[1]], policy=SitePolicy())
 
 
@@ -133,7 +134,8 @@ def test_a_kill_during_training_leaves_the_round_charged(small_cohort: Path, tmp
     policy.write_text("max-epsilon = inf\n")
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
     call_site("evaluate", small_study(small_cohort), config)  # extract features here, not in the killed process
-    script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); from fedfusion.study.config import StudyConfig; "
+    script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
+              "from fedfusion.study.config import StudyConfig; "
               "from flower_site import call_site; "
               "call_site('train', StudyConfig.from_run_config(json.loads(sys.argv[1])), json.loads(sys.argv[2]))")
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(study.to_run_config()), json.dumps(config)])

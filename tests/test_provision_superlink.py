@@ -60,9 +60,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _handshake(port: int, cafile: Path, server_hostname: str) -> str:
     context = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
-            return str(tls.version())
+    with (socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname=server_hostname) as tls):
+        return str(tls.version())
 
 
 @pytest.fixture

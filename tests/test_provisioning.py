@@ -106,7 +106,7 @@ def test_rotate_and_revoke_update_the_registry(consortium: Path) -> None:
     assert registry["sites"]["site-b"]["status"] == "revoked"
     assert [k["status"] for k in registry["sites"]["site-b"]["keys"]] == ["revoked"]
     assert registry["sites"]["site-a"]["status"] == "active"
-    with pytest.raises(ConfigError, match="site 'site-b' .* is revoked"):
+    with pytest.raises(ConfigError, match=r"site 'site-b' .* is revoked"):
         rotate_site(consortium, "site-b")
 
 

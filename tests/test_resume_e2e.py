@@ -5,6 +5,7 @@ site's ledger once. Real Flower simulation engine (Ray), real Opacus, real slide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,10 +40,8 @@ def _kill_all(marker: str) -> None:
     deadline = time.monotonic() + 30
     while (pids := processes_with_marker(marker)) and time.monotonic() < deadline:
         for pid in pids:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         time.sleep(0.2)
     assert not processes_with_marker(marker), "processes survived SIGKILL"
 
@@ -117,7 +116,7 @@ def test_killed_coordinator_resumes_without_repeating_rounds_or_privacy_spend(tm
     assert "[round 1/3] train" not in output  # rounds already done are not run again
 
     rounds = pd.read_csv(results_dir / "round_metrics.csv")
-    assert sorted(zip(rounds["round"], rounds["phase"])) == sorted(
+    assert sorted(zip(rounds["round"], rounds["phase"], strict=True)) == sorted(
         (r, phase) for r in range(1, ROUNDS + 1) for phase in ("train", "evaluate"))
     sites = pd.read_csv(results_dir / "site_metrics.csv")
     assert not sites.duplicated(["round", "phase", "site"]).any() and len(sites) == ROUNDS * 2 * len(SITES)

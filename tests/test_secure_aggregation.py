@@ -35,7 +35,8 @@ def make_updates(num_sites: int, scale: float, seed: int = 0) -> list[dict[str, 
 def plain_average(updates: list[dict[str, np.ndarray]], weights: list[int], clip: float) -> dict[str, np.ndarray]:
     total = sum(weights)
     return {
-        name: sum(w * np.clip(u[name].astype(np.float64), -clip, clip) for u, w in zip(updates, weights)) / total
+        name: sum(w * np.clip(u[name].astype(np.float64), -clip, clip)
+                  for u, w in zip(updates, weights, strict=True)) / total
         for name in SHAPES
     }
 
@@ -60,7 +61,8 @@ def run_round(
     server: SecAggServer | None = None,
 ) -> tuple[Round, SecureAverage]:
     ids = list(range(101, 101 + len(updates)))
-    rnd = Round(config, {i: SecAggSite(i, config, w) for i, w in zip(ids, weights)}, server or SecAggServer(config))
+    sites = {i: SecAggSite(i, config, w) for i, w in zip(ids, weights, strict=True)}
+    rnd = Round(config, sites, server or SecAggServer(config))
     keys = [site.public_keys() for site in rnd.sites.values()]
     rnd.server_view += keys
     broadcast = rnd.server.collect_public_keys(keys)
@@ -262,7 +264,7 @@ def test_sites_told_different_key_lists_get_masks_that_do_not_cancel() -> None:
     """A coordinator that inflates site 3's weight for site 1 only (to shrink site 1's share) unmasks noise."""
     config = SecAggConfig(num_sites=3, threshold=2, clipping_range=1.0)
     updates = make_updates(3, scale=0.05, seed=6)
-    sites = {i: SecAggSite(i, config, w) for i, w in zip((1, 2, 3), (10, 20, 30))}
+    sites = {i: SecAggSite(i, config, w) for i, w in zip((1, 2, 3), (10, 20, 30), strict=True)}
     server = SecAggServer(config)
     broadcast = server.collect_public_keys([s.public_keys() for s in sites.values()])
     forged = {**broadcast, 3: dataclasses.replace(broadcast[3], weight=10**6)}

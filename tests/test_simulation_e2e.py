@@ -3,6 +3,7 @@ on real pyramidal TIFF slides read with OpenSlide. Slow: deselect with -m "not s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,10 +49,8 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     leftovers = processes_with_marker(marker)
     for pid in leftovers:  # stop them anyway, then fail: a run must not leave processes behind
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
     assert not leftovers, f"simulate left processes running: {leftovers}"
     study = StudyConfig.from_run_config(json.loads((results_dir / "config.json").read_text()))
     return cohort_dir, results_dir, study

@@ -73,7 +73,8 @@ def test_every_site_refuses_a_weaker_privacy_setting(small_cohort: Path, tmp_pat
         reply = call_site("train", study, deployed_node_config(site, small_cohort, tmp_path / "cache", ledger_dir,
                                                                policy))
         assert reply.has_error() and reply.error.code == 3002
-        assert reply.error.reason.startswith(f"site {site.name} refuses the study under its privacy policy: rule '{rule}'")
+        assert reply.error.reason.startswith(
+            f"site {site.name} refuses the study under its privacy policy: rule '{rule}'")
         assert PrivacyLedger(ledger_dir, dataset_id(site.name, site.site_dir)).rounds() == []
         (recorded,) = EgressRecord(ledger_dir / EGRESS_FILE).entries()
         assert recorded["kind"] == "error" and recorded["error"]["reason"] == reply.error.reason

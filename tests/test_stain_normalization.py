@@ -1,4 +1,4 @@
-"""Reinhard and Macenko stain normalisation: a stain-shifted slide's tiles move to the study target; tiles stay uint8."""
+"""Reinhard and Macenko stain normalisation: a stain-shifted slide's tiles move to the study target, as uint8."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_shifted_slide_moves_to_target(shifted_slide: Path) -> None:
     assert len(raw) == len(normalised) >= 3
     before, after = _distance_to_target(raw), _distance_to_target(normalised)
     assert before > 20 and after < before / 4, (before, after)
-    for tile, out in zip(raw, normalised):
+    for tile, out in zip(raw, normalised, strict=True):
         assert out.dtype == np.uint8 and out.shape == tile.shape == (256, 256, 3)
     background = rgb_to_lab(raw[0])[..., 0] > TISSUE_MAX_L
     np.testing.assert_array_equal(normalised[0][background], raw[0][background])
@@ -80,7 +80,7 @@ def test_macenko_moves_shifted_stains_to_target(shifted_slide: Path) -> None:
     assert len(raw) == len(normalised) >= 3
     before, after = _stain_angles_to_target(raw), _stain_angles_to_target(normalised)
     assert before.max() > 10 and after.max() < 4 and after.max() < before.max() / 3, (before, after)
-    for tile, out in zip(raw, normalised):
+    for tile, out in zip(raw, normalised, strict=True):
         assert out.dtype == np.uint8 and out.shape == tile.shape == (256, 256, 3)
     background = np.all(optical_density(raw[0]) < OD_THRESHOLD, axis=-1)
     assert background.any()

@@ -92,7 +92,8 @@ def test_planted_signal_needs_all_modalities_and_sites_differ() -> None:
     def c(score: np.ndarray) -> float:
         return concordance_index(time, -score, event)
     c_all = c(np.concatenate([t.log_risk for t in truths]))
-    singles = [c(np.concatenate([getattr(t, name) for t in truths])) for name in ("image_score", "omics_score", "age_z")]
+    singles = [c(np.concatenate([getattr(t, name) for t in truths]))
+               for name in ("image_score", "omics_score", "age_z")]
     assert all(0.58 < s < c_all - 0.08 for s in singles), (c_all, singles)
     assert c_all > 0.78
     assert 0.25 < 1 - event.mean() < 0.45
