@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -10,14 +12,38 @@ import pytest
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.data.tables.clinical import read_clinical, subtype_index
+from fedfusion.data.tables.clinical import ClinicalRow, parse_clinical, subtype_index
 from fedfusion.data.tables.copy_number import CLIP_LOG2, LOG2_PER_UNIT, parse_copy_number
-from fedfusion.data.tables.manifest import read_manifest
-from fedfusion.data.tables.omics import read_expression
+from fedfusion.data.tables.manifest import ManifestEntry, parse_manifest
+from fedfusion.data.tables.omics import parse_expression
+from fedfusion.data.tables.panel_matrix import PanelMatrix
 from fedfusion.data.tables.table_sources import TABLES_CONFIG_FILE, resolve_table_sources
 from fedfusion.errors import DataError
 
 HEADER = "patient_id,age,sex,survival_months,event,subtype\n"
+T = TypeVar("T")
+
+
+def _parsed(parse: Callable[[Findings], T]) -> tuple[T, Findings]:
+    """Run a table parser as the cohort loader does: collect its findings, then raise their errors."""
+    findings = Findings()
+    result = parse(findings)
+    findings.raise_errors()
+    return result, findings
+
+
+def parsed_clinical(path: Path) -> tuple[list[ClinicalRow], Findings]:
+    return _parsed(lambda findings: parse_clinical(path, findings))
+
+
+def parsed_manifest(path: Path) -> list[ManifestEntry]:
+    return _parsed(lambda findings: parse_manifest(path, findings))[0]
+
+
+def parsed_expression(path: Path, gene_panel: Sequence[str], units: str = "tpm") -> PanelMatrix:
+    expression = _parsed(lambda findings: parse_expression(path, gene_panel, findings, units))[0]
+    assert expression is not None  # no error recorded: the table was read
+    return expression
 
 
 def _clinical(tmp_path: Path, rows: str) -> Path:
@@ -27,13 +53,14 @@ def _clinical(tmp_path: Path, rows: str) -> Path:
 
 
 def test_clinical_vector_and_labels(tmp_path: Path) -> None:
-    table = read_clinical(_clinical(tmp_path, "P1,70,F,12.5,1,luminal\nP2,45,m,30,0,\nP3,60,F,3,0,Normal-like\n"))
-    p1, p2, p3 = table.rows
+    path = _clinical(tmp_path, "P1,70,F,12.5,1,luminal\nP2,45,m,30,0,\nP3,60,F,3,0,Normal-like\n")
+    rows, findings = parsed_clinical(path)
+    p1, p2, p3 = rows
     np.testing.assert_allclose(p1.covariates, [1.0, 0.0])
     np.testing.assert_allclose(p2.covariates, [-1.5, 1.0])
     assert (p1.time_months, p1.event, p1.subtype) == (12.5, 1, 2)
     assert (p2.subtype, p3.subtype) == (-1, -1)
-    assert any("Normal-like" in note for note in table.notes)
+    assert any("Normal-like" in str(warning) for warning in findings.warnings)
     assert subtype_index("BASAL", ["luminal", "her2", "basal"]) == 0
 
 
@@ -47,23 +74,23 @@ def test_clinical_vector_and_labels(tmp_path: Path) -> None:
 def test_clinical_errors_name_file_and_patient(tmp_path: Path, row: str, patient: str, problem: str) -> None:
     path = _clinical(tmp_path, "P1,70,F,12.5,1,luminal\n" + row)
     with pytest.raises(DataError, match=f"patient {patient}: {problem}") as info:
-        read_clinical(path)
+        parsed_clinical(path)
     assert str(path) in str(info.value) and "P1:" not in str(info.value)
 
 
 def test_clinical_duplicates_and_missing_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"duplicate patient ids \['P1'\]"):
-        read_clinical(_clinical(tmp_path, "P1,70,F,12,1,basal\nP1,71,F,13,0,basal\n"))
+        parsed_clinical(_clinical(tmp_path, "P1,70,F,12,1,basal\nP1,71,F,13,0,basal\n"))
     path = tmp_path / "short.csv"
     path.write_text("patient_id,age\nP1,50\n")
     with pytest.raises(DataError, match=r"missing columns \['sex', 'survival_months', 'event'\]"):
-        read_clinical(path)
+        parsed_clinical(path)
 
 
 def test_omics_panel_harmonisation_and_orientation(tmp_path: Path) -> None:
     genes_by_samples = tmp_path / "expr.csv"
     genes_by_samples.write_text("gene_id,S1,S2\nG2,3,0\nG1,1,7\nEXTRA,5,5\n")
-    expr = read_expression(genes_by_samples, ["G1", "G2", "G3"])
+    expr = parsed_expression(genes_by_samples, ["G1", "G2", "G3"])
     assert expr.missing_genes == ["G3"]
     # log2(TPM + 1) = [1, 2] and [3, 0], z-scored within the sample; the missing G3 sits at the mean (0).
     np.testing.assert_allclose(expr.sample_vector("S1", "P1"), [-1.0, 1.0, 0.0], atol=1e-6)
@@ -71,7 +98,7 @@ def test_omics_panel_harmonisation_and_orientation(tmp_path: Path) -> None:
     samples_by_genes = tmp_path / "expr.tsv"
     samples_by_genes.write_text("sample\tG1\tG2\tG3\nS1\t1\t3\t15\n")
     log2 = np.array([1.0, 2.0, 4.0])
-    np.testing.assert_allclose(read_expression(samples_by_genes, ["G1", "G2", "G3"]).sample_vector("S1", "P1"),
+    np.testing.assert_allclose(parsed_expression(samples_by_genes, ["G1", "G2", "G3"]).sample_vector("S1", "P1"),
                                (log2 - log2.mean()) / log2.std(), atol=1e-6)
     with pytest.raises(DataError, match="no sample column 'S9' \\(omics sample of patient P4\\)"):
         expr.sample_vector("S9", "P4")
@@ -83,19 +110,19 @@ def test_omics_bad_values_name_file_gene_sample(tmp_path: Path, cell: str, probl
     path = tmp_path / "expr.csv"
     path.write_text(f"gene_id,S1,S2\nG1,1,2\nG2,3,{cell}\n")
     with pytest.raises(DataError, match=f"gene G2, sample S2: .*{problem}") as info:
-        read_expression(path, ["G1", "G2"])
+        parsed_expression(path, ["G1", "G2"])
     assert str(path) in str(info.value)
 
 
 def test_manifest_paths_and_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "manifest.csv"
     path.write_text("patient_id,slides,omics_sample\nP1,slides/a.svs; slides/b.svs,S1\nP2,,\n")
-    p1, p2 = read_manifest(path)
+    p1, p2 = parsed_manifest(path)
     assert p1.slides == (tmp_path / "slides/a.svs", tmp_path / "slides/b.svs") and p1.omics_sample == "S1"
     assert p2.slides == () and p2.omics_sample is None
     path.write_text("patient_id,slides,omics_sample\nP1,,\nP1,,\n")
     with pytest.raises(DataError, match="patient P1 is listed more than once"):
-        read_manifest(path)
+        parsed_manifest(path)
 
 
 def test_split_is_per_patient_and_follows_fraction() -> None:
@@ -114,29 +141,29 @@ def test_expression_parquet_reads_like_csv(tmp_path: Path) -> None:
     with_index, first_column = tmp_path / "indexed.parquet", tmp_path / "plain.parquet"
     table.to_parquet(with_index)
     table.reset_index().to_parquet(first_column, index=False)
-    expected = read_expression(csv, ["G1", "G2", "G3"]).values
+    expected = parsed_expression(csv, ["G1", "G2", "G3"]).values
     for path in (with_index, first_column):
-        pd.testing.assert_frame_equal(read_expression(path, ["G1", "G2", "G3"]).values, expected)
+        pd.testing.assert_frame_equal(parsed_expression(path, ["G1", "G2", "G3"]).values, expected)
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(with_index.read_bytes()[:40])
     with pytest.raises(DataError, match=f"expression table {broken}: not a readable Parquet table"):
-        read_expression(broken, ["G1"])
+        parsed_expression(broken, ["G1"])
 
 
 def test_raw_counts_are_library_size_normalised_per_sample(tmp_path: Path) -> None:
     path = tmp_path / "counts.tsv"
     path.write_text("gene_id\tS1\tS2\nG1\t10\t300\nG2\t30\t100\nEXTRA\t60\t600\n")
-    expr = read_expression(path, ["G1", "G2"], units="counts")
+    expr = parsed_expression(path, ["G1", "G2"], units="counts")
     for sample, counts in (("S1", [10, 30, 60]), ("S2", [300, 100, 600])):
         log2 = np.log2(np.array(counts[:2]) / sum(counts) * 1e6 + 1.0)
         np.testing.assert_allclose(expr.sample_vector(sample, "P"), (log2 - log2.mean()) / log2.std(), atol=1e-5)
     # a deeper library of the same sample gives the same vector: only within-sample proportions count
     path.write_text("gene_id\tS1\tS2\nG1\t10\t100\nG2\t30\t300\nEXTRA\t60\t600\n")
-    deeper = read_expression(path, ["G1", "G2"], units="counts")
+    deeper = parsed_expression(path, ["G1", "G2"], units="counts")
     np.testing.assert_allclose(deeper.sample_vector("S1", "P"), deeper.sample_vector("S2", "P"), atol=1e-5)
     path.write_text("gene_id\tS1\tS2\nG1\t10\t0\nG2\t-3\t0\n")
     with pytest.raises(DataError, match=r"gene G2, sample S1: count -3.0 is negative.*samples \['S2'\] have no counts"):
-        read_expression(path, ["G1", "G2"], units="counts")
+        parsed_expression(path, ["G1", "G2"], units="counts")
 
 
 def test_copy_number_layer_clips_and_fills_neutral(tmp_path: Path) -> None:

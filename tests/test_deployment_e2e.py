@@ -35,7 +35,7 @@ from fedfusion.deployment.coordinator.state import DAEMON_FILE
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl, pem_of
 from fedfusion.deployment.processes import descendants
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE
-from fedfusion.privacy.ledger import ledgers_in
+from fedfusion.privacy.ledger import LedgerRound, PrivacyLedger, ledgers_in
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen
 
@@ -44,6 +44,11 @@ SITES = ("site-a", "site-b", "site-c")
 START_TIMEOUT_S = 120.0
 STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
          "--set", "noise-multiplier=1.0", "--set", "device=cpu"]
+
+
+def _entries(ledger: PrivacyLedger, study: str, server_round: int) -> list[LedgerRound]:
+    """The ledger's entries of one study round (more than one when it was charged again)."""
+    return [r for r in ledger.rounds() if (r.study_id, r.server_round) == (study, server_round)]
 
 
 def _free_port() -> int:
@@ -349,7 +354,7 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
     for site in SITES:  # each round's privacy charged once at every site, by daemons that never restarted
         ledgers = ledgers_in(deployment.work / "sites" / site / "ledger")
         assert len(ledgers) == 1
-        assert [len(ledgers[0].rounds_of("s3", r)) for r in (1, 2, 3)] == [1, 1, 1], site
+        assert [len(_entries(ledgers[0], "s3", r)) for r in (1, 2, 3)] == [1, 1, 1], site
         assert deployment.sites[site].poll() is None and deployment.sites[site].pid == site_pids[site]
         site_log = (deployment.work / "sites" / site / "logs" / "site.log").read_text()
         assert "does not answer; the SuperNode keeps retrying" in site_log

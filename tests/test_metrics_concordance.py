@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from flwr.app import MetricRecord, RecordDict
 
-from fedfusion.evaluation.metrics import concordance, pooled_c_index, subtype_auc, subtype_mcc
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY, aggregate_evaluate_metrics
+from fedfusion.evaluation.metrics import concordance, subtype_auc, subtype_mcc
 
 
 def test_perfect_reversed_and_tied_risk_orderings() -> None:
@@ -34,7 +36,12 @@ def test_pooled_from_counts_equals_direct_when_pairs_are_within_sites() -> None:
     direct = concordance(np.r_[times_a, times_b], np.r_[risks_a, risks_b], np.r_[events_a, events_b])
     assert parts[0].comparable == 0 < parts[1].comparable
     assert direct.comparable == parts[0].comparable + parts[1].comparable
-    assert pooled_c_index(parts) == pytest.approx(direct.c_index, abs=1e-12)
+    # The server pools the pair counts each site reports (as SiteTrainer.evaluate does) in its evaluate metrics.
+    replies = [RecordDict({"metrics": MetricRecord({"concordant-pairs": float(p.concordant),
+                                                    "comparable-pairs": float(p.comparable), WEIGHT_KEY: n})})
+               for p, n in zip(parts, (25, 30), strict=True)]
+    pooled = aggregate_evaluate_metrics(replies, WEIGHT_KEY)["pooled-c-index"]
+    assert pooled == pytest.approx(direct.c_index, abs=1e-12)
     assert direct.concordant == pytest.approx(parts[0].concordant + parts[1].concordant)
 
 

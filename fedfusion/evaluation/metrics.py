@@ -44,11 +44,6 @@ def concordance(times: npt.ArrayLike, risks: npt.ArrayLike, events: npt.ArrayLik
     return Concordance(round(c_index * comparable * 2) / 2, comparable)
 
 
-def pooled_c_index(parts: list[Concordance]) -> float:
-    """C-index pooled from per-site pair counts."""
-    return Concordance(sum(p.concordant for p in parts), sum(p.comparable for p in parts)).c_index
-
-
 def subtype_auc(labels: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
     """Macro one-vs-rest AUC over the classes present among ``labels`` (-1 = unknown, ignored).
 

@@ -15,7 +15,7 @@ counted entries merged as Opacus' accountant merges them, so its epsilon is exac
 took every step. A non-DP round has no accountant: its epsilon is infinite.
 
 A round names its study (``study_id``, stable across coordinator restarts, unlike Flower's ``run_id``) and
-``server_round``; ``rounds_of`` lists a study round's entries. Every charge is a new entry: a round charged again
+``server_round``. Every charge is a new entry: a round charged again
 (its training was killed, or its stored reply is gone) is counted again, never merged into the earlier charge.
 
 **Dataset key**: sha256 of the site name and the resolved data folder. Not the folder's contents (adding
@@ -113,10 +113,6 @@ class PrivacyLedger:
     def history(self) -> AccountantHistory:
         """The Opacus accountant history of every counted step, merged as one accountant would hold it."""
         return merged_history([entry for r in self._read() for entry in r.counted])
-
-    def rounds_of(self, study_id: str, server_round: int) -> list[LedgerRound]:
-        """The entries of one study's round (more than one when it was charged again)."""
-        return [r for r in self._read() if (r.study_id, r.server_round) == (study_id, server_round)]
 
     def epsilon(self, mechanism: str, delta: float) -> float:
         """Epsilon spent at ``delta`` by ``mechanism`` ("prv"/"rdp"); infinite after a non-DP round."""

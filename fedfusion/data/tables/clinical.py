@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,27 +39,11 @@ class ClinicalRow:
     """Index into the sorted study subtypes, -1 if unknown or not given."""
 
 
-@dataclass(frozen=True)
-class ClinicalTable:
-    """The validated rows of a clinical file, in file order, and findings worth reporting."""
-
-    rows: list[ClinicalRow]
-    notes: list[str] = field(default_factory=list)
-
-
 def subtype_index(name: str, subtypes: Sequence[str]) -> int:
     """Index of ``name`` in the sorted study subtypes (case-insensitive), -1 if blank or not a study subtype."""
     order = sorted(s.lower() for s in subtypes)
     key = name.strip().lower()
     return order.index(key) if key in order else -1
-
-
-def read_clinical(path: Path, subtypes: Sequence[str] = STUDY_SUBTYPES) -> ClinicalTable:
-    """Read and validate ``path``; raise ``DataError`` listing every bad patient and what is wrong."""
-    findings = Findings()
-    rows = parse_clinical(path, findings, subtypes)
-    findings.raise_errors()
-    return ClinicalTable(rows=rows, notes=[str(w) for w in findings.warnings])
 
 
 def parse_clinical(path: Path, findings: Findings, subtypes: Sequence[str] = STUDY_SUBTYPES) -> list[ClinicalRow]:

@@ -27,14 +27,6 @@ class ManifestEntry:
     cnv_sample: str | None = None
 
 
-def read_manifest(path: Path) -> list[ManifestEntry]:
-    """Read ``path``; slide paths are resolved against its directory. ``DataError`` names file and patient."""
-    findings = Findings()
-    entries = parse_manifest(path, findings)
-    findings.raise_errors()
-    return entries
-
-
 def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
     """The manifest's valid entries (first of duplicates kept); every problem is recorded in ``findings``."""
     where = f"manifest {path}"

@@ -23,22 +23,13 @@ EXPRESSION_UNITS = ("tpm", "counts")
 SAMPLE_KIND = "omics sample"
 
 
-def read_expression(path: Path, gene_panel: Sequence[str], units: str = "tpm") -> PanelMatrix:
-    """Read an expression table and harmonise it to ``gene_panel``; ``DataError`` names the file, gene and sample."""
-    findings = Findings()
-    expression = parse_expression(path, gene_panel, findings, units)
-    findings.raise_errors()
-    assert expression is not None  # no errors recorded means the table was read
-    return expression
-
-
 def parse_expression(path: Path, gene_panel: Sequence[str], findings: Findings,
                      units: str = "tpm") -> PanelMatrix | None:
     """The table on the panel, or None if it cannot be read; every problem is recorded in ``findings``.
 
     ``units`` is "tpm" or "counts" (raw read counts). Bad cells (not a number, negative) are all recorded, the
-    first few by gene and sample. The values returned are only meaningful when no error was recorded (the raising
-    ``read_expression`` guarantees that).
+    first few by gene and sample. The values returned are only meaningful when no error was recorded (callers
+    raise the findings' errors before using them, as the cohort loader does).
     """
     where = f"expression table {path}"
     read = read_numeric_panel_table(path, where, gene_panel, findings)
