@@ -102,7 +102,8 @@ class SiteTrainer:
                     with warnings.catch_warnings():
                         # Opacus' hooks on the first layer fire although tile features need no gradient: harmless.
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        batch_loss(losses).backward()  # type: ignore[no-untyped-call]  # unannotated in torch
+                        # Tensor.backward has no annotations in torch (strict mypy refuses the call otherwise).
+                        batch_loss(losses).backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
                     loss_sum, seen = loss_sum + float(losses.detach().sum()), seen + len(losses)
             train_seconds = time.perf_counter() - started
