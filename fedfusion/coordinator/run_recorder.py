@@ -18,7 +18,8 @@ import torch
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
 from fedfusion.coordinator.progress_plot import write_progress_plot
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import NOT_AGGREGATED_KEY, SiteReply
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
+from fedfusion.protocol import NOT_AGGREGATED_KEY
 from fedfusion.study.config import StudyConfig
 
 SITE_METRICS_FILE = "site_metrics.csv"

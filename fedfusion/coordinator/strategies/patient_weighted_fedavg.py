@@ -1,6 +1,7 @@
 """FedAvg weighted by the number of training patients at each site.
 
-Flower's ``FedAvg`` already weights by the reply metric ``num-examples``; every fedfusion site reports its
+Flower's ``FedAvg`` already weights by the reply metric ``num-examples`` (``fedfusion.protocol.WEIGHT_KEY``);
+every fedfusion site reports its
 *patients* there (the privacy unit), never tiles. This subclass adds what a consortium needs on top:
 per-site reporting of each round (site name, patients, epsilon, metrics) through a callback, a privacy-aware
 aggregation of training metrics (the federation's epsilon is the *maximum* over sites, not a mean), and a
@@ -19,12 +20,18 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
-WEIGHT_KEY = "num-examples"
-"""Reply metric holding the site's patient count (the FedAvg weight)."""
-SITE_RECORD_KEY = "site"
-"""Reply ConfigRecord holding the site's public name."""
-NOT_AGGREGATED_KEY = "not-aggregated"
-"""Round metric (1) of a train round whose updates were not aggregated: the global model stayed as it was."""
+from fedfusion.protocol import (
+    ARRAYS_RECORD,
+    COMPARABLE_PAIRS_KEY,
+    CONCORDANT_PAIRS_KEY,
+    CONFIG_RECORD,
+    EPSILON_KEY,
+    NOT_AGGREGATED_KEY,
+    POOLED_C_INDEX_KEY,
+    SITE_NAME_KEY,
+    SITE_RECORD_KEY,
+    WEIGHT_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class PatientWeightedFedAvg(FedAvg):
             min_evaluate_nodes=min_sites,
             min_available_nodes=min_sites,
             weighted_by_key=WEIGHT_KEY,
+            arrayrecord_key=ARRAYS_RECORD,
+            configrecord_key=CONFIG_RECORD,
             train_metrics_aggr_fn=aggregate_train_metrics,
             evaluate_metrics_aggr_fn=aggregate_evaluate_metrics,
         )
@@ -121,17 +130,17 @@ class PatientWeightedFedAvg(FedAvg):
 def _site_name(msg: Message) -> str:
     if not msg.has_error():
         record = msg.content.config_records.get(SITE_RECORD_KEY)
-        if record is not None and "name" in record:
-            return str(record["name"])
+        if record is not None and SITE_NAME_KEY in record:
+            return str(record[SITE_NAME_KEY])
     return f"node-{msg.metadata.src_node_id}"
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Patient-weighted means, except privacy spend: epsilon is the maximum over sites."""
     aggregated = weighted_means(records, weight_key)
-    epsilons = [float(m["epsilon"]) for m in _metric_records(records) if "epsilon" in m]
+    epsilons = [float(m[EPSILON_KEY]) for m in _metric_records(records) if EPSILON_KEY in m]
     if epsilons:
-        aggregated["epsilon"] = max(epsilons)
+        aggregated[EPSILON_KEY] = max(epsilons)
     return aggregated
 
 
@@ -142,9 +151,9 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     numbers per site, never a per-patient prediction.
     """
     aggregated = weighted_means(records, weight_key)
-    concordant = sum(float(m.get("concordant-pairs", 0.0)) for m in _metric_records(records))
-    comparable = sum(float(m.get("comparable-pairs", 0.0)) for m in _metric_records(records))
-    aggregated["pooled-c-index"] = concordant / comparable if comparable else math.nan
+    concordant = sum(float(m.get(CONCORDANT_PAIRS_KEY, 0.0)) for m in _metric_records(records))
+    comparable = sum(float(m.get(COMPARABLE_PAIRS_KEY, 0.0)) for m in _metric_records(records))
+    aggregated[POOLED_C_INDEX_KEY] = concordant / comparable if comparable else math.nan
     return aggregated
 
 

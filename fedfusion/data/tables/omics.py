@@ -17,6 +17,7 @@ import pandas as pd
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.panel_matrix import PanelMatrix, read_numeric_panel_table, record_cells
+from fedfusion.errors import DataError
 
 EXPRESSION_UNITS = ("tpm", "counts")
 SAMPLE_KIND = "omics sample"
@@ -27,7 +28,8 @@ def read_expression(path: Path, gene_panel: Sequence[str], units: str = "tpm") -
     findings = Findings()
     expression = parse_expression(path, gene_panel, findings, units)
     findings.raise_errors()
-    assert expression is not None  # no errors recorded means the table was read
+    if expression is None:  # parse_expression returns None only after recording an error, raised just above
+        raise DataError(f"expression table {path}: unreadable")
     return expression
 
 
