@@ -86,7 +86,7 @@ def test_round_charged_but_killed_before_its_reply_is_charged_again(small_cohort
     assert ledger.epsilon(study.accountant, study.delta) > before
 
 
-@pytest.mark.parametrize("damage", [b"", b"not a torch file"])
+@pytest.mark.parametrize("damage", [b"", b"not a torch file", b"torn"])
 def test_unreadable_stored_reply_is_refused_naming_the_rule_and_no_path(
         small_cohort: Path, tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture) -> None:
     site = read_cohort_index(small_cohort).sites[0]

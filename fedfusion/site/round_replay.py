@@ -81,8 +81,8 @@ class RoundReplay:
                 return None
             return StoredReply(dict(stored["weights"]), int(stored["num_patients"]),
                                {str(k): float(v) for k, v in stored["metrics"].items()})
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
-                RuntimeError) as exc:
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, TypeError, ValueError,
+                RuntimeError) as exc:  # IndexError: torch's weights-only unpickler on some damaged bytes
             raise CorruptReplyError(f"site {self.site}: stored reply", path, f"{type(exc).__name__}: {exc}",
                                     f"refusing to train round {server_round} again without knowing what was sent"
                                     ) from exc
