@@ -142,7 +142,8 @@ class SiteRound:
             raise SiteRefusal(site, STORED_REPLY_RULE, request=f"round {server_round}", detail=str(exc)) from exc
         except CorruptLedgerError as exc:
             raise SiteRefusal(site, LEDGER_RULE, request=f"round {server_round}", detail=str(exc)) from exc
-        return TrainAnswer(reply, replayed, None if secure is None else self._secure_update(received, reply, secure))
+        return TrainAnswer(reply, replayed,
+                           None if secure is None else secure_update(received, reply, secure, site))
 
     def evaluate(self, received: dict[str, torch.Tensor]) -> dict[str, float]:
         """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count)."""
@@ -162,13 +163,14 @@ class SiteRound:
         self.ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
         return reply
 
-    def _secure_update(self, received: Mapping[str, torch.Tensor], reply: StoredReply,
-                       request: SecureRequest) -> SecureUpdate:
-        if list(reply.weights) != list(received):
-            raise ProtocolError(f"site {self.session.site.name}: the received global model's names do not match "
-                                "the study's model")
-        update = {name: _array(reply.weights[name]) - _array(tensor) for name, tensor in received.items()}
-        return SecureUpdate(SecAggSite(request.site_id, request.config, reply.num_patients), update)
+
+def secure_update(received: Mapping[str, torch.Tensor], reply: StoredReply, request: SecureRequest,
+                  site_name: str) -> SecureUpdate:
+    """What a secure round keeps at the site: the update (``reply`` minus ``received``) and a new SecAgg party."""
+    if list(reply.weights) != list(received):
+        raise ProtocolError(f"site {site_name}: the received global model's names do not match the study's model")
+    update = {name: _array(reply.weights[name]) - _array(tensor) for name, tensor in received.items()}
+    return SecureUpdate(SecAggSite(request.site_id, request.config, reply.num_patients), update)
 
 
 def _array(tensor: torch.Tensor) -> NDArray[Any]:
