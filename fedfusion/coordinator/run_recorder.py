@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fedfusion.atomic_io import atomic_write, atomic_write_text
+from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
 from fedfusion.coordinator.progress_plot import write_progress_plot
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
 from fedfusion.protocol import NOT_AGGREGATED_KEY
@@ -69,7 +69,7 @@ class RunRecorder:
         if final_weights is not None:
             buffer = io.BytesIO()
             torch.save(final_weights, buffer)
-            atomic_write(results_dir / MODEL_FILE, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+            atomic_write_bytes(results_dir / MODEL_FILE, buffer.getvalue())
         if not site_table.empty:
             write_progress_plot(site_table, round_table, results_dir / PLOT_FILE)
 

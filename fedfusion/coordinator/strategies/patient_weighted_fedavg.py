@@ -88,7 +88,7 @@ class PatientWeightedFedAvg(FedAvg):
             return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -97,7 +97,7 @@ class PatientWeightedFedAvg(FedAvg):
         self._report(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "evaluate", dict(metrics))
+            self._on_round_aggregated(server_round, "evaluate", scalar_metrics(metrics))
         return metrics
 
     def _enough_sites(self, server_round: int, replies: list[Message]) -> bool:
@@ -138,7 +138,7 @@ def _site_name(msg: Message) -> str:
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Patient-weighted means, except privacy spend: epsilon is the maximum over sites."""
     aggregated = weighted_means(records, weight_key)
-    epsilons = [float(m[EPSILON_KEY]) for m in _metric_records(records) if EPSILON_KEY in m]
+    epsilons = [_scalar(m, EPSILON_KEY) for m in _metric_records(records) if EPSILON_KEY in m]
     if epsilons:
         aggregated[EPSILON_KEY] = max(epsilons)
     return aggregated
@@ -151,8 +151,8 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     numbers per site, never a per-patient prediction.
     """
     aggregated = weighted_means(records, weight_key)
-    concordant = sum(float(m.get(CONCORDANT_PAIRS_KEY, 0.0)) for m in _metric_records(records))
-    comparable = sum(float(m.get(COMPARABLE_PAIRS_KEY, 0.0)) for m in _metric_records(records))
+    concordant = sum(_scalar(m, CONCORDANT_PAIRS_KEY, 0.0) for m in _metric_records(records))
+    comparable = sum(_scalar(m, COMPARABLE_PAIRS_KEY, 0.0) for m in _metric_records(records))
     aggregated[POOLED_C_INDEX_KEY] = concordant / comparable if comparable else math.nan
     return aggregated
 
@@ -167,7 +167,7 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
     weights: dict[str, float] = {}
     total = 0.0
     for metrics in _metric_records(records):
-        weight = float(metrics[weight_key])
+        weight = _scalar(metrics, weight_key)
         total += weight
         for key, value in metrics.items():
             if key == weight_key or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -177,6 +177,19 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
     out = MetricRecord({key: sums[key] / weights[key] for key in sums if weights[key] > 0})
     out["patients"] = int(total)
     return out
+
+
+def scalar_metrics(metrics: MetricRecord) -> dict[str, float]:
+    """The record's single numbers as floats (list values are left out)."""
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def _scalar(metrics: MetricRecord, key: str, default: float | None = None) -> float:
+    """``metrics[key]`` as a float (``default`` when absent, if given); ``TypeError`` for a list value."""
+    value = metrics[key] if default is None else metrics.get(key, default)
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"metric '{key}' is not a single number")
+    return float(value)
 
 
 def _metric_records(records: list[RecordDict]) -> list[MetricRecord]:

@@ -25,7 +25,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedfusion.coordinator.secure_stages import secure_round
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, ReplyListener, RoundListener
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
+    PatientWeightedFedAvg,
+    ReplyListener,
+    RoundListener,
+    scalar_metrics,
+)
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
@@ -125,5 +130,5 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)
         metrics[SECURE_AGGREGATION_SITES_KEY] = len(average.sites)
         if self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
