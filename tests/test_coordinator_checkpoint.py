@@ -64,7 +64,8 @@ def test_a_damaged_model_file_is_refused_not_restarted(tmp_path: Path) -> None:
     checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
     checkpoints.save(_checkpoint(1))
     (checkpoints.directory / "global-round-1.pt").write_bytes(b"torn")
-    with pytest.raises(CorruptCheckpointError, match=r"checkpoint .*state.json is unreadable .*does not match the sha256"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"checkpoint .*state.json is unreadable .*does not match the sha256"):
         checkpoints.load()
 
 

@@ -87,7 +87,8 @@ def test_nothing_with_one_value_per_patient_leaves_a_site(simulated: Path) -> No
     for site, entry, payload in _sent(simulated):
         message = message_from_proto(ProtoMessage.FromString(payload))
         assert not message.has_error(), f"{site}: {message.error.reason}"
-        arrays = {name: tuple(a.shape) for record in message.content.array_records.values() for name, a in record.items()}
+        arrays = {name: tuple(a.shape) for record in message.content.array_records.values()
+                  for name, a in record.items()}
         assert arrays == (model_shapes if entry["kind"] == "train" else {}), site
         values = [v for record in [*message.content.metric_records.values(), *message.content.config_records.values()]
                   for v in record.values()]

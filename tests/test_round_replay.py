@@ -24,7 +24,7 @@ from fedfusion.study.identity import study_id
 
 def _weights(reply: Message) -> dict[str, torch.Tensor]:
     assert not reply.has_error(), reply.error
-    return reply.content["arrays"].to_torch_state_dict()
+    return reply.content.array_records["arrays"].to_torch_state_dict()
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -44,7 +44,8 @@ def error_bound(num_sites: int) -> float:
 NO_DP_POLICY = "dp-mandatory = false\nmax-epsilon = inf\n"
 
 
-def node_configs(cohort: Path, work: Path, tag: str, count: int, policy: str = NO_DP_POLICY) -> dict[int, dict[str, str]]:
+def node_configs(cohort: Path, work: Path, tag: str, count: int,
+                 policy: str = NO_DP_POLICY) -> dict[int, dict[str, str]]:
     """``count`` site nodes (ids 100, 101, ...) over the cohort's sites, each with its own name and ledger."""
     sites = read_cohort_index(cohort).sites
     policy_file = work / f"policy-{tag}.toml"
@@ -110,7 +111,8 @@ def test_three_sites_secure_round_equals_plain_fedavg_and_coordinator_sees_only_
     assert sorted(stages) == sorted(["keys", "share-keys", "masked-input", "unmask"] * 3)
     for message in view:
         assert not message.has_error()
-        arrays = {f"{r}/{k}": a.numpy() for r, record in message.content.array_records.items() for k, a in record.items()}
+        arrays = {f"{r}/{k}": a.numpy() for r, record in message.content.array_records.items()
+                  for k, a in record.items()}
         if stage_of(message.content) == "masked-input":
             (vector,) = arrays.values()
             assert list(arrays) == ["masked/vector"] and vector.dtype == np.uint32 and vector.size == model_size
@@ -198,12 +200,14 @@ def test_updates_near_and_beyond_the_clipping_range_with_weights(small_cohort: P
     study = small_study(small_cohort, dp=False, learning_rate=4.0)
     initial = {k: v.numpy().astype(np.float64) for k, v in build_model(study, seed=study.seed).state_dict().items()}
     alone = node_configs(small_cohort, tmp_path, "alone", 3)
-    trained = {node: run_round(study, {node: config}, "off")[0] for node, config in alone.items()}  # each site's weights
+    # each site's weights
+    trained = {node: run_round(study, {node: config}, "off")[0] for node, config in alone.items()}
     weights = {node: result.train_metrics_clientapp[1]["patients"] for node, result in trained.items()}
     deltas = {node: {k: result.arrays[k].numpy() - initial[k] for k in initial} for node, result in trained.items()}
     clip = DEFAULT_CLIPPING_RANGE
     beyond = np.mean([np.mean(np.abs(d) > clip) for update in deltas.values() for d in update.values()])
-    near = np.mean([np.mean((np.abs(d) > 0.8 * clip) & (np.abs(d) <= clip)) for u in deltas.values() for d in u.values()])
+    near = np.mean([np.mean((np.abs(d) > 0.8 * clip) & (np.abs(d) <= clip))
+                    for u in deltas.values() for d in u.values()])
     assert 0.01 < beyond < 0.9 and near > 0.01, (beyond, near)
 
     secure, _ = run_round(study, node_configs(small_cohort, tmp_path, "clip", 3), "on")

@@ -8,6 +8,7 @@ quantization error, and nothing any site sent in the secure run holds its weight
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,10 +51,8 @@ def simulate(cohort_dir: Path, results_dir: Path, *settings: str) -> None:
     while (leftovers := processes_with_marker(f"FEDFUSION_TEST_MARKER={marker}")) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in leftovers:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not leftovers, f"simulate left processes running: {leftovers}"
 

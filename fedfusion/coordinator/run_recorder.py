@@ -19,7 +19,13 @@ import torch
 from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
 from fedfusion.coordinator.progress_plot import write_progress_plot
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
-from fedfusion.protocol import NOT_AGGREGATED_KEY
+from fedfusion.protocol import (
+    EPSILON_KEY,
+    NOT_AGGREGATED_KEY,
+    POOLED_C_INDEX_KEY,
+    SECURE_AGGREGATION_SITES_KEY,
+    WEIGHT_KEY,
+)
 from fedfusion.study.config import StudyConfig
 
 SITE_METRICS_FILE = "site_metrics.csv"
@@ -82,11 +88,11 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
         return "FAILED (see the site's log)"
     if NOT_AGGREGATED_KEY in metrics:
         return "NOT AGGREGATED: the global model stays as it was (reason in the warning above)"
-    keys = ([("patients", "patients"), ("num-examples", "patients"), ("epsilon", "eps"), ("train-loss", "loss"),
-             ("secure-aggregation-sites", "secure-aggregation sites")]
+    keys = ([("patients", "patients"), (WEIGHT_KEY, "patients"), (EPSILON_KEY, "eps"), ("train-loss", "loss"),
+             (SECURE_AGGREGATION_SITES_KEY, "secure-aggregation sites")]
             if phase == "train" else
-            [("patients", "patients"), ("num-examples", "patients"), ("c-index", "C-index"),
-             ("pooled-c-index", "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
+            [("patients", "patients"), (WEIGHT_KEY, "patients"), ("c-index", "C-index"),
+             (POOLED_C_INDEX_KEY, "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
     parts = []
     for key, label in keys:
         if key in metrics:
