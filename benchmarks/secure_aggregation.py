@@ -2,7 +2,7 @@
 
 5 sites, models of 1M and 10M float32 parameters, measured side by side in one process (interleaved, order
 alternating; medians reported). Each round is the real strategy (`SecurePatientWeightedFedAvg`, "on" vs "off")
-and the real site adapter (`secure_aggregation.flower_site`: `secure_train`, `stage_handler`) over a grid that
+and the real site adapter (`fedfusion.site.secure_stages` with `site_round.secure_update`) over a grid that
 serializes every message and reply with Flower's protobuf wire format, as between SuperLink and SuperNode.
 
 Inside the timed region: building and serializing the train messages (global model to every site), each site
@@ -25,12 +25,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
@@ -43,13 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dp_overhead import record_summary
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
-from fedfusion.privacy.site_policy import SitePolicy
-from fedfusion.site.node_context import SiteContext
-from fedfusion.site.secure_stages import secure_train, stage_handler
-from fedfusion.site.site_privacy import SitePrivacy
-from fedfusion.study.config import StudyConfig
+from fedfusion.protocol import ARRAYS_RECORD, CONFIG_RECORD, METRICS_RECORD, SECAGG_RECORD, SERVER_ROUND_KEY, WEIGHT_KEY
+from fedfusion.site import secure_stages
+from fedfusion.site.round_replay import StoredReply
+from fedfusion.site.site_round import secure_update
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = 5
@@ -81,11 +79,9 @@ def deserialize(payload: bytes) -> Message:
 class TimedGrid(Grid):
     """Delivers each message (over the wire format) to its site and times the coordinator and every site."""
 
-    def __init__(self, trained: dict[int, dict[str, np.ndarray]], ledger_dir: Path) -> None:
+    def __init__(self, trained: dict[int, dict[str, np.ndarray]]) -> None:
         self.trained = trained
         self.states = {node: RecordDict() for node in trained}
-        self.privacy = SitePrivacy(ledger_dir=ledger_dir, policy=SitePolicy())
-        self.study = StudyConfig()
         self.site_seconds = 0.0
         self.slowest_site_seconds = 0.0
         self.bytes = 0
@@ -112,17 +108,25 @@ class TimedGrid(Grid):
 
     def _site(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
-        site = SiteContext(name=f"site-{node}", data_dir=Path("."), gene_panel=Path("."), cache_dir=None,
-                           device="cpu", fallback_mpp=None)
+        site = f"site-{node}"
 
         def trained_weights(msg: Message, *_: object) -> RecordDict:  # local training is outside the benchmark
-            return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in self.trained[node].items()}),
-                               "metrics": MetricRecord({WEIGHT_KEY: PATIENTS[node - 100]})})
+            return RecordDict({ARRAYS_RECORD: ArrayRecord({k: Array(v) for k, v in self.trained[node].items()}),
+                               METRICS_RECORD: MetricRecord({WEIGHT_KEY: PATIENTS[node - 100]})})
 
+        server_round = int(message.content.config_records[CONFIG_RECORD][SERVER_ROUND_KEY])  # type: ignore[arg-type]
         if message.metadata.message_type == "train":
-            content = secure_train(trained_weights, self.states[node])(message, self.study, site, self.privacy)
+            secure_stages.forget(self.states[node])
+            request = secure_stages.secure_request(message.content)
+            content = trained_weights(message)
+            if request is not None:  # what the ClientApp does with SiteRound's answer in a secure round
+                received = message.content.array_records[ARRAYS_RECORD].to_torch_state_dict()
+                weights = {k: torch.from_numpy(v) for k, v in self.trained[node].items()}
+                update = secure_update(received, StoredReply(weights, PATIENTS[node - 100], {}), request, site)
+                keys = secure_stages.keep_round(self.states[node], update, RUN_ID, server_round)
+                content = RecordDict({METRICS_RECORD: content[METRICS_RECORD], SECAGG_RECORD: keys})
         else:
-            content = stage_handler(self.states[node])(message, self.study, site, self.privacy)
+            content = secure_stages.answer_stage(message, self.states[node], site, server_round)
         return Message(content, reply_to=message)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -153,10 +157,10 @@ class TimedGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def one_round(mode: str, initial: ArrayRecord, trained: dict[int, dict[str, np.ndarray]],
-              ledger_dir: Path) -> tuple[dict[str, float], ArrayRecord]:
+def one_round(mode: str, initial: ArrayRecord, trained: dict[int, dict[str, np.ndarray]]
+              ) -> tuple[dict[str, float], ArrayRecord]:
     """One train round with secure aggregation "on" or "off"; its times, bytes and the new global model."""
-    grid = TimedGrid(trained, ledger_dir)
+    grid = TimedGrid(trained)
     strategy = SecurePatientWeightedFedAvg(min_sites=SITES, secure_aggregation=mode)
     started = time.perf_counter()
     result = strategy.start(grid, initial, num_rounds=1, timeout=3600)
@@ -166,7 +170,7 @@ def one_round(mode: str, initial: ArrayRecord, trained: dict[int, dict[str, np.n
     return times, result.arrays
 
 
-def measure(size: str, ledger_dir: Path) -> dict[str, object]:
+def measure(size: str) -> dict[str, object]:
     """Interleaved repetitions of both rounds for one model size; medians, ratios and the max deviation."""
     rng = np.random.default_rng(0)
     global_arrays = model_arrays(SIZES[size], rng)
@@ -175,10 +179,10 @@ def measure(size: str, ledger_dir: Path) -> dict[str, object]:
     initial = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
     samples: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     results: dict[str, ArrayRecord] = {}
-    one_round("on", initial, trained, ledger_dir)  # warm-up
+    one_round("on", initial, trained)  # warm-up
     for rep in range(REPETITIONS[size]):
         for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
-            times, results[mode] = one_round(mode, initial, trained, ledger_dir)
+            times, results[mode] = one_round(mode, initial, trained)
             samples[mode].append(times)
     medians = {mode: {key: statistics.median(t[key] for t in runs) for key in runs[0]}
                for mode, runs in samples.items()}
@@ -198,8 +202,7 @@ def main() -> None:
     """Measure, print and record the secure/plain round-time ratios at 1M and 10M parameters."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as ledger_dir:
-        sizes = {size: measure(size, Path(ledger_dir)) for size in SIZES}
+    sizes = {size: measure(size) for size in SIZES}
     for size, numbers in sizes.items():
         secure, plain = numbers["median_seconds_secure"], numbers["median_seconds_plain"]
         print(f"{size}: secure {secure['parallel']:.3f} s vs plain {plain['parallel']:.3f} s with parallel sites "

@@ -11,7 +11,7 @@ import torch
 
 from fedfusion.cli import main
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, CorruptCheckpointError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import study_id
@@ -64,7 +64,8 @@ def test_a_damaged_model_file_is_refused_not_restarted(tmp_path: Path) -> None:
     checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
     checkpoints.save(_checkpoint(1))
     (checkpoints.directory / "global-round-1.pt").write_bytes(b"torn")
-    with pytest.raises(ConfigError, match=r"checkpoint .*state.json is unreadable .*does not match the sha256"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"checkpoint .*state.json is unreadable .*does not match the sha256"):
         checkpoints.load()
 
 

@@ -25,7 +25,7 @@ from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.simulation.local_study import simulate_study
-from fedfusion.site.egress_mod import PAYLOAD_DIR
+from fedfusion.site.egress_gate import PAYLOAD_DIR
 from fedfusion.site.node_context import SIMULATED_SITES_DIR
 
 pytestmark = pytest.mark.slow

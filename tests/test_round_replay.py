@@ -3,6 +3,7 @@ reply: same weights, no second training, no second charge. Through the real Clie
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import LedgerRound, PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import SitePolicy
+from fedfusion.protocol import SITE_REFUSAL_CODE
 from fedfusion.site.client_app import app
 from fedfusion.site.round_replay import RoundReplay
+from fedfusion.site.site_round import STORED_REPLY_RULE
 from fedfusion.study.identity import study_id
 
 
@@ -26,7 +29,7 @@ def _entries(ledger: PrivacyLedger, study: str, server_round: int) -> list[Ledge
 
 def _weights(reply: Message) -> dict[str, torch.Tensor]:
     assert not reply.has_error(), reply.error
-    return reply.content["arrays"].to_torch_state_dict()
+    return reply.content.array_records["arrays"].to_torch_state_dict()
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -88,14 +91,20 @@ def test_round_charged_but_killed_before_its_reply_is_charged_again(small_cohort
     assert ledger.epsilon(study.accountant, study.delta) > before
 
 
-@pytest.mark.parametrize("damage", [b"", b"not a torch file"])
-def test_unreadable_stored_reply_is_refused(small_cohort: Path, tmp_path: Path, damage: bytes) -> None:
+@pytest.mark.parametrize("damage", [b"", b"not a torch file", b"torn"])
+def test_unreadable_stored_reply_is_refused_naming_the_rule_and_no_path(
+        small_cohort: Path, tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
     call_site("train", study, config, server_round=1)
     replies = RoundReplay(tmp_path / "ledger", dataset_id(site.name, site.site_dir), study_id(study))
     replies.path(1).write_bytes(damage)
-    again = call_site("train", study, config, server_round=1)
-    assert again.has_error() and again.error.code == 3002
-    assert f"site {site.name}: stored reply" in again.error.reason and "refusing to train round 1" in again.error.reason
+    with caplog.at_level(logging.WARNING):
+        again = call_site("train", study, config, server_round=1)
+    assert again.has_error() and again.error.code == SITE_REFUSAL_CODE
+    assert again.error.reason == f"site {site.name} refuses round 1: {STORED_REPLY_RULE}"
+    assert str(tmp_path) not in again.error.reason and "/" not in again.error.reason
+    (recorded,) = [e for e in EgressRecord(tmp_path / "ledger" / EGRESS_FILE).entries() if e["kind"] == "error"]
+    assert recorded["error"]["reason"] == again.error.reason  # what left is what was recorded: no path either
+    assert str(replies.path(1)) in caplog.text and "refusing to train round 1" in caplog.text  # the detail stays local

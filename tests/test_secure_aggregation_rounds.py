@@ -25,10 +25,11 @@ from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
+from fedfusion.protocol import SECAGG_RECORD, SITE_REFUSAL_CODE
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.messages import UnmaskRequest
-from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD, stage_of, unmask_request
-from fedfusion.site.client_app import SITE_REFUSAL_CODE, app
+from fedfusion.secure_aggregation.wire_records import stage_of, unmask_request
+from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
 
 DEFAULT_CLIPPING_RANGE = SecAggConfig(num_sites=3, threshold=2).clipping_range

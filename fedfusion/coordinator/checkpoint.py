@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, CorruptCheckpointError
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import config_hash, defining_config, study_id
 
@@ -69,8 +69,9 @@ class CoordinatorCheckpoint:
     def load(self) -> Checkpoint | None:
         """This study's checkpoint, or None when the folder holds none.
 
-        ``ConfigError`` when the folder holds another study's checkpoint, this study's with a changed config, or
-        an unreadable or inconsistent one (named; never silently restarted, which would spend privacy again).
+        ``ConfigError`` when the folder holds another study's checkpoint or this study's with a changed config;
+        ``CorruptCheckpointError`` for an unreadable or inconsistent one (named; never silently restarted, which
+        would spend privacy again).
         """
         if not self.state_path.exists():
             return None
@@ -91,8 +92,8 @@ class CoordinatorCheckpoint:
             raise
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
                 RuntimeError) as exc:
-            raise ConfigError(f"coordinator checkpoint {self.state_path} is unreadable ({exc}); move the folder "
-                              f"{self.directory} away to start the study again") from exc
+            raise CorruptCheckpointError("coordinator checkpoint", self.state_path, str(exc),
+                                         f"move the folder {self.directory} away to start the study again") from exc
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Write ``checkpoint`` (model file first, then the commit file), then drop older model files."""

@@ -16,9 +16,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fedfusion.atomic_io import atomic_write, atomic_write_text
+from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
 from fedfusion.coordinator.progress_plot import write_progress_plot
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import NOT_AGGREGATED_KEY, SiteReply
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
+from fedfusion.protocol import (
+    EPSILON_KEY,
+    NOT_AGGREGATED_KEY,
+    POOLED_C_INDEX_KEY,
+    SECURE_AGGREGATION_SITES_KEY,
+    WEIGHT_KEY,
+)
 from fedfusion.study.config import StudyConfig
 
 SITE_METRICS_FILE = "site_metrics.csv"
@@ -68,7 +75,7 @@ class RunRecorder:
         if final_weights is not None:
             buffer = io.BytesIO()
             torch.save(final_weights, buffer)
-            atomic_write(results_dir / MODEL_FILE, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+            atomic_write_bytes(results_dir / MODEL_FILE, buffer.getvalue())
         if not site_table.empty:
             write_progress_plot(site_table, round_table, results_dir / PLOT_FILE)
 
@@ -81,11 +88,11 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
         return "FAILED (see the site's log)"
     if NOT_AGGREGATED_KEY in metrics:
         return "NOT AGGREGATED: the global model stays as it was (reason in the warning above)"
-    keys = ([("patients", "patients"), ("num-examples", "patients"), ("epsilon", "eps"), ("train-loss", "loss"),
-             ("secure-aggregation-sites", "secure-aggregation sites")]
+    keys = ([("patients", "patients"), (WEIGHT_KEY, "patients"), (EPSILON_KEY, "eps"), ("train-loss", "loss"),
+             (SECURE_AGGREGATION_SITES_KEY, "secure-aggregation sites")]
             if phase == "train" else
-            [("patients", "patients"), ("num-examples", "patients"), ("c-index", "C-index"),
-             ("pooled-c-index", "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
+            [("patients", "patients"), (WEIGHT_KEY, "patients"), ("c-index", "C-index"),
+             (POOLED_C_INDEX_KEY, "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
     parts = []
     for key, label in keys:
         if key in metrics:

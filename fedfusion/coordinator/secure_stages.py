@@ -16,13 +16,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedfusion.errors import PrivacyError
+from fedfusion.errors import PrivacyError, ProtocolError
+from fedfusion.protocol import CONFIG_RECORD, SECAGG_MESSAGE_TYPE, SECAGG_RECORD, SERVER_ROUND_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.messages import SecureAverage
 from fedfusion.secure_aggregation.server import SecAggServer
 from fedfusion.secure_aggregation.wire_records import (
-    QUERY_ACTION,
-    SECAGG_RECORD,
     masked_input_request,
     read_encrypted_shares,
     read_masked_input,
@@ -32,7 +31,7 @@ from fedfusion.secure_aggregation.wire_records import (
     unmask_request,
 )
 
-MESSAGE_TYPE = f"query.{QUERY_ACTION}"
+MESSAGE_TYPE = SECAGG_MESSAGE_TYPE
 
 
 class FromSite(Protocol):
@@ -58,7 +57,8 @@ class StageRunner:
     def ask(self, requests: Mapping[int, ConfigRecord], parse: Callable[[RecordDict], Parsed]) -> list[Parsed]:
         """Send each site its request; return the parsed answers (see `accept`)."""
         messages = [
-            Message(RecordDict({SECAGG_RECORD: record, "config": ConfigRecord({"server-round": self.server_round})}),
+            Message(RecordDict({SECAGG_RECORD: record,
+                                CONFIG_RECORD: ConfigRecord({SERVER_ROUND_KEY: self.server_round})}),
                     dst_node_id=self.node_of_site[site], message_type=MESSAGE_TYPE)
             for site, record in requests.items()
         ]
@@ -78,7 +78,7 @@ class StageRunner:
                 continue
             try:
                 parsed = parse(reply.content)
-            except (PrivacyError, KeyError, TypeError, ValueError) as exc:
+            except (ProtocolError, PrivacyError, KeyError, TypeError, ValueError) as exc:
                 log(WARNING, "secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
                     self.server_round, node, type(exc).__name__, exc)
                 continue

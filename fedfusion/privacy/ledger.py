@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.errors import PrivacyError
+from fedfusion.errors import CorruptLedgerError, PrivacyError, SiteRefusal
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, merged_history, validated_history
 from fedfusion.privacy.site_policy import SitePolicy
 
@@ -122,8 +122,9 @@ class PrivacyLedger:
                policy: SitePolicy, study_id: str = "") -> Charge:
         """Record ``planned`` (``None`` for a non-DP round) before training, unless it would exceed the budget.
 
-        ``PrivacyError`` naming the site and the rule when the projected epsilon (at the policy's delta, by the
-        policy's accountant) would exceed ``policy.max_epsilon``; nothing is written then.
+        ``SiteRefusal`` naming the site and the rule when the projected epsilon (at the policy's delta, by the
+        policy's accountant) would exceed ``policy.max_epsilon``; nothing is written then. ``CorruptLedgerError``
+        when the ledger file is unreadable.
         """
         entry = LedgerRound(id=uuid.uuid4().hex, run_id=run_id, server_round=server_round, status="charged",
                             dp=planned is not None, planned=validated_history(planned or []),
@@ -133,9 +134,10 @@ class PrivacyLedger:
             projected = _epsilon([*rounds, entry], policy.accountant, policy.delta)
             if projected > policy.max_epsilon:
                 spent = _epsilon(rounds, policy.accountant, policy.delta)
-                raise PrivacyError(
-                    f"site {self.dataset.site} refuses round {server_round}: rule 'max-epsilon' ({policy.max_epsilon}) "
-                    f"would be exceeded (spent {spent:.3f}, after this round {projected:.3f} at delta {policy.delta})"
+                raise SiteRefusal(
+                    self.dataset.site, f"rule 'max-epsilon' ({policy.max_epsilon}) would be exceeded",
+                    request=f"round {server_round}",
+                    detail=f"spent {spent:.3f}, after this round {projected:.3f} at delta {policy.delta}",
                 )
             self._write([*rounds, entry])
         return Charge(entry.id, merged_history([e for r in rounds for e in r.counted]))
@@ -146,7 +148,8 @@ class PrivacyLedger:
             rounds = self._read()
             matches = [i for i, r in enumerate(rounds) if r.id == charge.round_id]
             if not matches:
-                raise PrivacyError(f"site {self.dataset.site}: ledger {self.path} has no charged round {charge.round_id}")
+                raise CorruptLedgerError(f"site {self.dataset.site}: privacy ledger", self.path,
+                                         f"it has no charged round {charge.round_id}")
             index = matches[0]
             charged = rounds[index]
             actual = validated_history(actual)
@@ -167,9 +170,9 @@ class PrivacyLedger:
                 raise ValueError(f"format {raw['format']} / dataset {raw['dataset']} is not {LEDGER_FORMAT} / "
                                  f"{self.dataset.key}")
             return [_round_from_json(r) for r in raw["rounds"]]
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise PrivacyError(f"site {self.dataset.site}: privacy ledger {self.path} is unreadable ({exc}); "
-                               "refusing to train without knowing the spend") from exc
+        except (OSError, KeyError, TypeError, ValueError, PrivacyError) as exc:  # PrivacyError: a malformed history
+            raise CorruptLedgerError(f"site {self.dataset.site}: privacy ledger", self.path, str(exc),
+                                     "refusing to train without knowing the spend") from exc
 
     def _write(self, rounds: Sequence[LedgerRound]) -> None:
         document = {"format": LEDGER_FORMAT, "dataset": self.dataset.key, "site": self.dataset.site,
@@ -195,7 +198,7 @@ def ledgers_in(directory: Path) -> list[PrivacyLedger]:
             raw = json.loads(path.read_text(encoding="utf-8"))
             dataset = DatasetId(key=str(raw["dataset"]), site=str(raw["site"]), data_dir=str(raw["data_dir"]))
         except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise PrivacyError(f"privacy ledger {path} is unreadable ({exc})") from exc
+            raise CorruptLedgerError("privacy ledger", path, str(exc)) from exc
         ledgers.append(PrivacyLedger(directory, dataset))
     return sorted(ledgers, key=lambda ledger: (ledger.dataset.site, ledger.dataset.data_dir))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedfusion.errors import ConfigError, PrivacyError
+from fedfusion.errors import ConfigError, SiteRefusal
 from fedfusion.study.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
 
 POLICY_FILE_NAME = "privacy_policy.toml"
@@ -79,10 +79,10 @@ class SitePolicy:
         return broken
 
     def check(self, study: StudyConfig, site_name: str) -> None:
-        """``PrivacyError`` naming the site and every broken rule if the site must refuse ``study``."""
+        """``SiteRefusal`` naming the site and every broken rule if the site must refuse ``study``."""
         broken = self.violations(study)
         if broken:
-            raise PrivacyError(f"site {site_name} refuses the study under its privacy policy: " + "; ".join(broken))
+            raise SiteRefusal(site_name, "; ".join(broken), request="the study under its privacy policy")
 
 
 def load_policy(path: Path | None) -> SitePolicy:

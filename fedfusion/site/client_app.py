@@ -1,17 +1,19 @@
-"""The site's Flower ClientApp: a thin adapter between Flower messages and ``SiteTrainer``.
+"""The site's Flower ClientApp: translates Flower messages to ``SiteRound`` calls and the answers back.
 
-A site never crashes on a bad request and never sends exception text (it could name a patient): failures are
-logged locally in full and answered with a short error reply naming only the site and the error class. The one
-exception is a privacy refusal (``PrivacyError``): its text, written by us, names the site and the broken rule
-and holds no patient data, so it reaches the operator.
+Every message goes through one layered wrapper, ``answer``, outermost first:
 
-Before anything runs, the site checks the study against its own privacy policy; before training, it charges the
-round's planned DP steps to its on-disk privacy ledger (refusing if the budget would be exceeded) and settles the
-actual steps afterwards. Ledger rounds are keyed by the study (``study_identity``) and round; a round the site
-already answered for this study and the same global model (the coordinator died before checkpointing it) is
-answered with the stored reply instead (``round_replay``): no second training, no second charge. Every reply is
-recorded in the site's egress record before it leaves (``egress_mod``). In a secure-aggregation round the weights stay at the site and leave only masked, over the ``query.secagg``
-stages (``fedfusion.site.secure_stages``).
+1. **resolve once**: the study (run config), the site's facts and privacy folder (node config); without a privacy
+   folder nothing can be recorded, so nothing is sent but a content-free error;
+2. **egress record** (``egress_gate.release``): every reply, error replies included, is recorded before it leaves;
+3. **error replies**: a site never crashes on a bad request and never sends exception text (it could name a
+   patient or a path). A refusal (``SiteRefusal``) sends its fixed public reason, naming the site and the rule;
+   any other failure sends the site's name and the error's class. The details go to the site's log;
+4. **the site's policy** (loaded once into the ``SiteSession``) and the handler: ``SiteRound.train`` (policy,
+   replay, charge, train, store, settle: see ``site_round``), ``SiteRound.evaluate``, or a secure-aggregation
+   stage (``secure_stages``), which the policy also guards.
+
+In a secure-aggregation round the weights stay at the site and leave only masked, over the ``query.secagg``
+stages.
 """
 
 from __future__ import annotations
@@ -19,99 +21,125 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import SITE_RECORD_KEY, WEIGHT_KEY
-from fedfusion.errors import PrivacyError
-from fedfusion.privacy.accounting import history_delta, planned_round
-from fedfusion.secure_aggregation.wire_records import QUERY_ACTION
-from fedfusion.site.cohort_memo import load_cohort_once
-from fedfusion.site.egress_mod import egress_record_mod
-from fedfusion.site.node_context import SiteContext, resolve_site_context
-from fedfusion.site.round_replay import RoundReplay, StoredReply
-from fedfusion.site.secure_stages import secure_train, stage_handler
-from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
-from fedfusion.site.trainer import SiteTrainer
+from fedfusion.errors import PrivacyError, ProtocolError, SiteRefusal
+from fedfusion.protocol import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    QUERY_ACTION,
+    SECAGG_RECORD,
+    SERVER_ROUND_KEY,
+    SITE_ERROR_CODE,
+    SITE_NAME_KEY,
+    SITE_RECORD_KEY,
+    SITE_REFUSAL_CODE,
+    WEIGHT_KEY,
+)
+from fedfusion.site import secure_stages
+from fedfusion.site.egress_gate import release, withheld
+from fedfusion.site.node_context import resolve_site_context
+from fedfusion.site.site_privacy import SitePrivacy, load_site_policy, resolve_ledger_dir
+from fedfusion.site.site_round import SiteRound, SiteSession
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import study_id
 
 logger = logging.getLogger(__name__)
 
-SITE_ERROR_CODE = 3001
-SITE_REFUSAL_CODE = 3002
+app = ClientApp()
 
-app = ClientApp(mods=[egress_record_mod])
+Handler = Callable[[Message, Context, SiteSession], RecordDict]
+"""A message's answer from the session it was resolved into (``context.state`` holds a secure round's state)."""
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this site's patients (DP-SGD when the study says so)."""
-    return _answer(msg, context, secure_train(_train, context.state))
+    return answer(msg, context, _train)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's held-out patients (aggregate metrics only)."""
-    return _answer(msg, context, _evaluate)
+    return answer(msg, context, _evaluate)
 
 
 @app.query(QUERY_ACTION)
 def secure_aggregation_stage(msg: Message, context: Context) -> Message:
     """Answer a secure-aggregation stage (share keys, masked input, unmask) of the round in progress."""
-    return _answer(msg, context, stage_handler(context.state))
+    return answer(msg, context, _secure_stage)
 
 
-Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
-
-
-def _answer(msg: Message, context: Context, handler: Handler) -> Message:
-    site_name = "unknown-site"
+def answer(msg: Message, context: Context, handler: Handler) -> Message:
+    """Resolve the message's session once, answer it with ``handler``, record the reply, then release it."""
     try:
         study = StudyConfig.from_run_config(context.run_config)
         site = resolve_site_context(context.node_config, study)
-        site_name = site.name
-        privacy = resolve_site_privacy(context.node_config, site)
-        privacy.policy.check(study, site.name)
-        content = handler(msg, study, site, privacy)
-        content[SITE_RECORD_KEY] = ConfigRecord({"name": site.name})
-        return Message(content, reply_to=msg)
-    except PrivacyError as exc:  # our own text: names the site and the rule, never a patient
-        logger.warning("site %s refused a %s message: %s", site_name, msg.metadata.message_type, exc)
-        return Message(Error(code=SITE_REFUSAL_CODE, reason=str(exc)), reply_to=msg)
+        ledger_dir = resolve_ledger_dir(context.node_config, site)
+    except Exception:  # nowhere to record a reply: nothing may leave
+        logger.exception("site cannot resolve its study, facts or privacy folder; a %s message is answered "
+                         "with nothing", msg.metadata.message_type)
+        return withheld(msg)
+    keep_payload = False
+    try:
+        session = SiteSession(study, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
+        keep_payload = session.privacy.policy.keep_egress_payloads
+        content = handler(msg, context, session)
+        content[SITE_RECORD_KEY] = ConfigRecord({SITE_NAME_KEY: site.name})
+        reply = Message(content, reply_to=msg)
     except Exception as exc:  # a site answers every request; details stay in the site's log
-        logger.exception("site %s failed to handle a %s message", site_name, msg.metadata.message_type)
-        reason = f"site {site_name}: {type(exc).__name__} (details in the site's log)"
-        return Message(Error(code=SITE_ERROR_CODE, reason=reason), reply_to=msg)
+        reply = Message(_error(msg, site.name, exc), reply_to=msg)
+    try:
+        server_round = _server_round(msg, default=0)
+    except ProtocolError:
+        server_round = 0  # the reply is the error about it; it is still recorded
+    return release(msg, reply, ledger_dir, server_round=server_round, keep_payload=keep_payload)
 
 
-def _train(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
-    server_round = int(msg.content["config"].get("server-round", 0))
-    received = msg.content["arrays"].to_torch_state_dict()
-    ledger = privacy.ledger(site)
-    replies = RoundReplay(ledger.directory, ledger.dataset, study_id(study))
-    reply = replies.find(server_round, received)
-    if reply is not None:
-        logger.info("site %s replays its stored reply to round %s of study %s", site.name, server_round,
-                    replies.study_id)
-    else:
-        cohort = load_cohort_once(site, study)
-        trainer = SiteTrainer(cohort, study, device=site.device)
-        planned = (planned_round(study.noise_multiplier, len(cohort.train), study.batch_size, study.local_epochs)
-                   if study.dp else None)
-        charge = ledger.charge(run_id=msg.metadata.run_id, server_round=server_round, planned=planned,
-                               policy=privacy.policy, study_id=replies.study_id)
-        outcome = trainer.train(received, accountant_history=charge.prior, seed=study.seed * 100_003 + server_round)
-        reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
-        replies.store(server_round, received, reply)  # before settling: a kill after this point replays
-        ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
-    metrics = MetricRecord({WEIGHT_KEY: reply.num_patients, **reply.metrics})
-    return RecordDict({"arrays": ArrayRecord(reply.weights), "metrics": metrics})
+def _error(msg: Message, site_name: str, exc: Exception) -> Error:
+    """The error sent for ``exc``: a refusal's fixed public reason, else only the site and the error's class."""
+    kind = msg.metadata.message_type
+    if isinstance(exc, SiteRefusal):
+        logger.warning("site %s refused a %s message: %s", site_name, kind, exc)
+        return Error(code=SITE_REFUSAL_CODE, reason=exc.public_reason)
+    reason = f"site {site_name}: {type(exc).__name__} (details in the site's log)"
+    if isinstance(exc, PrivacyError):
+        logger.warning("site %s refused a %s message", site_name, kind, exc_info=exc)
+        return Error(code=SITE_REFUSAL_CODE, reason=reason)
+    logger.error("site %s failed to handle a %s message", site_name, kind, exc_info=exc)
+    return Error(code=SITE_ERROR_CODE, reason=reason)
 
 
-def _evaluate(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
-    cohort = load_cohort_once(site, study)
-    trainer = SiteTrainer(cohort, study, device=site.device)
-    metrics = trainer.evaluate(msg.content["arrays"].to_torch_state_dict(), split="test")
+def _server_round(msg: Message, default: int) -> int:
+    """The instruction's ``server-round`` (``default`` when it has none); ``ProtocolError`` if not an integer."""
+    config = msg.content.config_records.get(CONFIG_RECORD)
+    value = default if config is None else config.get(SERVER_ROUND_KEY, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"'{SERVER_ROUND_KEY}' of a {msg.metadata.message_type} message is not an integer")
+    return value
+
+
+def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
+    secure_stages.forget(context.state)
+    server_round = _server_round(msg, default=0)
+    answer = SiteRound(session).train(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
+                                      server_round=server_round, run_id=msg.metadata.run_id,
+                                      secure=secure_stages.secure_request(msg.content))
+    metrics = MetricRecord({WEIGHT_KEY: answer.reply.num_patients, **answer.reply.metrics})
+    if answer.secure is None:
+        return RecordDict({ARRAYS_RECORD: ArrayRecord(answer.reply.weights), METRICS_RECORD: metrics})
+    keys = secure_stages.keep_round(context.state, answer.secure, msg.metadata.run_id, server_round)
+    return RecordDict({METRICS_RECORD: metrics, SECAGG_RECORD: keys})
+
+
+def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
+    metrics: dict[str, MetricRecordValues] = {
+        **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict())}
     metrics[WEIGHT_KEY] = metrics.pop("num-examples")
-    return RecordDict({"metrics": MetricRecord(metrics)})
+    return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
+
+
+def _secure_stage(msg: Message, context: Context, session: SiteSession) -> RecordDict:
+    session.check_policy()
+    return secure_stages.answer_stage(msg, context.state, session.site.name, _server_round(msg, default=-1))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from fedfusion.atomic_io import atomic_write_bytes
-from fedfusion.errors import PrivacyError
+from fedfusion.errors import CorruptReplyError
 from fedfusion.privacy.ledger import DatasetId
 
 REPLIES_DIR = "round-replies"
@@ -66,7 +66,10 @@ class RoundReplay:
         return self.directory / f"round-{server_round}.pt"
 
     def find(self, server_round: int, received: Mapping[str, torch.Tensor]) -> StoredReply | None:
-        """The reply already sent for this round and received model, or None when there is none to replay."""
+        """The reply already sent for this round and received model, or None when there is none to replay.
+
+        ``CorruptReplyError`` (naming the file) when the stored reply cannot be read.
+        """
         path = self.path(server_round)
         if not path.exists():
             return None
@@ -78,10 +81,11 @@ class RoundReplay:
                 return None
             return StoredReply(dict(stored["weights"]), int(stored["num_patients"]),
                                {str(k): float(v) for k, v in stored["metrics"].items()})
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
-                RuntimeError) as exc:
-            raise PrivacyError(f"site {self.site}: stored reply {path} is unreadable ({exc}); refusing to train "
-                               f"round {server_round} again without knowing what was sent") from exc
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, TypeError, ValueError,
+                RuntimeError) as exc:  # IndexError: torch's weights-only unpickler on some damaged bytes
+            raise CorruptReplyError(f"site {self.site}: stored reply", path, f"{type(exc).__name__}: {exc}",
+                                    f"refusing to train round {server_round} again without knowing what was sent"
+                                    ) from exc
 
     def store(self, server_round: int, received: Mapping[str, torch.Tensor], reply: StoredReply) -> None:
         """Keep ``reply`` (atomically) before it is sent; drop the replies of this study's earlier rounds."""

@@ -1,31 +1,31 @@
-"""The site's side of SecAgg+ on Flower's Message API: a train handler wrapper and the stage handler.
+"""The site's side of SecAgg+ on Flower's Message API: the round's state between messages, and stages 2-4.
 
-A train message with a ``secagg`` record (see `records`) is trained as usual, but the reply keeps the weights
-home: the site stores its update (trained minus global weights) and its round secrets in Flower's per-node
-``context.state`` and replies with its metrics and its stage-1 public keys. The coordinator then drives stages
-2-4 with ``query.secagg`` messages, answered by `stage_handler` from that state. Secrets and the update never
-go into a reply; they are forgotten after the masked input (the update) and after the unmask answer or any
-refusal (everything), so a round cannot be replayed at a site.
-
-A site whose policy says ``secure-aggregation-mandatory`` refuses a train message without a ``secagg`` record.
+A train message with a ``secagg`` record is a secure round: ``secure_request`` reads it for ``SiteRound.train``,
+which trains as usual but keeps the weights home (``SecureUpdate``: the update and the round's SecAgg party).
+``keep_round`` stores both in Flower's per-node ``context.state`` and gives the stage-1 public keys for the reply.
+The coordinator then drives stages 2-4 with ``query.secagg`` messages, answered by ``answer_stage`` from that
+state. Secrets and the update never go into a reply; they are forgotten after the masked input (the update) and
+after the unmask answer or any failure (everything), so a round cannot be replayed at a site.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import WEIGHT_KEY
-from fedfusion.errors import PrivacyError
-from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
+from fedfusion.errors import ProtocolError, SiteRefusal
+from fedfusion.protocol import (
+    SECAGG_RECORD,
+    SERVER_ROUND_KEY,
+    STAGE_MASKED_INPUT,
+    STAGE_SHARE_KEYS,
+    STAGE_UNMASK,
+)
 from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.secure_aggregation.wire_records import (
-    MASKED_INPUT,
-    SECAGG_RECORD,
-    SHARE_KEYS,
-    UNMASK,
     config_from,
     config_values,
     encrypted_shares_record,
@@ -38,79 +38,62 @@ from fedfusion.secure_aggregation.wire_records import (
     stage_of,
     unmask_shares_record,
 )
-from fedfusion.site.node_context import SiteContext
-from fedfusion.site.site_privacy import SitePrivacy
-from fedfusion.study.config import StudyConfig
-
-Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
+from fedfusion.site.site_round import SecureRequest, SecureUpdate
 
 STATE_RECORD = "secagg-state"
 """``context.state`` ConfigRecord: the round (run id, server round, config) and the site's SecAgg secrets."""
 UPDATE_RECORD = "secagg-update"
 """``context.state`` ArrayRecord: the site's update (trained minus global weights) until it is masked."""
+RUN_ID_KEY = "run-id"
+"""The run of the kept round, in ``STATE_RECORD`` (with ``server-round``)."""
 
 
-def secure_train(train: Handler, state: RecordDict) -> Handler:
-    """Wrap the site's train handler so that a secure-aggregation round keeps the weights at the site."""
-
-    def handler(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
-        forget(state)
-        server_round = int(msg.content["config"].get("server-round", 0))
-        if stage_of(msg.content) is None:
-            if privacy.policy.secure_aggregation_mandatory:
-                raise PrivacyError(f"site {site.name} refuses round {server_round} under its privacy policy: "
-                                   f"{SECURE_AGGREGATION_RULE}: the coordinator asks plain aggregation")
-            return train(msg, study, site, privacy)
-        config, site_id = read_train_request(msg.content)
-        content = train(msg, study, site, privacy)
-        trained = content.array_records["arrays"]
-        del content["arrays"]
-        initial = msg.content.array_records["arrays"]
-        if list(trained) != list(initial):
-            raise PrivacyError(f"site {site.name}: trained weights do not match the global model's names")
-        update = {name: trained[name].numpy() - initial[name].numpy() for name in initial}
-        secagg = SecAggSite(site_id, config, content.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]
-        content[SECAGG_RECORD] = public_keys_record(secagg.public_keys())
-        _keep(state, secagg, {"run-id": str(msg.metadata.run_id), "server-round": server_round})
-        state[UPDATE_RECORD] = ArrayRecord({name: Array(np.ascontiguousarray(u)) for name, u in update.items()})
-        return content
-
-    return handler
+def secure_request(content: RecordDict) -> SecureRequest | None:
+    """The secure-aggregation request of a train message, or None for a plain round; ``ProtocolError`` if bad."""
+    if stage_of(content) is None:
+        return None
+    config, site_id = read_train_request(content)
+    return SecureRequest(config, site_id)
 
 
-def stage_handler(state: RecordDict) -> Handler:
-    """The handler of ``query.secagg`` messages: answer stage 2, 3 or 4 of the round in ``state``."""
+def keep_round(state: RecordDict, secure: SecureUpdate, run_id: int, server_round: int) -> ConfigRecord:
+    """Keep a secure round's secrets and update in ``state``; return the stage-1 reply (public keys)."""
+    keys = public_keys_record(secure.secagg.public_keys())  # first: it moves the party on to its next stage
+    _keep(state, secure.secagg, {RUN_ID_KEY: str(run_id), SERVER_ROUND_KEY: server_round})
+    state[UPDATE_RECORD] = ArrayRecord({name: Array(np.ascontiguousarray(u)) for name, u in secure.update.items()})
+    return keys
 
-    def handler(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
-        saved = state.config_records.get(STATE_RECORD)
-        server_round = int(msg.content["config"].get("server-round", -1)) if "config" in msg.content else -1
-        if saved is None or (saved["run-id"], saved["server-round"]) != (str(msg.metadata.run_id), server_round):
-            raise PrivacyError(f"site {site.name}: no secure-aggregation round {server_round} in progress here")
-        secagg = SecAggSite.from_secrets(saved, config_from(saved))
-        stage = stage_of(msg.content)
-        try:
-            if stage == SHARE_KEYS:
-                reply = RecordDict({SECAGG_RECORD: encrypted_shares_record(
-                    secagg.share_keys(read_share_keys_request(msg.content)))})
-            elif stage == MASKED_INPUT:
-                update = {name: array.numpy() for name, array in state.array_records[UPDATE_RECORD].items()}
-                masked = secagg.masked_input(read_masked_input_request(msg.content), update)
-                del state[UPDATE_RECORD]
-                reply = masked_input_content(masked)
-            elif stage == UNMASK:
-                reply = RecordDict({SECAGG_RECORD: unmask_shares_record(
-                    secagg.unmask(read_unmask_request(msg.content)))})
-                forget(state)
-                return reply
-            else:
-                raise PrivacyError(f"site {site.name}: unknown secure-aggregation stage {stage!r}")
-        except Exception:
+
+def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: int) -> RecordDict:
+    """Answer stage 2, 3 or 4 of round ``server_round`` kept in ``state``; forget it after stage 4 or any failure."""
+    saved = state.config_records.get(STATE_RECORD)
+    if saved is None or (saved[RUN_ID_KEY], saved[SERVER_ROUND_KEY]) != (str(msg.metadata.run_id), server_round):
+        raise SiteRefusal(site_name, f"no secure-aggregation round {server_round} in progress here",
+                          request="the secure-aggregation stage")
+    kept: Mapping[str, Any] = saved  # the values SecAggSite.secrets() wrote into the record
+    secagg = SecAggSite.from_secrets(kept, config_from(saved))
+    stage = stage_of(msg.content)
+    try:
+        if stage == STAGE_SHARE_KEYS:
+            reply = RecordDict({SECAGG_RECORD: encrypted_shares_record(
+                secagg.share_keys(read_share_keys_request(msg.content)))})
+        elif stage == STAGE_MASKED_INPUT:
+            update = {name: array.numpy() for name, array in state.array_records[UPDATE_RECORD].items()}
+            masked = secagg.masked_input(read_masked_input_request(msg.content), update)
+            del state[UPDATE_RECORD]
+            reply = masked_input_content(masked)
+        elif stage == STAGE_UNMASK:
+            reply = RecordDict({SECAGG_RECORD: unmask_shares_record(
+                secagg.unmask(read_unmask_request(msg.content)))})
             forget(state)
-            raise
-        _keep(state, secagg, {key: saved[key] for key in ("run-id", "server-round")})  # type: ignore[misc]
-        return reply
-
-    return handler
+            return reply
+        else:
+            raise ProtocolError(f"site {site_name}: unknown secure-aggregation stage {stage!r}")
+    except Exception:
+        forget(state)
+        raise
+    _keep(state, secagg, {RUN_ID_KEY: str(saved[RUN_ID_KEY]), SERVER_ROUND_KEY: server_round})
+    return reply
 
 
 def forget(state: RecordDict) -> None:

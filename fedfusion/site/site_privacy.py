@@ -36,7 +36,7 @@ class SitePrivacy:
 
 def resolve_site_privacy(node_config: Mapping[str, Any], site: SiteContext) -> SitePrivacy:
     """The site's ledger folder and policy (a named ``policy-file`` that is missing is an error, not a default)."""
-    return SitePrivacy(ledger_dir=resolve_ledger_dir(node_config, site), policy=_load_site_policy(node_config, site))
+    return SitePrivacy(ledger_dir=resolve_ledger_dir(node_config, site), policy=load_site_policy(node_config, site))
 
 
 def resolve_ledger_dir(node_config: Mapping[str, Any], site: SiteContext) -> Path:
@@ -46,7 +46,8 @@ def resolve_ledger_dir(node_config: Mapping[str, Any], site: SiteContext) -> Pat
     return site.privacy_dir if site.privacy_dir is not None else site.data_dir / LEDGER_DIR_NAME
 
 
-def _load_site_policy(node_config: Mapping[str, Any], site: SiteContext) -> SitePolicy:
+def load_site_policy(node_config: Mapping[str, Any], site: SiteContext) -> SitePolicy:
+    """The site's policy: its ``policy-file``, else the one beside its data, else the built-in default."""
     if POLICY_FILE_KEY in node_config:
         policy_file: Path | None = Path(str(node_config[POLICY_FILE_KEY]))
     else:

@@ -1,6 +1,7 @@
 """FedAvg weighted by the number of training patients at each site.
 
-Flower's ``FedAvg`` already weights by the reply metric ``num-examples``; every fedfusion site reports its
+Flower's ``FedAvg`` already weights by the reply metric ``num-examples`` (``fedfusion.protocol.WEIGHT_KEY``);
+every fedfusion site reports its
 *patients* there (the privacy unit), never tiles. This subclass adds what a consortium needs on top:
 per-site reporting of each round (site name, patients, epsilon, metrics) through a callback, a privacy-aware
 aggregation of training metrics (the federation's epsilon is the *maximum* over sites, not a mean), and a
@@ -19,12 +20,18 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
-WEIGHT_KEY = "num-examples"
-"""Reply metric holding the site's patient count (the FedAvg weight)."""
-SITE_RECORD_KEY = "site"
-"""Reply ConfigRecord holding the site's public name."""
-NOT_AGGREGATED_KEY = "not-aggregated"
-"""Round metric (1) of a train round whose updates were not aggregated: the global model stayed as it was."""
+from fedfusion.protocol import (
+    ARRAYS_RECORD,
+    COMPARABLE_PAIRS_KEY,
+    CONCORDANT_PAIRS_KEY,
+    CONFIG_RECORD,
+    EPSILON_KEY,
+    NOT_AGGREGATED_KEY,
+    POOLED_C_INDEX_KEY,
+    SITE_NAME_KEY,
+    SITE_RECORD_KEY,
+    WEIGHT_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class PatientWeightedFedAvg(FedAvg):
             min_evaluate_nodes=min_sites,
             min_available_nodes=min_sites,
             weighted_by_key=WEIGHT_KEY,
+            arrayrecord_key=ARRAYS_RECORD,
+            configrecord_key=CONFIG_RECORD,
             train_metrics_aggr_fn=aggregate_train_metrics,
             evaluate_metrics_aggr_fn=aggregate_evaluate_metrics,
         )
@@ -79,7 +88,7 @@ class PatientWeightedFedAvg(FedAvg):
             return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -88,7 +97,7 @@ class PatientWeightedFedAvg(FedAvg):
         self._report(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "evaluate", dict(metrics))
+            self._on_round_aggregated(server_round, "evaluate", scalar_metrics(metrics))
         return metrics
 
     def _enough_sites(self, server_round: int, replies: list[Message]) -> bool:
@@ -121,17 +130,17 @@ class PatientWeightedFedAvg(FedAvg):
 def _site_name(msg: Message) -> str:
     if not msg.has_error():
         record = msg.content.config_records.get(SITE_RECORD_KEY)
-        if record is not None and "name" in record:
-            return str(record["name"])
+        if record is not None and SITE_NAME_KEY in record:
+            return str(record[SITE_NAME_KEY])
     return f"node-{msg.metadata.src_node_id}"
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Patient-weighted means, except privacy spend: epsilon is the maximum over sites."""
     aggregated = weighted_means(records, weight_key)
-    epsilons = [float(m["epsilon"]) for m in _metric_records(records) if "epsilon" in m]
+    epsilons = [_scalar(m, EPSILON_KEY) for m in _metric_records(records) if EPSILON_KEY in m]
     if epsilons:
-        aggregated["epsilon"] = max(epsilons)
+        aggregated[EPSILON_KEY] = max(epsilons)
     return aggregated
 
 
@@ -142,9 +151,9 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     numbers per site, never a per-patient prediction.
     """
     aggregated = weighted_means(records, weight_key)
-    concordant = sum(float(m.get("concordant-pairs", 0.0)) for m in _metric_records(records))
-    comparable = sum(float(m.get("comparable-pairs", 0.0)) for m in _metric_records(records))
-    aggregated["pooled-c-index"] = concordant / comparable if comparable else math.nan
+    concordant = sum(_scalar(m, CONCORDANT_PAIRS_KEY, 0.0) for m in _metric_records(records))
+    comparable = sum(_scalar(m, COMPARABLE_PAIRS_KEY, 0.0) for m in _metric_records(records))
+    aggregated[POOLED_C_INDEX_KEY] = concordant / comparable if comparable else math.nan
     return aggregated
 
 
@@ -158,7 +167,7 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
     weights: dict[str, float] = {}
     total = 0.0
     for metrics in _metric_records(records):
-        weight = float(metrics[weight_key])
+        weight = _scalar(metrics, weight_key)
         total += weight
         for key, value in metrics.items():
             if key == weight_key or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -168,6 +177,19 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
     out = MetricRecord({key: sums[key] / weights[key] for key in sums if weights[key] > 0})
     out["patients"] = int(total)
     return out
+
+
+def scalar_metrics(metrics: MetricRecord) -> dict[str, float]:
+    """The record's single numbers as floats (list values are left out)."""
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def _scalar(metrics: MetricRecord, key: str, default: float | None = None) -> float:
+    """``metrics[key]`` as a float (``default`` when absent, if given); ``TypeError`` for a list value."""
+    value = metrics[key] if default is None else metrics.get(key, default)
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"metric '{key}' is not a single number")
+    return float(value)
 
 
 def _metric_records(records: list[RecordDict]) -> list[MetricRecord]:

@@ -25,10 +25,16 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedfusion.coordinator.secure_stages import secure_round
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, ReplyListener, RoundListener
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
+    PatientWeightedFedAvg,
+    ReplyListener,
+    RoundListener,
+    scalar_metrics,
+)
 from fedfusion.errors import ConfigError, PrivacyError
+from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
-from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD, train_request
+from fedfusion.secure_aggregation.wire_records import train_request
 from fedfusion.study.config import SECURE_AGGREGATION_MODES
 
 AUTO_MIN_SITES = 3
@@ -58,7 +64,8 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
     ) -> None:
         super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated)
         if secure_aggregation not in SECURE_AGGREGATION_MODES:
-            raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, got '{secure_aggregation}'")
+            raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, "
+                              f"got '{secure_aggregation}'")
         self.secure_aggregation = secure_aggregation
         self.threshold_fraction = threshold_fraction
         self._grid: Grid | None = None
@@ -121,7 +128,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         nodes = {node_of_site[site] for site in average.sites}
         included = [m.content for m in replies if not m.has_error() and m.metadata.src_node_id in nodes]
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)
-        metrics["secure-aggregation-sites"] = len(average.sites)
+        metrics[SECURE_AGGREGATION_SITES_KEY] = len(average.sites)
         if self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, CorruptStateError
 
 CONNECTION_NAME = "fedfusion-coordinator"
 DAEMON_FILE = "coordinator.json"
@@ -76,7 +76,8 @@ def clear_daemon_info(paths: CoordinatorPaths) -> None:
 
 
 def read_daemon_info(paths: CoordinatorPaths) -> DaemonInfo:
-    """The running daemon's facts; :class:`ConfigError` when no coordinator runs with this state folder."""
+    """The running daemon's facts; :class:`ConfigError` when no coordinator runs with this state folder
+    (``CorruptStateError`` when its daemon file is malformed)."""
     path = paths.state_dir / DAEMON_FILE
     try:
         info = DaemonInfo(**json.loads(path.read_text(encoding="utf-8")))
@@ -84,7 +85,7 @@ def read_daemon_info(paths: CoordinatorPaths) -> DaemonInfo:
         raise ConfigError(f"no coordinator is running with state folder {paths.state_dir} ({path} is missing; "
                           "start it with `fedfusion coordinator run`)") from exc
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is malformed: {exc!r}") from exc
+        raise CorruptStateError("the coordinator's daemon file", path, repr(exc)) from exc
     if not _alive(info.pid):
         raise ConfigError(f"the coordinator of {paths.state_dir} (pid {info.pid}) is not running")
     return info
@@ -94,7 +95,7 @@ def running_daemon(paths: CoordinatorPaths) -> DaemonInfo | None:
     """The daemon running with this state folder, or None (a stale file of a dead daemon counts as none)."""
     try:
         return read_daemon_info(paths)
-    except ConfigError:
+    except (ConfigError, CorruptStateError):
         return None
 
 

@@ -37,7 +37,7 @@ from fedfusion.deployment.coordinator.study_state import (
     write_study,
 )
 from fedfusion.deployment.processes import flower_env, flower_script
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, FedfusionError
 from fedfusion.simulation.flower_engine import write_flower_app
 from fedfusion.study.config import StudyConfig
 
@@ -98,7 +98,8 @@ def run_study(paths: CoordinatorPaths, record: StudyRecord, echo: Callable[[str]
         [flower_script("flwr"), "run", record.app_dir, CONNECTION_NAME, "--stream"],
         env=flower_env(paths.flwr_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as flwr_run:
-        assert flwr_run.stdout is not None
+        if flwr_run.stdout is None:  # Popen with stdout=PIPE always has one
+            raise FedfusionError(f"study {record.study_id}: `flwr run` started without its output pipe")
         for line in flwr_run.stdout:
             log.write(line)
             echo(line.rstrip("\n"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, CorruptCheckpointError
 
 STUDY_FILE = "study.json"
 PREPARED, RUNNING, FINISHED, FAILED = "prepared", "running", "finished", "failed"
@@ -45,14 +45,15 @@ def write_study(paths: CoordinatorPaths, record: StudyRecord) -> None:
 
 
 def read_study(paths: CoordinatorPaths, study_id: str) -> StudyRecord:
-    """A study's state; :class:`ConfigError` naming the file when it is missing or malformed."""
+    """A study's state; :class:`ConfigError` naming the file when it is missing, ``CorruptCheckpointError`` when it
+    is malformed."""
     path = study_folder(paths, study_id) / STUDY_FILE
     try:
         return StudyRecord(**json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise ConfigError(f"no study {study_id!r} at this coordinator ({path} is missing)") from exc
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is malformed: {exc!r}") from exc
+        raise CorruptCheckpointError(f"study {study_id!r}: its record", path, repr(exc)) from exc
 
 
 def ended(record: StudyRecord, status: str) -> StudyRecord:

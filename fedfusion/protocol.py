@@ -1,0 +1,88 @@
+"""The names that cross the wire between the coordinator and the sites, each defined once.
+
+Record names, config keys, metric keys, message actions and error codes that one side writes and the other reads.
+Both sides import them from here, so neither imports the other: the coordinator (``fedfusion.coordinator``) and
+the site (``fedfusion.site``) meet only in this module and in ``fedfusion.secure_aggregation``. This module
+imports nothing from fedfusion. Several names are Flower's own conventions (``FedAvg`` writes ``arrays``,
+``config`` and ``server-round`` and weights by ``num-examples``); they are written down here so that a reader
+finds every name a message can hold in one place.
+
+A train or evaluate instruction holds ``arrays`` (the global model) and ``config`` (``server-round``; a secure
+round adds the ``secagg`` record). A reply holds ``arrays`` (train, plain aggregation only), ``metrics`` and
+``site``; or an error with one of the codes below and a short fixed reason (never exception text or a path).
+"""
+
+from __future__ import annotations
+
+# Records of a message's content (a Flower RecordDict).
+
+ARRAYS_RECORD = "arrays"
+"""ArrayRecord: the global model in an instruction, the trained weights in a plain train reply."""
+METRICS_RECORD = "metrics"
+"""MetricRecord of a reply: the site's aggregate numbers (see the metric keys below)."""
+CONFIG_RECORD = "config"
+"""ConfigRecord of an instruction: the round's settings (``server-round``)."""
+SITE_RECORD_KEY = "site"
+"""ConfigRecord of a reply holding the site's public name under ``SITE_NAME_KEY``."""
+SITE_NAME_KEY = "name"
+"""The site's public name in the ``site`` record (the only site fact that leaves the site)."""
+
+# Config keys.
+
+SERVER_ROUND_KEY = "server-round"
+"""The round number in an instruction's ``config`` record (written by Flower's FedAvg and the SecAgg stages)."""
+
+# Metric keys of replies and rounds.
+
+WEIGHT_KEY = "num-examples"
+"""Reply metric holding the site's patient count: the FedAvg weight (patients are the privacy unit, not tiles)."""
+EPSILON_KEY = "epsilon"
+"""Train metric: the site's cumulative epsilon; the federation reports the maximum over sites, not a mean."""
+DELTA_KEY = "delta"
+"""Train metric: the delta the epsilon is accounted at."""
+NOISE_MULTIPLIER_KEY = "noise-multiplier"
+"""Train metric: the DP-SGD noise multiplier used (0 with DP off)."""
+MAX_GRAD_NORM_KEY = "max-grad-norm"
+"""Train metric: the DP-SGD clipping norm used (0 with DP off)."""
+DP_METRIC_KEYS = (EPSILON_KEY, DELTA_KEY, NOISE_MULTIPLIER_KEY, MAX_GRAD_NORM_KEY)
+"""The train metrics that describe a reply's differential privacy (kept in the site's egress record)."""
+CONCORDANT_PAIRS_KEY = "concordant-pairs"
+"""Evaluate metric: concordant patient pairs among the site's comparable test pairs."""
+COMPARABLE_PAIRS_KEY = "comparable-pairs"
+"""Evaluate metric: comparable patient pairs within the site's test patients."""
+POOLED_C_INDEX_KEY = "pooled-c-index"
+"""Round metric: concordant over comparable pairs summed over sites (no per-patient prediction leaves a site)."""
+SECURE_AGGREGATION_SITES_KEY = "secure-aggregation-sites"
+"""Round metric of a secure train round: the sites whose update went into the average."""
+NOT_AGGREGATED_KEY = "not-aggregated"
+"""Round metric (1) of a train round whose updates were not aggregated: the global model stayed as it was."""
+
+# Secure aggregation (SecAgg+): the record layouts are in ``fedfusion.secure_aggregation.wire_records``.
+
+SECAGG_RECORD = "secagg"
+"""ConfigRecord of every SecAgg message and reply; its ``stage`` value names the step."""
+MASKED_RECORD = "masked"
+"""ArrayRecord of a masked-input reply: the masked vector."""
+QUERY_ACTION = "secagg"
+"""Stages 2-4 travel as Flower ``query`` messages of this action."""
+SECAGG_MESSAGE_TYPE = f"query.{QUERY_ACTION}"
+"""The message type of a stage 2-4 message."""
+STAGE_TRAIN = "train"
+"""Stage of a train instruction of a secure round: the site's id and the round's SecAgg numbers."""
+STAGE_KEYS = "keys"
+"""Stage of a secure round's train reply: the site's public keys (stage 1), no weights."""
+STAGE_SHARE_KEYS = "share-keys"
+"""Stage 2: the announced keys out, the encrypted secret shares back."""
+STAGE_MASKED_INPUT = "masked-input"
+"""Stage 3: the shares addressed to a site out, its masked update back."""
+STAGE_UNMASK = "unmask"
+"""Stage 4: survivors and dropouts out, the shares that remove the masks back."""
+
+# Error replies (Flower ``Error`` codes) a site sends instead of content.
+
+SITE_ERROR_CODE = 3001
+"""The site failed to answer; the reason names the site and the error class only (details in the site's log)."""
+SITE_REFUSAL_CODE = 3002
+"""The site refuses under one of its rules; the reason is fixed text naming the site and the rule."""
+EGRESS_ERROR_CODE = 3003
+"""The site could not record its reply in its egress record, so the reply was withheld."""

@@ -1,0 +1,177 @@
+"""A site's whole round, without Flower: policy, replay, charge, train, store, settle; and evaluation.
+
+The order is the site's privacy guarantee, so it lives in one place (``SiteRound.train``):
+
+1. **policy**: the study against the site's own policy, and a plain round against
+   ``secure-aggregation-mandatory``; a refusal (``SiteRefusal``) charges nothing and trains nothing;
+2. **replay**: a round already answered for this study and the same global model is answered with the stored
+   reply (``round_replay``): no second training, no second charge;
+3. **charge** the round's planned DP steps to the privacy ledger, refusing if the budget would be exceeded;
+4. **train** (the ledger already counts the round in full, so a kill from here on never under-counts);
+5. **store** the reply before it can leave (a kill after this point replays it on the next ask);
+6. **settle** the ledger with the steps actually taken.
+
+A round charged but killed before step 5 has nothing to replay: asked again, it is trained and charged again.
+In a secure-aggregation round the answer also holds the update (trained minus global weights) and the round's
+SecAgg secrets, which stay at the site; the Flower adapter (``client_app``, ``secure_stages``) keeps them in the
+node's state and sends only the public keys. An unreadable ledger or stored reply is a refusal whose public text
+names the site and the rule only; the file and the error stay in the site's log (``SiteRefusal.detail``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fedfusion.errors import CorruptLedgerError, CorruptReplyError, ProtocolError, SiteRefusal
+from fedfusion.privacy.accounting import history_delta, planned_round
+from fedfusion.privacy.ledger import PrivacyLedger
+from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
+from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.site import SecAggSite
+from fedfusion.site.cohort_memo import load_cohort_once
+from fedfusion.site.node_context import SiteContext, resolve_site_context
+from fedfusion.site.round_replay import RoundReplay, StoredReply
+from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
+from fedfusion.site.trainer import SiteTrainer
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.identity import study_id
+
+logger = logging.getLogger(__name__)
+
+LEDGER_RULE = "rule 'readable-ledger': its privacy ledger is unreadable, so its spend is unknown"
+"""The public reason of a refusal for an unreadable privacy ledger."""
+STORED_REPLY_RULE = "rule 'readable-stored-reply': its stored reply to the round is unreadable"
+"""The public reason of a refusal for an unreadable stored reply (what was sent is unknown)."""
+
+
+@dataclass(frozen=True)
+class SiteSession:
+    """What a site resolves once per message: the study, its own facts, and its privacy folder and policy."""
+
+    study: StudyConfig
+    site: SiteContext
+    privacy: SitePrivacy
+
+    @classmethod
+    def resolve(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> SiteSession:
+        """The session of a message from Flower's run config (the study) and node config (the site's facts)."""
+        study = StudyConfig.from_run_config(run_config)
+        site = resolve_site_context(node_config, study)
+        return cls(study, site, resolve_site_privacy(node_config, site))
+
+    def check_policy(self) -> None:
+        """``SiteRefusal`` naming the site and every rule of its policy the study breaks."""
+        self.privacy.policy.check(self.study, self.site.name)
+
+
+@dataclass(frozen=True)
+class SecureRequest:
+    """A secure-aggregation round's request to this site: its id in the round and the round's SecAgg numbers."""
+
+    config: SecAggConfig
+    site_id: int
+
+
+@dataclass(frozen=True)
+class SecureUpdate:
+    """What a secure round keeps at the site until it is masked: the round's SecAgg party and the update."""
+
+    secagg: SecAggSite
+    update: dict[str, NDArray[Any]]
+    """Trained minus global weights, by parameter name."""
+
+
+@dataclass(frozen=True)
+class TrainAnswer:
+    """A site's answer to a train round."""
+
+    reply: StoredReply
+    """Weights, patients (the FedAvg weight) and metrics, as stored for replay."""
+    replayed: bool
+    """True when the reply was the stored one: nothing was trained or charged this time."""
+    secure: SecureUpdate | None = None
+    """In a secure round: what stays at the site (then ``reply.weights`` must not be sent)."""
+
+
+class SiteRound:
+    """One site's answer to one message of a study: ``train`` or ``evaluate``, in the order of the module docstring.
+
+    ``trainer`` and ``ledger`` default to the site's own (the cohort is read only when training is needed); tests
+    pass subclasses to observe the order.
+    """
+
+    def __init__(self, session: SiteSession, *, trainer: SiteTrainer | None = None,
+                 ledger: PrivacyLedger | None = None) -> None:
+        self.session = session
+        self.ledger = ledger if ledger is not None else session.privacy.ledger(session.site)
+        self.replies = RoundReplay(self.ledger.directory, self.ledger.dataset, study_id(session.study))
+        self._trainer = trainer
+
+    @property
+    def trainer(self) -> SiteTrainer:
+        """The site's trainer on its cohort (read from disk once per process)."""
+        if self._trainer is None:
+            study, site = self.session.study, self.session.site
+            self._trainer = SiteTrainer(load_cohort_once(site, study), study, device=site.device)
+        return self._trainer
+
+    def train(self, received: dict[str, torch.Tensor], *, server_round: int, run_id: int,
+              secure: SecureRequest | None = None) -> TrainAnswer:
+        """Answer a train round from the global weights ``received`` (see the module docstring for the order)."""
+        self.session.check_policy()
+        site = self.session.site.name
+        if secure is None and self.session.privacy.policy.secure_aggregation_mandatory:
+            raise SiteRefusal(site, f"{SECURE_AGGREGATION_RULE}: the coordinator asks plain aggregation",
+                              request=f"round {server_round} under its privacy policy")
+        try:
+            reply = self.replies.find(server_round, received)
+            replayed = reply is not None
+            if reply is None:
+                reply = self._train_and_store(received, server_round, run_id)
+            else:
+                logger.info("site %s replays its stored reply to round %s of study %s", site, server_round,
+                            self.replies.study_id)
+        except CorruptReplyError as exc:
+            raise SiteRefusal(site, STORED_REPLY_RULE, request=f"round {server_round}", detail=str(exc)) from exc
+        except CorruptLedgerError as exc:
+            raise SiteRefusal(site, LEDGER_RULE, request=f"round {server_round}", detail=str(exc)) from exc
+        return TrainAnswer(reply, replayed,
+                           None if secure is None else secure_update(received, reply, secure, site))
+
+    def evaluate(self, received: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count)."""
+        self.session.check_policy()
+        return self.trainer.evaluate(received, split="test")
+
+    def _train_and_store(self, received: dict[str, torch.Tensor], server_round: int, run_id: int) -> StoredReply:
+        study = self.session.study
+        trainer = self.trainer
+        planned = (planned_round(study.noise_multiplier, len(trainer.cohort.train), study.batch_size,
+                                 study.local_epochs) if study.dp else None)
+        charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
+                                    policy=self.session.privacy.policy, study_id=self.replies.study_id)
+        outcome = trainer.train(received, accountant_history=charge.prior, seed=study.seed * 100_003 + server_round)
+        reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
+        self.replies.store(server_round, received, reply)  # before settling: a kill after this point replays
+        self.ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
+        return reply
+
+
+def secure_update(received: Mapping[str, torch.Tensor], reply: StoredReply, request: SecureRequest,
+                  site_name: str) -> SecureUpdate:
+    """What a secure round keeps at the site: the update (``reply`` minus ``received``) and a new SecAgg party."""
+    if list(reply.weights) != list(received):
+        raise ProtocolError(f"site {site_name}: the received global model's names do not match the study's model")
+    update = {name: _array(reply.weights[name]) - _array(tensor) for name, tensor in received.items()}
+    return SecureUpdate(SecAggSite(request.site_id, request.config, reply.num_patients), update)
+
+
+def _array(tensor: torch.Tensor) -> NDArray[Any]:
+    return np.asarray(tensor.detach().cpu().numpy())
