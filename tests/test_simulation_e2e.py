@@ -22,7 +22,7 @@ from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.simulation.baselines import held_out_c_index
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
 

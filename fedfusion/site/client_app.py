@@ -33,8 +33,7 @@ from fedfusion.site.round_replay import RoundReplay, StoredReply
 from fedfusion.site.secure_stages import secure_train, stage_handler
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.site.trainer import SiteTrainer
-from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import study_id
+from fedfusion.study.run_config import StudyRun
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +61,18 @@ def secure_aggregation_stage(msg: Message, context: Context) -> Message:
     return _answer(msg, context, stage_handler(context.state))
 
 
-Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
+Handler = Callable[[Message, StudyRun, SiteContext, SitePrivacy], RecordDict]
 
 
 def _answer(msg: Message, context: Context, handler: Handler) -> Message:
     site_name = "unknown-site"
     try:
-        study = StudyConfig.from_run_config(context.run_config)
-        site = resolve_site_context(context.node_config, study)
+        run = StudyRun.from_run_config(context.run_config)
+        site = resolve_site_context(context.node_config)
         site_name = site.name
         privacy = resolve_site_privacy(context.node_config, site)
-        privacy.policy.check(study, site.name)
-        content = handler(msg, study, site, privacy)
+        privacy.policy.check(run.study, site.name)
+        content = handler(msg, run, site, privacy)
         content[SITE_RECORD_KEY] = ConfigRecord({"name": site.name})
         return Message(content, reply_to=msg)
     except PrivacyError as exc:  # our own text: names the site and the rule, never a patient
@@ -85,11 +84,12 @@ def _answer(msg: Message, context: Context, handler: Handler) -> Message:
         return Message(Error(code=SITE_ERROR_CODE, reason=reason), reply_to=msg)
 
 
-def _train(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+def _train(msg: Message, run: StudyRun, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+    study = run.study
     server_round = int(msg.content["config"].get("server-round", 0))
     received = msg.content["arrays"].to_torch_state_dict()
     ledger = privacy.ledger(site)
-    replies = RoundReplay(ledger.directory, ledger.dataset, study_id(study))
+    replies = RoundReplay(ledger.directory, ledger.dataset, run.study_id)
     reply = replies.find(server_round, received)
     if reply is not None:
         logger.info("site %s replays its stored reply to round %s of study %s", site.name, server_round,
@@ -109,7 +109,8 @@ def _train(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePri
     return RecordDict({"arrays": ArrayRecord(reply.weights), "metrics": metrics})
 
 
-def _evaluate(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+def _evaluate(msg: Message, run: StudyRun, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+    study = run.study
     cohort = load_cohort_once(site, study)
     trainer = SiteTrainer(cohort, study, device=site.device)
     metrics = trainer.evaluate(msg.content["arrays"].to_torch_state_dict(), split="test")

@@ -19,7 +19,6 @@ from fedfusion.errors import ConfigError
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord, describe, serialize
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.site_privacy import resolve_ledger_dir, resolve_site_privacy
-from fedfusion.study.config import StudyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def egress_record_mod(msg: Message, context: Context, call_next: ClientAppCallab
     """Run the handler, record its reply in the site's egress record, then let Flower send it."""
     reply = call_next(msg, context)
     try:
-        site = resolve_site_context(context.node_config, StudyConfig.from_run_config(context.run_config))
+        site = resolve_site_context(context.node_config)
         ledger_dir = resolve_ledger_dir(context.node_config, site)
         payload = serialize(reply)
         server_round = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0

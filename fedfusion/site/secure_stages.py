@@ -40,9 +40,9 @@ from fedfusion.secure_aggregation.wire_records import (
 )
 from fedfusion.site.node_context import SiteContext
 from fedfusion.site.site_privacy import SitePrivacy
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
-Handler = Callable[[Message, StudyConfig, SiteContext, SitePrivacy], RecordDict]
+Handler = Callable[[Message, StudyRun, SiteContext, SitePrivacy], RecordDict]
 
 STATE_RECORD = "secagg-state"
 """``context.state`` ConfigRecord: the round (run id, server round, config) and the site's SecAgg secrets."""
@@ -53,16 +53,16 @@ UPDATE_RECORD = "secagg-update"
 def secure_train(train: Handler, state: RecordDict) -> Handler:
     """Wrap the site's train handler so that a secure-aggregation round keeps the weights at the site."""
 
-    def handler(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+    def handler(msg: Message, run: StudyRun, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
         forget(state)
         server_round = int(msg.content["config"].get("server-round", 0))
         if stage_of(msg.content) is None:
             if privacy.policy.secure_aggregation_mandatory:
                 raise PrivacyError(f"site {site.name} refuses round {server_round} under its privacy policy: "
                                    f"{SECURE_AGGREGATION_RULE}: the coordinator asks plain aggregation")
-            return train(msg, study, site, privacy)
+            return train(msg, run, site, privacy)
         config, site_id = read_train_request(msg.content)
-        content = train(msg, study, site, privacy)
+        content = train(msg, run, site, privacy)
         trained = content.array_records["arrays"]
         del content["arrays"]
         initial = msg.content.array_records["arrays"]
@@ -81,7 +81,7 @@ def secure_train(train: Handler, state: RecordDict) -> Handler:
 def stage_handler(state: RecordDict) -> Handler:
     """The handler of ``query.secagg`` messages: answer stage 2, 3 or 4 of the round in ``state``."""
 
-    def handler(msg: Message, study: StudyConfig, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
+    def handler(msg: Message, run: StudyRun, site: SiteContext, privacy: SitePrivacy) -> RecordDict:
         saved = state.config_records.get(STATE_RECORD)
         server_round = int(msg.content["config"].get("server-round", -1)) if "config" in msg.content else -1
         if saved is None or (saved["run-id"], saved["server-round"]) != (str(msg.metadata.run_id), server_round):
