@@ -58,13 +58,13 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
 
 def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
-    _, results_dir, study = simulated_run
+    cohort_dir, results_dir, study = simulated_run
     for name in ("site_metrics.csv", "round_metrics.csv", "metrics.json", "progress.png", "final_model.pt",
                  "config.json", "flower-app/pyproject.toml"):
         assert (results_dir / name).is_file(), name
     sites = pd.read_csv(results_dir / "site_metrics.csv")
     assert set(sites["round"]) == {1, 2}
-    assert set(sites["site"]) == {s.name for s in read_cohort_index(Path(study.cohort_dir)).sites[:2]}
+    assert set(sites["site"]) == {s.name for s in read_cohort_index(cohort_dir).sites[:2]}
     train = sites[sites["phase"] == "train"].sort_values("round")
     # The accountant is carried across rounds: each site's epsilon grows round over round.
     for _, rows in train.groupby("site"):
