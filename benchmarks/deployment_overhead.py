@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SITES = ("site-a", "site-b", "site-c")
 ROUNDS = 3
 STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
-         "--set", "noise-multiplier=1.0", "--set", "device=cpu"]
+         "--set", "noise-multiplier=1.0"]
 ROUND_END = re.compile(r"\[round (\d+)/\d+\] evaluate federation")
 
 

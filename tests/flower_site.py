@@ -19,6 +19,7 @@ from fedfusion.data.cohort_index import SiteEntry, read_cohort_index, read_gene_
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
 RUN_ID = 7
 SUPERLINK_NODE_ID = 1
@@ -27,7 +28,7 @@ SUPERLINK_NODE_ID = 1
 def small_study(cohort_dir: Path, **changes: Any) -> StudyConfig:
     """A fast study on ``cohort_dir``: a small model, one local epoch, batches of 4 patients."""
     index = read_cohort_index(cohort_dir)
-    study = StudyConfig(cohort_dir=str(cohort_dir), omics_dim=len(read_gene_panel(index.gene_panel_path)),
+    study = StudyConfig(omics_dim=len(read_gene_panel(index.gene_panel_path)),
                         hidden_dim=8, local_epochs=1, batch_size=4, tiles_per_patient=4, noise_multiplier=1.0)
     return study.replace(**changes)
 
@@ -53,12 +54,13 @@ def instruction(message_type: str, study: StudyConfig, server_round: int, node_i
     return Message(metadata=metadata, content=content)
 
 
-def site_context(study: StudyConfig, node_config: dict[str, str]) -> Context:
-    """A fresh Context, as a fresh ``flwr-clientapp`` process gets it."""
+def site_context(study: StudyConfig, node_config: dict[str, str], study_id: str = "") -> Context:
+    """A fresh Context, as a fresh ``flwr-clientapp`` process gets it (``study_id`` empty: derived)."""
     return Context(run_id=RUN_ID, node_id=11, node_config=node_config, state=RecordDict(),
-                   run_config=study.to_run_config())
+                   run_config=StudyRun.of(study, study_id).to_run_config())
 
 
-def call_site(message_type: str, study: StudyConfig, node_config: dict[str, str], server_round: int = 1) -> Message:
+def call_site(message_type: str, study: StudyConfig, node_config: dict[str, str], server_round: int = 1,
+              study_id: str = "") -> Message:
     """Call the real ClientApp with a fresh Context (as a fresh ``flwr-clientapp`` process would)."""
-    return app(instruction(message_type, study, server_round), site_context(study, node_config))
+    return app(instruction(message_type, study, server_round), site_context(study, node_config, study_id))

@@ -1,20 +1,36 @@
-"""StudyConfig: the Flower app defaults, parsing of run configs, and validation messages."""
+"""StudyConfig: one source of defaults, parsing of run configs, what is (not) part of a study, validation."""
 
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from fedfusion.cli import main
 from fedfusion.errors import ConfigError
+from fedfusion.simulation.flower_engine import write_flower_app
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
-REPO = Path(__file__).resolve().parents[1]
+
+def test_study_defaults_command_prints_the_dataclass_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "defaults"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert StudyConfig.from_run_config(printed) == StudyConfig() and not StudyConfig.from_run_config(printed).extra
+    assert set(printed) == set(StudyConfig().to_run_config())
 
 
-def test_pyproject_app_config_equals_study_defaults() -> None:
-    app_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert StudyConfig.from_run_config(app_config) == StudyConfig()
-    assert set(app_config) == set(StudyConfig().to_run_config())
+def test_app_manifest_carries_the_study_its_id_and_the_coordinator_settings(tmp_path: Path) -> None:
+    run = StudyRun.of(StudyConfig(seed=4), "trial-1", CoordinatorSettings(results_dir="/results", round_timeout=9.0))
+    app_config = tomllib.loads((write_flower_app(run, tmp_path) / "pyproject.toml").read_text())
+    assert StudyRun.from_run_config(app_config["tool"]["flwr"]["app"]["config"]) == run
+
+
+def test_node_facts_and_runtime_settings_are_not_study_knobs(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = set(StudyConfig().to_run_config())
+    assert not keys & {"device", "cohort-dir", "results-dir", "round-timeout", "study-id", "clinical-dim",
+                       "num-subtypes"}
+    assert main(["simulate", "--set", "device=cpu"]) == 2
+    assert "unknown study config keys: ['device']" in capsys.readouterr().err
 
 
 def test_run_config_round_trip_and_coercion() -> None:

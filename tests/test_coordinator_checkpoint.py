@@ -14,9 +14,14 @@ from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.errors import ConfigError, CorruptCheckpointError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import study_id
+from fedfusion.study.identity import derived_study_id
+from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
-STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20, results_dir="/somewhere")
+STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20)
+
+
+def _checkpoints(folder: Path, study: StudyConfig = STUDY, study_id: str = "") -> CoordinatorCheckpoint:
+    return CoordinatorCheckpoint(folder, study, StudyRun.of(study, study_id).study_id)
 
 
 def _checkpoint(completed: int, seed: int = 0) -> Checkpoint:
@@ -26,8 +31,8 @@ def _checkpoint(completed: int, seed: int = 0) -> Checkpoint:
 
 
 def test_saved_checkpoint_loads_back_with_weights_round_and_rows(tmp_path: Path) -> None:
-    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(2))
-    loaded = CoordinatorCheckpoint(tmp_path, STUDY).load()
+    _checkpoints(tmp_path).save(_checkpoint(2))
+    loaded = _checkpoints(tmp_path).load()
     assert loaded is not None and loaded.completed_round == 2 and not loaded.finished
     expected = build_model(STUDY, seed=0).state_dict()
     assert loaded.weights.keys() == expected.keys()
@@ -37,18 +42,18 @@ def test_saved_checkpoint_loads_back_with_weights_round_and_rows(tmp_path: Path)
 
 
 def test_no_checkpoint_means_a_fresh_study(tmp_path: Path) -> None:
-    assert CoordinatorCheckpoint(tmp_path, STUDY).load() is None
+    assert _checkpoints(tmp_path).load() is None
 
 
 def test_last_round_marks_the_study_finished(tmp_path: Path) -> None:
-    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(3))
-    loaded = CoordinatorCheckpoint(tmp_path, STUDY).load()
+    _checkpoints(tmp_path).save(_checkpoint(3))
+    loaded = _checkpoints(tmp_path).load()
     assert loaded is not None and loaded.finished
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["finished"] is True
 
 
 def test_a_kill_before_the_commit_leaves_the_previous_round(tmp_path: Path) -> None:
-    checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
+    checkpoints = _checkpoints(tmp_path)
     checkpoints.save(_checkpoint(1))
     # What a kill between writing round 2's model file and committing state.json leaves behind:
     torch.save(_checkpoint(2, seed=1).weights, checkpoints.directory / "global-round-2.pt")
@@ -61,7 +66,7 @@ def test_a_kill_before_the_commit_leaves_the_previous_round(tmp_path: Path) -> N
 
 
 def test_a_damaged_model_file_is_refused_not_restarted(tmp_path: Path) -> None:
-    checkpoints = CoordinatorCheckpoint(tmp_path, STUDY)
+    checkpoints = _checkpoints(tmp_path)
     checkpoints.save(_checkpoint(1))
     (checkpoints.directory / "global-round-1.pt").write_bytes(b"torn")
     with pytest.raises(CorruptCheckpointError,
@@ -70,38 +75,41 @@ def test_a_damaged_model_file_is_refused_not_restarted(tmp_path: Path) -> None:
 
 
 def test_changed_config_is_refused_naming_the_keys(tmp_path: Path) -> None:
-    named = STUDY.replace(study_id="trial-7")
-    CoordinatorCheckpoint(tmp_path, named).save(_checkpoint(1))
-    changed = named.replace(learning_rate=0.05, local_epochs=4)
+    _checkpoints(tmp_path, STUDY, "trial-7").save(_checkpoint(1))
+    changed = STUDY.replace(learning_rate=0.05, local_epochs=4)
     with pytest.raises(ConfigError, match=r"study 'trial-7' .* another config \('learning-rate' 0.01 -> 0.05, "
                                           r"'local-epochs' 2 -> 4\)"):
-        CoordinatorCheckpoint(tmp_path, changed).load()
+        _checkpoints(tmp_path, changed, "trial-7").load()
 
 
 def test_another_study_in_the_same_results_folder_is_refused(tmp_path: Path) -> None:
-    CoordinatorCheckpoint(tmp_path, STUDY).save(_checkpoint(1))
+    _checkpoints(tmp_path).save(_checkpoint(1))
     other = STUDY.replace(learning_rate=0.05)  # no study-id: a changed config is another study
-    with pytest.raises(ConfigError, match=f"holds a checkpoint of study '{study_id(STUDY)}', not of study "
-                                          f"'{study_id(other)}'"):
-        CoordinatorCheckpoint(tmp_path, other).load()
+    with pytest.raises(ConfigError, match=f"holds a checkpoint of study '{derived_study_id(STUDY)}', not of study "
+                                          f"'{derived_study_id(other)}'"):
+        _checkpoints(tmp_path, other).load()
 
 
 def test_study_id_is_stable_and_ignores_where_the_study_runs() -> None:
-    assert study_id(STUDY) == study_id(StudyConfig.from_run_config(STUDY.to_run_config()))
-    assert study_id(STUDY) == study_id(STUDY.replace(results_dir="/elsewhere", device="cpu", round_timeout=5.0))
-    assert study_id(STUDY) != study_id(STUDY.replace(seed=1))
-    assert study_id(STUDY).startswith("cfg-") and study_id(STUDY.replace(study_id="trial-7")) == "trial-7"
+    here = StudyRun.of(STUDY, coordinator=CoordinatorSettings(results_dir="/somewhere"))
+    there = StudyRun.from_run_config({**here.to_run_config(), "study-id": "", "results-dir": "/elsewhere",
+                                      "round-timeout": 5.0})
+    assert here.study_id == there.study_id == derived_study_id(STUDY) and here.study_id.startswith("cfg-")
+    assert there.study == STUDY and there.coordinator == CoordinatorSettings("/elsewhere", 5.0)
+    assert derived_study_id(STUDY) != derived_study_id(STUDY.replace(seed=1))
+    assert StudyRun.of(STUDY, "trial-7").study_id == "trial-7"
+    assert StudyRun.from_run_config(StudyRun.of(STUDY, "trial-7").to_run_config()).study_id == "trial-7"
 
 
 def test_round_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="'round-timeout' must be > 0"):
-        StudyConfig(round_timeout=0)
+        StudyRun.from_run_config({"round-timeout": 0})
 
 
 def test_simulate_refuses_a_results_folder_of_another_study_before_any_work(
     small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    CoordinatorCheckpoint(tmp_path / "results", STUDY.replace(study_id="trial-7")).save(_checkpoint(1))
+    _checkpoints(tmp_path / "results", STUDY, "trial-7").save(_checkpoint(1))
     code = main(["simulate", "--sites", "2", "--cohort-dir", str(small_cohort), "--results-dir",
                  str(tmp_path / "results")])
     assert code == 2

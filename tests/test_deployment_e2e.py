@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 SITES = ("site-a", "site-b", "site-c")
 START_TIMEOUT_S = 120.0
 STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
-         "--set", "noise-multiplier=1.0", "--set", "device=cpu"]
+         "--set", "noise-multiplier=1.0"]
 
 
 def _entries(ledger: PrivacyLedger, study: str, server_round: int) -> list[LedgerRound]:

@@ -25,8 +25,8 @@ from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.simulation.local_study import simulate_study
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.site.egress_gate import PAYLOAD_DIR
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
 
 pytestmark = pytest.mark.slow
 ROUNDS = 2
@@ -40,7 +40,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for site in read_cohort_index(cohort_dir).sites:
         (site.site_dir / POLICY_FILE_NAME).write_text("keep-egress-payloads = true\n")
     simulate_study(small_study(cohort_dir, num_server_rounds=ROUNDS), num_sites=2, results_dir=work / "results",
-                   emit=lambda _: None)
+                   cohort_dir=cohort_dir, emit=lambda _: None)
     return cohort_dir
 
 

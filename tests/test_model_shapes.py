@@ -16,7 +16,7 @@ from fedfusion.models.fusion_model import build_model
 from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
 from fedfusion.study.config import StudyConfig
 
-BASE = StudyConfig(hidden_dim=8, tile_feature_dim=6, omics_dim=5, cnv_dim=3, tiles_per_patient=4, num_subtypes=3,
+BASE = StudyConfig(hidden_dim=8, tile_feature_dim=6, omics_dim=5, cnv_dim=3, tiles_per_patient=4,
                    time_bins="12,24,36")
 
 

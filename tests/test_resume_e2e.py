@@ -23,10 +23,10 @@ from fedfusion.coordinator.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.ledger import LedgerRound, PrivacyLedger, ledgers_in
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.site.round_replay import REPLIES_DIR
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import study_id
+from fedfusion.study.identity import derived_study_id
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_killed_coordinator_resumes_without_repeating_rounds_or_privacy_spend(tm
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert not leftovers, f"simulate left processes running: {leftovers}"
     study = StudyConfig.from_run_config(json.loads((results_dir / "config.json").read_text()))
-    name = study_id(study)
+    name = derived_study_id(study)
     output = second.stdout + second.stderr
     assert f"resuming study {name} at round 2 of {ROUNDS}" in output
     assert "[round 1/3] train" not in output  # rounds already done are not run again

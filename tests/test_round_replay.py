@@ -19,7 +19,7 @@ from fedfusion.protocol import SITE_REFUSAL_CODE
 from fedfusion.site.client_app import app
 from fedfusion.site.round_replay import RoundReplay
 from fedfusion.site.site_round import STORED_REPLY_RULE
-from fedfusion.study.identity import study_id
+from fedfusion.study.identity import derived_study_id
 
 
 def _entries(ledger: PrivacyLedger, study: str, server_round: int) -> list[LedgerRound]:
@@ -47,7 +47,7 @@ def test_round_asked_twice_is_replayed_without_training_or_spending_again(small_
     assert _same(_weights(first), _weights(second))
     assert dict(first.content["metrics"]) == dict(second.content["metrics"])
     assert ledger.epsilon(study.accountant, study.delta) == spent
-    (entry,) = _entries(ledger, study_id(study), 1)
+    (entry,) = _entries(ledger, derived_study_id(study), 1)
     assert entry.status == "settled"
     sent = [e for e in EgressRecord(tmp_path / "ledger" / EGRESS_FILE).entries() if e["kind"] == "train"]
     assert len(sent) == 2 and sent[0]["arrays"] == sent[1]["arrays"]  # both answers are on the record
@@ -55,7 +55,7 @@ def test_round_asked_twice_is_replayed_without_training_or_spending_again(small_
     # The next round is trained and charged as usual, and drops the stored reply of round 1.
     call_site("train", study, config, server_round=2)
     assert ledger.epsilon(study.accountant, study.delta) > spent
-    replies = RoundReplay(tmp_path / "ledger", ledger.dataset, study_id(study))
+    replies = RoundReplay(tmp_path / "ledger", ledger.dataset, derived_study_id(study))
     assert not replies.path(1).exists() and replies.path(2).exists()
 
 
@@ -71,10 +71,9 @@ def test_other_global_weights_or_another_study_are_trained_and_charged_again(sma
     other_model.content["arrays"] = ArrayRecord(_weights(first))
     retrained = app(other_model, site_context(study, config))
     assert not _same(_weights(first), _weights(retrained))
-    assert [r.status for r in _entries(ledger, study_id(study), 1)] == ["settled", "settled"]
+    assert [r.status for r in _entries(ledger, derived_study_id(study), 1)] == ["settled", "settled"]
 
-    renamed = study.replace(study_id="trial-7")
-    assert not call_site("train", renamed, config, server_round=1).has_error()
+    assert not call_site("train", study, config, server_round=1, study_id="trial-7").has_error()
     assert len(_entries(ledger, "trial-7", 1)) == 1 and len(ledger.rounds()) == 3
 
 
@@ -84,10 +83,11 @@ def test_round_charged_but_killed_before_its_reply_is_charged_again(small_cohort
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
     ledger = PrivacyLedger(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
     # What a site killed during training leaves: the round charged, nothing stored, nothing sent.
-    ledger.charge(run_id=1, server_round=1, planned=[(1.0, 0.25, 8)], policy=SitePolicy(), study_id=study_id(study))
+    ledger.charge(run_id=1, server_round=1, planned=[(1.0, 0.25, 8)], policy=SitePolicy(),
+                  study_id=derived_study_id(study))
     before = ledger.epsilon(study.accountant, study.delta)
     assert not call_site("train", study, config, server_round=1).has_error()
-    assert [r.status for r in _entries(ledger, study_id(study), 1)] == ["charged", "settled"]
+    assert [r.status for r in _entries(ledger, derived_study_id(study), 1)] == ["charged", "settled"]
     assert ledger.epsilon(study.accountant, study.delta) > before
 
 
@@ -98,7 +98,7 @@ def test_unreadable_stored_reply_is_refused_naming_the_rule_and_no_path(
     study = small_study(small_cohort)
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
     call_site("train", study, config, server_round=1)
-    replies = RoundReplay(tmp_path / "ledger", dataset_id(site.name, site.site_dir), study_id(study))
+    replies = RoundReplay(tmp_path / "ledger", dataset_id(site.name, site.site_dir), derived_study_id(study))
     replies.path(1).write_bytes(damage)
     with caplog.at_level(logging.WARNING):
         again = call_site("train", study, config, server_round=1)

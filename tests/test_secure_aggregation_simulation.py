@@ -29,8 +29,8 @@ from fedfusion.data.synthetic import generate_cohort
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.site.egress_gate import PAYLOAD_DIR
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
 
 pytestmark = pytest.mark.slow
 SITES = 3

@@ -23,7 +23,7 @@ from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.simulation.baselines import held_out_c_index
-from fedfusion.site.node_context import SIMULATED_SITES_DIR
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
 
@@ -57,13 +57,13 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
 
 def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
-    _, results_dir, study = simulated_run
+    cohort_dir, results_dir, study = simulated_run
     for name in ("site_metrics.csv", "round_metrics.csv", "metrics.json", "progress.png", "final_model.pt",
                  "config.json", "flower-app/pyproject.toml"):
         assert (results_dir / name).is_file(), name
     sites = pd.read_csv(results_dir / "site_metrics.csv")
     assert set(sites["round"]) == {1, 2}
-    assert set(sites["site"]) == {s.name for s in read_cohort_index(Path(study.cohort_dir)).sites[:2]}
+    assert set(sites["site"]) == {s.name for s in read_cohort_index(cohort_dir).sites[:2]}
     train = sites[sites["phase"] == "train"].sort_values("round")
     # The accountant is carried across rounds: each site's epsilon grows round over round.
     for _, rows in train.groupby("site"):

@@ -29,6 +29,7 @@ from fedfusion.site.site_privacy import SitePrivacy
 from fedfusion.site.site_round import STORED_REPLY_RULE, SecureRequest, SiteRound, SiteSession
 from fedfusion.site.trainer import SiteTrainer, TrainOutcome
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
 RUN_ID = 7
 
@@ -71,7 +72,7 @@ def _session(cohort: Path, work: Path, study: StudyConfig | None = None,
     site = read_cohort_index(cohort).sites[0]
     study = study if study is not None else small_study(cohort)
     node_config = deployed_node_config(site, cohort, work / "cache", work / "ledger")
-    return SiteSession(study, resolve_site_context(node_config, study),
+    return SiteSession(StudyRun.of(study), resolve_site_context(node_config),
                        SitePrivacy(work / "ledger", policy if policy is not None else SitePolicy()))
 
 
@@ -89,7 +90,8 @@ def _round(session: SiteSession, *, killed: bool = False, ledger: PrivacyLedger 
 
 
 def _statuses(site_round: SiteRound, server_round: int = 1) -> list[str]:
-    return [r.status for r in site_round.ledger.rounds_of(site_round.replies.study_id, server_round)]
+    return [r.status for r in site_round.ledger.rounds()
+            if (r.study_id, r.server_round) == (site_round.replies.study_id, server_round)]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

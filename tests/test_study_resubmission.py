@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from fedfusion.cli import main
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
 from fedfusion.deployment.coordinator.study import app_hash, prepare_study, resubmission
 from fedfusion.deployment.coordinator.study_resume import MAX_SUBMISSIONS, StudyResumer
 from fedfusion.deployment.coordinator.study_state import FAILED, RUNNING, read_study, write_study
-from fedfusion.errors import ConfigError
 from fedfusion.study.config import StudyConfig
 
 
@@ -29,9 +29,10 @@ def test_the_study_id_is_in_the_app_and_a_resubmission_keeps_the_same_fab(tmp_pa
     assert app_hash(Path(again.app_dir)) == record.fab_hash  # what the sites approved
 
 
-def test_a_study_id_in_the_config_must_match_the_deployment_id(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="study-id='other' differs from the study's id 's1'"):
-        prepare_study(CoordinatorPaths(tmp_path / "state"), StudyConfig(study_id="other"), "s1")
+def test_a_study_id_is_an_option_not_a_study_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["study", "prepare", "--state-dir", str(tmp_path / "state"), "--study-id", "s1",
+                 "--set", "study-id=other"])
+    assert code == 2 and "['study-id'] are not study config keys" in capsys.readouterr().err
     assert not (tmp_path / "state" / "studies" / "s1").exists()  # nothing half-written
 
 

@@ -20,7 +20,11 @@ from pathlib import Path
 from fedfusion.cli.coordinator import register as register_coordinator
 from fedfusion.cli.provision import register as register_provision
 from fedfusion.cli.site import REGISTRARS as SITE_COMMANDS
-from fedfusion.errors import ConfigError, FedfusionError
+from fedfusion.cli.study_options import add_study_options, study_from_args
+from fedfusion.errors import FedfusionError
+from fedfusion.site.node_context import DEFAULT_DEVICE
+
+DEFAULT_COHORT_DIR = Path("cohorts/default")
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -51,7 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "table, a clinical table and a cohort manifest, with a planted risk signal (image pattern "
                     "AND expression module AND age) and the oracle risk. Reuses an identical existing cohort.",
     )
-    synth.add_argument("--out", type=Path, default=Path("cohorts/default"), help="cohort folder (default: %(default)s)")
+    synth.add_argument("--out", type=Path, default=DEFAULT_COHORT_DIR, help="cohort folder (default: %(default)s)")
     synth.add_argument("--sites", type=int, default=3, help="number of hospitals (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--patients", type=_int_list, default=None,
@@ -64,19 +68,21 @@ def _build_parser() -> argparse.ArgumentParser:
                     "fusion model in Flower's simulation engine with patient-level DP-SGD at every site. "
                     "Writes metrics per round and site (CSV, JSON), a plot, the final model and the config.",
     )
-    simulate.add_argument("--cohort-dir", type=Path, default=None,
-                          help="cohort folder, generated when missing (default: cohorts/default)")
+    simulate.add_argument("--cohort-dir", type=Path, default=DEFAULT_COHORT_DIR,
+                          help="cohort folder (a cohort.json and one folder per site); a missing or empty folder "
+                               "gets a synthetic cohort (default: %(default)s)")
     simulate.add_argument("--sites", type=int, default=3, help="number of simulated sites (default: %(default)s)")
-    simulate.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
     simulate.add_argument("--results-dir", type=Path, default=None,
                           help="results folder (default: runs/<timestamp>); an interrupted study is resumed by "
                                "running the same command with the same folder")
+    simulate.add_argument("--device", default=DEFAULT_DEVICE,
+                          help="every simulated site's torch device: auto (the GPU when there is one), cpu, cuda:N "
+                               "(default: %(default)s)")
     simulate.add_argument("--baselines", action="store_true",
                           help="also train centralized, single-modality and site-alone models and compare "
                                "them with the federated one on the same held-out patients")
     simulate.add_argument("--no-dp", action="store_true", help="train without differential privacy (comparison)")
-    simulate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a study config key (see pyproject.toml [tool.flwr.app.config]); repeatable")
+    add_study_options(simulate)
     simulate.add_argument("--verbose", action="store_true", help="show all of Flower's log, not only progress")
     simulate.set_defaults(handler=_simulate)
 
@@ -104,24 +110,14 @@ def _synth(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from fedfusion.coordinator.progress_log import quiet_flower_console
     from fedfusion.simulation.local_study import simulate_study
-    from fedfusion.study.config import StudyConfig
 
     if not args.verbose:
         quiet_flower_console()
 
-    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
-    if args.cohort_dir is not None:
-        overrides["cohort-dir"] = str(args.cohort_dir)
-    if args.rounds is not None:
-        overrides["num-server-rounds"] = args.rounds
-    if args.no_dp:
-        overrides["dp"] = False
-    study = StudyConfig.from_run_config({**StudyConfig().to_run_config(), **overrides})
-    if study.extra:
-        print(f"fedfusion: error: unknown study config keys: {sorted(study.extra)}", file=sys.stderr)
-        return 2
+    study = study_from_args(args, **({"dp": False} if args.no_dp else {}))
     results_dir = args.results_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    simulate_study(study, num_sites=args.sites, results_dir=results_dir, with_baselines=args.baselines)
+    simulate_study(study, num_sites=args.sites, results_dir=results_dir, cohort_dir=args.cohort_dir,
+                   device=args.device, with_baselines=args.baselines)
     return 0
 
 
@@ -130,11 +126,3 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from exc
-
-
-def _key_value(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-    return key.strip(), value.strip()
-

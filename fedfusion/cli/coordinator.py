@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import tomli_w
+
+from fedfusion.cli.study_options import add_study_options, study_from_args
 from fedfusion.deployment.coordinator.service import DEFAULT_SUPERLINK_PORT, CoordinatorOptions, run_coordinator
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
 from fedfusion.deployment.coordinator.study import prepare_study, prepared_study, resubmission, run_study
@@ -17,6 +20,7 @@ from fedfusion.deployment.coordinator.study_state import FINISHED
 from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import DEFAULT_ROUND_TIMEOUT_S, CoordinatorSettings
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +55,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "the sites approve with `fedfusion site approve HASH`; `study start --study-id ID` submits it.")
     prepare.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
     prepare.add_argument("--study-id", required=True, help="the study's id (letters, digits, . _ -)")
-    _study_options(prepare)
+    add_study_options(prepare)
+    _coordinator_settings_options(prepare)
     prepare.set_defaults(handler=_prepare)
     start = study_actions.add_parser(
         "start", help="submit a study and follow it until it ends",
@@ -63,26 +68,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     start.add_argument("--state-dir", type=Path, required=True, help="the coordinator's state folder")
     start.add_argument("--study-id", default=None, help="a prepared or new study's id (letters, digits, . _ -)")
     start.add_argument("--resubmit", default=None, metavar="ID", help="submit an interrupted study again")
-    _study_options(start)
+    add_study_options(start)
+    _coordinator_settings_options(start)
     start.set_defaults(handler=_start)
+    defaults = study_actions.add_parser(
+        "defaults", help="print every study config key with its default (TOML)",
+        description="Print the study config keys that --set accepts, with their defaults, as TOML.")
+    defaults.set_defaults(handler=_defaults)
 
 
-def _study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a study config key (see pyproject.toml [tool.flwr.app.config]); repeatable")
+def _coordinator_settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="the study's results folder at the coordinator (default: STATE_DIR/studies/ID/results)")
+    parser.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT_S,
+                        help="seconds to wait for the sites' replies in each round phase (default: %(default)s)")
 
 
-def _study(args: argparse.Namespace) -> StudyConfig:
-    from fedfusion.cli import _key_value  # the same KEY=VALUE parsing as `fedfusion simulate --set`
+def _coordinator_settings(args: argparse.Namespace) -> CoordinatorSettings:
+    return CoordinatorSettings(results_dir=str(args.results_dir.resolve()) if args.results_dir else "",
+                               round_timeout=args.round_timeout)
 
-    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
-    if args.rounds is not None:
-        overrides["num-server-rounds"] = args.rounds
-    study = StudyConfig.from_run_config({**StudyConfig().to_run_config(), **overrides})
-    if study.extra:
-        raise ConfigError(f"unknown study config keys: {sorted(study.extra)}")
-    return study
+
+def _defaults(args: argparse.Namespace) -> int:
+    print(tomli_w.dumps(StudyConfig().to_run_config()), end="")
+    return 0
 
 
 def _run_coordinator(args: argparse.Namespace) -> int:
@@ -94,7 +103,8 @@ def _run_coordinator(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    record = prepare_study(CoordinatorPaths(args.state_dir.resolve()), _study(args), args.study_id)
+    record = prepare_study(CoordinatorPaths(args.state_dir.resolve()), study_from_args(args), args.study_id,
+                           _coordinator_settings(args))
     print(f"study {record.study_id}: app sha256 {record.fab_hash}")
     print(f"sites approve it with: fedfusion site approve {record.fab_hash} --state-dir SITE_STATE_DIR")
     return 0
@@ -107,7 +117,8 @@ def _start(args: argparse.Namespace) -> int:
     if args.resubmit is not None:
         record = resubmission(paths, args.resubmit)
     else:
-        record = prepared_study(paths, args.study_id) or prepare_study(paths, _study(args), args.study_id)
+        record = prepared_study(paths, args.study_id) or prepare_study(paths, study_from_args(args), args.study_id,
+                                                                        _coordinator_settings(args))
     print(f"study {record.study_id}: app sha256 {record.fab_hash}; results in {record.results_dir}", flush=True)
     record = run_study(paths, record, echo=lambda line: print(line, flush=True))
     print(f"study {record.study_id}: {record.status}")

@@ -30,7 +30,7 @@ import torch
 from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
 from fedfusion.errors import ConfigError, CorruptCheckpointError
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import config_hash, defining_config, study_id
+from fedfusion.study.identity import config_hash
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -56,10 +56,10 @@ class Checkpoint:
 class CoordinatorCheckpoint:
     """Reads and writes the checkpoint of one study in ``<results_dir>/checkpoint/``."""
 
-    def __init__(self, results_dir: Path, study: StudyConfig) -> None:
+    def __init__(self, results_dir: Path, study: StudyConfig, study_id: str) -> None:
         self.directory = Path(results_dir) / CHECKPOINT_DIR
         self.study = study
-        self.study_id = study_id(study)
+        self.study_id = study_id
 
     @property
     def state_path(self) -> Path:
@@ -104,7 +104,7 @@ class CoordinatorCheckpoint:
         atomic_write_bytes(self.directory / arrays_file, data)
         state = {
             "format": CHECKPOINT_FORMAT, "study_id": self.study_id, "config_hash": config_hash(self.study),
-            "config": defining_config(self.study), "completed_round": checkpoint.completed_round,
+            "config": self.study.to_run_config(), "completed_round": checkpoint.completed_round,
             "num_rounds": checkpoint.num_rounds, "finished": checkpoint.finished, "arrays_file": arrays_file,
             "arrays_sha256": hashlib.sha256(data).hexdigest(), "site_rows": checkpoint.site_rows,
             "round_rows": checkpoint.round_rows,
@@ -121,7 +121,7 @@ class CoordinatorCheckpoint:
                               f"'{state['study_id']}', not of study '{self.study_id}'; choose another results "
                               "folder (a changed study config without a 'study-id' is another study)")
         if state["config_hash"] != config_hash(self.study):
-            saved, now = dict(state["config"]), defining_config(self.study)
+            saved, now = dict(state["config"]), self.study.to_run_config()
             changed = sorted(key for key in {*saved, *now} if saved.get(key) != now.get(key))
             details = ", ".join(f"'{key}' {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
             raise ConfigError(f"study '{self.study_id}' in {self.directory.parent} was started with another "

@@ -3,7 +3,7 @@ study asks for it), with federated evaluation.
 
 The initial model is built from the study config with the study seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``. After every completed round the
-coordinator checkpoints into ``<results-dir>/checkpoint/`` (``server/checkpoint.py``); started again on a results
+coordinator checkpoints into ``<results-dir>/checkpoint/`` (``coordinator/checkpoint.py``); started again on a results
 folder holding a checkpoint of the same study, it resumes at the next round (or, when the study had finished,
 rewrites the results folder and trains nothing).
 """
@@ -22,7 +22,7 @@ from fedfusion.coordinator.resumed_rounds import run_rounds
 from fedfusion.coordinator.run_recorder import RunRecorder
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
 from fedfusion.models.fusion_model import build_model
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
 app = ServerApp()
 
@@ -30,9 +30,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the study's rounds and write its results folder."""
-    study = StudyConfig.from_run_config(context.run_config)
-    results_dir = Path(study.results_dir) if study.results_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    checkpoints = CoordinatorCheckpoint(results_dir, study)
+    run = StudyRun.from_run_config(context.run_config)
+    study, settings = run.study, run.coordinator
+    results_dir = Path(settings.results_dir) if settings.results_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    checkpoints = CoordinatorCheckpoint(results_dir, study, run.study_id)
     saved = checkpoints.load()
     recorder = RunRecorder(study, emit=emit_progress, site_rows=saved.site_rows if saved else [],
                            round_rows=saved.round_rows if saved else [])
@@ -55,11 +56,11 @@ def main(grid: Grid, context: Context) -> None:
         min_sites=study.min_sites,
         secure_aggregation=study.secure_aggregation,
         threshold_fraction=study.secure_aggregation_threshold,
-        stage_timeout=study.round_timeout,
+        stage_timeout=settings.round_timeout,
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
     )
     run_rounds(strategy, grid, ArrayRecord(latest.weights), completed_rounds=latest.completed_round,
-               num_rounds=study.num_server_rounds, timeout=study.round_timeout, on_round_completed=round_completed)
+               num_rounds=study.num_server_rounds, timeout=settings.round_timeout, on_round_completed=round_completed)
     recorder.write(results_dir, final_weights=latest.weights)
     emit_progress(f"results written to {results_dir}")

@@ -25,11 +25,10 @@ from fedfusion.data.slides.slide_features import extract_slide_features
 from fedfusion.data.slides.slide_reader import check_slide_file
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.data.slides.tiling import TilingParams
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES
 from fedfusion.data.tables.manifest import ManifestEntry
 from fedfusion.data.tables.site_tables import read_site_tables
 from fedfusion.errors import ConfigError, DataError, SlideError
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import STUDY_SUBTYPES, StudyConfig
 
 
 @dataclass(frozen=True)

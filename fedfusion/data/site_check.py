@@ -17,10 +17,9 @@ from typing import Any
 from fedfusion.data.findings import Findings
 from fedfusion.data.slides.slide_reader import probe_slide
 from fedfusion.data.slides.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES
 from fedfusion.data.tables.site_tables import SiteTables, read_site_tables
 from fedfusion.errors import SlideError
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import STUDY_SUBTYPES, StudyConfig
 
 MODALITIES = ("slides", "omics", "copy number", "clinical")
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"

@@ -24,14 +24,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 import fedfusion
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
 SERVER_APP = "fedfusion.coordinator.server_app:app"
 CLIENT_APP = "fedfusion.site.client_app:app"
 
 
-def write_flower_app(study: StudyConfig, app_dir: Path) -> Path:
-    """Write a Flower app manifest (``pyproject.toml``) carrying this study's config; return its folder.
+def write_flower_app(study_run: StudyRun, app_dir: Path) -> Path:
+    """Write a Flower app manifest (``pyproject.toml``) carrying this study's run config; return its folder.
 
     The same folder works with Flower's CLI: ``flwr run <app_dir> <connection>``.
     """
@@ -42,20 +42,20 @@ def write_flower_app(study: StudyConfig, app_dir: Path) -> Path:
         "tool": {"flwr": {"app": {
             "publisher": "fedfusion",
             "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},
-            "config": study.to_run_config(),
+            "config": study_run.to_run_config(),
         }}},
     }
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(manifest), encoding="utf-8")
     return app_dir
 
 
-def run_in_simulation_engine(study: StudyConfig, num_sites: int, app_dir: Path) -> None:
+def run_in_simulation_engine(study_run: StudyRun, num_sites: int, app_dir: Path) -> None:
     """Run the study with ``num_sites`` simulated SuperNodes; returns when the ServerApp is done.
 
     Each simulated site gets one CPU (and a share of the GPU when there is one); Ray is shut down at the end.
     """
-    write_flower_app(study, app_dir)
-    run_config = study.to_run_config()
+    write_flower_app(study_run, app_dir)
+    run_config = study_run.to_run_config()
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)

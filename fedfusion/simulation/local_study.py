@@ -29,7 +29,10 @@ from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
 from fedfusion.simulation.baselines import format_table, run_baselines
 from fedfusion.simulation.flower_engine import run_in_simulation_engine
+from fedfusion.simulation.simulated_nodes import simulated_node_configs, simulated_nodes
+from fedfusion.site.node_context import DEFAULT_DEVICE
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
 BASELINES_CSV = "baselines.csv"
 BASELINES_MD = "baselines.md"
@@ -39,12 +42,19 @@ def simulate_study(
     study: StudyConfig,
     num_sites: int,
     results_dir: Path,
+    cohort_dir: Path,
+    *,
+    device: str = DEFAULT_DEVICE,
     with_baselines: bool = False,
     emit: Callable[[str], None] = print,
 ) -> Path:
-    """Run the study in simulation and return the results folder."""
+    """Run the study in simulation on the first ``num_sites`` sites of ``cohort_dir``; return the results folder.
+
+    ``cohort_dir`` without a ``cohort.json`` gets a synthetic cohort; ``device`` is every simulated site's node
+    config ``device``.
+    """
     started = time.monotonic()
-    cohort_dir = Path(study.cohort_dir).resolve()
+    cohort_dir = cohort_dir.resolve()
     if not (cohort_dir / "cohort.json").exists():
         emit(f"generating a synthetic cohort of {num_sites} sites in {cohort_dir}")
         generate_cohort(cohort_dir, num_sites=num_sites, seed=study.seed, progress=emit)
@@ -53,8 +63,8 @@ def simulate_study(
         raise ConfigError(f"cohort {cohort_dir} has {len(index.sites)} sites, {num_sites} were asked for; "
                           "pass --cohort-dir with a new folder to generate a larger cohort")
     results_dir = results_dir.resolve()
-    study = study.replace(cohort_dir=str(cohort_dir), results_dir=str(results_dir))
-    saved = CoordinatorCheckpoint(results_dir, study).load()
+    run = StudyRun.of(study, coordinator=CoordinatorSettings(results_dir=str(results_dir)))
+    saved = CoordinatorCheckpoint(results_dir, study, run.study_id).load()
     if saved is not None:
         emit(f"{results_dir} holds this study after round {saved.completed_round} of {saved.num_rounds}: "
              + ("nothing left to train" if saved.finished else "resuming"))
@@ -67,7 +77,9 @@ def simulate_study(
     cohorts = _prepare_sites(study, index.sites[:num_sites], panel, cnv_panel, emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
          + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP"))
-    run_in_simulation_engine(study, num_sites, results_dir / "flower-app")
+    nodes = simulated_node_configs(index, index.sites[:num_sites], results_dir, device)
+    with simulated_nodes(nodes, results_dir):
+        run_in_simulation_engine(run, num_sites, results_dir / "flower-app")
 
     if with_baselines:
         weights = torch.load(results_dir / MODEL_FILE, weights_only=True)
@@ -101,4 +113,5 @@ def _oracle_risk(index: CohortIndex) -> dict[tuple[str, str], float] | None:
     if index.oracle_path is None:
         return None
     table = read_oracle(index.oracle_path)
-    return {(str(r.site), str(r.patient_id)): float(r.oracle_risk) for r in table.itertuples()}
+    return {(str(site), str(patient)): float(risk)
+            for site, patient, risk in zip(table["site"], table["patient_id"], table["oracle_risk"], strict=True)}

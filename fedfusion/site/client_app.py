@@ -43,7 +43,7 @@ from fedfusion.site.egress_gate import release, withheld
 from fedfusion.site.node_context import resolve_site_context
 from fedfusion.site.site_privacy import SitePrivacy, load_site_policy, resolve_ledger_dir
 from fedfusion.site.site_round import SiteRound, SiteSession
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import StudyRun
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def secure_aggregation_stage(msg: Message, context: Context) -> Message:
 def answer(msg: Message, context: Context, handler: Handler) -> Message:
     """Resolve the message's session once, answer it with ``handler``, record the reply, then release it."""
     try:
-        study = StudyConfig.from_run_config(context.run_config)
-        site = resolve_site_context(context.node_config, study)
+        run = StudyRun.from_run_config(context.run_config)
+        site = resolve_site_context(context.node_config)
         ledger_dir = resolve_ledger_dir(context.node_config, site)
     except Exception:  # nowhere to record a reply: nothing may leave
         logger.exception("site cannot resolve its study, facts or privacy folder; a %s message is answered "
@@ -83,7 +83,7 @@ def answer(msg: Message, context: Context, handler: Handler) -> Message:
         return withheld(msg)
     keep_payload = False
     try:
-        session = SiteSession(study, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
+        session = SiteSession(run, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
         keep_payload = session.privacy.policy.keep_egress_payloads
         content = handler(msg, context, session)
         content[SITE_RECORD_KEY] = ConfigRecord({SITE_NAME_KEY: site.name})

@@ -3,8 +3,8 @@
 Node config keys (set by the site admin when the SuperNode starts; the coordinator cannot change them):
 ``ledger-dir`` (privacy ledger and egress record; default ``<data-dir>/.fedfusion-ledger``) and ``policy-file``
 (the site's privacy policy; default ``<data-dir>/privacy_policy.toml`` if that file exists, else the built-in
-default of ``fedfusion.privacy.site_policy``). A simulated site has no node config: its ledger folder is the one
-the simulation gives it (``SiteContext.privacy_dir``, inside the run's results) and its policy the default rule.
+default of ``fedfusion.privacy.site_policy``). A simulated site's node config is its row of the simulated-nodes
+file (``fedfusion.site.node_context.effective_node_config``): its ledger folder is inside the run's results.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from fedfusion.privacy.ledger import LEDGER_DIR_NAME, PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME, SitePolicy, load_policy
-from fedfusion.site.node_context import SiteContext
+from fedfusion.site.node_context import SiteContext, effective_node_config
 
 LEDGER_DIR_KEY = "ledger-dir"
 POLICY_FILE_KEY = "policy-file"
@@ -41,13 +41,15 @@ def resolve_site_privacy(node_config: Mapping[str, Any], site: SiteContext) -> S
 
 def resolve_ledger_dir(node_config: Mapping[str, Any], site: SiteContext) -> Path:
     """The site's privacy folder (ledger and egress record); needs no policy, so it resolves even when that fails."""
+    node_config = effective_node_config(node_config)
     if LEDGER_DIR_KEY in node_config:
         return Path(str(node_config[LEDGER_DIR_KEY]))
-    return site.privacy_dir if site.privacy_dir is not None else site.data_dir / LEDGER_DIR_NAME
+    return site.data_dir / LEDGER_DIR_NAME
 
 
 def load_site_policy(node_config: Mapping[str, Any], site: SiteContext) -> SitePolicy:
     """The site's policy: its ``policy-file``, else the one beside its data, else the built-in default."""
+    node_config = effective_node_config(node_config)
     if POLICY_FILE_KEY in node_config:
         policy_file: Path | None = Path(str(node_config[POLICY_FILE_KEY]))
     else:

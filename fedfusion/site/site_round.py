@@ -41,7 +41,7 @@ from fedfusion.site.round_replay import RoundReplay, StoredReply
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.identity import study_id
+from fedfusion.study.run_config import StudyRun
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +53,22 @@ STORED_REPLY_RULE = "rule 'readable-stored-reply': its stored reply to the round
 
 @dataclass(frozen=True)
 class SiteSession:
-    """What a site resolves once per message: the study, its own facts, and its privacy folder and policy."""
+    """What a site resolves once per message: the study and its id, its own facts, and its privacy folder and policy."""
 
-    study: StudyConfig
+    run: StudyRun
     site: SiteContext
     privacy: SitePrivacy
+
+    @property
+    def study(self) -> StudyConfig:
+        """The study the message belongs to."""
+        return self.run.study
 
     @classmethod
     def resolve(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> SiteSession:
         """The session of a message from Flower's run config (the study) and node config (the site's facts)."""
-        study = StudyConfig.from_run_config(run_config)
-        site = resolve_site_context(node_config, study)
-        return cls(study, site, resolve_site_privacy(node_config, site))
+        site = resolve_site_context(node_config)
+        return cls(StudyRun.from_run_config(run_config), site, resolve_site_privacy(node_config, site))
 
     def check_policy(self) -> None:
         """``SiteRefusal`` naming the site and every rule of its policy the study breaks."""
@@ -111,7 +115,7 @@ class SiteRound:
                  ledger: PrivacyLedger | None = None) -> None:
         self.session = session
         self.ledger = ledger if ledger is not None else session.privacy.ledger(session.site)
-        self.replies = RoundReplay(self.ledger.directory, self.ledger.dataset, study_id(session.study))
+        self.replies = RoundReplay(self.ledger.directory, self.ledger.dataset, session.run.study_id)
         self._trainer = trainer
 
     @property

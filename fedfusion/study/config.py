@@ -1,7 +1,10 @@
-"""The study configuration: every knob that all sites of one study must share.
+"""The study configuration: exactly what defines a study, every knob that all sites of one study must share.
 
-It travels as Flower's ``context.run_config`` (flat ``key = value`` pairs with dashes, defaults in
-``pyproject.toml [tool.flwr.app.config]``) and is parsed here into a typed, validated ``StudyConfig``.
+It travels in Flower's ``context.run_config`` (flat ``key = value`` pairs with dashes) beside the study's id and the
+coordinator's runtime settings (``fedfusion.study.run_config``), is parsed here into a typed, validated
+``StudyConfig`` and is hashed into the study's identity (``fedfusion.study.identity``). The dataclass defaults below
+are the only defaults. Where and how a study runs is not here: the coordinator's results folder and round timeout
+are ``CoordinatorSettings``; a site's device and paths are node facts (``fedfusion.site.node_context``).
 Anything that shapes the model and would otherwise be computed from a site's patients (time-bin edges,
 normalisation constants) is fixed here, so it stays outside the privacy accounting.
 """
@@ -9,6 +12,7 @@ normalisation constants) is fixed here, so it stays outside the privacy accounti
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -20,10 +24,16 @@ FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
+RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
+"""Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
 # Study-fixed clinical normalisation (public reference values, not site statistics).
 AGE_MEAN_YEARS = 60.0
 AGE_SCALE_YEARS = 10.0
+CLINICAL_COVARIATES = ("age_z", "sex")
+"""The clinical branch's inputs, in order: age z-scored with the constants above, sex (0 female, 1 male)."""
+STUDY_SUBTYPES = ("basal", "her2", "luminal")
+"""The subtype classes of the classification head, in label order."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +64,15 @@ class StudyConfig:
     modalities: str = "wsi,omics,clinical"
     time_bins: str = "12,24,36,60"
     """Inner edges (months) of the discrete-time survival bins: '12,24' gives [0,12), [12,24), [24,inf)."""
-    num_subtypes: int = 3
     tile_feature_dim: int = 64
     omics_dim: int = 200
     cnv_dim: int = 40
     """Genes of the study's copy-number panel (a second omics layer, fed to the omics branch with the RNA-seq
     panel; 0: no copy-number layer)."""
-    clinical_dim: int = 2
     hidden_dim: int = 16
     dropout: float = 0.1
     test_fraction: float = 0.25
     seed: int = 0
-    device: str = "auto"
     tile_size: int = 256
     target_mpp: float = 0.5
     max_background: float = 0.6
@@ -74,14 +81,6 @@ class StudyConfig:
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
-    cohort_dir: str = "cohorts/default"
-    results_dir: str = ""
-    study_id: str = ""
-    """Names the study across coordinator restarts (a resubmitted study gets a new Flower run id); empty: derived
-    from a hash of the study config (``fedfusion.study.identity``). Sites key their privacy ledger rounds by it."""
-    round_timeout: float = 600.0
-    """Seconds the coordinator waits for the sites' replies in each round phase; a site that has not answered by
-    then is left out of the round (it rejoins the next one)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -105,6 +104,16 @@ class StudyConfig:
         return self.omics_dim + (self.cnv_dim + 2 if self.cnv_dim else 0)
 
     @property
+    def clinical_dim(self) -> int:
+        """Width of the clinical branch's input (``CLINICAL_COVARIATES``)."""
+        return len(CLINICAL_COVARIATES)
+
+    @property
+    def num_subtypes(self) -> int:
+        """Classes of the subtype head (``STUDY_SUBTYPES``)."""
+        return len(STUDY_SUBTYPES)
+
+    @property
     def num_time_bins(self) -> int:
         """Number of discrete survival intervals (inner edges + 1)."""
         return len(self.time_bin_edges) + 1
@@ -112,12 +121,18 @@ class StudyConfig:
     # ---- conversion -----------------------------------------------------------------------
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> StudyConfig:
-        """Parse Flower's ``context.run_config`` (dashed keys); unknown keys go to ``extra``."""
+        """Parse the study's keys of Flower's ``context.run_config`` (dashed keys).
+
+        Keys of the study's run that are not part of the study (``RUN_KEYS``: its id, the coordinator's settings)
+        are skipped; any other unknown key goes to ``extra``.
+        """
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in run_config.items():
             name = key.replace("-", "_")
+            if key in RUN_KEYS:
+                continue
             if name not in known:
                 extra[key] = value
                 continue
@@ -140,8 +155,7 @@ class StudyConfig:
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:
         positive_ints = ("num_server_rounds", "min_sites", "local_epochs", "batch_size", "tiles_per_patient",
-                         "num_subtypes", "tile_feature_dim", "omics_dim", "clinical_dim", "hidden_dim",
-                         "tile_size")
+                         "tile_feature_dim", "omics_dim", "hidden_dim", "tile_size")
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"study config '{_key(name)}' must be > 0, got {getattr(self, name)}")
@@ -168,8 +182,9 @@ class StudyConfig:
             edges = self.time_bin_edges
         except ValueError as exc:
             raise ConfigError(f"study config 'time-bins' must be comma-separated numbers: {exc}") from exc
-        if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
-            raise ConfigError(f"study config 'time-bins' must be positive and strictly increasing, got '{self.time_bins}'")
+        if not edges or any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] <= 0:
+            raise ConfigError("study config 'time-bins' must be positive and strictly increasing, "
+                              f"got '{self.time_bins}'")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.max_background <= 1:
@@ -177,8 +192,6 @@ class StudyConfig:
         if self.stain_normalization not in STAIN_NORMALIZATIONS:
             raise ConfigError(f"study config 'stain-normalization' must be one of {STAIN_NORMALIZATIONS}, "
                               f"got '{self.stain_normalization}'")
-        if self.round_timeout <= 0:
-            raise ConfigError(f"study config 'round-timeout' must be > 0 seconds, got {self.round_timeout}")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if self.cnv_dim < 0:

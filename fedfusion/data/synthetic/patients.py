@@ -18,8 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedfusion.data.synthetic.sites import SiteProfile
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
+from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS, STUDY_SUBTYPES
 
 SUBTYPES = STUDY_SUBTYPES
 """Subtype names of the synthetic study (sorted, so the name's position is its class index)."""

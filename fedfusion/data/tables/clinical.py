@@ -17,10 +17,8 @@ import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.table_files import check_columns, read_text_table
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS
+from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS, STUDY_SUBTYPES
 
-STUDY_SUBTYPES = ("basal", "her2", "luminal")
-"""Subtype names of the study; index = position in the sorted list, anything else is unknown (-1)."""
 REQUIRED_COLUMNS = ("patient_id", "age", "sex", "survival_months", "event")
 OPTIONAL_COLUMNS = ("subtype",)
 SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}

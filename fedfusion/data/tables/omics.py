@@ -18,7 +18,6 @@ import pandas as pd
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.panel_matrix import PanelMatrix, read_numeric_panel_table, record_cells
-from fedfusion.errors import DataError
 
 EXPRESSION_UNITS = ("tpm", "counts")
 SAMPLE_KIND = "omics sample"

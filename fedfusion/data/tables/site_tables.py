@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedfusion.data.findings import MAX_PROBLEMS_LISTED, Findings
-from fedfusion.data.tables.clinical import STUDY_SUBTYPES, ClinicalRow, parse_clinical
+from fedfusion.data.tables.clinical import ClinicalRow, parse_clinical
 from fedfusion.data.tables.copy_number import parse_copy_number
 from fedfusion.data.tables.manifest import ManifestEntry, parse_manifest
 from fedfusion.data.tables.omics import parse_expression
 from fedfusion.data.tables.panel_matrix import PanelMatrix
 from fedfusion.data.tables.table_sources import TableSource, resolve_table_sources
+from fedfusion.study.config import STUDY_SUBTYPES
 
 
 @dataclass(frozen=True)

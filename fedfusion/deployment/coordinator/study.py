@@ -40,6 +40,7 @@ from fedfusion.deployment.processes import flower_env, flower_script
 from fedfusion.errors import ConfigError, FedfusionError
 from fedfusion.simulation.flower_engine import write_flower_app
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
 RESULTS_MARKER = "metrics.json"
 """Written by the ServerApp's recorder when the study completes; lists each site's reply per round."""
@@ -51,20 +52,18 @@ def app_hash(app_dir: Path) -> str:
     return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
 
 
-def prepare_study(paths: CoordinatorPaths, study: StudyConfig, study_id: str) -> StudyRecord:
-    """Write a new study's Flower app and state (results under its folder unless the config names one)."""
+def prepare_study(paths: CoordinatorPaths, study: StudyConfig, study_id: str,
+                  settings: CoordinatorSettings | None = None) -> StudyRecord:
+    """Write a new study's Flower app and state (results under its folder unless ``settings`` name one)."""
     if not _STUDY_ID.fullmatch(study_id):
         raise ConfigError(f"study id {study_id!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     folder = study_folder(paths, study_id)
     if folder.exists():
         raise ConfigError(f"study {study_id!r} already exists at {folder}; choose another id or --resubmit it")
-    if study.study_id and study.study_id != study_id:
-        raise ConfigError(f"study config key study-id={study.study_id!r} differs from the study's id {study_id!r}; "
-                          "leave study-id unset (the id is written into the app)")
-    results_dir = Path(study.results_dir) if study.results_dir else folder / "results"
-    study = StudyConfig.from_run_config({**study.to_run_config(), "results-dir": str(results_dir.resolve()),
-                                         "study-id": study_id})
-    app_dir = write_flower_app(study, folder / "app")
+    settings = settings or CoordinatorSettings()
+    results_dir = Path(settings.results_dir) if settings.results_dir else folder / "results"
+    run = StudyRun.of(study, study_id, replace(settings, results_dir=str(results_dir.resolve())))
+    app_dir = write_flower_app(run, folder / "app")
     record = StudyRecord(study_id=study_id, status=PREPARED, fab_hash=app_hash(app_dir), app_dir=str(app_dir),
                          results_dir=str(results_dir.resolve()), submitted=now())
     write_study(paths, record)

@@ -1,0 +1,44 @@
+"""The study options shared by every command that starts a study (``simulate``, ``study prepare``/``start``).
+
+``--set KEY=VALUE`` overrides any study config key (``fedfusion study defaults`` lists them with their defaults;
+``fedfusion.study.config.StudyConfig`` documents them) and ``--rounds N`` is short for
+``--set num-server-rounds=N``. Unknown keys are refused, naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fedfusion.errors import ConfigError
+from fedfusion.study.config import RUN_KEYS, StudyConfig
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--rounds`` and ``--set KEY=VALUE`` to ``parser``."""
+    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study config key (`fedfusion study defaults` lists them); repeatable")
+
+
+def study_from_args(args: argparse.Namespace, **fixed: object) -> StudyConfig:
+    """The study the options describe: defaults, then ``--set`` values, then ``--rounds`` and ``fixed`` keys."""
+    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
+    if args.rounds is not None:
+        overrides["num-server-rounds"] = args.rounds
+    overrides.update(fixed)
+    run_keys = sorted(RUN_KEYS & set(overrides))
+    if run_keys:
+        raise ConfigError(f"{run_keys} are not study config keys: the study's id, results folder and round timeout "
+                          "are command options (--study-id, --results-dir, --round-timeout)")
+    study = StudyConfig.from_run_config({**StudyConfig().to_run_config(), **overrides})
+    if study.extra:
+        raise ConfigError(f"unknown study config keys: {sorted(study.extra)} (`fedfusion study defaults` lists "
+                          "the study's keys; the device and folders are command options)")
+    return study
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    return key.strip(), value.strip()
