@@ -15,7 +15,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 
-from fedfusion.data.cohort_index import SiteEntry, read_cohort_index, read_gene_panel
+from fedfusion.data.cohort_index import CohortSite, read_cohort_index, read_gene_panel
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
@@ -33,7 +33,7 @@ def small_study(cohort_dir: Path, **changes: Any) -> StudyConfig:
     return study.replace(**changes)
 
 
-def deployed_node_config(site: SiteEntry, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
+def deployed_node_config(site: CohortSite, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
                          policy_file: Path | None = None) -> dict[str, str]:
     """The node config a site admin gives a deployed SuperNode for ``site``."""
     config = {"site-name": site.name, "data-dir": str(site.site_dir),

@@ -21,7 +21,7 @@ ORACLE_FILE = "oracle.csv"
 
 
 @dataclass(frozen=True)
-class SiteEntry:
+class CohortSite:
     """One site listed in the cohort index."""
 
     name: str
@@ -34,7 +34,7 @@ class CohortIndex:
     """What ``cohort.json`` says about a cohort directory."""
 
     root: Path
-    sites: list[SiteEntry]
+    sites: list[CohortSite]
     gene_panel_path: Path
     subtypes: list[str]
     oracle_path: Path | None
@@ -54,7 +54,7 @@ def read_cohort_index(cohort_dir: Path) -> CohortIndex:
     except json.JSONDecodeError as exc:
         raise DataError(f"cohort index {path}: not valid JSON ({exc})") from exc
     try:
-        sites = [SiteEntry(name=str(s["name"]), site_dir=path.parent / str(s["dir"]),
+        sites = [CohortSite(name=str(s["name"]), site_dir=path.parent / str(s["dir"]),
                            num_patients=int(s["num_patients"])) for s in raw["sites"]]
         panel = path.parent / str(raw["gene_panel"])
         subtypes = [str(s) for s in raw["subtypes"]]

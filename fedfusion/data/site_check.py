@@ -21,7 +21,8 @@ from fedfusion.data.tables.site_tables import SiteTables, read_site_tables
 from fedfusion.errors import SlideError
 from fedfusion.study.config import STUDY_SUBTYPES, StudyConfig
 
-MODALITIES = ("slides", "omics", "copy number", "clinical")
+SITE_INPUTS = ("slides", "omics", "copy number", "clinical")
+"""The inputs a site check counts per patient (the model's modalities are ``fedfusion.study.config.MODALITIES``)."""
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
 
 
@@ -33,7 +34,7 @@ class SiteCheck:
     patients: list[str]
     """Every patient id named in manifest.csv or clinical.csv."""
     lacking: dict[str, list[str]]
-    """Modality (``MODALITIES``) -> patients without it (kept by the loader; the model masks the modality)."""
+    """Modality (``SITE_INPUTS``) -> patients without it (kept by the loader; the model masks the modality)."""
     slides_checked: int
     slides_unreadable: int
     findings: Findings
@@ -51,7 +52,7 @@ class SiteCheck:
         """JSON-ready summary (patient ids stay on the site machine: this is for the site admin)."""
         return {
             "site_dir": str(self.site_dir), "ok": self.ok, "patients": len(self.patients),
-            "with": {m: self.count(m) for m in MODALITIES}, "lacking": self.lacking,
+            "with": {m: self.count(m) for m in SITE_INPUTS}, "lacking": self.lacking,
             "slides_checked": self.slides_checked, "slides_unreadable": self.slides_unreadable,
             "errors": [{"where": f.where, "message": f.message} for f in self.findings.errors],
             "warnings": [{"where": f.where, "message": f.message} for f in self.findings.warnings],
@@ -71,7 +72,7 @@ def check_site(site_dir: Path, gene_panel: Sequence[str], fallback_mpp: float | 
     findings = Findings()
     if not site_dir.is_dir():
         findings.error(f"site {site_dir.name}", f"directory {site_dir} does not exist")
-        return SiteCheck(site_dir, [], {m: [] for m in MODALITIES}, 0, 0, findings)
+        return SiteCheck(site_dir, [], {m: [] for m in SITE_INPUTS}, 0, 0, findings)
     tables = read_site_tables(site_dir, gene_panel, findings, subtypes, cnv_panel=cnv_panel, skip_bad=skip_bad)
     checked, unreadable = _check_slides(tables, fallback_mpp, params, findings, skip_bad)
     lacking = {

@@ -35,7 +35,7 @@ class SiteKey:
 
 
 @dataclass
-class SiteEntry:
+class RegisteredSite:
     """A site's status and its keys, newest last."""
 
     status: str
@@ -54,9 +54,9 @@ class Registry:
     coordinator_name: str
     coordinator_addresses: list[str]
     coordinator_port: int
-    sites: dict[str, SiteEntry] = field(default_factory=dict)
+    sites: dict[str, RegisteredSite] = field(default_factory=dict)
 
-    def site(self, name: str, consortium_dir: Path) -> SiteEntry:
+    def site(self, name: str, consortium_dir: Path) -> RegisteredSite:
         """The entry of a known site; :class:`ConfigError` naming the site and folder otherwise."""
         if name not in self.sites:
             known = ", ".join(sorted(self.sites)) or "none"
@@ -65,7 +65,7 @@ class Registry:
 
     def add_key(self, name: str, public_key: str, fingerprint: str, generated_by: str) -> None:
         """Make ``public_key`` the site's active key, revoking any previous one; the site becomes active."""
-        entry = self.sites.setdefault(name, SiteEntry(status=ACTIVE))
+        entry = self.sites.setdefault(name, RegisteredSite(status=ACTIVE))
         self.revoke(name)
         entry.keys.append(SiteKey(fingerprint=fingerprint, public_key=public_key, status=ACTIVE, created=_now(),
                                   generated_by=generated_by))
@@ -101,7 +101,7 @@ def load_registry(consortium_dir: Path) -> Registry:
                           "(create one with `fedfusion provision init`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        sites = {name: SiteEntry(status=entry["status"], keys=[SiteKey(**key) for key in entry["keys"]])
+        sites = {name: RegisteredSite(status=entry["status"], keys=[SiteKey(**key) for key in entry["keys"]])
                  for name, entry in data["sites"].items()}
         return Registry(consortium=data["consortium"], coordinator_name=data["coordinator_name"],
                         coordinator_addresses=list(data["coordinator_addresses"]),

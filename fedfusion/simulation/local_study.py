@@ -23,7 +23,7 @@ from fedfusion.atomic_io import atomic_write_text
 from fedfusion.coordinator.checkpoint import CoordinatorCheckpoint
 from fedfusion.coordinator.run_recorder import MODEL_FILE
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import CohortIndex, SiteEntry, read_cohort_index, read_gene_panel, read_oracle
+from fedfusion.data.cohort_index import CohortIndex, CohortSite, read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
@@ -94,7 +94,7 @@ def simulate_study(
     return results_dir
 
 
-def _prepare_sites(study: StudyConfig, sites: list[SiteEntry], panel: list[str], cnv_panel: list[str] | None,
+def _prepare_sites(study: StudyConfig, sites: list[CohortSite], panel: list[str], cnv_panel: list[str] | None,
                    emit: Callable[[str], None]) -> list[SiteCohort]:
     """Run each site's data path once so the simulated sites find their features cached."""
     cohorts = []

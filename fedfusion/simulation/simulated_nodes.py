@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.data.cohort_index import CohortIndex, SiteEntry
+from fedfusion.data.cohort_index import CohortIndex, CohortSite
 from fedfusion.site.node_context import SIMULATED_NODES_ENV
 from fedfusion.site.site_privacy import LEDGER_DIR_KEY
 
@@ -25,7 +25,7 @@ SIMULATED_SITES_DIR = "sites"
 NODES_FILE = "nodes.json"
 
 
-def simulated_node_configs(index: CohortIndex, sites: Sequence[SiteEntry], results_dir: Path,
+def simulated_node_configs(index: CohortIndex, sites: Sequence[CohortSite], results_dir: Path,
                            device: str) -> list[dict[str, str]]:
     """One node config per simulated site: its cohort folder, the cohort's panels, its ledger folder, the device."""
     configs = []

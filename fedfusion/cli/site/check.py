@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedfusion.data.cohort_index import CNV_PANEL_FILE, GENE_PANEL_FILE, read_gene_panel
 from fedfusion.data.findings import Finding
-from fedfusion.data.site_check import MODALITIES, SiteCheck, check_site
+from fedfusion.data.site_check import SITE_INPUTS, SiteCheck, check_site
 from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.deployment.site.connectivity import check_connection
 from fedfusion.errors import ConfigError
@@ -93,9 +93,9 @@ def _check_data(args: argparse.Namespace) -> bool:
 def format_report(result: SiteCheck) -> str:
     """The readable summary a site admin sees."""
     lines = [f"site {result.site_dir}: {len(result.patients)} patients",
-             "  with " + ", ".join(f"{m} {result.count(m)}" for m in MODALITIES),
+             "  with " + ", ".join(f"{m} {result.count(m)}" for m in SITE_INPUTS),
              f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unusable"]
-    for modality in MODALITIES:
+    for modality in SITE_INPUTS:
         lacking = result.lacking[modality]
         if lacking:
             more = f" (+{len(lacking) - PATIENTS_SHOWN} more)" if len(lacking) > PATIENTS_SHOWN else ""
