@@ -311,7 +311,7 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
     """SIGKILL the whole coordinator after round 1 of 3; a restart resumes at round 2 with the same site daemons."""
     state = deployment.coordinator_state
     prepared = deployment.run("study", "prepare", "--state-dir", str(state), "--study-id", "s3", "--rounds", "3",
-                              "--set", "round-timeout=240", *STUDY)  # a lost message fails the test in minutes
+                              "--round-timeout", "240", *STUDY)  # a lost message fails the test in minutes
     assert prepared.returncode == 0, prepared.stderr
     fab_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
     for site in SITES:
