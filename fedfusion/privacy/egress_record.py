@@ -12,9 +12,10 @@ Append-only JSON lines in ``<ledger_dir>/egress.jsonl``. Each line is one outgoi
 instead of weights, and the ``query`` stage answers: encrypted shares, the masked vector, unmask shares).
 
 ``bytes``/``sha256`` are of the message as Flower's own protobuf serialization writes it
-(``flwr.common.serde.message_to_proto``). Editing, removing or reordering any line breaks the chain from there on;
-``verify_chain`` finds the first broken line. (A hash chain shows tampering by someone who cannot also rewrite
-every later line; to pin it, note the last line's hash elsewhere, e.g. in the site's audit log.)
+(``flwr.common.serde.message_to_proto``, through ``fedfusion.flower_compat``). Editing, removing or reordering any
+line breaks the chain from there on; ``verify_chain`` finds the first broken line. (A hash chain shows tampering
+by someone who cannot also rewrite every later line; to pin it, note the last line's hash elsewhere, e.g. in the
+site's audit log.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.common.serde import message_to_proto
 
 from fedfusion.errors import PrivacyError
+from fedfusion.flower_compat import message_to_bytes
 from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD
 
 EGRESS_FILE = "egress.jsonl"
@@ -41,7 +42,7 @@ DP_METRICS = ("epsilon", "delta", "noise-multiplier", "max-grad-norm")
 
 def serialize(message: Message) -> bytes:
     """The message's bytes as Flower's protobuf serialization writes them."""
-    return message_to_proto(message).SerializeToString()
+    return message_to_bytes(message)
 
 
 def describe(message: Message, payload: bytes, server_round: int) -> dict[str, Any]:
@@ -56,15 +57,16 @@ def describe(message: Message, payload: bytes, server_round: int) -> dict[str, A
     if message.has_error():
         entry["error"] = {"code": message.error.code, "reason": message.error.reason}
         return entry
-    for record_name, record in message.content.array_records.items():
-        for name, array in record.items():
+    for record_name, arrays in message.content.array_records.items():
+        for name, array in arrays.items():
             values = array.numpy()
             entry["arrays"].append({"name": f"{record_name}/{name}", "dtype": str(values.dtype),
-                                    "shape": list(values.shape), "l2": float(np.linalg.norm(values.astype(np.float64)))})
-    for record_name, record in message.content.metric_records.items():
-        entry["metrics"].update({f"{record_name}/{k}": v for k, v in record.items()})
-    for record_name, record in message.content.config_records.items():
-        entry["configs"].update({f"{record_name}/{k}": v for k, v in record.items() if not _is_bytes(v)})
+                                    "shape": list(values.shape),
+                                    "l2": float(np.linalg.norm(values.astype(np.float64)))})
+    for record_name, metrics in message.content.metric_records.items():
+        entry["metrics"].update({f"{record_name}/{k}": v for k, v in metrics.items()})
+    for record_name, configs in message.content.config_records.items():
+        entry["configs"].update({f"{record_name}/{k}": v for k, v in configs.items() if not _is_bytes(v)})
     dp = {key: value for name, value in entry["metrics"].items() for key in DP_METRICS if name.endswith(f"/{key}")}
     entry["dp"] = dp or None
     return entry
@@ -117,6 +119,7 @@ class EgressRecord:
                 raise PrivacyError(f"egress record {self.path}: line {number + 1} is not JSON ({exc.msg})") from exc
             if entry.get("seq") != number or entry.get("prev") != prev:
                 raise PrivacyError(f"egress record {self.path}: chain broken at line {number + 1} "
-                                   f"(seq {entry.get('seq')}, prev {str(entry.get('prev'))[:12]}, expected {prev[:12]})")
+                                   f"(seq {entry.get('seq')}, prev {str(entry.get('prev'))[:12]}, "
+                                   f"expected {prev[:12]})")
             prev = hashlib.sha256(line).hexdigest()
         return len(lines)

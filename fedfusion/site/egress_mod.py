@@ -10,12 +10,13 @@ An unreadable policy file keeps no payload copy: the handler has then already re
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flwr.app import Context, Error, Message
-from flwr.clientapp.typing import ClientAppCallable
 
 from fedfusion.atomic_io import atomic_write_bytes
 from fedfusion.errors import ConfigError
+from fedfusion.flower_compat import ClientAppCallable
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord, describe, serialize
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.site_privacy import resolve_ledger_dir, resolve_site_privacy
@@ -34,7 +35,7 @@ def egress_record_mod(msg: Message, context: Context, call_next: ClientAppCallab
         site = resolve_site_context(context.node_config, StudyConfig.from_run_config(context.run_config))
         ledger_dir = resolve_ledger_dir(context.node_config, site)
         payload = serialize(reply)
-        server_round = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
+        server_round = int(cast(int, msg.content["config"].get("server-round", 0))) if "config" in msg.content else 0
         entry = describe(reply, payload, server_round)
         if _keeps_payloads(context, site):
             atomic_write_bytes(ledger_dir / PAYLOAD_DIR / f"{entry['sha256']}.pb", payload)

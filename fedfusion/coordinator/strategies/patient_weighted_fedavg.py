@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import WARNING
+from typing import cast
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
+from fedfusion.flower_compat import FLOWER_LOGGER
+
+logger = FLOWER_LOGGER
+"""Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
 WEIGHT_KEY = "num-examples"
 """Reply metric holding the site's patient count (the FedAvg weight)."""
 SITE_RECORD_KEY = "site"
@@ -79,7 +82,7 @@ class PatientWeightedFedAvg(FedAvg):
             return None, None
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -88,7 +91,7 @@ class PatientWeightedFedAvg(FedAvg):
         self._report(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "evaluate", dict(metrics))
+            self._on_round_aggregated(server_round, "evaluate", scalar_metrics(metrics))
         return metrics
 
     def _enough_sites(self, server_round: int, replies: list[Message]) -> bool:
@@ -101,7 +104,7 @@ class PatientWeightedFedAvg(FedAvg):
 
     def _not_aggregated(self, server_round: int, reason: str) -> None:
         """Log why a train round was not aggregated and record it (``not-aggregated`` = 1) for the results."""
-        log(WARNING, "round %s: %s; the round is not aggregated and the global model stays as it was",
+        logger.warning("round %s: %s; the round is not aggregated and the global model stays as it was",
             server_round, reason)
         if self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", {NOT_AGGREGATED_KEY: 1.0})
@@ -129,7 +132,7 @@ def _site_name(msg: Message) -> str:
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Patient-weighted means, except privacy spend: epsilon is the maximum over sites."""
     aggregated = weighted_means(records, weight_key)
-    epsilons = [float(m["epsilon"]) for m in _metric_records(records) if "epsilon" in m]
+    epsilons = [_number(m["epsilon"]) for m in _metric_records(records) if "epsilon" in m]
     if epsilons:
         aggregated["epsilon"] = max(epsilons)
     return aggregated
@@ -142,8 +145,8 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     numbers per site, never a per-patient prediction.
     """
     aggregated = weighted_means(records, weight_key)
-    concordant = sum(float(m.get("concordant-pairs", 0.0)) for m in _metric_records(records))
-    comparable = sum(float(m.get("comparable-pairs", 0.0)) for m in _metric_records(records))
+    concordant = sum(_number(m.get("concordant-pairs", 0.0)) for m in _metric_records(records))
+    comparable = sum(_number(m.get("comparable-pairs", 0.0)) for m in _metric_records(records))
     aggregated["pooled-c-index"] = concordant / comparable if comparable else math.nan
     return aggregated
 
@@ -158,7 +161,7 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
     weights: dict[str, float] = {}
     total = 0.0
     for metrics in _metric_records(records):
-        weight = float(metrics[weight_key])
+        weight = _number(metrics[weight_key])
         total += weight
         for key, value in metrics.items():
             if key == weight_key or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -172,3 +175,13 @@ def weighted_means(records: list[RecordDict], weight_key: str) -> MetricRecord:
 
 def _metric_records(records: list[RecordDict]) -> list[MetricRecord]:
     return [m for r in records for m in r.metric_records.values()]
+
+
+def scalar_metrics(metrics: MetricRecord) -> dict[str, float]:
+    """A metric record as a plain dict for the round listener (fedfusion's metrics are all scalars)."""
+    return cast(dict[str, float], dict(metrics))
+
+
+def _number(value: object) -> float:
+    """A scalar metric value as float (a list value raises ``TypeError``, as ``float`` does)."""
+    return float(cast(float, value))

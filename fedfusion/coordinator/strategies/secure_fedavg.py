@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedfusion.coordinator.secure_stages import secure_round
-from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, ReplyListener, RoundListener
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
+    PatientWeightedFedAvg,
+    ReplyListener,
+    RoundListener,
+    scalar_metrics,
+)
 from fedfusion.errors import ConfigError, PrivacyError
+from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.wire_records import SECAGG_RECORD, train_request
 from fedfusion.study.config import SECURE_AGGREGATION_MODES
 
+logger = FLOWER_LOGGER
+"""Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
 AUTO_MIN_SITES = 3
 """With secure-aggregation = "auto", rounds with at least this many sampled sites are secure."""
 STAGE_TIMEOUT_S = 600.0
@@ -58,7 +64,8 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
     ) -> None:
         super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated)
         if secure_aggregation not in SECURE_AGGREGATION_MODES:
-            raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, got '{secure_aggregation}'")
+            raise ConfigError(
+                f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, got '{secure_aggregation}'")
         self.secure_aggregation = secure_aggregation
         self.threshold_fraction = threshold_fraction
         self._grid: Grid | None = None
@@ -81,7 +88,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         if not secure or not messages:
             return messages
         if len(messages) < 2:
-            log(WARNING, "round %s: secure aggregation needs at least 2 sites, %s sampled; round skipped",
+            logger.warning("round %s: secure aggregation needs at least 2 sites, %s sampled; round skipped",
                 server_round, len(messages))
             return []
         secagg = SecAggConfig(num_sites=len(messages),
@@ -123,5 +130,5 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)
         metrics["secure-aggregation-sites"] = len(average.sites)
         if self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", dict(metrics))
+            self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
