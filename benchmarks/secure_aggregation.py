@@ -32,11 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,7 +39,9 @@ from dp_overhead import record_summary
 
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
+from fedfusion.flower_compat import message_from_bytes, message_to_bytes
 from fedfusion.protocol import ARRAYS_RECORD, CONFIG_RECORD, METRICS_RECORD, SECAGG_RECORD, SERVER_ROUND_KEY, WEIGHT_KEY
+from fedfusion.simulation.in_process_grid import RUN_ID, InProcessGrid, set_message_id
 from fedfusion.site import secure_stages
 from fedfusion.site.round_replay import StoredReply
 from fedfusion.site.site_round import secure_update
@@ -54,7 +51,6 @@ SITES = 5
 PATIENTS = (212, 57, 1033, 88, 409)
 SIZES = {"1M": 1_000_000, "10M": 10_000_000}
 REPETITIONS = {"1M": 5, "10M": 3}
-RUN_ID = 7
 
 
 def model_arrays(parameters: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -68,39 +64,24 @@ def model_arrays(parameters: int, rng: np.random.Generator) -> dict[str, np.ndar
 
 def serialize(message: Message) -> bytes:
     """The message's bytes on the wire."""
-    return message_to_proto(message).SerializeToString()
+    return message_to_bytes(message)
 
 
 def deserialize(payload: bytes) -> Message:
     """The message as the receiver rebuilds it."""
-    return message_from_proto(ProtoMessage.FromString(payload))
+    return message_from_bytes(payload)
 
 
-class TimedGrid(Grid):
+class TimedGrid(InProcessGrid):
     """Delivers each message (over the wire format) to its site and times the coordinator and every site."""
 
     def __init__(self, trained: dict[int, dict[str, np.ndarray]]) -> None:
+        super().__init__()
         self.trained = trained
         self.states = {node: RecordDict() for node in trained}
         self.site_seconds = 0.0
         self.slowest_site_seconds = 0.0
         self.bytes = 0
-        self._replies: dict[str, Message] = {}
-        self._run = Run.create_empty(run_id=RUN_ID)
-
-    def set_run(self, run: Run) -> None:
-        """The run is fixed."""
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        """The run."""
-        return self._run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        """A new message (deprecated Grid API)."""
-        return Message(content, dst_node_id, message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         """The sites' node ids."""
@@ -135,7 +116,7 @@ class TimedGrid(Grid):
         for message in messages:
             if message.metadata.message_type == "evaluate":
                 continue
-            message.metadata.__dict__["_message_id"] = f"m{time.monotonic_ns()}"
+            set_message_id(message, f"m{time.monotonic_ns()}")
             ids.append(message.metadata.message_id)
             payload = serialize(message)
             site_started = time.perf_counter()  # the site: read the message, answer, write the reply
@@ -147,14 +128,6 @@ class TimedGrid(Grid):
             slowest = max(slowest, site_seconds)
         self.slowest_site_seconds += slowest
         return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """The replies to ``message_ids``."""
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push then pull."""
-        return self.pull_messages(self.push_messages(messages))
 
 
 def one_round(mode: str, initial: ArrayRecord, trained: dict[int, dict[str, np.ndarray]]
@@ -200,7 +173,6 @@ def measure(size: str) -> dict[str, object]:
 
 def main() -> None:
     """Measure, print and record the secure/plain round-time ratios at 1M and 10M parameters."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
     sizes = {size: measure(size) for size in SIZES}
     for size, numbers in sizes.items():

@@ -14,13 +14,14 @@ import fedfusion
 from fedfusion.deployment.coordinator.fleet_gateway import is_public
 from fedfusion.deployment.site.app_approval import approve, load_approvals
 from fedfusion.errors import AppNotApprovedError, ConfigError
-from fedfusion.simulation.flower_engine import write_flower_app
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.flower_app import write_flower_app
+from fedfusion.study.run_config import StudyRun
 
 
 @pytest.fixture
 def study_fab(tmp_path: Path) -> bytes:
-    return build_fab_from_disk(write_flower_app(StudyConfig(num_server_rounds=2), tmp_path / "app"))
+    return build_fab_from_disk(write_flower_app(StudyRun.of(StudyConfig(num_server_rounds=2)), tmp_path / "app"))
 
 
 def test_an_approved_hash_runs_and_any_other_app_is_refused_with_its_hash(study_fab: bytes, tmp_path: Path) -> None:
@@ -29,7 +30,7 @@ def test_an_approved_hash_runs_and_any_other_app_is_refused_with_its_hash(study_
     assert approve(allow_list, fab_hash, note="study 1")
     assert not approve(allow_list, f"sha256:{fab_hash}")  # already there
     assert load_approvals(allow_list).check("site-a", study_fab) == fab_hash
-    other = build_fab_from_disk(write_flower_app(StudyConfig(num_server_rounds=3), tmp_path / "other"))
+    other = build_fab_from_disk(write_flower_app(StudyRun.of(StudyConfig(num_server_rounds=3)), tmp_path / "other"))
     other_hash = hashlib.sha256(other).hexdigest()
     with pytest.raises(AppNotApprovedError, match=f"site site-a has not approved app sha256:{other_hash}.*"
                                                   f"fedfusion site approve {other_hash}"):
@@ -47,7 +48,7 @@ def test_a_fedfusion_version_admits_manifest_only_apps_but_not_apps_shipping_cod
     approve(allow_list, f"fedfusion=={fedfusion.__version__}")
     approvals = load_approvals(allow_list)
     approvals.check("site-a", study_fab)  # any study config, fedfusion's own code only
-    manifest = (write_flower_app(StudyConfig(), tmp_path / "shadow") / "pyproject.toml").read_bytes()
+    manifest = (write_flower_app(StudyRun.of(StudyConfig()), tmp_path / "shadow") / "pyproject.toml").read_bytes()
     shadowing = build_fab_from_files({"pyproject.toml": manifest,
                                       "fedfusion/site/client_app.py": b"import os  # anything at all\n"})[0]
     shipped = re.escape("ships files besides its manifest: fedfusion/site/client_app.py")

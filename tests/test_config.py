@@ -7,8 +7,8 @@ import pytest
 
 from fedfusion.cli import main
 from fedfusion.errors import ConfigError
-from fedfusion.simulation.flower_engine import write_flower_app
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.flower_app import write_flower_app
 from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
 

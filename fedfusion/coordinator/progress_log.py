@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 from logging import INFO, WARNING
 
-from flwr.common.logger import FLOWER_LOGGER, log
-from flwr.supercore.logger import ConsoleHandler
+from fedfusion.flower_compat import FLOWER_LOGGER, flower_console_handlers
 
 _MARK = "fedfusion_progress"
 
 
 def emit_progress(line: str) -> None:
     """Log one progress line of the study."""
-    log(INFO, line, extra={_MARK: True})
+    FLOWER_LOGGER.log(INFO, line, extra={_MARK: True})
 
 
 def quiet_flower_console() -> None:
     """Show only progress lines, warnings and errors on Flower's console handler."""
     FLOWER_LOGGER.propagate = False
-    for handler in FLOWER_LOGGER.handlers:
-        if isinstance(handler, ConsoleHandler) and not any(isinstance(f, _ProgressOnly) for f in handler.filters):
+    for handler in flower_console_handlers():
+        if not any(isinstance(f, _ProgressOnly) for f in handler.filters):
             handler.addFilter(_ProgressOnly())
 
 

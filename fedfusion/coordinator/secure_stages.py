@@ -9,14 +9,13 @@ is a dropout from then on; fewer than the threshold at any stage raises `Privacy
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from logging import WARNING
 from typing import Protocol, TypeVar
 
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedfusion.errors import PrivacyError, ProtocolError
+from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import CONFIG_RECORD, SECAGG_MESSAGE_TYPE, SECAGG_RECORD, SERVER_ROUND_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.messages import SecureAverage
@@ -32,6 +31,8 @@ from fedfusion.secure_aggregation.wire_records import (
 )
 
 MESSAGE_TYPE = SECAGG_MESSAGE_TYPE
+logger = FLOWER_LOGGER
+"""Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
 
 
 class FromSite(Protocol):
@@ -73,18 +74,18 @@ class StageRunner:
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "secure aggregation, round %s: node %s answered with an error: %s", self.server_round,
+                logger.warning("secure aggregation, round %s: node %s answered with an error: %s", self.server_round,
                     node, reply.error.reason)
                 continue
             try:
                 parsed = parse(reply.content)
             except (ProtocolError, PrivacyError, KeyError, TypeError, ValueError) as exc:
-                log(WARNING, "secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
+                logger.warning("secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
                     self.server_round, node, type(exc).__name__, exc)
                 continue
             site = parsed.site_id
             if self.node_of_site.get(site) != node:
-                log(WARNING, "secure aggregation, round %s: node %s answered for site %r; ignored",
+                logger.warning("secure aggregation, round %s: node %s answered for site %r; ignored",
                     self.server_round, node, site)
                 continue
             accepted.append(parsed)

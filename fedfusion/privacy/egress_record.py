@@ -12,9 +12,10 @@ Append-only JSON lines in ``<ledger_dir>/egress.jsonl``. Each line is one outgoi
 instead of weights, and the ``query`` stage answers: encrypted shares, the masked vector, unmask shares).
 
 ``bytes``/``sha256`` are of the message as Flower's own protobuf serialization writes it
-(``flwr.common.serde.message_to_proto``). Editing, removing or reordering any line breaks the chain from there on;
-``verify_chain`` finds the first broken line. (A hash chain shows tampering by someone who cannot also rewrite
-every later line; to pin it, note the last line's hash elsewhere, e.g. in the site's audit log.)
+(``flwr.common.serde.message_to_proto``, through ``fedfusion.flower_compat``). Editing, removing or reordering any
+line breaks the chain from there on; ``verify_chain`` finds the first broken line. (A hash chain shows tampering
+by someone who cannot also rewrite every later line; to pin it, note the last line's hash elsewhere, e.g. in the
+site's audit log.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.common.serde import message_to_proto
 
 from fedfusion.errors import PrivacyError
+from fedfusion.flower_compat import message_to_bytes
 from fedfusion.protocol import DP_METRIC_KEYS, SECAGG_RECORD
 
 EGRESS_FILE = "egress.jsonl"
@@ -41,8 +42,7 @@ DP_METRICS = DP_METRIC_KEYS
 
 def serialize(message: Message) -> bytes:
     """The message's bytes as Flower's protobuf serialization writes them."""
-    payload: bytes = message_to_proto(message).SerializeToString()
-    return payload
+    return message_to_bytes(message)
 
 
 def describe(message: Message, payload: bytes, server_round: int) -> dict[str, Any]:

@@ -13,13 +13,11 @@ import hashlib
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 from numpy.typing import NDArray
 
+from fedfusion.secure_aggregation.crypto import CURVE, bytes_to_public_key, shared_key
+
 SEED_BYTES = 32
-CURVE = ec.SECP384R1()
-"""The curve of Flower's `generate_key_pairs`."""
 SCALAR_BYTES = 48
 
 
@@ -28,7 +26,7 @@ def mask_vector(seed: bytes, length: int) -> NDArray[np.uint32]:
     encryptor = Cipher(algorithms.AES256(seed), modes.CTR(bytes(16))).encryptor()
     # CTR may hold back up to one block, so the output buffer has 15 spare bytes.
     buffer = np.empty(4 * length + 15, dtype=np.uint8)
-    written = encryptor.update_into(np.zeros(4 * length, dtype=np.uint8), buffer)
+    written = encryptor.update_into(bytes(4 * length), buffer.data)
     if written != 4 * length:
         buffer[written : 4 * length] = np.frombuffer(encryptor.finalize(), dtype=np.uint8)
     return buffer[: 4 * length].view(np.uint32)
@@ -38,7 +36,7 @@ def pairwise_seed(own_private_key: ec.EllipticCurvePrivateKey, other_public_key:
     """Seed of the mask shared by two sites: ECDH of one's private and the other's public key, through HKDF,
     hashed with `binding` (the round's config and total weight): sites that were told different rounds get
     masks that do not cancel."""
-    shared = base64.urlsafe_b64decode(generate_shared_key(own_private_key, bytes_to_public_key(other_public_key)))
+    shared = base64.urlsafe_b64decode(shared_key(own_private_key, bytes_to_public_key(other_public_key)))
     return hashlib.sha256(shared + binding).digest()
 
 

@@ -11,26 +11,26 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from enum import Enum
-from typing import Union
+from typing import cast
 
 import numpy as np
 from cryptography.fernet import InvalidToken
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
-from flwr.common.secure_aggregation.secaggplus_utils import (
-    share_keys_plaintext_concat,
-    share_keys_plaintext_separate,
-)
-from flwr.supercore.primitives.asymmetric import (
-    bytes_to_private_key,
-    bytes_to_public_key,
-    generate_key_pairs,
-    private_key_to_bytes,
-    public_key_to_bytes,
-)
 from numpy.typing import NDArray
 
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.crypto import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    decrypt,
+    encrypt,
+    generate_key_pair,
+    private_key_to_bytes,
+    public_key_to_bytes,
+    share_plaintext,
+    shared_key,
+    split_share_plaintext,
+)
 from fedfusion.secure_aggregation.masks import SEED_BYTES, mask_vector, pairwise_seed, private_key_to_scalar
 from fedfusion.secure_aggregation.messages import (
     EncryptedShares,
@@ -42,7 +42,7 @@ from fedfusion.secure_aggregation.messages import (
 from fedfusion.secure_aggregation.quantize import check_weight, layout_of, scaled_quantized_vector
 from fedfusion.secure_aggregation.shamir import create_shares
 
-Secret = Union[int, bytes, list[int], list[bytes]]
+Secret = int | bytes | list[int] | list[bytes]
 """A value of a site's kept secrets (what Flower's ConfigRecord holds)."""
 
 
@@ -63,8 +63,8 @@ class SecAggSite:
         self.site_id = site_id
         self.config = config
         self._stage = Stage.NEW
-        self._encryption_private, encryption_public = generate_key_pairs()
-        self._masking_private, masking_public = generate_key_pairs()
+        self._encryption_private, encryption_public = generate_key_pair()
+        self._masking_private, masking_public = generate_key_pair()
         self._public = PublicKeys(
             site_id, public_key_to_bytes(encryption_public), public_key_to_bytes(masking_public),
             check_weight(weight, str(site_id)),
@@ -99,23 +99,34 @@ class SecAggSite:
     @classmethod
     def from_secrets(cls, secrets: Mapping[str, Secret], config: SecAggConfig) -> SecAggSite:
         """The site as `secrets` left it (the inverse of `secrets`)."""
+
+        def blob(key: str) -> bytes:
+            return cast(bytes, secrets[key])
+
+        def ints(key: str) -> list[int]:
+            return cast(list[int], secrets[key])
+
+        def blobs(key: str) -> list[bytes]:
+            return cast(list[bytes], secrets[key])
+
         site = cls.__new__(cls)
-        site.site_id = int(secrets["site-id"])  # type: ignore[arg-type]
+        site.site_id = int(cast(int, secrets["site-id"]))
         site.config = config
         site._stage = Stage(secrets["stage"])
-        site._encryption_private = bytes_to_private_key(secrets["encryption-private"])  # type: ignore[arg-type]
-        site._masking_private = bytes_to_private_key(secrets["masking-private"])  # type: ignore[arg-type]
+        site._encryption_private = bytes_to_private_key(blob("encryption-private"))
+        site._masking_private = bytes_to_private_key(blob("masking-private"))
         site._public = PublicKeys(
-            site.site_id, secrets["encryption-public"], secrets["masking-public"], secrets["weight"]  # type: ignore[arg-type]
+            site.site_id, blob("encryption-public"), blob("masking-public"), cast(int, secrets["weight"])
         )
-        site._self_mask_seed = secrets["self-mask-seed"]  # type: ignore[assignment]
+        site._self_mask_seed = blob("self-mask-seed")
         site._peer_keys = {
             int(p): PublicKeys(int(p), e, m, w)
-            for p, e, m, w in zip(secrets["peers"], secrets["peer-encryption-keys"],  # type: ignore[call-overload]
-                                  secrets["peer-masking-keys"], secrets["peer-weights"])
+            for p, e, m, w in zip(ints("peers"), blobs("peer-encryption-keys"), blobs("peer-masking-keys"),
+                                  ints("peer-weights"), strict=False)
         }
-        site._self_mask_shares = dict(zip(secrets["self-mask-share-sites"], secrets["self-mask-shares"]))  # type: ignore[call-overload]
-        site._masking_key_shares = dict(zip(secrets["masking-key-share-sites"], secrets["masking-key-shares"]))  # type: ignore[call-overload]
+        site._self_mask_shares = dict(zip(ints("self-mask-share-sites"), blobs("self-mask-shares"), strict=False))
+        site._masking_key_shares = dict(zip(ints("masking-key-share-sites"), blobs("masking-key-shares"),
+                                            strict=False))
         return site
 
     def _advance(self, expected: Stage, following: Stage) -> None:
@@ -151,19 +162,17 @@ class SecAggSite:
         seed_shares = create_shares(self._self_mask_seed, self.config.threshold, len(order))
         key_shares = create_shares(private_key_to_scalar(self._masking_private), self.config.threshold, len(order))
         ciphertexts: dict[int, bytes] = {}
-        for other, seed_share, key_share in zip(order, seed_shares, key_shares):
+        for other, seed_share, key_share in zip(order, seed_shares, key_shares, strict=True):
             if other == self.site_id:
                 self._self_mask_shares[other] = seed_share
                 self._masking_key_shares[other] = key_share
                 continue
-            plaintext = share_keys_plaintext_concat(self.site_id, other, seed_share, key_share)
+            plaintext = share_plaintext(self.site_id, other, seed_share, key_share)
             ciphertexts[other] = encrypt(self._share_key(other), plaintext)
         return EncryptedShares(self.site_id, ciphertexts)
 
     def _share_key(self, other: int) -> bytes:
-        return generate_shared_key(
-            self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key)
-        )
+        return shared_key(self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key))
 
     def masked_input(self, ciphertexts: Mapping[int, bytes], update: Mapping[str, NDArray[np.floating]]) -> MaskedInput:
         """Stage 3: keep the shares sent to this site, then mask its update quantized at its weight share.
@@ -184,7 +193,7 @@ class SecAggSite:
                 plaintext = decrypt(self._share_key(sender), ciphertext)
             except InvalidToken:
                 raise PrivacyError(f"site {self.site_id}: the share from site {sender} does not decrypt") from None
-            source, destination, seed_share, key_share = share_keys_plaintext_separate(plaintext)
+            source, destination, seed_share, key_share = split_share_plaintext(plaintext)
             if (source, destination) != (sender, self.site_id):
                 raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
             self._self_mask_shares[sender] = seed_share

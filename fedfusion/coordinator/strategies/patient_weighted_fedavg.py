@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import WARNING
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
+from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     ARRAYS_RECORD,
     COMPARABLE_PAIRS_KEY,
@@ -32,6 +31,9 @@ from fedfusion.protocol import (
     SITE_RECORD_KEY,
     WEIGHT_KEY,
 )
+
+logger = FLOWER_LOGGER
+"""Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class PatientWeightedFedAvg(FedAvg):
 
     def _not_aggregated(self, server_round: int, reason: str) -> None:
         """Log why a train round was not aggregated and record it (``not-aggregated`` = 1) for the results."""
-        log(WARNING, "round %s: %s; the round is not aggregated and the global model stays as it was",
+        logger.warning("round %s: %s; the round is not aggregated and the global model stays as it was",
             server_round, reason)
         if self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", {NOT_AGGREGATED_KEY: 1.0})

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedfusion.coordinator.secure_stages import secure_round
@@ -32,11 +30,14 @@ from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
     scalar_metrics,
 )
 from fedfusion.errors import ConfigError, PrivacyError
+from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.wire_records import train_request
 from fedfusion.study.config import SECURE_AGGREGATION_MODES
 
+logger = FLOWER_LOGGER
+"""Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
 AUTO_MIN_SITES = 3
 """With secure-aggregation = "auto", rounds with at least this many sampled sites are secure."""
 STAGE_TIMEOUT_S = 600.0
@@ -88,7 +89,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         if not secure or not messages:
             return messages
         if len(messages) < 2:
-            log(WARNING, "round %s: secure aggregation needs at least 2 sites, %s sampled; round skipped",
+            logger.warning("round %s: secure aggregation needs at least 2 sites, %s sampled; round skipped",
                 server_round, len(messages))
             return []
         secagg = SecAggConfig(num_sites=len(messages),

@@ -1,1 +1,1 @@
-"""The coordinator service: loopback SuperLink behind a Fleet-only TLS gateway, registry sync, study submission and resume."""
+"""The coordinator service: a loopback SuperLink behind a Fleet-only TLS gateway; registry sync; studies."""

@@ -9,6 +9,7 @@ signed-timestamp authentication headers are checked by the SuperLink itself), pl
 path, including the Fleet's own ``register-node``/``unregister-node`` (self-registration), is answered 403 here.
 A request the SuperLink does not answer is answered 502, which a SuperNode retries.
 The operator registers sites and submits studies on the coordinator host, over loopback.
+Flower's paths (the Fleet API prefix and methods, ``/health``) come from ``fedfusion.flower_compat``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from fedfusion.flower_compat import FLEET_API_PREFIX, FLEET_METHODS, SUPERLINK_HEALTH_PATH
+
 logger = logging.getLogger(__name__)
 
-FLEET_METHODS = frozenset({
-    "activate-node", "deactivate-node", "send-node-heartbeat", "pull-messages", "push-messages", "get-run",
-    "get-fab", "push-object", "pull-object", "confirm-message-received",
-})
-"""Fleet API methods a registered SuperNode calls; ``register-node``/``unregister-node`` are left out on purpose."""
-PUBLIC_PATHS = frozenset({f"/v1/fleet/{method}" for method in FLEET_METHODS})
-HEALTH_PATH = "/health"
+PUBLIC_PATHS = frozenset({f"{FLEET_API_PREFIX}{method}" for method in FLEET_METHODS})
+"""The Fleet API methods a registered SuperNode calls (``register-node``/``unregister-node`` left out on purpose)."""
+HEALTH_PATH = SUPERLINK_HEALTH_PATH
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                          "transfer-encoding", "upgrade", "host", "content-length"})
 UPSTREAM_TIMEOUT_S = 120.0

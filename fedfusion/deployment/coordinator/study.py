@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from flwr.cli.build import build_fab_from_disk
-
 from fedfusion.deployment.coordinator.state import CONNECTION_NAME, CoordinatorPaths, read_daemon_info, running_daemon
 from fedfusion.deployment.coordinator.study_state import (
     FAILED,
@@ -38,8 +36,9 @@ from fedfusion.deployment.coordinator.study_state import (
 )
 from fedfusion.deployment.processes import flower_env, flower_script
 from fedfusion.errors import ConfigError, FedfusionError
-from fedfusion.simulation.flower_engine import write_flower_app
+from fedfusion.flower_compat import build_fab
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.flower_app import write_flower_app
 from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
 RESULTS_MARKER = "metrics.json"
@@ -49,7 +48,7 @@ _STUDY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def app_hash(app_dir: Path) -> str:
     """The SHA-256 of the FAB Flower builds from ``app_dir`` (deterministic: fixed dates, sorted files)."""
-    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+    return hashlib.sha256(build_fab(app_dir)).hexdigest()
 
 
 def prepare_study(paths: CoordinatorPaths, study: StudyConfig, study_id: str,

@@ -9,16 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.proto.control_pb2 import (  # pylint: disable=E0611
-    ListNodesRequest,
-    RegisterNodeRequest,
-    UnregisterNodeRequest,
-)
-from flwr.supercore.constant import NodeStatus
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-from flwr.supercore.primitives.asymmetric import public_key_to_bytes
-
+from fedfusion.flower_compat import control_api_client, list_nodes, public_key_to_pem, register_node, unregister_node
 from fedfusion.provisioning.site_keys import parse_openssh_public_key
 
 
@@ -36,26 +27,20 @@ class SuperLinkControl:
     """Control API calls to the loopback SuperLink at ``address``, TLS verified with ``ca_file``."""
 
     def __init__(self, address: str, ca_file: Path) -> None:
-        self._client = ControlHttpClient.from_server_address(
-            server_address=address, insecure=False, root_certificates=ca_file.read_bytes(),
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        )
+        self._client = control_api_client(address, ca_file.read_bytes())
 
     def nodes(self) -> list[RegisteredNode]:
         """The registered SuperNodes (online, offline or never seen)."""
-        response = self._client.ListNodes(ListNodesRequest())
-        return [RegisteredNode(node.node_id, node.name, bytes(node.public_key), node.status)
-                for node in response.nodes_info if node.status != NodeStatus.UNREGISTERED]
+        return [RegisteredNode(node.node_id, node.name, node.public_key_pem, node.status)
+                for node in list_nodes(self._client) if node.registered]
 
     def register(self, openssh_public_key: str, name: str) -> int:
         """Register a site's key under its name; return the SuperNode id."""
-        response = self._client.RegisterNode(RegisterNodeRequest(public_key=pem_of(openssh_public_key, name),
-                                                                 name=name))
-        return int(response.node_id)
+        return register_node(self._client, pem_of(openssh_public_key, name), name)
 
     def unregister(self, node_id: int) -> None:
         """Unregister a SuperNode: its key is refused from now on."""
-        self._client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+        unregister_node(self._client, node_id)
 
     def close(self) -> None:
         """Close the HTTP connection."""
@@ -64,4 +49,4 @@ class SuperLinkControl:
 
 def pem_of(openssh_public_key: str, site: str) -> bytes:
     """The PEM form (what the SuperLink stores) of a site's OpenSSH public key."""
-    return public_key_to_bytes(parse_openssh_public_key(openssh_public_key, source=f"site {site}"))
+    return public_key_to_pem(parse_openssh_public_key(openssh_public_key, source=f"site {site}"))

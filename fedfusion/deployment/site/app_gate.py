@@ -6,7 +6,7 @@ Started by the site's SuperExec (``fedfusion.deployment.site.site_exec``) for ev
 SHA-256 is computed from its bytes and checked against the site's allow-list. An unapproved app is never
 installed or imported; the coordinator gets an error reply naming the hash, the site's log the same line and how
 to approve it, and the process exits with Flower's task-failure code.
-Relies on ``flwr.supernode.runtime.run_clientapp`` of the pinned Flower 1.41.0.
+Flower's ClientApp process and the installer swap come from the seam (``fedfusion.flower_compat``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flwr.supernode.runtime.run_clientapp as flower_clientapp
-
 from fedfusion.deployment.site.app_approval import AppApprovals, load_approvals
 from fedfusion.errors import AppNotApprovedError
+from fedfusion.flower_compat import run_clientapp_with_installer
 
 logger = logging.getLogger("fedfusion.site")
 
@@ -53,9 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     approvals = load_approvals(args.approved_apps)
-    flower_clientapp.install_from_fab = gated_installer(approvals, args.site_name, flower_clientapp.install_from_fab)
-    flower_clientapp.run_clientapp(runtime_api_address=args.runtime_api_address, token=args.token, insecure=True,
-                                   certificates=None, parent_pid=args.parent_pid, runtime_dependency_install=False)
+    run_clientapp_with_installer(lambda install: gated_installer(approvals, args.site_name, install),
+                                 runtime_api_address=args.runtime_api_address, token=args.token,
+                                 parent_pid=args.parent_pid)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A site daemon is a service: when the coordinator is down or restarting, ``flower-supernode`` (started without
 ``--max-retries``/``--max-wait-time``) retries forever with Flower's exponential backoff (at most 20 s between
 tries) and reconnects by itself. Flower logs every try in ``supernode.log``; this watcher turns them into one line
-in the site's own log when the link is lost and one when it is back.
+in the site's own log when the link is lost and one when it is back (the lines it looks for are Flower's, kept in
+``fedfusion.flower_compat``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedfusion.flower_compat import CONNECTION_BACK_LOG_TEXT, CONNECTION_LOST_LOG_TEXT
+
 logger = logging.getLogger("fedfusion.site")
 
-LOST = "Connection attempt failed"
-"""Flower's warning before each retry (``flwr.supercore.retry.http_retry``)."""
-BACK = "Connection successful after"
+LOST = CONNECTION_LOST_LOG_TEXT
+"""Flower's warning before each retry."""
+BACK = CONNECTION_BACK_LOG_TEXT
 """Flower's line when a try succeeds after failed ones."""
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from flwr.common.constant import SYSTEM_TIME_TOLERANCE
 
 from fedfusion.data.findings import Findings
 from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH
 from fedfusion.deployment.site.daemon import read_bundle
+from fedfusion.flower_compat import SYSTEM_TIME_TOLERANCE
 from fedfusion.provisioning.site_keys import SITE_PUBLIC_KEY_FILE, fingerprint, parse_openssh_public_key
 
 EXPIRY_WARNING_DAYS = 30
@@ -93,10 +93,10 @@ def _check_coordinator(host: str, port: int, ca_file: Path, result: ConnectionCh
     where = f"coordinator {host}:{port}"
     context = ssl.create_default_context(cafile=str(ca_file))
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                der = tls.getpeercert(binary_form=True)
-                result.facts.append(f"{where}: reachable, {tls.version()}, certificate verified by the bundle's CA")
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+            result.facts.append(f"{where}: reachable, {tls.version()}, certificate verified by the bundle's CA")
         if der:
             _check_dates(x509.load_der_x509_certificate(der), f"{where} certificate", result)
         connection = http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=context)

@@ -4,7 +4,7 @@ Flower's ``flower-superexec`` starts ``flwr-clientapp`` (and would start agent, 
 a fedfusion site runs its SuperNode with ``--isolation process`` and this loop instead, which asks only for
 ClientApp tasks and starts ``fedfusion.deployment.site.app_gate`` for each, so no app runs unless the site approved
 it. It talks to the SuperNode's Runtime API on 127.0.0.1 and exits when the SuperNode (``--parent-pid``) does.
-Relies on Flower 1.41.0's Runtime API client (``flwr.supercore.runtime``).
+Flower's Runtime API client comes from the seam (``fedfusion.flower_compat``).
 """
 
 from __future__ import annotations
@@ -20,19 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
-from flwr.supercore.app_utils import start_parent_process_monitor
-from flwr.supercore.auth import load_superexec_auth_secret
-from flwr.supercore.constant import TaskType
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
+from fedfusion.flower_compat import (
+    acquire_client_app_task,
+    load_superexec_auth_secret,
+    runtime_api_client,
+    start_parent_process_monitor,
+)
 
 logger = logging.getLogger("fedfusion.site")
 
 POLL_INTERVAL_S = 0.5
-AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
-"""What Flower 1.41's SuperNode checks the SuperExec HMAC on (as ``flower-superexec`` signs it)."""
 
 
 def gate_command(runtime_api_address: str, token: str, approved_apps: Path, site: str) -> list[str]:
@@ -55,22 +52,14 @@ def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, pare
     signal.signal(signal.SIGINT, stop)
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)  # raises SIGINT here when the SuperNode is gone
-    client = RuntimeHttpClient.from_server_address(
-        server_address=runtime_api_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
-                      *([SuperExecAuthHttpInterceptor(master_secret=auth_secret, protected_methods=AUTH_METHODS)]
-                        if auth_secret else [])],
-        retry_invoker=make_simple_http_retry_invoker(),
-    )
+    client = runtime_api_client(runtime_api_address, auth_secret)
     running: list[subprocess.Popen[bytes]] = []
     try:
         while not stopping.is_set():
-            response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
-            if response.HasField("task") and response.token:
-                logger.info("task %d of run %d: starting the gated ClientApp", response.task.task_id,
-                            response.task.run_id)
-                running.append(subprocess.Popen(gate_command(runtime_api_address, response.token, approved_apps,
-                                                             site)))
+            task = acquire_client_app_task(client)
+            if task is not None:
+                logger.info("task %d of run %d: starting the gated ClientApp", task.task_id, task.run_id)
+                running.append(subprocess.Popen(gate_command(runtime_api_address, task.token, approved_apps, site)))
             for process in [p for p in running if p.poll() is not None]:
                 if process.returncode != 0:
                     logger.warning("ClientApp process %d exited with code %d", process.pid, process.returncode)

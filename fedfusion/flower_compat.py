@@ -1,0 +1,375 @@
+"""The one seam between fedfusion and Flower's non-public API, for the pinned Flower release only.
+
+fedfusion's apps use Flower's public app API (``flwr.app``, ``flwr.clientapp``, ``flwr.serverapp`` and their
+``strategy`` / ``mod`` submodules) directly. Everything else it needs from Flower -- internal modules, private
+functions, wire formats, URL paths and log lines -- is reached through this module only (a test,
+``tests/test_import_boundaries.py``, keeps it so), and ``tests/test_flower_compat.py`` checks every internal used
+here against the installed Flower. Those internals change between Flower releases without notice, so importing this
+module fails (`FlowerVersionError`) unless the installed Flower is exactly `PINNED_FLOWER_VERSION`. Moving to a new
+Flower release means: change the pin (here and in ``pyproject.toml``), run ``tests/test_flower_compat.py`` and fix
+what it reports here.
+
+Flower internals used:
+
+- ``flwr.supercore.logger``: ``FLOWER_LOGGER`` (the ``flwr`` logger, also what ``flwr log`` streams in deployment)
+  and its ``ConsoleHandler``.
+- ``flwr.common.serde`` and ``flwr.proto.message_pb2``: a Message's protobuf wire format.
+- ``flwr.supercore.run.Run`` and ``flwr.supercore.task_identity.TaskIdentity``: the run and task identity an
+  in-process ServerApp needs.
+- ``flwr.clientapp.typing.ClientAppCallable``: the type of a ClientApp mod's ``call_next``.
+- ``flwr.common.constant.SYSTEM_TIME_TOLERANCE``: the SuperNode authentication's clock tolerance.
+- ``flwr.simulation.run_simulation._run_simulation`` (with ``flwr.common.constant``, ``flwr.supercore.constant``,
+  ``flwr.supercore.telemetry`` and ``flwr.server.superlink.linkstate.utils``): the simulation engine in this process.
+- ``flwr.supernode.runtime.run_clientapp`` (``run_clientapp`` and its module global ``install_from_fab``): the
+  ClientApp process, with the site's app approval in front of the FAB install.
+- ``flwr.supercore.runtime``, ``.interceptors``, ``.retry``, ``.auth``, ``.app_utils``, ``.constant.TaskType`` and
+  ``flwr.proto.runtime_pb2``: a SuperExec's client of the SuperNode's Runtime API.
+- ``flwr.supercore.control``, ``flwr.proto.control_pb2``, ``flwr.supercore.constant.NodeStatus`` and
+  ``flwr.supercore.primitives.asymmetric.public_key_to_bytes``: the operator's client of the SuperLink's Control API.
+- ``flwr.cli.build.build_fab_from_disk``: the FAB ``flwr run`` builds (its hash is what a site approves).
+- Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
+  path and the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``).
+
+Heavy internals (the simulation engine, the Runtime and Control API clients, the FAB builder) are imported inside
+the functions that use them, so importing this module costs little more than ``flwr.app``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedfusion.errors import FedfusionError
+
+PINNED_FLOWER_VERSION = "1.41.0"
+"""The only Flower release whose internals this module was written against (also pinned in ``pyproject.toml``)."""
+
+
+class FlowerVersionError(FedfusionError, ImportError):
+    """The installed Flower is not the pinned release."""
+
+
+def check_flower_version(installed: str) -> None:
+    """Raise `FlowerVersionError` unless ``installed`` is `PINNED_FLOWER_VERSION` (called at import)."""
+    if installed != PINNED_FLOWER_VERSION:
+        raise FlowerVersionError(
+            f"fedfusion needs Flower (flwr) {PINNED_FLOWER_VERSION}, but flwr {installed} is installed. "
+            f"fedfusion's simulation and deployment rely on Flower internals (listed in {__name__}, "
+            f"{Path(__file__).name}) that change between Flower releases; install flwr=={PINNED_FLOWER_VERSION}."
+        )
+
+
+check_flower_version(importlib.metadata.version("flwr"))
+
+# The pin is checked before any Flower internal is imported: a different release fails with the message above.
+from flwr.app import Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp.typing import ClientAppCallable as _ClientAppCallable  # noqa: E402
+from flwr.common.constant import SYSTEM_TIME_TOLERANCE as _SYSTEM_TIME_TOLERANCE  # noqa: E402
+from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
+from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
+from flwr.supercore.logger import FLOWER_LOGGER as _FLOWER_LOGGER  # noqa: E402
+from flwr.supercore.logger import ConsoleHandler as _ConsoleHandler  # noqa: E402
+from flwr.supercore.run import Run as _Run  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity as _TaskIdentity  # noqa: E402
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+__all__ = [
+    "CONNECTION_BACK_LOG_TEXT",
+    "CONNECTION_LOST_LOG_TEXT",
+    "FLEET_API_PREFIX",
+    "FLEET_METHODS",
+    "FLOWER_LOGGER",
+    "PINNED_FLOWER_VERSION",
+    "SUPEREXEC_AUTH_METHODS",
+    "SUPERLINK_HEALTH_PATH",
+    "SYSTEM_TIME_TOLERANCE",
+    "AcquiredTask",
+    "ClientAppCallable",
+    "FabInstaller",
+    "FlowerNode",
+    "FlowerVersionError",
+    "Run",
+    "acquire_client_app_task",
+    "build_fab",
+    "check_flower_version",
+    "control_api_client",
+    "empty_run",
+    "flower_console_handlers",
+    "list_nodes",
+    "load_superexec_auth_secret",
+    "message_from_bytes",
+    "message_to_bytes",
+    "public_key_to_pem",
+    "register_node",
+    "run_clientapp_with_installer",
+    "run_simulation_in_process",
+    "runtime_api_client",
+    "set_task_identity",
+    "start_parent_process_monitor",
+    "unregister_node",
+]
+
+# ---- Logging (flwr.supercore.logger) -------------------------------------------------------------------------------
+
+FLOWER_LOGGER: logging.Logger = _FLOWER_LOGGER
+"""The standard library's ``flwr`` logger as Flower configures it (level DEBUG, Flower's console handler); its lines
+reach the console and, in deployment, ``flwr log`` / ``flwr run --stream`` (``flwr.supercore.logger``)."""
+
+
+def flower_console_handlers() -> list[logging.Handler]:
+    """Flower's console handlers on `FLOWER_LOGGER` (``flwr.supercore.logger.ConsoleHandler``), to filter them."""
+    return [handler for handler in FLOWER_LOGGER.handlers if isinstance(handler, _ConsoleHandler)]
+
+
+# ---- Messages on the wire (flwr.common.serde, flwr.proto.message_pb2) ----------------------------------------------
+
+
+def message_to_bytes(message: Message) -> bytes:
+    """A Message serialized as between SuperLink and SuperNode (``flwr.common.serde.message_to_proto``)."""
+    return bytes(message_to_proto(message).SerializeToString())
+
+
+def message_from_bytes(payload: bytes) -> Message:
+    """The Message the receiver rebuilds from `message_to_bytes` (``flwr.common.serde.message_from_proto``)."""
+    return message_from_proto(_ProtoMessage.FromString(payload))
+
+
+# ---- Run and task identity (flwr.supercore.run, flwr.supercore.task_identity) --------------------------------------
+
+Run = _Run
+"""Flower's record of a run, what ``Grid.run`` returns (``flwr.supercore.run.Run``)."""
+
+
+def empty_run(run_id: int) -> Run:
+    """A run with only its id set (``Run.create_empty``), for a Grid that runs in this process."""
+    return Run.create_empty(run_id=run_id)
+
+
+def set_task_identity(task_id: int, run_id: int, node_id: int) -> None:
+    """Set the process-wide identity of the running task (class attributes of
+    ``flwr.supercore.task_identity.TaskIdentity``); Flower reads it when it creates a Message, so a ServerApp driven
+    in this process needs it set."""
+    _TaskIdentity.task_id = task_id
+    _TaskIdentity.run_id = run_id
+    _TaskIdentity.node_id = node_id
+
+
+# ---- Simulation engine (flwr.simulation.run_simulation._run_simulation) --------------------------------------------
+
+
+def run_simulation_in_process(server_app_attr: str, client_app_attr: str, num_supernodes: int,
+                              backend_config: Mapping[str, Any], app_dir: Path,
+                              run_config: Mapping[str, Any]) -> None:
+    """Run a ServerApp and ``num_supernodes`` simulated SuperNodes with Flower's Ray engine, in this process.
+
+    What Flower's ``flower-simulation`` process does for ``flwr run`` against a local connection, minus the detached
+    SuperLink: a run with fresh ids (``generate_rand_int_from_bytes``), the task identity of the ServerApp, and
+    ``run_config`` in every ``context.run_config``. ``flwr.simulation.run_simulation`` (public) is not used: it is
+    deprecated and passes an empty run config. Uses ``flwr.simulation.run_simulation._run_simulation``.
+    """
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.telemetry import EventType
+
+    run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
+    run = Run.create_empty(run_id=run_id)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    set_task_identity(task_id=1, run_id=run_id, node_id=SUPERLINK_NODE_ID)
+    server_context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                             run_config=dict(run_config))
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        server_app_attr=server_app_attr,
+        client_app_attr=client_app_attr,
+        backend_name="ray",
+        backend_config=dict(backend_config),
+        app_dir=str(app_dir),
+        run=run,
+        server_app_context=server_context,
+        is_app=True,
+    )
+
+
+# ---- The ClientApp process (flwr.supernode.runtime.run_clientapp, flwr.clientapp.typing) ---------------------------
+
+ClientAppCallable = _ClientAppCallable
+"""What a ClientApp mod's ``call_next`` is: ``(Message, Context) -> Message`` (``flwr.clientapp.typing``)."""
+
+FabInstaller = Callable[..., Path]
+"""Flower's ``flwr.cli.install.install_from_fab(fab_file, install_dir=None, skip_prompt=False) -> Path``."""
+
+
+def run_clientapp_with_installer(installer_wrapper: Callable[[FabInstaller], FabInstaller], *,
+                                 runtime_api_address: str, token: str, parent_pid: int | None) -> None:
+    """Run one ClientApp task as ``flwr-clientapp`` does, with Flower's FAB installer replaced by
+    ``installer_wrapper(install_from_fab)``.
+
+    ``flwr.supernode.runtime.run_clientapp.run_clientapp`` installs the task's FAB with the module global
+    ``install_from_fab`` before it imports any app code; that global is replaced here (the only monkeypatch of
+    Flower in fedfusion). The Runtime API is on loopback without TLS, and the app's dependencies are never installed.
+    """
+    import flwr.supernode.runtime.run_clientapp as flower_clientapp
+
+    install: FabInstaller = flower_clientapp.install_from_fab  # type: ignore[attr-defined]  # imported, not exported
+    flower_clientapp.install_from_fab = installer_wrapper(install)  # type: ignore[attr-defined]
+    flower_clientapp.run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True,
+                                   certificates=None, parent_pid=parent_pid, runtime_dependency_install=False)
+
+
+# ---- A SuperExec's Runtime API client (flwr.supercore.runtime and friends) -----------------------------------------
+
+SUPEREXEC_AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
+"""The Runtime API methods the SuperNode checks the SuperExec's HMAC on (as ``flower-superexec`` signs them)."""
+
+
+@dataclass(frozen=True)
+class AcquiredTask:
+    """A ClientApp task the SuperNode handed out, and the token its app process authenticates with."""
+
+    task_id: int
+    run_id: int
+    token: str
+
+
+def start_parent_process_monitor(parent_pid: int) -> None:
+    """Raise SIGINT in this process when ``parent_pid`` is gone (``flwr.supercore.app_utils``)."""
+    from flwr.supercore.app_utils import start_parent_process_monitor as start_monitor
+
+    start_monitor(parent_pid)
+
+
+def load_superexec_auth_secret(secret_file: str | None) -> bytes | None:
+    """The SuperExec HMAC secret from its file, as Flower reads it (``flwr.supercore.auth``); None without a file."""
+    from flwr.supercore.auth import load_superexec_auth_secret as load_secret
+
+    return load_secret(secret_file)
+
+
+def runtime_api_client(runtime_api_address: str, auth_secret: bytes | None) -> RuntimeHttpClient:
+    """A client of the SuperNode's Runtime API on loopback, configured as ``flower-superexec``'s: version header,
+    HMAC on `SUPEREXEC_AUTH_METHODS` when there is a secret, Flower's HTTP retries. Close it with ``close()``."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                      *([SuperExecAuthHttpInterceptor(master_secret=auth_secret,
+                                                      protected_methods=SUPEREXEC_AUTH_METHODS)]
+                        if auth_secret else [])],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def acquire_client_app_task(client: RuntimeHttpClient) -> AcquiredTask | None:
+    """Ask the SuperNode for one ClientApp task (``AcquireTask`` for ``TaskType.CLIENT_APP`` only); None if none."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    response = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+    if not (response.HasField("task") and response.token):
+        return None
+    return AcquiredTask(task_id=int(response.task.task_id), run_id=int(response.task.run_id),
+                        token=str(response.token))
+
+
+# ---- The operator's Control API client (flwr.supercore.control, flwr.proto.control_pb2) ----------------------------
+
+
+@dataclass(frozen=True)
+class FlowerNode:
+    """A SuperNode as the SuperLink's Control API lists it."""
+
+    node_id: int
+    name: str
+    public_key_pem: bytes
+    status: str
+    registered: bool
+    """False once unregistered (``NodeStatus.UNREGISTERED``): its key is refused."""
+
+
+def control_api_client(address: str, root_certificates: bytes) -> ControlHttpClient:
+    """A client of the SuperLink's Control API over TLS, with the version header the ``flwr`` CLI sends
+    (``flwr.supercore.control.ControlHttpClient``). Close it with ``close()``."""
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    return ControlHttpClient.from_server_address(
+        server_address=address, insecure=False, root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    )
+
+
+def list_nodes(client: ControlHttpClient) -> list[FlowerNode]:
+    """Every SuperNode the SuperLink knows, unregistered ones included (``ListNodes``)."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+    from flwr.supercore.constant import NodeStatus
+
+    response = client.ListNodes(ListNodesRequest())
+    return [FlowerNode(int(node.node_id), str(node.name), bytes(node.public_key), str(node.status),
+                       registered=node.status != NodeStatus.UNREGISTERED) for node in response.nodes_info]
+
+
+def register_node(client: ControlHttpClient, public_key_pem: bytes, name: str) -> int:
+    """Register a SuperNode's public key (PEM) under ``name`` (``RegisterNode``); return its node id."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    return int(client.RegisterNode(RegisterNodeRequest(public_key=public_key_pem, name=name)).node_id)
+
+
+def unregister_node(client: ControlHttpClient, node_id: int) -> None:
+    """Unregister a SuperNode (``UnregisterNode``): its key is refused from then on."""
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+    client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+
+
+def public_key_to_pem(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    """A public key in the form the SuperLink stores and compares (``flwr.supercore.primitives.asymmetric``)."""
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    return public_key_to_bytes(public_key)
+
+
+# ---- FABs (flwr.cli.build) -----------------------------------------------------------------------------------------
+
+
+def build_fab(app_dir: Path) -> bytes:
+    """The FAB (zipped app) ``flwr run`` builds from ``app_dir``: deterministic, so its SHA-256 names the app
+    (``flwr.cli.build.build_fab_from_disk``)."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return build_fab_from_disk(app_dir)
+
+
+# ---- Flower behaviour fedfusion relies on: constants, URL paths, log lines -----------------------------------------
+
+SYSTEM_TIME_TOLERANCE: int = _SYSTEM_TIME_TOLERANCE
+"""Seconds a SuperNode's signed timestamp may differ from the SuperLink's clock (``flwr.common.constant``)."""
+FLEET_API_PREFIX = "/v1/fleet/"
+"""Where the SuperLink serves the Fleet API over HTTP (``flwr.superlink.routers.fleet.router``)."""
+FLEET_METHODS = frozenset({
+    "activate-node", "deactivate-node", "send-node-heartbeat", "pull-messages", "push-messages", "get-run",
+    "get-fab", "push-object", "pull-object", "confirm-message-received",
+})
+"""Fleet API methods a registered SuperNode calls; ``register-node``/``unregister-node`` (self-registration) are left
+out on purpose."""
+SUPERLINK_HEALTH_PATH = "/health"
+"""The SuperLink's health check (``flwr.supercore.routers.health``)."""
+CONNECTION_LOST_LOG_TEXT = "Connection attempt failed"
+"""In the SuperNode's log line before each retry (``flwr.supercore.retry.http_retry``)."""
+CONNECTION_BACK_LOG_TEXT = "Connection successful after"
+"""In the SuperNode's log line when a try succeeds after failed ones (``flwr.supercore.retry.http_retry``)."""

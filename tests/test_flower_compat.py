@@ -1,0 +1,333 @@
+"""Contract of the seam ``fedfusion.flower_compat`` with the installed Flower.
+
+Each Flower internal the seam uses must exist with the attributes and the parameter names the seam passes: when a
+Flower upgrade breaks one, a test here names it (instead of a site or a study failing at run time). The version
+pin is checked too. Nothing here starts a process or a simulation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedfusion import flower_compat
+from fedfusion.errors import FedfusionError
+
+SEAM_SOURCE = Path(flower_compat.__file__).read_text(encoding="utf-8")
+
+
+def parameters(function: Callable[..., Any]) -> set[str]:
+    return set(inspect.signature(function).parameters)
+
+
+def flower(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+# ---- the version pin --------------------------------------------------------------------------------------------
+
+
+def test_the_installed_flower_is_the_pinned_one() -> None:
+    assert importlib.metadata.version("flwr") == flower_compat.PINNED_FLOWER_VERSION
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert f"flwr[simulation]=={flower_compat.PINNED_FLOWER_VERSION}" in pyproject
+    flower_compat.check_flower_version(flower_compat.PINNED_FLOWER_VERSION)
+
+
+@pytest.mark.parametrize("installed", ["1.42.0", "1.41.1", "1.40.0", "1.41.0rc1"])
+def test_another_flower_version_is_refused_with_a_clear_message(installed: str) -> None:
+    with pytest.raises(flower_compat.FlowerVersionError) as refused:
+        flower_compat.check_flower_version(installed)
+    message = str(refused.value)
+    assert f"flwr {installed} is installed" in message
+    assert f"Flower (flwr) {flower_compat.PINNED_FLOWER_VERSION}" in message
+    assert "Flower internals" in message and "fedfusion.flower_compat" in message
+    assert f"flwr=={flower_compat.PINNED_FLOWER_VERSION}" in message
+    assert isinstance(refused.value, ImportError) and isinstance(refused.value, FedfusionError)
+
+
+def test_importing_the_seam_under_another_flower_version_fails() -> None:
+    """The check runs at import, before any Flower internal is imported (a fresh interpreter, version faked)."""
+    code = ("import importlib.metadata as m; real = m.version; "
+            "m.version = lambda name: '9.9.9' if name == 'flwr' else real(name); "
+            "import fedfusion.flower_compat")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode != 0
+    assert "FlowerVersionError" in result.stderr and "flwr 9.9.9 is installed" in result.stderr
+
+
+# ---- logging --------------------------------------------------------------------------------------------------------
+
+
+def test_flower_logger_is_the_flwr_logger_with_flowers_console_handler() -> None:
+    assert flower_compat.FLOWER_LOGGER is logging.getLogger("flwr")
+    assert flower_compat.FLOWER_LOGGER is flower("flwr.common.logger", "FLOWER_LOGGER")
+    console = flower("flwr.supercore.logger", "ConsoleHandler")
+    assert issubclass(console, logging.Handler)
+    handlers = flower_compat.flower_console_handlers()
+    assert handlers and all(isinstance(h, console) for h in handlers)
+
+
+# ---- messages on the wire -------------------------------------------------------------------------------------------
+
+
+def test_message_wire_round_trip() -> None:
+    flower_compat.set_task_identity(task_id=1, run_id=7, node_id=1)
+    message = Message(RecordDict({"config": ConfigRecord({"server-round": 3})}), 5, "train", group_id="1")
+    payload = flower_compat.message_to_bytes(message)
+    assert payload == flower("flwr.common.serde", "message_to_proto")(message).SerializeToString()
+    rebuilt = flower_compat.message_from_bytes(payload)
+    assert rebuilt.content["config"]["server-round"] == 3
+    assert rebuilt.metadata.dst_node_id == 5 and rebuilt.metadata.message_type == "train"
+    assert {"message"} <= parameters(flower("flwr.common.serde", "message_to_proto"))
+    assert {"message_proto"} <= parameters(flower("flwr.common.serde", "message_from_proto"))
+
+
+# ---- run and task identity ------------------------------------------------------------------------------------------
+
+
+def test_run_and_task_identity() -> None:
+    run_class = flower("flwr.supercore.run", "Run")
+    assert flower_compat.Run is run_class
+    assert {"run_id"} <= parameters(run_class.create_empty)
+    run = flower_compat.empty_run(41)
+    assert isinstance(run, run_class) and run.run_id == 41
+    for attribute in ("primary_task_id", "federation_id"):
+        assert hasattr(run, attribute)
+    identity = flower("flwr.supercore.task_identity", "TaskIdentity")
+    flower_compat.set_task_identity(task_id=2, run_id=41, node_id=1)
+    assert (identity.task_id, identity.run_id, identity.node_id) == (2, 41, 1)
+    flower_compat.set_task_identity(task_id=1, run_id=7, node_id=1)
+
+
+# ---- simulation engine ----------------------------------------------------------------------------------------------
+
+
+def test_run_simulation_internals() -> None:
+    run_simulation = flower("flwr.simulation.run_simulation", "_run_simulation")
+    assert {"num_supernodes", "exit_event", "server_app_attr", "client_app_attr", "backend_name", "backend_config",
+            "app_dir", "run", "server_app_context", "is_app"} <= parameters(run_simulation)
+    assert flower("flwr.supercore.telemetry", "EventType").PYTHON_API_RUN_SIMULATION_LEAVE
+    for name in ("RUN_ID_NUM_BYTES", "SUPERLINK_NODE_ID", "TASK_ID_NUM_BYTES"):
+        assert isinstance(flower("flwr.common.constant", name), int)
+    assert flower("flwr.supercore.constant", "NOOP_FEDERATION_ID") is not None
+    generate = flower("flwr.server.superlink.linkstate.utils", "generate_rand_int_from_bytes")
+    assert {"num_bytes"} <= parameters(generate)
+    assert isinstance(generate(8), int)
+    assert {"server_app_attr", "client_app_attr", "num_supernodes", "backend_config", "app_dir",
+            "run_config"} == parameters(flower_compat.run_simulation_in_process)
+
+
+# ---- the ClientApp process ------------------------------------------------------------------------------------------
+
+
+def test_run_clientapp_internals() -> None:
+    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    assert {"runtime_api_address", "token", "insecure", "certificates", "parent_pid",
+            "runtime_dependency_install"} <= parameters(module.run_clientapp)
+    install = module.install_from_fab  # the module global the seam replaces
+    assert install is flower("flwr.cli.install", "install_from_fab")
+    assert next(iter(inspect.signature(install).parameters)) == "fab_file"
+    assert "install_from_fab(" in inspect.getsource(module.run_clientapp)  # called through the module global
+    from flwr.clientapp.typing import ClientAppCallable
+
+    assert flower_compat.ClientAppCallable == ClientAppCallable
+
+
+def test_run_clientapp_with_installer_swaps_only_the_installer(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(module, "install_from_fab", original := lambda *a, **k: Path("."))
+    monkeypatch.setattr(module, "run_clientapp", lambda **kwargs: calls.update(kwargs))
+
+    def wrapper(install: flower_compat.FabInstaller) -> flower_compat.FabInstaller:
+        calls["wrapped"] = install
+        return lambda *a, **k: install(*a, **k)
+
+    flower_compat.run_clientapp_with_installer(wrapper, runtime_api_address="127.0.0.1:1", token="t", parent_pid=9)
+    assert calls.pop("wrapped") is original
+    assert module.install_from_fab is not original
+    assert calls == {"runtime_api_address": "127.0.0.1:1", "token": "t", "insecure": True, "certificates": None,
+                     "parent_pid": 9, "runtime_dependency_install": False}
+
+
+# ---- the SuperExec's Runtime API client -----------------------------------------------------------------------------
+
+
+def test_runtime_api_internals() -> None:
+    client_class = flower("flwr.supercore.runtime", "RuntimeHttpClient")
+    assert {"server_address", "insecure", "root_certificates", "interceptors",
+            "retry_invoker"} <= parameters(client_class.from_server_address)
+    assert callable(client_class.AcquireTask) and callable(client_class.close)
+    assert {"component_name"} <= parameters(flower("flwr.supercore.interceptors", "RuntimeVersionHttpInterceptor"))
+    assert {"master_secret", "protected_methods"} <= parameters(
+        flower("flwr.supercore.interceptors", "SuperExecAuthHttpInterceptor"))
+    assert parameters(flower("flwr.supercore.retry", "make_simple_http_retry_invoker")) == set()
+    assert {"secret_file"} <= parameters(flower("flwr.supercore.auth", "load_superexec_auth_secret"))
+    assert {"parent_pid"} <= parameters(flower("flwr.supercore.app_utils", "start_parent_process_monitor"))
+    request = flower("flwr.proto.runtime_pb2", "AcquireTaskRequest")
+    client_app = flower("flwr.supercore.constant", "TaskType").CLIENT_APP
+    assert list(request(supported_task_types=[client_app]).supported_task_types) == [client_app]
+    response = flower("flwr.proto.runtime_pb2", "AcquireTaskResponse")()
+    assert not response.HasField("task") and response.token == ""
+    assert {"task_id", "run_id"} <= {f.name for f in response.task.DESCRIPTOR.fields}
+    signed_by_superexec = inspect.getsource(importlib.import_module("flwr.supercore.superexec.run_superexec"))
+    checked_by_supernode = inspect.getsource(importlib.import_module("flwr.supercore.routers.runtime.router"))
+    for method in flower_compat.SUPEREXEC_AUTH_METHODS:
+        assert f'"{method}"' in signed_by_superexec and f'SuperExecAuthDependency("{method}")' in checked_by_supernode
+
+
+def test_runtime_api_client_is_built_and_closed() -> None:
+    client = flower_compat.runtime_api_client("127.0.0.1:1", b"secret")
+    try:
+        assert isinstance(client, flower("flwr.supercore.runtime", "RuntimeHttpClient"))
+    finally:
+        client.close()
+
+
+def test_acquire_client_app_task_reads_the_response() -> None:
+    runtime = importlib.import_module("flwr.proto.runtime_pb2")
+    sent = []
+
+    class FakeClient:
+        def __init__(self, response: Any) -> None:
+            self.response = response
+
+        def AcquireTask(self, request: Any) -> Any:
+            sent.append(request)
+            return self.response
+
+    empty = runtime.AcquireTaskResponse()
+    assert flower_compat.acquire_client_app_task(FakeClient(empty)) is None  # type: ignore[arg-type]
+    full = runtime.AcquireTaskResponse(token="tok")
+    full.task.task_id, full.task.run_id = 3, 4
+    task = flower_compat.acquire_client_app_task(FakeClient(full))  # type: ignore[arg-type]
+    assert task == flower_compat.AcquiredTask(task_id=3, run_id=4, token="tok")
+    assert list(sent[0].supported_task_types) == [flower("flwr.supercore.constant", "TaskType").CLIENT_APP]
+
+
+def test_load_superexec_auth_secret(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"\x01\x02")
+    assert flower_compat.load_superexec_auth_secret(str(tmp_path / "secret")) == b"\x01\x02"
+    assert flower_compat.load_superexec_auth_secret(None) is None
+
+
+# ---- the operator's Control API client ------------------------------------------------------------------------------
+
+
+def test_control_api_internals() -> None:
+    client_class = flower("flwr.supercore.control", "ControlHttpClient")
+    assert {"server_address", "insecure", "root_certificates", "interceptors"} <= parameters(
+        client_class.from_server_address)
+    for method in ("ListNodes", "RegisterNode", "UnregisterNode", "close"):
+        assert callable(getattr(client_class, method))
+    control = importlib.import_module("flwr.proto.control_pb2")
+    assert control.RegisterNodeRequest(public_key=b"k", name="n").name == "n"
+    assert control.UnregisterNodeRequest(node_id=3).node_id == 3
+    assert {"node_id"} <= {f.name for f in control.RegisterNodeResponse.DESCRIPTOR.fields}
+    assert {"nodes_info"} <= {f.name for f in control.ListNodesResponse.DESCRIPTOR.fields}
+    node_type = control.ListNodesResponse.DESCRIPTOR.fields_by_name["nodes_info"].message_type
+    node_fields = {f.name for f in node_type.fields}
+    assert {"node_id", "name", "public_key", "status"} <= node_fields
+    assert isinstance(flower("flwr.supercore.constant", "NodeStatus").UNREGISTERED, str)
+
+
+def test_control_calls_build_flowers_requests() -> None:
+    control = importlib.import_module("flwr.proto.control_pb2")
+    unregistered = flower("flwr.supercore.constant", "NodeStatus").UNREGISTERED
+    sent: list[Any] = []
+
+    class FakeControl:
+        def ListNodes(self, request: Any) -> Any:
+            sent.append(request)
+            response = control.ListNodesResponse()
+            for node_id, status in ((1, "online"), (2, unregistered)):
+                response.nodes_info.add(node_id=node_id, name=f"site-{node_id}", public_key=b"pem", status=status)
+            return response
+
+        def RegisterNode(self, request: Any) -> Any:
+            sent.append(request)
+            return control.RegisterNodeResponse(node_id=12)
+
+        def UnregisterNode(self, request: Any) -> Any:
+            sent.append(request)
+            return control.UnregisterNodeResponse()
+
+    fake: Any = FakeControl()
+    nodes = flower_compat.list_nodes(fake)
+    assert [(n.node_id, n.name, n.public_key_pem, n.registered) for n in nodes] == [
+        (1, "site-1", b"pem", True), (2, "site-2", b"pem", False)]
+    assert flower_compat.register_node(fake, b"pem", "site-3") == 12
+    assert (sent[-1].public_key, sent[-1].name) == (b"pem", "site-3")
+    flower_compat.unregister_node(fake, 12)
+    assert sent[-1].node_id == 12
+
+
+def test_public_key_to_pem_is_what_the_superlink_stores() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    pem = flower_compat.public_key_to_pem(key)
+    assert pem == key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert pem == flower("flwr.supercore.primitives.asymmetric", "public_key_to_bytes")(key)
+
+
+# ---- FABs -----------------------------------------------------------------------------------------------------------
+
+
+def test_build_fab_is_deterministic(tmp_path: Path) -> None:
+    assert {"app"} <= parameters(flower("flwr.cli.build", "build_fab_from_disk"))
+    from fedfusion.study.config import StudyConfig
+    from fedfusion.study.flower_app import write_flower_app
+    from fedfusion.study.run_config import StudyRun
+
+    app = write_flower_app(StudyRun.of(StudyConfig()), tmp_path / "app")
+    first = flower_compat.build_fab(app)
+    assert first[:2] == b"PK" and flower_compat.build_fab(app) == first
+
+
+# ---- Flower behaviour: constants, paths, log lines ------------------------------------------------------------------
+
+
+def test_system_time_tolerance() -> None:
+    assert flower("flwr.common.constant", "SYSTEM_TIME_TOLERANCE") == flower_compat.SYSTEM_TIME_TOLERANCE
+    assert flower_compat.SYSTEM_TIME_TOLERANCE > 1
+
+
+def test_fleet_api_paths_are_the_superlinks() -> None:
+    router = flower("flwr.superlink.routers.fleet.router", "router")
+    served = {route.path for route in router.routes}
+    ours = {f"{flower_compat.FLEET_API_PREFIX}{method}" for method in flower_compat.FLEET_METHODS}
+    assert ours <= served
+    assert served - ours == {f"{flower_compat.FLEET_API_PREFIX}register-node",
+                             f"{flower_compat.FLEET_API_PREFIX}unregister-node"}
+    health = flower("flwr.supercore.routers.health.router", "router")
+    assert flower_compat.SUPERLINK_HEALTH_PATH in {route.path for route in health.routes}
+
+
+def test_connection_log_lines_are_flowers() -> None:
+    retry = inspect.getsource(importlib.import_module("flwr.supercore.retry.http_retry"))
+    assert re.search(re.escape(flower_compat.CONNECTION_LOST_LOG_TEXT) + r", retrying in", retry)
+    assert f'"{flower_compat.CONNECTION_BACK_LOG_TEXT} ' in retry
+
+
+def test_every_export_is_documented_in_the_seam() -> None:
+    for name in flower_compat.__all__:
+        assert hasattr(flower_compat, name), name
+        value = getattr(flower_compat, name)
+        if inspect.isfunction(value) or (inspect.isclass(value) and value.__module__ == flower_compat.__name__):
+            assert inspect.getdoc(value), f"{name} has no docstring"
+        else:
+            assert re.search(rf"^{name}\b.*=.*\n(\s*.*\n)*?\"\"\"", SEAM_SOURCE, re.MULTILINE), name
