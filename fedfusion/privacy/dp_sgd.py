@@ -31,7 +31,7 @@ from fedfusion.study.config import StudyConfig
 GRAD_SAMPLE_MODE = "hooks"
 """Opacus per-sample-gradient mode. With the tile-level Linear layers on ``[B, K, F]`` inputs and the small
 Kronecker projection, "hooks" gave the lowest DP/no-DP epoch-time ratio in benchmarks/dp_overhead.py
-(about 1.2-1.5x vs 1.4-1.7x for "ew"); both are exact (tests/test_privacy_per_patient.py checks both)."""
+(about 1.2-1.5x vs 1.4-1.7x for "ew"); both are exact (tests/privacy/test_dp_sgd.py checks both)."""
 
 ItemT = TypeVar("ItemT")
 """A dataset item of the loader (one patient)."""

@@ -4,7 +4,7 @@ They behave exactly as Flower 1.41's helpers that fedfusion used before (``flwr.
 ``flwr.common.secure_aggregation.crypto.symmetric_encryption``, ``flwr.common.secure_aggregation.secaggplus_utils``):
 same curve, same serialized key bytes, same derived keys, same ciphertext format and share plaintext layout, so
 sites on either implementation interoperate. They are written here so that the protocol does not depend on Flower's
-non-public modules (``tests/test_secure_aggregation.py`` cross-checks them against Flower's).
+non-public modules (``tests/secure_aggregation/test_secagg_core.py`` cross-checks them against Flower's).
 """
 
 from __future__ import annotations

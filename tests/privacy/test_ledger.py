@@ -21,7 +21,7 @@ from fedfusion.privacy.accounting import planned_round
 from fedfusion.privacy.ledger import PrivacyLedger, dataset_id
 from fedfusion.privacy.site_policy import SitePolicy
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]  # where the shared test helpers (flower_site) live
 ROUNDS = [(1.0, 1 / 3, 6), (1.0, 1 / 3, 6), (1.5, 1 / 4, 8)]
 
 

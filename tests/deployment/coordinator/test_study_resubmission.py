@@ -1,6 +1,6 @@
 """A deployed study's identity and resubmission: the study id in the app's run config, the same FAB on every
 submission, and the coordinator's limit on resubmitting a study that keeps being interrupted. Real FABs built with
-Flower's own builder; the daemon's end-to-end resume is in tests/test_deployment_e2e.py."""
+Flower's own builder; the daemon's end-to-end resume is in tests/e2e/test_deployment.py."""
 
 from __future__ import annotations
 
