@@ -136,7 +136,6 @@ def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
 def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     metrics: dict[str, MetricRecordValues] = {
         **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict())}
-    metrics[WEIGHT_KEY] = metrics.pop("num-examples")
     return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
 
 

@@ -26,6 +26,15 @@ from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
+from fedfusion.protocol import (
+    COMPARABLE_PAIRS_KEY,
+    CONCORDANT_PAIRS_KEY,
+    DELTA_KEY,
+    EPSILON_KEY,
+    MAX_GRAD_NORM_KEY,
+    NOISE_MULTIPLIER_KEY,
+    WEIGHT_KEY,
+)
 from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
 from fedfusion.study.config import StudyConfig
 
@@ -114,10 +123,10 @@ class SiteTrainer:
         accounted = sum(entry[2] for entry in history) if self.study.dp else steps
         metrics = {
             "train-loss": loss_sum / seen if seen else float("nan"),
-            "epsilon": epsilon,
-            "delta": self.study.delta,
-            "noise-multiplier": self.study.noise_multiplier if self.study.dp else 0.0,
-            "max-grad-norm": self.study.max_grad_norm if self.study.dp else 0.0,
+            EPSILON_KEY: epsilon,
+            DELTA_KEY: self.study.delta,
+            NOISE_MULTIPLIER_KEY: self.study.noise_multiplier if self.study.dp else 0.0,
+            MAX_GRAD_NORM_KEY: self.study.max_grad_norm if self.study.dp else 0.0,
             "steps": float(steps),
             "total-steps": float(accounted),
             "train-seconds": train_seconds,
@@ -133,8 +142,8 @@ class SiteTrainer:
         patients = splits[split]
         if not patients:
             nan = float("nan")
-            return {"c-index": nan, "concordant-pairs": 0.0, "comparable-pairs": 0.0, "auc": nan, "mcc": nan,
-                    "loss": nan, "num-examples": 0.0}
+            return {"c-index": nan, CONCORDANT_PAIRS_KEY: 0.0, COMPARABLE_PAIRS_KEY: 0.0, "auc": nan, "mcc": nan,
+                    "loss": nan, WEIGHT_KEY: 0.0}
         hazard_logits, subtype_logits, losses = self._infer(weights, patients)
         labels = np.array([p.subtype for p in patients])
         probabilities = torch.softmax(subtype_logits, dim=1).numpy()
@@ -142,12 +151,12 @@ class SiteTrainer:
                             np.array([p.event for p in patients]))
         return {
             "c-index": pairs.c_index,
-            "concordant-pairs": float(pairs.concordant),
-            "comparable-pairs": float(pairs.comparable),
+            CONCORDANT_PAIRS_KEY: float(pairs.concordant),
+            COMPARABLE_PAIRS_KEY: float(pairs.comparable),
             "auc": subtype_auc(labels, probabilities),
             "mcc": subtype_mcc(labels, probabilities),
             "loss": float(losses.mean()),
-            "num-examples": float(len(patients)),
+            WEIGHT_KEY: float(len(patients)),
         }
 
     def predict_risk(self, weights: dict[str, torch.Tensor],
