@@ -332,6 +332,11 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
         assert json.loads(study_file.read_text())["status"] == "running"
         assert "the coordinator stopped during the study" in (deployment.work / "follower-s3.out").read_text()
 
+        # every site daemon notices the lost coordinator before it comes back (a fast restart could fall between
+        # two SuperNode polls, and then there would be nothing to report)
+        site_logs = [deployment.work / "sites" / site / "logs" / "site.log" for site in SITES]
+        _wait_for(lambda: all("does not answer; the SuperNode keeps retrying" in log.read_text() for log in site_logs),
+                  "every site to notice the coordinator is gone", 120)
         killed_at = time.monotonic()
         deployment.start_coordinator()  # same state folder: it resubmits s3 itself
         coordinator_log = state / "logs" / "coordinator.log"
