@@ -1,0 +1,506 @@
+"""The study schema: what every site's data holds and how it becomes model input, declared once by the operator.
+
+A study ships one TOML file (``fedfusion study defaults --schema`` prints the synthetic cohort's as a worked
+example; docs/SITE_DATA.md documents every key). It declares
+
+- ``[study]``: the modalities the model fuses (any of ``wsi``, ``omics``, ``clinical``) and, optionally, the
+  clinical-table column holding each patient's fixed split (``train`` / ``test`` / ``validation``);
+- ``[[covariates]]``: the clinical branch's inputs, each ``numeric`` (study-fixed centre and scale, or a range,
+  optionally logged), ``categorical`` (a fixed level list, one-hot; a level outside it is an error or maps to a
+  declared ``other`` level) or ``binary`` (the values meaning 1 and 0), with a missing-value rule (``refuse``,
+  or ``indicator``: a study-fixed fill plus a 0/1 column saying the value was missing);
+- ``[[tasks]]``: one or several endpoints with loss weights: ``survival`` (time column and its unit, event column
+  and what an event means, time-bin edges in that unit), ``classification`` (label column, fixed class list) and
+  ``binary`` (label column, the values meaning positive and negative);
+- ``[[omics]]``: any number of omics layers, each with its own gene panel (inline, or a file beside the schema),
+  units (``tpm``, ``counts``, ``log2``, ``normalized``, ``binary``, ``log2-ratio``), the manifest column naming a
+  patient's sample and the default table file name at a site.
+
+Everything that shapes the model is fixed here (input sizes, normalisation constants, time bins), never computed
+from a site's patients, so it stays outside the privacy accounting. The schema travels inside the study's run
+config as canonical JSON (``StudySchema.to_json``), so it is part of the study's id and of the app hash the sites
+approve. Loading validates everything and names the file and the key of any error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fedfusion.errors import ConfigError
+
+MODALITIES = ("wsi", "omics", "clinical")
+"""Model branches, in the order of the model's modality mask."""
+COVARIATE_TYPES = ("numeric", "categorical", "binary")
+MISSING_RULES = ("refuse", "indicator")
+TASK_TYPES = ("survival", "classification", "binary")
+TIME_UNITS = ("days", "months", "years")
+OMICS_UNITS = ("tpm", "counts", "log2", "normalized", "binary", "log2-ratio")
+"""``tpm`` / ``counts``: log2(x + 1) (counts first per million of the sample's library), z-scored within the
+sample; ``log2``: already logged, z-scored within the sample; ``normalized``: used as given; ``binary``: 0/1 as
+given (mutation calls); ``log2-ratio``: copy-number log2 ratios, clipped to [-2, 2] and divided by 0.5."""
+SPLITS = ("train", "test", "validation")
+DAYS_PER_UNIT = {"days": 1.0, "months": 365.25 / 12, "years": 365.25}
+
+
+@dataclass(frozen=True)
+class Covariate:
+    """One clinical covariate and how it becomes model input columns."""
+
+    name: str
+    """Its column in ``clinical.csv``."""
+    type: str
+    center: float = 0.0
+    """numeric: (value - center) / scale (after the optional log)."""
+    scale: float = 1.0
+    log: bool = False
+    """numeric: use log(value + 1) (values must be >= 0)."""
+    levels: tuple[str, ...] = ()
+    """categorical: the fixed level list (one-hot, in this order)."""
+    other: str = ""
+    """categorical: the level a value outside ``levels`` maps to (empty: such a value is an error)."""
+    positive: tuple[str, ...] = ()
+    """binary: the values meaning 1 (case-insensitive)."""
+    negative: tuple[str, ...] = ()
+    """binary: the values meaning 0."""
+    missing: str = "refuse"
+    fill: float = 0.0
+    """With ``missing = "indicator"``: the input value of a missing numeric or binary covariate (after scaling)."""
+
+    @property
+    def width(self) -> int:
+        """Input columns this covariate takes: one (numeric, binary) or one per level, plus a missing indicator."""
+        base = len(self.levels) if self.type == "categorical" else 1
+        return base + (1 if self.missing == "indicator" else 0)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The names of its input columns, in order."""
+        names = [f"{self.name}={level}" for level in self.levels] if self.type == "categorical" else [self.name]
+        return tuple(names + ([f"{self.name} missing"] if self.missing == "indicator" else []))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One endpoint the model predicts, with its weight in the loss."""
+
+    name: str
+    type: str
+    weight: float = 1.0
+    time: str = ""
+    """survival: the time column."""
+    unit: str = ""
+    """survival: the unit of the time column and of ``time_bins``."""
+    event: str = ""
+    """survival: the event column (1 = event observed, 0 = censored)."""
+    event_meaning: str = ""
+    """survival: what an event is (e.g. "death", "recurrence or death"); shown in reports."""
+    time_bins: tuple[float, ...] = ()
+    """survival: inner edges of the discrete-time bins, in ``unit``: (a, b) gives [0, a), [a, b), [b, inf)."""
+    label: str = ""
+    """classification / binary: the label column."""
+    classes: tuple[str, ...] = ()
+    """classification: the fixed class list (label order); binary: (negative, positive) names."""
+    positive: tuple[str, ...] = ()
+    """binary: the label values meaning positive (case-insensitive)."""
+    negative: tuple[str, ...] = ()
+    """binary: the label values meaning negative."""
+
+    @property
+    def is_survival(self) -> bool:
+        """True for a survival endpoint."""
+        return self.type == "survival"
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the task's head: time bins for survival, classes otherwise."""
+        return len(self.time_bins) + 1 if self.is_survival else len(self.classes)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The clinical-table columns the task reads."""
+        return (self.time, self.event) if self.is_survival else (self.label,)
+
+
+@dataclass(frozen=True)
+class OmicsLayer:
+    """One omics layer: its panel, units, where a site keeps it."""
+
+    name: str
+    units: str
+    genes: tuple[str, ...]
+    sample_column: str
+    """The manifest column naming each patient's sample of this layer."""
+    file: str
+    """Default table file stem in a site folder (``<file>.csv``, ``.tsv``, ``.csv.gz``, ``.tsv.gz``, ``.parquet``);
+    a site's ``tables.toml`` may name another file."""
+
+    @property
+    def width(self) -> int:
+        """Genes of the panel."""
+        return len(self.genes)
+
+
+@dataclass(frozen=True)
+class StudySchema:
+    """A validated study schema (module doc)."""
+
+    modalities: tuple[str, ...]
+    covariates: tuple[Covariate, ...]
+    tasks: tuple[Task, ...]
+    omics: tuple[OmicsLayer, ...] = ()
+    split_column: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _validate(self, "study schema")
+
+    # ---- derived sizes ---------------------------------------------------------------------
+    @property
+    def clinical_dim(self) -> int:
+        """Width of the clinical branch's input."""
+        return sum(c.width for c in self.covariates)
+
+    @property
+    def clinical_columns(self) -> tuple[str, ...]:
+        """Names of the clinical input columns, in order."""
+        return tuple(name for c in self.covariates for name in c.column_names)
+
+    @property
+    def omics_input_dim(self) -> int:
+        """Width of the omics branch's input: every layer's panel, then (with 2+ layers) a present flag each."""
+        total = sum(layer.width for layer in self.omics)
+        return total + (len(self.omics) if len(self.omics) > 1 else 0)
+
+    @property
+    def survival_tasks(self) -> tuple[Task, ...]:
+        """The survival endpoints, in schema order."""
+        return tuple(t for t in self.tasks if t.is_survival)
+
+    @property
+    def primary_task(self) -> Task:
+        """The endpoint reported first: the first survival task, else the first task."""
+        return (self.survival_tasks or self.tasks)[0]
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """Every clinical-table column a task reads."""
+        return tuple(column for task in self.tasks for column in task.columns)
+
+    def with_modalities(self, modalities: Sequence[str]) -> StudySchema:
+        """The same schema fusing only ``modalities`` (single-modality baselines)."""
+        return replace(self, modalities=tuple(m for m in MODALITIES if m in modalities))
+
+    # ---- serialisation ---------------------------------------------------------------------
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): what the run config carries and the study id hashes."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StudySchema:
+        """Parse ``to_json``'s output (the run config's ``schema`` value)."""
+        return _schema_from_json(text)
+
+
+@cache
+def _schema_from_json(text: str) -> StudySchema:
+    try:
+        raw = json.loads(text)
+        return StudySchema(
+            modalities=tuple(raw["modalities"]),
+            covariates=tuple(Covariate(**_tuples(c)) for c in raw["covariates"]),
+            tasks=tuple(Task(**_tuples(t)) for t in raw["tasks"]),
+            omics=tuple(OmicsLayer(**_tuples(o)) for o in raw["omics"]),
+            split_column=str(raw.get("split_column", "")), name=str(raw.get("name", "")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"study config 'schema': not a study schema ({type(exc).__name__}: {exc})") from exc
+
+
+def _tuples(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+# ---- TOML -------------------------------------------------------------------------------------
+
+_STUDY_KEYS = {"name", "modalities", "split-column"}
+_COVARIATE_KEYS = {"name", "type", "center", "scale", "range", "log", "levels", "other", "positive", "negative",
+                   "missing", "fill"}
+_TASK_KEYS = {"name", "type", "weight", "time", "unit", "event", "event-meaning", "time-bins", "label", "classes",
+              "positive", "negative"}
+_OMICS_KEYS = {"name", "units", "genes", "panel", "sample-column", "file"}
+
+
+def load_schema(path: Path) -> StudySchema:
+    """Read and validate a schema TOML file; ``ConfigError`` naming the file and key of any problem.
+
+    Gene panels given as ``panel = "file.txt"`` are read relative to the schema file and embedded.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"study schema {path}: file does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"study schema {path}: not valid TOML ({exc})") from exc
+    return schema_from_toml(raw, path)
+
+
+def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
+    """Validate parsed schema TOML (``path`` names the file in messages and anchors relative panel files)."""
+    where = f"study schema {path}"
+    _keys(raw, {"study", "covariates", "tasks", "omics"}, where)
+    study = _table(raw.get("study", {}), f"{where}: [study]")
+    _keys(study, _STUDY_KEYS, f"{where}: [study]")
+    covariates = tuple(_covariate(c, f"{where}: covariates[{i}]")
+                       for i, c in enumerate(_array(raw.get("covariates", []), f"{where}: covariates")))
+    tasks = tuple(_task(t, f"{where}: tasks[{i}]")
+                  for i, t in enumerate(_array(raw.get("tasks", []), f"{where}: tasks")))
+    omics = tuple(_omics(o, f"{where}: omics[{i}]", path.parent)
+                  for i, o in enumerate(_array(raw.get("omics", []), f"{where}: omics")))
+    default_modalities = [m for m, present in (("wsi", False), ("omics", bool(omics)), ("clinical", bool(covariates)))
+                          if present]
+    modalities = _strings(study.get("modalities", default_modalities), f"{where}: [study] modalities")
+    try:
+        return StudySchema(modalities=modalities, covariates=covariates, tasks=tasks, omics=omics,
+                           split_column=_str(study.get("split-column", ""), f"{where}: [study] split-column"),
+                           name=_str(study.get("name", ""), f"{where}: [study] name"))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("study schema", where, 1)) from exc
+
+
+def _covariate(raw: object, where: str) -> Covariate:
+    table = _table(raw, where)
+    _keys(table, _COVARIATE_KEYS, where)
+    name = _str(_required(table, "name", where), f"{where} name")
+    where = f"{where} ('{name}')"
+    kind = _choice(_required(table, "type", where), COVARIATE_TYPES, f"{where} type")
+    fields_: dict[str, Any] = {"name": name, "type": kind,
+                               "missing": _choice(table.get("missing", "refuse"), MISSING_RULES, f"{where} missing")}
+    allowed = {"numeric": {"center", "scale", "range", "log", "fill"}, "categorical": {"levels", "other"},
+               "binary": {"positive", "negative", "fill"}}[kind] | {"name", "type", "missing"}
+    wrong = sorted(set(table) - allowed)
+    if wrong:
+        raise ConfigError(f"{where}: keys {wrong} do not apply to a {kind} covariate")
+    if kind == "numeric":
+        if "range" in table:
+            if "center" in table or "scale" in table:
+                raise ConfigError(f"{where}: give either range or center/scale, not both")
+            low, high = _numbers(table["range"], f"{where} range", length=2)
+            if not high > low:
+                raise ConfigError(f"{where} range: must be [low, high] with high > low, got {[low, high]}")
+            fields_["center"], fields_["scale"] = low, high - low
+        else:
+            fields_["center"] = _number(_required(table, "center", where), f"{where} center")
+            fields_["scale"] = _number(_required(table, "scale", where), f"{where} scale")
+        fields_["log"] = _bool(table.get("log", False), f"{where} log")
+        fields_["fill"] = _number(table.get("fill", 0.0), f"{where} fill")
+    elif kind == "categorical":
+        fields_["levels"] = _strings(_required(table, "levels", where), f"{where} levels")
+        fields_["other"] = _str(table.get("other", ""), f"{where} other")
+    else:
+        fields_["positive"] = _strings(_required(table, "positive", where), f"{where} positive", scalar_ok=True)
+        fields_["negative"] = _strings(_required(table, "negative", where), f"{where} negative", scalar_ok=True)
+        fields_["fill"] = _number(table.get("fill", 0.0), f"{where} fill")
+    return Covariate(**fields_)
+
+
+def _task(raw: object, where: str) -> Task:
+    table = _table(raw, where)
+    _keys(table, _TASK_KEYS, where)
+    name = _str(_required(table, "name", where), f"{where} name")
+    where = f"{where} ('{name}')"
+    kind = _choice(_required(table, "type", where), TASK_TYPES, f"{where} type")
+    allowed = {"survival": {"time", "unit", "event", "event-meaning", "time-bins"},
+               "classification": {"label", "classes"},
+               "binary": {"label", "positive", "negative"}}[kind] | {"name", "type", "weight"}
+    wrong = sorted(set(table) - allowed)
+    if wrong:
+        raise ConfigError(f"{where}: keys {wrong} do not apply to a {kind} task")
+    fields_: dict[str, Any] = {"name": name, "type": kind,
+                               "weight": _number(table.get("weight", 1.0), f"{where} weight")}
+    if kind == "survival":
+        fields_["time"] = _str(_required(table, "time", where), f"{where} time")
+        fields_["unit"] = _choice(_required(table, "unit", where), TIME_UNITS, f"{where} unit")
+        fields_["event"] = _str(_required(table, "event", where), f"{where} event")
+        fields_["event_meaning"] = _str(table.get("event-meaning", "event"), f"{where} event-meaning")
+        fields_["time_bins"] = _numbers(_required(table, "time-bins", where), f"{where} time-bins")
+    elif kind == "classification":
+        fields_["label"] = _str(_required(table, "label", where), f"{where} label")
+        fields_["classes"] = _strings(_required(table, "classes", where), f"{where} classes")
+    else:
+        fields_["label"] = _str(_required(table, "label", where), f"{where} label")
+        fields_["positive"] = _strings(_required(table, "positive", where), f"{where} positive", scalar_ok=True)
+        fields_["negative"] = _strings(_required(table, "negative", where), f"{where} negative", scalar_ok=True)
+        fields_["classes"] = (fields_["negative"][0], fields_["positive"][0])
+    return Task(**fields_)
+
+
+def _omics(raw: object, where: str, base: Path) -> OmicsLayer:
+    table = _table(raw, where)
+    _keys(table, _OMICS_KEYS, where)
+    name = _str(_required(table, "name", where), f"{where} name")
+    where = f"{where} ('{name}')"
+    if ("genes" in table) == ("panel" in table):
+        raise ConfigError(f"{where}: give the gene panel as genes = [...] or panel = \"file\", exactly one")
+    if "genes" in table:
+        genes = _strings(table["genes"], f"{where} genes")
+    else:
+        genes = read_panel_file(base / _str(table["panel"], f"{where} panel"))
+    return OmicsLayer(name=name, units=_choice(table.get("units", "tpm"), OMICS_UNITS, f"{where} units"),
+                      genes=genes,
+                      sample_column=_str(table.get("sample-column", f"{name}_sample"), f"{where} sample-column"),
+                      file=_str(table.get("file", name), f"{where} file"))
+
+
+def read_panel_file(path: Path) -> tuple[str, ...]:
+    """Gene symbols, one per line (blank lines ignored); ``ConfigError`` naming the file if missing."""
+    try:
+        return tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+    except (FileNotFoundError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"gene panel {path}: cannot be read ({type(exc).__name__})") from exc
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+def _validate(schema: StudySchema, where: str) -> None:
+    """Whole-schema rules (each part was checked as it was parsed; ``from_json`` relies on these too)."""
+    unknown = sorted(set(schema.modalities) - set(MODALITIES))
+    if not schema.modalities or unknown:
+        raise ConfigError(f"{where}: [study] modalities must name some of {list(MODALITIES)}, "
+                          f"got {list(schema.modalities)}")
+    if "clinical" in schema.modalities and not schema.covariates:
+        raise ConfigError(f"{where}: [study] modalities has 'clinical' but no [[covariates]] are declared")
+    if "omics" in schema.modalities and not schema.omics:
+        raise ConfigError(f"{where}: [study] modalities has 'omics' but no [[omics]] layers are declared")
+    if not schema.tasks:
+        raise ConfigError(f"{where}: declares no [[tasks]] (at least one endpoint)")
+    if schema.split_column and schema.split_column in {"patient_id", *schema.label_columns}:
+        raise ConfigError(f"{where}: [study] split-column '{schema.split_column}' is also a label column")
+    for kind, names in (("covariates", [c.name for c in schema.covariates]), ("tasks", [t.name for t in schema.tasks]),
+                        ("omics", [o.name for o in schema.omics]),
+                        ("omics sample-column", [o.sample_column for o in schema.omics])):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{where}: duplicate {kind} names {duplicates}")
+    for covariate in schema.covariates:
+        _validate_covariate(covariate, f"{where}: covariate '{covariate.name}'")
+    for task in schema.tasks:
+        _validate_task(task, f"{where}: task '{task.name}'")
+    for layer in schema.omics:
+        duplicates = sorted({g for g in layer.genes if layer.genes.count(g) > 1})
+        if not layer.genes or duplicates:
+            raise ConfigError(f"{where}: omics layer '{layer.name}' gene panel is empty or has duplicate genes "
+                              f"{duplicates[:10]}")
+        if layer.units not in OMICS_UNITS:
+            raise ConfigError(f"{where}: omics layer '{layer.name}' units must be one of {list(OMICS_UNITS)}")
+
+
+def _validate_covariate(c: Covariate, where: str) -> None:
+    if c.type not in COVARIATE_TYPES or c.missing not in MISSING_RULES:
+        raise ConfigError(f"{where}: type must be one of {list(COVARIATE_TYPES)} and missing one of "
+                          f"{list(MISSING_RULES)}")
+    if c.type == "numeric" and not (math.isfinite(c.center) and math.isfinite(c.scale) and c.scale > 0):
+        raise ConfigError(f"{where}: center must be finite and scale > 0, got center {c.center}, scale {c.scale}")
+    if c.type == "categorical":
+        if not c.levels or len(set(c.levels)) != len(c.levels):
+            raise ConfigError(f"{where}: levels must be a non-empty list without duplicates, got {list(c.levels)}")
+        if c.other and c.other not in c.levels:
+            raise ConfigError(f"{where}: other = '{c.other}' must be one of its levels {list(c.levels)}")
+    if c.type == "binary":
+        overlap = {v.lower() for v in c.positive} & {v.lower() for v in c.negative}
+        if not c.positive or not c.negative or overlap:
+            raise ConfigError(f"{where}: positive and negative must be non-empty and disjoint, got "
+                              f"{list(c.positive)} / {list(c.negative)}")
+    if not math.isfinite(c.fill):
+        raise ConfigError(f"{where}: fill must be a finite number")
+
+
+def _validate_task(t: Task, where: str) -> None:
+    if not (math.isfinite(t.weight) and t.weight > 0):
+        raise ConfigError(f"{where}: weight must be a number > 0, got {t.weight}")
+    if t.is_survival:
+        edges = t.time_bins
+        if not edges or edges[0] <= 0 or any(b <= a for a, b in itertools.pairwise(edges)) \
+                or not all(math.isfinite(e) for e in edges):
+            raise ConfigError(f"{where}: time-bins must be positive and strictly increasing (in {t.unit}), "
+                              f"got {list(edges)}")
+        if t.unit not in TIME_UNITS or t.time == t.event:
+            raise ConfigError(f"{where}: unit must be one of {list(TIME_UNITS)} and time and event distinct columns")
+    elif len(t.classes) < 2 or len(set(t.classes)) != len(t.classes):
+        raise ConfigError(f"{where}: classes must list at least two distinct classes, got {list(t.classes)}")
+    if t.type == "binary" and {v.lower() for v in t.positive} & {v.lower() for v in t.negative}:
+        raise ConfigError(f"{where}: positive and negative values overlap")
+
+
+# ---- small TOML readers -----------------------------------------------------------------------
+
+def _keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+
+
+def _table(raw: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table, got {type(raw).__name__}")
+    return raw
+
+
+def _array(raw: object, where: str) -> list[object]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be an array of tables ([[...]]), got {type(raw).__name__}")
+    return raw
+
+
+def _required(table: Mapping[str, Any], key: str, where: str) -> object:
+    if key not in table:
+        raise ConfigError(f"{where}: missing key '{key}'")
+    return table[key]
+
+
+def _str(raw: object, where: str) -> str:
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: must be a string, got {raw!r}")
+    return raw.strip()
+
+
+def _strings(raw: object, where: str, *, scalar_ok: bool = False) -> tuple[str, ...]:
+    if scalar_ok and isinstance(raw, str | int | float) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                           for v in raw):
+        raise ConfigError(f"{where}: must be a list of strings, got {raw!r}")
+    return tuple(str(v).strip() for v in raw)
+
+
+def _number(raw: object, where: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(float(raw)):
+        raise ConfigError(f"{where}: must be a finite number, got {raw!r}")
+    return float(raw)
+
+
+def _numbers(raw: object, where: str, *, length: int | None = None) -> tuple[float, ...]:
+    if not isinstance(raw, list) or (length is not None and len(raw) != length):
+        raise ConfigError(f"{where}: must be a list of {length or 'some'} numbers, got {raw!r}")
+    return tuple(_number(v, where) for v in raw)
+
+
+def _bool(raw: object, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where}: must be true or false, got {raw!r}")
+    return raw
+
+
+def _choice(raw: object, choices: Sequence[str], where: str) -> str:
+    value = _str(raw, where).lower()
+    if value not in choices:
+        raise ConfigError(f"{where}: must be one of {list(choices)}, got {raw!r}")
+    return value
+
