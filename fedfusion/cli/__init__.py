@@ -109,12 +109,15 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedfusion.coordinator.progress_log import quiet_flower_console
+    from fedfusion.data.cohort_index import SCHEMA_FILE
     from fedfusion.simulation.local_study import simulate_study
 
     if not args.verbose:
         quiet_flower_console()
 
-    study = study_from_args(args, **({"dp": False} if args.no_dp else {}))
+    cohort_schema = args.cohort_dir / SCHEMA_FILE
+    study = study_from_args(args, default_schema=cohort_schema if cohort_schema.is_file() else None,
+                            **({"dp": False} if args.no_dp else {}))
     results_dir = args.results_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     simulate_study(study, num_sites=args.sites, results_dir=results_dir, cohort_dir=args.cohort_dir,
                    device=args.device, with_baselines=args.baselines)

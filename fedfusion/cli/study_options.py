@@ -1,6 +1,7 @@
 """The study options shared by every command that starts a study (``simulate``, ``study prepare``/``start``).
 
-``--set KEY=VALUE`` overrides any study config key (``fedfusion study defaults`` lists them with their defaults;
+``--schema FILE`` gives the study schema (TOML, ``fedfusion.study.schema``); ``--set KEY=VALUE`` overrides any
+other study config key (``fedfusion study defaults`` lists them with their defaults;
 ``fedfusion.study.config.StudyConfig`` documents them) and ``--rounds N`` is short for
 ``--set num-server-rounds=N``. Unknown keys are refused, naming them.
 """
@@ -8,21 +9,32 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import RUN_KEYS, StudyConfig
+from fedfusion.study.schema import load_schema
 
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--rounds`` and ``--set KEY=VALUE`` to ``parser``."""
+    """Add ``--schema``, ``--rounds`` and ``--set KEY=VALUE`` to ``parser``."""
+    parser.add_argument("--schema", type=Path, default=None, metavar="FILE",
+                        help="the study schema (TOML: covariates, tasks, omics panels, modalities; docs/SITE_DATA.md). "
+                             "Default: the cohort's study.toml where there is one, else the synthetic cohort's")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: study config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study config key (`fedfusion study defaults` lists them); repeatable")
 
 
-def study_from_args(args: argparse.Namespace, **fixed: object) -> StudyConfig:
-    """The study the options describe: defaults, then ``--set`` values, then ``--rounds`` and ``fixed`` keys."""
+def study_from_args(args: argparse.Namespace, *, default_schema: Path | None = None, **fixed: object) -> StudyConfig:
+    """The study the options describe: defaults, then ``--set`` values, then ``--rounds`` and ``fixed`` keys; the
+    schema from ``--schema``, else ``default_schema`` when given, else the built-in synthetic one."""
     overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
+    if "schema" in overrides:
+        raise ConfigError("give the study schema as a file: --schema FILE (not --set schema=...)")
+    schema_file = args.schema or default_schema
+    if schema_file is not None:
+        overrides["schema"] = load_schema(schema_file).to_json()
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds
     overrides.update(fixed)

@@ -1,14 +1,15 @@
 """A site's cohort: manifest + clinical + omics + cached slide features, joined per patient and split.
 
-Reads the site layout documented in ``fedfusion.data.synthetic.generator`` (``manifest.csv``, ``clinical.csv``,
-the expression and copy-number tables (``table_sources``) and the slides). A patient lacking slides or an omics
-layer keeps it as None. The train/test split is a per-patient hash rule (``fedfusion.data.patient_split``).
+Reads the site layout of docs/SITE_DATA.md (``manifest.csv``, ``clinical.csv``, one table per schema omics layer
+(``table_sources``) and the slides) as the study schema declares it. A patient lacking slides or an omics layer
+keeps it as None. The split is the schema's split column, or else a per-patient hash rule
+(``fedfusion.data.patient_split``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.data.tables.manifest import ManifestEntry
 from fedfusion.data.tables.site_tables import read_site_tables
 from fedfusion.errors import ConfigError, DataError, SlideError
-from fedfusion.study.config import STUDY_SUBTYPES, StudyConfig
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import SPLITS, StudySchema
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,11 @@ class _SlideJob:
     key: str
 
 
-def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence[str],
-                     cache_dir: Path | None = None, device: str = "cpu", fallback_mpp: float | None = None,
-                     skip_bad: bool = False, progress: Callable[[str], None] | None = None,
-                     workers: int = 1, subtypes: Sequence[str] = STUDY_SUBTYPES,
-                     encoder_file: Path | None = None, cnv_panel: Sequence[str] | None = None) -> SiteCohort:
-    """Read one site's data into patient records split into train and test.
+def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None, device: str = "cpu",
+                     fallback_mpp: float | None = None, skip_bad: bool = False,
+                     progress: Callable[[str], None] | None = None, workers: int = 1,
+                     encoder_file: Path | None = None) -> SiteCohort:
+    """Read one site's data, as the study's schema declares it, into patient records split into train and test.
 
     Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
     extracted (in ``workers`` spawned processes when > 1, so a calling script needs the usual
@@ -50,63 +51,63 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it; with ``skip_bad`` a
     manifest patient without clinical labels is left out (a note) too. Other table problems always raise
     ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:`` or
-    ``safetensors:`` study encoder (see ``fedfusion.data.slides.tile_encoder``). ``cnv_panel`` is the study's
-    copy-number gene list (None: the copy-number layer is not read).
+    ``safetensors:`` study encoder (see ``fedfusion.data.slides.tile_encoder``). The split is the schema's split
+    column when it has one, else the hash rule (``fedfusion.data.patient_split``).
     """
     site_dir = Path(site_dir)
     report = progress or (lambda _msg: None)
-    _check_study(study, gene_panel, subtypes, encoder_file, cnv_panel)
+    schema = study.spec
     if not site_dir.is_dir():
         raise DataError(f"site {site_dir.name}: directory {site_dir} does not exist")
     findings = Findings()
-    tables = read_site_tables(site_dir, gene_panel, findings, subtypes, cnv_panel=cnv_panel, skip_bad=skip_bad)
+    tables = read_site_tables(site_dir, schema, findings, skip_bad=skip_bad)
     findings.raise_errors()
     notes = [str(w) for w in findings.warnings]
-    entries, omics = tables.entries, tables.omics
-    params = TilingParams.from_study(study)
+    entries = tables.entries
+    features: dict[Path, npt.NDArray[np.float32]] = {}
     cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
-    features, slide_notes = _slide_features(entries, params, study.encoder, cache, device, fallback_mpp,
-                                            skip_bad, workers, report, encoder_file)
-    notes.extend(slide_notes)
+    if "wsi" in schema.modalities:
+        _check_encoder(study, encoder_file)
+        features, slide_notes = _slide_features(entries, TilingParams.from_study(study), study.encoder, cache,
+                                                device, fallback_mpp, skip_bad, workers, report, encoder_file)
+        notes.extend(slide_notes)
 
-    train: list[PatientRecord] = []
-    test: list[PatientRecord] = []
+    splits: dict[str, list[PatientRecord]] = {split: [] for split in SPLITS}
     for entry in entries:
         row = tables.clinical[entry.patient_id]
         bags = [features[s] for s in entry.slides if s in features]
         record = PatientRecord(
             patient_id=entry.patient_id,
             tile_features=np.concatenate(bags, axis=0) if bags else None,
-            omics=None if omics is None or entry.omics_sample is None
-            else omics.sample_vector(entry.omics_sample, entry.patient_id),
-            clinical=row.covariates, time_months=row.time_months, event=row.event, subtype=row.subtype,
-            copy_number=None if tables.copy_number is None or entry.cnv_sample is None
-            else tables.copy_number.sample_vector(entry.cnv_sample, entry.patient_id))
-        (test if is_test_patient(entry.patient_id, study.seed, study.test_fraction) else train).append(record)
-    no_wsi = sum(1 for r in train + test if r.tile_features is None)
-    no_omics = sum(1 for r in train + test if r.omics is None)
-    no_cnv = sum(1 for r in train + test if r.copy_number is None)
-    notes.append(f"{len(entries)} patients ({len(train)} train, {len(test)} test); {no_wsi} without slide "
-                 f"features, {no_omics} without omics, {no_cnv} without copy number; feature cache {cache.hits} "
-                 f"hits, {cache.misses} extracted")
+            omics=tuple(tables.layers[layer.name].sample_vector(entry.samples[layer.name], entry.patient_id)
+                        if layer.name in entry.samples and layer.name in tables.layers else None
+                        for layer in schema.omics),
+            clinical=row.covariates, labels=row.labels)
+        split = row.split or ("test" if is_test_patient(entry.patient_id, study.seed, study.test_fraction)
+                              else "train")
+        splits[split].append(record)
+    cohort = SiteCohort(site=site_dir.name, train=splits["train"], test=splits["test"], notes=notes,
+                        validation=splits["validation"])
+    notes.append(_summary(cohort, schema, "fixed split column" if schema.split_column else "hash split")
+                 + (f"; feature cache {cache.hits} hits, {cache.misses} extracted" if "wsi" in schema.modalities
+                    else ""))
     report(f"site {site_dir.name}: {notes[-1]}")
-    return SiteCohort(site=site_dir.name, train=train, test=test, notes=notes)
+    return cohort
 
 
-def _check_study(study: StudyConfig, gene_panel: Sequence[str], subtypes: Sequence[str],
-                 encoder_file: Path | None, cnv_panel: Sequence[str] | None) -> None:
-    if len(gene_panel) != study.omics_dim:
-        raise ConfigError(f"study config 'omics-dim' is {study.omics_dim} but the gene panel has "
-                          f"{len(gene_panel)} genes")
-    if cnv_panel is not None and len(cnv_panel) != study.cnv_dim:
-        raise ConfigError(f"study config 'cnv-dim' is {study.cnv_dim} but the copy-number gene list has "
-                          f"{len(cnv_panel)} genes")
-    if len(subtypes) != study.num_subtypes:
-        raise ConfigError(f"study config 'num-subtypes' is {study.num_subtypes} but the study names "
-                          f"{len(subtypes)} subtypes {list(subtypes)}")
-    if study.clinical_dim != 2:
-        raise ConfigError(f"study config 'clinical-dim' must be 2 (age_z, sex) for this data path, "
-                          f"got {study.clinical_dim}")
+def _summary(cohort: SiteCohort, schema: StudySchema, split_rule: str) -> str:
+    """One line: patients per split and how many lack each modality."""
+    patients = [*cohort.train, *cohort.test, *cohort.validation]
+    parts = [f"{len(patients)} patients ({len(cohort.train)} train, {len(cohort.test)} test"
+             + (f", {len(cohort.validation)} validation" if cohort.validation else "") + f"; {split_rule})"]
+    if "wsi" in schema.modalities:
+        parts.append(f"{sum(1 for r in patients if r.tile_features is None)} without slide features")
+    for index, layer in enumerate(schema.omics):
+        parts.append(f"{sum(1 for r in patients if r.omics[index] is None)} without {layer.name}")
+    return "; ".join(parts)
+
+
+def _check_encoder(study: StudyConfig, encoder_file: Path | None) -> None:
     feature_dim = get_tile_encoder(study.encoder, encoder_file=encoder_file).feature_dim
     if feature_dim != study.tile_feature_dim:
         raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "

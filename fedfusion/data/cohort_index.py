@@ -1,7 +1,8 @@
-"""The cohort index (``cohort.json``) and the study files next to it: gene panel and simulator oracle.
+"""The synthetic cohort's index (``cohort.json``) and the study files next to it: schema and simulator oracle.
 
-A cohort directory holds one sub-directory per site plus these study-level files; the simulator reads the index
-to find the sites, the gene panel they share and (for synthetic cohorts) the ground-truth risks.
+A cohort directory holds one sub-directory per site plus these study-level files: ``study.toml`` (the study
+schema, ``fedfusion.study.schema``) and, for synthetic cohorts, ``cohort.json`` (the generator's parameters and
+sites) and ``oracle.csv`` (the ground-truth risks).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pandas as pd
 from fedfusion.errors import DataError
 
 COHORT_INDEX_FILE = "cohort.json"
-GENE_PANEL_FILE = "gene_panel.txt"
-CNV_PANEL_FILE = "cnv_panel.txt"
+SCHEMA_FILE = "study.toml"
+"""The study schema beside the site folders of a cohort."""
 ORACLE_FILE = "oracle.csv"
 
 
@@ -35,13 +36,9 @@ class CohortIndex:
 
     root: Path
     sites: list[CohortSite]
-    gene_panel_path: Path
-    subtypes: list[str]
     oracle_path: Path | None
     """Ground truth of a synthetic cohort; None for real cohorts."""
     seed: int | None
-    cnv_panel_path: Path | None = None
-    """The study's copy-number gene list; None when the cohort has no copy-number layer."""
 
 
 def read_cohort_index(cohort_dir: Path) -> CohortIndex:
@@ -56,8 +53,6 @@ def read_cohort_index(cohort_dir: Path) -> CohortIndex:
     try:
         sites = [CohortSite(name=str(s["name"]), site_dir=path.parent / str(s["dir"]),
                            num_patients=int(s["num_patients"])) for s in raw["sites"]]
-        panel = path.parent / str(raw["gene_panel"])
-        subtypes = [str(s) for s in raw["subtypes"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"cohort index {path}: missing or invalid entry {exc}") from exc
     if not sites:
@@ -65,27 +60,9 @@ def read_cohort_index(cohort_dir: Path) -> CohortIndex:
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise DataError(f"cohort index {path}: duplicate site names in {names}")
-    oracle, cnv_panel = raw.get("oracle"), raw.get("cnv_panel")
-    return CohortIndex(root=path.parent, sites=sites, gene_panel_path=panel, subtypes=subtypes,
-                       oracle_path=None if oracle is None else path.parent / str(oracle), seed=raw.get("seed"),
-                       cnv_panel_path=None if cnv_panel is None else path.parent / str(cnv_panel))
-
-
-def read_gene_panel(path: Path) -> list[str]:
-    """The study's gene symbols, one per line (blank lines ignored); duplicates or an empty panel are errors.
-
-    Reads the copy-number gene list too (same format).
-    """
-    try:
-        genes = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError as exc:
-        raise DataError(f"gene panel {path}: file does not exist") from exc
-    if not genes:
-        raise DataError(f"gene panel {path}: lists no genes")
-    duplicates = sorted({g for g in genes if genes.count(g) > 1})
-    if duplicates:
-        raise DataError(f"gene panel {path}: duplicate genes {duplicates[:10]}")
-    return genes
+    oracle = raw.get("oracle")
+    return CohortIndex(root=path.parent, sites=sites,
+                       oracle_path=None if oracle is None else path.parent / str(oracle), seed=raw.get("seed"))
 
 
 def read_oracle(path: Path) -> pd.DataFrame:

@@ -9,7 +9,6 @@ warnings, as they would be when training with ``skip-bad``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,12 @@ from fedfusion.data.slides.slide_reader import probe_slide
 from fedfusion.data.slides.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
 from fedfusion.data.tables.site_tables import SiteTables, read_site_tables
 from fedfusion.errors import SlideError
-from fedfusion.study.config import STUDY_SUBTYPES, StudyConfig
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import StudySchema
 
-SITE_INPUTS = ("slides", "omics", "copy number", "clinical")
-"""The inputs a site check counts per patient (the model's modalities are ``fedfusion.study.config.MODALITIES``)."""
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
+MIN_SITE_PATIENTS = 2
+"""Fewer usable patients than this cannot give both a training and a held-out patient."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class SiteCheck:
     patients: list[str]
     """Every patient id named in manifest.csv or clinical.csv."""
     lacking: dict[str, list[str]]
-    """Modality (``SITE_INPUTS``) -> patients without it (kept by the loader; the model masks the modality)."""
+    """Input (``site_inputs``: slides, each omics layer, clinical) -> patients without it (kept by the loader; the
+    model masks the modality; without clinical data a patient has no labels)."""
     slides_checked: int
     slides_unreadable: int
     findings: Findings
@@ -52,17 +53,23 @@ class SiteCheck:
         """JSON-ready summary (patient ids stay on the site machine: this is for the site admin)."""
         return {
             "site_dir": str(self.site_dir), "ok": self.ok, "patients": len(self.patients),
-            "with": {m: self.count(m) for m in SITE_INPUTS}, "lacking": self.lacking,
+            "with": {m: self.count(m) for m in self.lacking}, "lacking": self.lacking,
             "slides_checked": self.slides_checked, "slides_unreadable": self.slides_unreadable,
             "errors": [{"where": f.where, "message": f.message} for f in self.findings.errors],
             "warnings": [{"where": f.where, "message": f.message} for f in self.findings.warnings],
         }
 
 
-def check_site(site_dir: Path, gene_panel: Sequence[str], fallback_mpp: float | None = None,
-               subtypes: Sequence[str] = STUDY_SUBTYPES, *, cnv_panel: Sequence[str] | None = None,
+def site_inputs(schema: StudySchema) -> tuple[str, ...]:
+    """The inputs a site check counts per patient: slides (when the study fuses them), each omics layer, clinical."""
+    slides = ("slides",) if "wsi" in schema.modalities else ()
+    return (*slides, *(layer.name for layer in schema.omics), "clinical")
+
+
+def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None = None, *,
                params: TilingParams | None = None, skip_bad: bool = False) -> SiteCheck:
-    """Validate the site folder ``site_dir`` (tables, cross-references, every slide) and collect all problems.
+    """Validate the site folder ``site_dir`` against the study ``schema`` (tables, cross-references, every slide)
+    and collect all problems.
 
     ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet;
     by default those of a default ``StudyConfig``.
@@ -72,15 +79,17 @@ def check_site(site_dir: Path, gene_panel: Sequence[str], fallback_mpp: float | 
     findings = Findings()
     if not site_dir.is_dir():
         findings.error(f"site {site_dir.name}", f"directory {site_dir} does not exist")
-        return SiteCheck(site_dir, [], {m: [] for m in SITE_INPUTS}, 0, 0, findings)
-    tables = read_site_tables(site_dir, gene_panel, findings, subtypes, cnv_panel=cnv_panel, skip_bad=skip_bad)
-    checked, unreadable = _check_slides(tables, fallback_mpp, params, findings, skip_bad)
-    lacking = {
-        "slides": [e.patient_id for e in tables.entries if not e.slides],
-        "omics": [e.patient_id for e in tables.entries if not e.omics_sample],
-        "copy number": [e.patient_id for e in tables.entries if not e.cnv_sample],
-        "clinical": [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical],
-    }
+        return SiteCheck(site_dir, [], {m: [] for m in site_inputs(schema)}, 0, 0, findings)
+    tables = read_site_tables(site_dir, schema, findings, skip_bad=skip_bad)
+    checked, unreadable = (_check_slides(tables, fallback_mpp, params, findings, skip_bad)
+                           if "wsi" in schema.modalities else (0, 0))
+    lacking = {"slides": [e.patient_id for e in tables.entries if not e.slides]} if "wsi" in schema.modalities else {}
+    lacking.update({layer.name: [e.patient_id for e in tables.entries if layer.name not in e.samples]
+                    for layer in schema.omics})
+    lacking["clinical"] = [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical]
+    if len(tables.clinical) < MIN_SITE_PATIENTS:
+        findings.error(f"site {site_dir.name}", f"{len(tables.clinical)} usable patients: a site needs at least "
+                                                f"{MIN_SITE_PATIENTS} to train and hold out test patients")
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)
 
 

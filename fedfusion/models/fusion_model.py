@@ -1,4 +1,4 @@
-"""The patient-level model: modality encoders -> fusion -> survival-hazard and subtype heads.
+"""The patient-level model: modality encoders -> fusion -> one head per study task (survival hazards, class logits).
 
 Inputs are one patient per row (the privacy unit): tile features ``[B, K, F]`` with a tile mask ``[B, K]``,
 omics ``[B, G]`` (``StudyConfig.omics_input_dim``: RNA-seq panel, copy-number panel and per-layer present flags,
@@ -17,14 +17,15 @@ from torch import nn
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion import build_fusion
 from fedfusion.models.snn import SelfNormalizingNetwork
-from fedfusion.study.config import MODALITIES, StudyConfig
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import MODALITIES
 
 
 class MultimodalFusionModel(nn.Module):
-    """Encodes each modality, fuses them per ``fusion`` and predicts hazard logits and subtype logits."""
+    """Encodes each modality, fuses them per ``fusion`` and predicts one output per task (``head_sizes``)."""
 
     def __init__(self, *, modalities: tuple[str, ...], tile_feature_dim: int, omics_dim: int, clinical_dim: int,
-                 hidden_dim: int, fusion: str, num_time_bins: int, num_subtypes: int, dropout: float) -> None:
+                 hidden_dim: int, fusion: str, head_sizes: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.modality_columns = [MODALITIES.index(m) for m in self.modalities]
@@ -35,16 +36,15 @@ class MultimodalFusionModel(nn.Module):
         }
         self.encoders = nn.ModuleDict({m: encoders[m]() for m in self.modalities})
         self.fusion = build_fusion(fusion, len(self.modalities), hidden_dim, hidden_dim, dropout)
-        self.survival_head = nn.Linear(hidden_dim, num_time_bins)
-        self.subtype_head = nn.Linear(hidden_dim, num_subtypes)
+        self.heads = nn.ModuleList([nn.Linear(hidden_dim, size) for size in head_sizes])
 
     def forward(self, tiles: torch.Tensor, tile_mask: torch.Tensor, omics: torch.Tensor,
-                modality_mask: torch.Tensor, clinical: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hazard logits ``[B, num_time_bins]`` and subtype logits ``[B, num_subtypes]``."""
+                modality_mask: torch.Tensor, clinical: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One output per task, in schema order: hazard logits ``[B, time bins]`` or class logits ``[B, classes]``."""
         inputs = {"wsi": (tiles, tile_mask), "omics": (omics,), "clinical": (clinical,)}
         embeddings = [self.encoders[m](*inputs[m]) for m in self.modalities]
         fused = self.fusion(embeddings, modality_mask[:, self.modality_columns])
-        return self.survival_head(fused), self.subtype_head(fused)
+        return tuple(head(fused) for head in self.heads)
 
 
 def build_model(study: StudyConfig, seed: int | None = None) -> MultimodalFusionModel:
@@ -59,7 +59,6 @@ def build_model(study: StudyConfig, seed: int | None = None) -> MultimodalFusion
 def _construct(study: StudyConfig) -> MultimodalFusionModel:
     return MultimodalFusionModel(
         modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
-        omics_dim=study.omics_input_dim, clinical_dim=study.clinical_dim, hidden_dim=study.hidden_dim,
-        fusion=study.fusion, num_time_bins=study.num_time_bins, num_subtypes=study.num_subtypes,
-        dropout=study.dropout,
+        omics_dim=study.spec.omics_input_dim, clinical_dim=study.spec.clinical_dim, hidden_dim=study.hidden_dim,
+        fusion=study.fusion, head_sizes=tuple(task.num_outputs for task in study.tasks), dropout=study.dropout,
     )

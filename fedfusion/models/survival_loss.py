@@ -1,4 +1,4 @@
-"""Discrete-time survival likelihood, the subtype loss and the risk score; all strictly per patient.
+"""The per-patient loss over the study's tasks: discrete-time survival likelihood, class cross-entropy; risk scores.
 
 Time is cut into ``num_time_bins`` intervals by the study's inner edges ``e_0 < e_1 < ...``: bin 0 is
 ``[0, e_0)``, bin j is ``[e_{j-1}, e_j)``, the last bin is ``[e_last, inf)``. The model predicts a hazard
@@ -7,8 +7,9 @@ Time is cut into ``num_time_bins`` intervals by the study's inner edges ``e_0 < 
 - event (death observed):  log L = sum_{j<b} log(1 - h_j) + log h_b
 - censored:                log L = sum_{j<=b} log(1 - h_j)   (alive through the censoring bin)
 
-No term couples two patients (unlike the Cox partial likelihood), so clipping one patient's gradient bounds
-exactly that patient's influence, as DP-SGD requires.
+A classification or binary task adds its cross-entropy. The patient's loss is the schema-weighted sum over the
+tasks whose label the patient has. No term couples two patients (unlike the Cox partial likelihood), so clipping
+one patient's gradient bounds exactly that patient's influence, as DP-SGD requires.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-SUBTYPE_LOSS_WEIGHT = 0.5
-"""Weight of the subtype cross-entropy added to the survival NLL."""
+from fedfusion.study.schema import Task
 
 LOSS_REDUCTION = "mean"
 """How ``batch_loss`` reduces per-patient losses; Opacus must be told the same (``loss_reduction``)."""
 
-UNKNOWN_SUBTYPE = -1
+UNKNOWN_LABEL = -1
+"""Target of a task whose label the patient lacks (time bin or class index)."""
 
 
 def time_to_bin(times: torch.Tensor | npt.NDArray[np.floating[Any]] | Sequence[float],
@@ -50,11 +51,22 @@ def survival_nll(hazard_logits: torch.Tensor, time_bin: torch.Tensor, event: tor
     return -(survived_before + last_term)
 
 
-def patient_loss(hazard_logits: torch.Tensor, subtype_logits: torch.Tensor, time_bin: torch.Tensor,
-                 event: torch.Tensor, subtype: torch.Tensor) -> torch.Tensor:
-    """Per-patient total loss ``[B]``: survival NLL + ``SUBTYPE_LOSS_WEIGHT`` x subtype CE (0 if unknown)."""
-    subtype_ce = F.cross_entropy(subtype_logits, subtype, ignore_index=UNKNOWN_SUBTYPE, reduction="none")
-    return survival_nll(hazard_logits, time_bin, event) + SUBTYPE_LOSS_WEIGHT * subtype_ce
+def patient_loss(outputs: Sequence[torch.Tensor], targets: torch.Tensor, tasks: Sequence[Task]) -> torch.Tensor:
+    """Per-patient total loss ``[B]``: the weighted sum of each task's loss over the tasks the patient has a label for.
+
+    ``targets`` is ``[B, tasks, 2]``: per task the time bin (survival) or class index, ``UNKNOWN_LABEL`` when
+    unknown, and the event (survival; 0 otherwise).
+    """
+    total = torch.zeros(targets.shape[0], dtype=outputs[0].dtype, device=outputs[0].device)
+    for index, (output, task) in enumerate(zip(outputs, tasks, strict=True)):
+        target = targets[:, index, 0].long()
+        known = target != UNKNOWN_LABEL
+        if task.is_survival:
+            loss = survival_nll(output, target.clamp(min=0), targets[:, index, 1]) * known
+        else:
+            loss = F.cross_entropy(output, target, ignore_index=UNKNOWN_LABEL, reduction="none")
+        total = total + task.weight * loss
+    return total
 
 
 def batch_loss(per_patient: torch.Tensor) -> torch.Tensor:
@@ -69,3 +81,9 @@ def risk_score(hazard_logits: torch.Tensor) -> torch.Tensor:
     """
     survival = torch.exp(torch.cumsum(F.logsigmoid(-hazard_logits), dim=1))
     return -survival.sum(dim=1)
+
+
+def survival_at_edges(hazard_logits: torch.Tensor) -> torch.Tensor:
+    """``[B, bins - 1]``: the predicted probability of surviving past each inner bin edge,
+    S(e_j) = prod_{i<=j}(1 - h_i)."""
+    return torch.exp(torch.cumsum(F.logsigmoid(-hazard_logits), dim=1))[:, :-1]

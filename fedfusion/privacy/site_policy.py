@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.errors import ConfigError, SiteRefusal
-from fedfusion.study.config import ACCOUNTANTS, FUSIONS, MODALITIES, StudyConfig
+from fedfusion.study.config import ACCOUNTANTS, FUSIONS, StudyConfig
+from fedfusion.study.schema import MODALITIES
 
 POLICY_FILE_NAME = "privacy_policy.toml"
 """The policy file a simulated site reads from its own data folder."""

@@ -18,6 +18,7 @@ import torch
 
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.evaluation.metrics import concordance
+from fedfusion.evaluation.task_metrics import survival_outcomes
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
@@ -54,7 +55,7 @@ def run_baselines(
         if modalities in study.modality_set and len(study.modality_set) == 1:
             continue
         emit(f"baseline: centralized non-private model on {modalities} ({epochs} epochs)")
-        single = central.replace(modalities=modalities)
+        single = central.with_modalities(modalities.split(","))
         trainer = SiteTrainer(pooled, single)
         weights = _train_epochs(trainer, single, epochs)
         rows.append(BaselineResult("centralized", "pooled data, non-private", modalities,
@@ -67,7 +68,7 @@ def run_baselines(
                                    len(cohort.train)))
     if oracle_risk is not None:
         risks = np.array([oracle_risk[(site, p.patient_id)] for site, p in _with_sites(cohorts)])
-        rows.append(BaselineResult("oracle", "planted true risk", "all", _c_index(test, risks), 0))
+        rows.append(BaselineResult("oracle", "planted true risk", "all", _c_index(study, test, risks), 0))
     return rows
 
 
@@ -83,13 +84,13 @@ def _train_epochs(trainer: SiteTrainer, study: StudyConfig, epochs: int) -> dict
 
 def held_out_c_index(trainer: SiteTrainer, weights: dict[str, torch.Tensor], patients: list[PatientRecord]) -> float:
     """C-index of the model ``weights`` (architecture of ``trainer``'s study) on ``patients``."""
-    return _c_index(patients, trainer.predict_risk(weights, patients))
+    return _c_index(trainer.study, patients, trainer.predict_risk(weights, patients))
 
 
-def _c_index(patients: Sequence[PatientRecord], risks: np.ndarray) -> float:
-    times = np.array([p.time_months for p in patients])
-    events = np.array([p.event for p in patients])
-    return concordance(times, risks, events).c_index
+def _c_index(study: StudyConfig, patients: Sequence[PatientRecord], risks: np.ndarray) -> float:
+    index = study.tasks.index(study.spec.survival_tasks[0])
+    times, events, known = survival_outcomes(patients, index)
+    return concordance(times[known], risks[known], events[known]).c_index
 
 
 def _with_sites(cohorts: Sequence[SiteCohort]) -> list[tuple[str, PatientRecord]]:

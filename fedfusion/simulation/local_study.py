@@ -23,7 +23,7 @@ from fedfusion.atomic_io import atomic_write_text
 from fedfusion.coordinator.checkpoint import CoordinatorCheckpoint
 from fedfusion.coordinator.run_recorder import MODEL_FILE
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import CohortIndex, CohortSite, read_cohort_index, read_gene_panel, read_oracle
+from fedfusion.data.cohort_index import CohortIndex, CohortSite, read_cohort_index, read_oracle
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
@@ -68,16 +68,10 @@ def simulate_study(
     if saved is not None:
         emit(f"{results_dir} holds this study after round {saved.completed_round} of {saved.num_rounds}: "
              + ("nothing left to train" if saved.finished else "resuming"))
-    panel = read_gene_panel(index.gene_panel_path)
-    if study.omics_dim != len(panel):
-        raise ConfigError(f"study 'omics-dim' is {study.omics_dim} but the gene panel "
-                          f"{index.gene_panel_path} lists {len(panel)} genes")
-
-    cnv_panel = read_gene_panel(index.cnv_panel_path) if index.cnv_panel_path is not None and study.cnv_dim else None
-    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, cnv_panel, emit)
+    cohorts = _prepare_sites(study, index.sites[:num_sites], emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
          + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP"))
-    nodes = simulated_node_configs(index, index.sites[:num_sites], results_dir, device)
+    nodes = simulated_node_configs(index.sites[:num_sites], results_dir, device)
     with simulated_nodes(nodes, results_dir):
         run_in_simulation_engine(run, num_sites, results_dir / "flower-app")
 
@@ -94,14 +88,12 @@ def simulate_study(
     return results_dir
 
 
-def _prepare_sites(study: StudyConfig, sites: list[CohortSite], panel: list[str], cnv_panel: list[str] | None,
-                   emit: Callable[[str], None]) -> list[SiteCohort]:
+def _prepare_sites(study: StudyConfig, sites: list[CohortSite], emit: Callable[[str], None]) -> list[SiteCohort]:
     """Run each site's data path once so the simulated sites find their features cached."""
     cohorts = []
     for site in sites:
         started = time.monotonic()
-        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel,
-                                  workers=os.cpu_count() or 1)
+        cohort = load_site_cohort(site.site_dir, study, workers=os.cpu_count() or 1)
         emit(f"{site.name}: {len(cohort.train)} training + {len(cohort.test)} held-out patients "
              f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in cohort.notes))
         cohorts.append(cohort)

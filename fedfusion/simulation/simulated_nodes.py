@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.data.cohort_index import CohortIndex, CohortSite
+from fedfusion.data.cohort_index import CohortSite
 from fedfusion.site.node_context import SIMULATED_NODES_ENV
 from fedfusion.site.site_privacy import LEDGER_DIR_KEY
 
@@ -25,17 +25,10 @@ SIMULATED_SITES_DIR = "sites"
 NODES_FILE = "nodes.json"
 
 
-def simulated_node_configs(index: CohortIndex, sites: Sequence[CohortSite], results_dir: Path,
-                           device: str) -> list[dict[str, str]]:
-    """One node config per simulated site: its cohort folder, the cohort's panels, its ledger folder, the device."""
-    configs = []
-    for site in sites:
-        config = {"site-name": site.name, "data-dir": str(site.site_dir), "gene-panel": str(index.gene_panel_path),
-                  LEDGER_DIR_KEY: str(results_dir / SIMULATED_SITES_DIR / site.name), "device": device}
-        if index.cnv_panel_path is not None:
-            config["cnv-panel"] = str(index.cnv_panel_path)
-        configs.append(config)
-    return configs
+def simulated_node_configs(sites: Sequence[CohortSite], results_dir: Path, device: str) -> list[dict[str, str]]:
+    """One node config per simulated site: its cohort folder, its ledger folder, the device."""
+    return [{"site-name": site.name, "data-dir": str(site.site_dir),
+             LEDGER_DIR_KEY: str(results_dir / SIMULATED_SITES_DIR / site.name), "device": device} for site in sites]
 
 
 @contextmanager

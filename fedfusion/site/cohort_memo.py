@@ -7,7 +7,6 @@ feature files within one long-lived process (a simulation actor or a site daemon
 from __future__ import annotations
 
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.site.node_context import SiteContext
 from fedfusion.study.config import StudyConfig
@@ -23,11 +22,9 @@ def load_cohort_once(site: SiteContext, study: StudyConfig) -> SiteCohort:
         _MEMO[key] = load_site_cohort(
             site.data_dir,
             study,
-            gene_panel=read_gene_panel(site.gene_panel),
             cache_dir=site.cache_dir,
             fallback_mpp=site.fallback_mpp,
             encoder_file=site.encoder_file,
-            cnv_panel=read_gene_panel(site.cnv_panel) if site.cnv_panel is not None and study.cnv_dim else None,
             skip_bad=site.skip_bad,
         )
     return _MEMO[key]

@@ -1,10 +1,10 @@
 """Where a site's data, cache, device and privacy folder come from: its node config, and nothing else.
 
 A deployed site daemon gets its facts from Flower's ``context.node_config`` (set by the site admin when the
-SuperNode starts): ``site-name``, ``data-dir``, ``gene-panel`` and optionally ``cache-dir``, ``device``
+SuperNode starts): ``site-name``, ``data-dir`` and optionally ``cache-dir``, ``device``
 (``auto``: the GPU when there is one), ``fallback-mpp``, ``encoder-file`` (the site's copy of a ``torchscript:`` /
-``safetensors:`` study encoder), ``cnv-panel`` (the study's copy-number gene list, when it has that layer),
-``skip-bad`` (true: a bad slide or a manifest patient without clinical labels is skipped with a note instead of
+``safetensors:`` study encoder), ``skip-bad`` (true: a bad slide or a manifest patient without clinical labels
+is skipped with a note instead of
 stopping the site), and the privacy keys of ``fedfusion.site.site_privacy`` (``ledger-dir``, ``policy-file``).
 
 A simulated SuperNode's node config holds only Flower's ``partition-id``: its site's node config is row
@@ -38,14 +38,11 @@ class SiteContext:
 
     name: str
     data_dir: Path
-    gene_panel: Path
     cache_dir: Path | None
     device: str
     fallback_mpp: float | None
     encoder_file: Path | None = None
     """The site's copy of a user-supplied TorchScript tile encoder, when the study uses one."""
-    cnv_panel: Path | None = None
-    """The study's copy-number gene list; None when the study has no copy-number layer."""
     skip_bad: bool = False
     """Skip bad slides and unlabelled patients (each reported) instead of failing."""
 
@@ -53,18 +50,16 @@ class SiteContext:
 def resolve_site_context(node_config: Mapping[str, Any]) -> SiteContext:
     """Build the site's context from its node config (a simulated node's: from the simulated-nodes file)."""
     node_config = effective_node_config(node_config)
-    missing = [key for key in ("site-name", "data-dir", "gene-panel") if key not in node_config]
+    missing = [key for key in ("site-name", "data-dir") if key not in node_config]
     if missing:
         raise ConfigError(f"site node config lacks {missing} (has {sorted(node_config)})")
     return SiteContext(
         name=str(node_config["site-name"]),
         data_dir=Path(str(node_config["data-dir"])),
-        gene_panel=Path(str(node_config["gene-panel"])),
         cache_dir=Path(str(node_config["cache-dir"])) if "cache-dir" in node_config else None,
         device=str(node_config.get("device", DEFAULT_DEVICE)),
         fallback_mpp=float(node_config["fallback-mpp"]) if "fallback-mpp" in node_config else None,
         encoder_file=Path(str(node_config["encoder-file"])) if "encoder-file" in node_config else None,
-        cnv_panel=Path(str(node_config["cnv-panel"])) if "cnv-panel" in node_config else None,
         skip_bad=_flag(node_config, "skip-bad"),
     )
 

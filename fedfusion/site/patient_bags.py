@@ -16,14 +16,15 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from fedfusion.data.patient_records import PatientRecord
+from fedfusion.data.patient_records import PatientRecord, SurvivalLabel
 from fedfusion.errors import DataError
-from fedfusion.models.survival_loss import time_to_bin
-from fedfusion.study.config import MODALITIES, StudyConfig
+from fedfusion.models.survival_loss import UNKNOWN_LABEL, time_to_bin
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import MODALITIES
 
 PatientItem = tuple[torch.Tensor, ...]
 """One patient: tiles ``[K, F]``, tile_mask ``[K]``, omics ``[G]`` (``genomic_input``), modality_mask ``[3]``,
-clinical ``[C]``, time_bin, event, subtype (scalars)."""
+clinical ``[C]``, targets ``[tasks, 2]`` (``task_targets``)."""
 
 
 class PatientBatch(NamedTuple):
@@ -34,9 +35,7 @@ class PatientBatch(NamedTuple):
     omics: torch.Tensor
     modality_mask: torch.Tensor
     clinical: torch.Tensor
-    time_bin: torch.Tensor
-    event: torch.Tensor
-    subtype: torch.Tensor
+    targets: torch.Tensor
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
         """The positional inputs of ``MultimodalFusionModel.forward``."""
@@ -55,7 +54,6 @@ class PatientBagDataset(Dataset[PatientItem]):
             check_record(record, study)
         self.patients = list(patients)
         self.study = study
-        self.time_bins = time_to_bin([p.time_months for p in self.patients], study.time_bin_edges)
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -67,7 +65,7 @@ class PatientBagDataset(Dataset[PatientItem]):
         tiles = _tiles_of(record, self.study)
         if len(tiles) > k:
             tiles = tiles[np.sort(self._rng.choice(len(tiles), size=k, replace=False))]
-        return patient_item(record, tiles, k, int(self.time_bins[index]), self.study)
+        return patient_item(record, tiles, k, self.study)
 
 
 def collate_full_bags(patients: Sequence[PatientRecord], study: StudyConfig) -> PatientBatch:
@@ -76,12 +74,11 @@ def collate_full_bags(patients: Sequence[PatientRecord], study: StudyConfig) -> 
         check_record(record, study)
     bags = [_tiles_of(p, study) for p in patients]
     slots = max([len(b) for b in bags] + [1])
-    time_bins = time_to_bin([p.time_months for p in patients], study.time_bin_edges)
-    items = [patient_item(p, b, slots, int(t), study) for p, b, t in zip(patients, bags, time_bins, strict=True)]
+    items = [patient_item(p, b, slots, study) for p, b in zip(patients, bags, strict=True)]
     return PatientBatch(*(torch.stack(column) for column in zip(*items, strict=True)))
 
 
-def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: int, time_bin: int,
+def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: int,
                  study: StudyConfig) -> PatientItem:
     """One patient's tensors with ``tiles`` (at most ``slots`` rows) zero-padded to ``slots`` and masked."""
     padded = np.zeros((slots, study.tile_feature_dim), dtype=np.float32)
@@ -89,7 +86,7 @@ def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: i
     tile_mask = torch.zeros(slots, dtype=torch.bool)
     tile_mask[: len(tiles)] = True
     clinical_present = bool(np.all(np.isfinite(record.clinical)))
-    omics_present = record.omics is not None or (study.cnv_dim > 0 and record.copy_number is not None)
+    omics_present = any(values is not None for values in record.omics)
     present = {"wsi": len(tiles) > 0, "omics": omics_present, "clinical": clinical_present}
     return (
         torch.from_numpy(padded),
@@ -97,41 +94,60 @@ def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: i
         torch.from_numpy(genomic_input(record, study)),
         torch.tensor([float(present[m]) for m in MODALITIES]),
         torch.as_tensor(np.nan_to_num(record.clinical, nan=0.0), dtype=torch.float32),
-        torch.tensor(time_bin, dtype=torch.int64),
-        torch.tensor(float(record.event)),
-        torch.tensor(record.subtype, dtype=torch.int64),
+        task_targets(record, study),
     )
 
 
+def task_targets(record: PatientRecord, study: StudyConfig) -> torch.Tensor:
+    """``[tasks, 2]`` float32: per task the time bin (survival) or class index (``UNKNOWN_LABEL`` when unknown) and
+    the event (survival; 0 otherwise)."""
+    rows: list[tuple[float, float]] = []
+    for task, label in zip(study.tasks, record.labels, strict=True):
+        if isinstance(label, SurvivalLabel):
+            time_bin = int(time_to_bin([label.time], task.time_bins)[0]) if label.known else UNKNOWN_LABEL
+            rows.append((float(time_bin), float(label.event)))
+        else:
+            rows.append((float(label.index), 0.0))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def genomic_input(record: PatientRecord, study: StudyConfig) -> npt.NDArray[np.float32]:
-    """``[study.omics_input_dim]`` float32 input of the omics branch: each layer's panel (zeros when the patient
-    lacks it), then, with a copy-number layer in the study, one present-flag per layer (RNA-seq, copy number)."""
-    layers = [(record.omics, study.omics_dim)] + ([(record.copy_number, study.cnv_dim)] if study.cnv_dim else [])
-    parts = [np.zeros(width, np.float32) if values is None else np.asarray(values, np.float32)
-             for values, width in layers]
-    if study.cnv_dim:
-        parts.append(np.array([values is not None for values, _ in layers], dtype=np.float32))
+    """``[schema.omics_input_dim]`` float32 input of the omics branch: each layer's panel (zeros when the patient
+    lacks it), then, with two layers or more, one present-flag per layer."""
+    layers = study.spec.omics
+    if not layers:
+        return np.zeros(0, dtype=np.float32)
+    parts = [np.zeros(layer.width, np.float32) if values is None else np.asarray(values, np.float32)
+             for values, layer in zip(record.omics, layers, strict=True)]
+    if len(layers) > 1:
+        parts.append(np.array([values is not None for values in record.omics], dtype=np.float32))
     return np.concatenate(parts)
 
 
 def check_record(record: PatientRecord, study: StudyConfig) -> None:
-    """Raise ``DataError`` naming the patient when its arrays do not match the study's dimensions."""
-    expected = {
-        "tile_features": (record.tile_features, 2, study.tile_feature_dim),
-        "omics": (record.omics, 1, study.omics_dim),
-        "copy_number": (record.copy_number, 1, study.cnv_dim),
-        "clinical": (record.clinical, 1, study.clinical_dim),
-    }
-    for name, (array, ndim, width) in expected.items():
+    """Raise ``DataError`` naming the patient when its arrays or labels do not match the study's schema."""
+    schema = study.spec
+    if len(record.omics) != len(schema.omics) or len(record.labels) != len(schema.tasks):
+        raise DataError(f"patient '{record.patient_id}': {len(record.omics)} omics layers and {len(record.labels)} "
+                        f"labels, the study declares {len(schema.omics)} and {len(schema.tasks)}")
+    expected = [("tile_features", record.tile_features, 2, study.tile_feature_dim),
+                ("clinical", record.clinical, 1, schema.clinical_dim)]
+    expected += [(f"omics layer {layer.name}", values, 1, layer.width)
+                 for values, layer in zip(record.omics, schema.omics, strict=True)]
+    for name, array, ndim, width in expected:
         if array is not None and (array.ndim != ndim or array.shape[-1] != width):
             raise DataError(f"patient '{record.patient_id}': {name} has shape {array.shape}, "
                             f"expected {ndim}-D with last dimension {width}")
-    if not (np.isfinite(record.time_months) and record.time_months >= 0):
-        raise DataError(f"patient '{record.patient_id}': time_months must be finite and >= 0, got {record.time_months}")
-    if record.event not in (0, 1):
-        raise DataError(f"patient '{record.patient_id}': event must be 0 or 1, got {record.event}")
-    if not -1 <= record.subtype < study.num_subtypes:
-        raise DataError(f"patient '{record.patient_id}': subtype {record.subtype} outside [-1, {study.num_subtypes})")
+    for label, task in zip(record.labels, schema.tasks, strict=True):
+        if isinstance(label, SurvivalLabel) != task.is_survival:
+            raise DataError(f"patient '{record.patient_id}': label of task '{task.name}' is of the wrong kind")
+        if isinstance(label, SurvivalLabel):
+            if label.known and (label.time < 0 or label.event not in (0, 1)):
+                raise DataError(f"patient '{record.patient_id}': task '{task.name}' needs time >= 0 and event 0/1, "
+                                f"got {label.time}, {label.event}")
+        elif not -1 <= label.index < task.num_outputs:
+            raise DataError(f"patient '{record.patient_id}': task '{task.name}' class {label.index} outside "
+                            f"[-1, {task.num_outputs})")
 
 
 def _tiles_of(record: PatientRecord, study: StudyConfig) -> npt.NDArray[np.float32]:

@@ -21,14 +21,12 @@ from torch.utils.data import DataLoader
 
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.errors import ConfigError, DataError
-from fedfusion.evaluation.metrics import concordance, subtype_auc, subtype_mcc
+from fedfusion.evaluation.task_metrics import empty_metrics, task_metrics
 from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
 from fedfusion.protocol import (
-    COMPARABLE_PAIRS_KEY,
-    CONCORDANT_PAIRS_KEY,
     DELTA_KEY,
     EPSILON_KEY,
     MAX_GRAD_NORM_KEY,
@@ -104,10 +102,8 @@ class SiteTrainer:
                         private.step_without_patients()  # only Poisson sampling yields empty batches
                         continue
                     optimizer.zero_grad(set_to_none=True)
-                    hazard_logits: torch.Tensor
-                    subtype_logits: torch.Tensor
-                    hazard_logits, subtype_logits = trained(*batch.model_inputs())
-                    losses = patient_loss(hazard_logits, subtype_logits, batch.time_bin, batch.event, batch.subtype)
+                    outputs: tuple[torch.Tensor, ...] = trained(*batch.model_inputs())
+                    losses = patient_loss(outputs, batch.targets, self.study.tasks)
                     with warnings.catch_warnings():
                         # Opacus' hooks on the first layer fire although tile features need no gradient: harmless.
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -135,51 +131,43 @@ class SiteTrainer:
         return TrainOutcome(state, len(self.cohort.train), metrics, history)
 
     def evaluate(self, weights: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
-        """Aggregate metrics on ``split`` ("test" or "train"): C-index with its pair counts, AUC, MCC, loss."""
+        """Aggregate metrics on ``split`` ("test" or "train"): every task's metrics (``task_metrics``), the mean
+        loss and the patient count."""
         splits = {"test": self.cohort.test, "train": self.cohort.train}
         if split not in splits:
             raise ConfigError(f"site '{self.cohort.site}': unknown split '{split}', expected one of {sorted(splits)}")
         patients = splits[split]
         if not patients:
-            nan = float("nan")
-            return {"c-index": nan, CONCORDANT_PAIRS_KEY: 0.0, COMPARABLE_PAIRS_KEY: 0.0, "auc": nan, "mcc": nan,
-                    "loss": nan, WEIGHT_KEY: 0.0}
-        hazard_logits, subtype_logits, losses = self._infer(weights, patients)
-        labels = np.array([p.subtype for p in patients])
-        probabilities = torch.softmax(subtype_logits, dim=1).numpy()
-        pairs = concordance(np.array([p.time_months for p in patients]), risk_score(hazard_logits).numpy(),
-                            np.array([p.event for p in patients]))
-        return {
-            "c-index": pairs.c_index,
-            CONCORDANT_PAIRS_KEY: float(pairs.concordant),
-            COMPARABLE_PAIRS_KEY: float(pairs.comparable),
-            "auc": subtype_auc(labels, probabilities),
-            "mcc": subtype_mcc(labels, probabilities),
-            "loss": float(losses.mean()),
-            WEIGHT_KEY: float(len(patients)),
-        }
+            return {**empty_metrics(self.study.spec), "loss": float("nan"), WEIGHT_KEY: 0.0}
+        outputs, losses = self._infer(weights, patients)
+        metrics = task_metrics(self.study.spec, outputs, patients, self.cohort.train)
+        return {**metrics, "loss": float(losses.mean()), WEIGHT_KEY: float(len(patients))}
 
     def predict_risk(self, weights: dict[str, torch.Tensor],
                      patients: Sequence[PatientRecord]) -> npt.NDArray[np.float32]:
-        """Risk score per patient (higher = shorter predicted survival) from full bags in eval mode."""
+        """Risk score per patient of the study's primary survival task (higher = shorter predicted survival), from
+        full bags in eval mode."""
+        survival = self.study.spec.survival_tasks
+        if not survival:
+            raise ConfigError("the study has no survival task: no risk score to predict")
         for record in patients:
             check_record(record, self.study)
-        return risk_score(self._infer(weights, patients)[0]).numpy()
+        return risk_score(self._infer(weights, patients)[0][self.study.tasks.index(survival[0])]).numpy()
 
     def _infer(self, weights: dict[str, torch.Tensor],
-               patients: Sequence[PatientRecord]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hazard logits, subtype logits and per-patient losses (CPU) for ``patients``, in eval mode."""
+               patients: Sequence[PatientRecord]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Each task's outputs and the per-patient losses (CPU) for ``patients``, in eval mode."""
         model = self._load(weights).eval()
-        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        outputs: list[tuple[torch.Tensor, ...]] = []
+        losses: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, len(patients), INFERENCE_BATCH_PATIENTS):
                 chunk = patients[start : start + INFERENCE_BATCH_PATIENTS]
                 batch = collate_full_bags(chunk, self.study).to(self.device)
-                hazard, subtype = model(*batch.model_inputs())
-                losses = patient_loss(hazard, subtype, batch.time_bin, batch.event, batch.subtype)
-                outputs.append((hazard.cpu(), subtype.cpu(), losses.cpu()))
-        columns = [torch.cat(column) for column in zip(*outputs, strict=True)]
-        return columns[0], columns[1], columns[2]
+                chunk_outputs = model(*batch.model_inputs())
+                losses.append(patient_loss(chunk_outputs, batch.targets, self.study.tasks).cpu())
+                outputs.append(tuple(output.cpu() for output in chunk_outputs))
+        return tuple(torch.cat(column) for column in zip(*outputs, strict=True)), torch.cat(losses)
 
     def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
         model = build_model(self.study)

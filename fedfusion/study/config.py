@@ -12,14 +12,15 @@ normalisation constants) is fixed here, so it stays outside the privacy accounti
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from fedfusion.errors import ConfigError
+from fedfusion.study.schema import StudySchema, Task, load_schema
 
-MODALITIES = ("wsi", "omics", "clinical")
 FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
@@ -27,13 +28,14 @@ SECURE_AGGREGATION_MODES = ("auto", "on", "off")
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
-# Study-fixed clinical normalisation (public reference values, not site statistics).
-AGE_MEAN_YEARS = 60.0
-AGE_SCALE_YEARS = 10.0
-CLINICAL_COVARIATES = ("age_z", "sex")
-"""The clinical branch's inputs, in order: age z-scored with the constants above, sex (0 female, 1 male)."""
-STUDY_SUBTYPES = ("basal", "her2", "luminal")
-"""The subtype classes of the classification head, in label order."""
+SYNTHETIC_SCHEMA_FILE = Path(__file__).with_name("synthetic_schema.toml")
+"""The synthetic cohort's schema: the worked example, and a study's schema when it names none."""
+
+
+@cache
+def default_schema_json() -> str:
+    """The canonical JSON of ``SYNTHETIC_SCHEMA_FILE`` (the default of ``StudyConfig.schema``)."""
+    return load_schema(SYNTHETIC_SCHEMA_FILE).to_json()
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,10 @@ class StudyConfig:
     """Fraction of a round's sites that must stay to the end of secure aggregation (always more than half);
     with fewer the round fails safely, nothing is unmasked and the global model stays as it was."""
     fusion: str = "kronecker"
-    modalities: str = "wsi,omics,clinical"
-    time_bins: str = "12,24,36,60"
-    """Inner edges (months) of the discrete-time survival bins: '12,24' gives [0,12), [12,24), [24,inf)."""
+    schema: str = field(default_factory=default_schema_json)
+    """The study schema (``fedfusion.study.schema``) as canonical JSON: covariates, tasks, omics layers and their
+    panels, modalities, split column. Set from a TOML file (``--schema``); default: the synthetic cohort's."""
     tile_feature_dim: int = 64
-    omics_dim: int = 200
-    cnv_dim: int = 40
-    """Genes of the study's copy-number panel (a second omics layer, fed to the omics branch with the RNA-seq
-    panel; 0: no copy-number layer)."""
     hidden_dim: int = 16
     dropout: float = 0.1
     test_fraction: float = 0.25
@@ -89,34 +87,28 @@ class StudyConfig:
 
     # ---- derived values -------------------------------------------------------------------
     @property
+    def spec(self) -> StudySchema:
+        """The parsed study schema."""
+        return StudySchema.from_json(self.schema)
+
+    @property
     def modality_set(self) -> frozenset[str]:
-        """The modalities the model uses."""
-        return frozenset(m.strip() for m in self.modalities.split(",") if m.strip())
+        """The modalities the model fuses (the schema's)."""
+        return frozenset(self.spec.modalities)
 
     @property
-    def time_bin_edges(self) -> tuple[float, ...]:
-        """Inner bin edges in months, strictly increasing."""
-        return tuple(float(x) for x in self.time_bins.split(",") if x.strip())
+    def modalities(self) -> str:
+        """The fused modalities as text, in model order (e.g. ``"wsi,omics"``)."""
+        return ",".join(self.spec.modalities)
 
     @property
-    def omics_input_dim(self) -> int:
-        """Width of the omics branch's input: RNA-seq panel, then copy-number panel and one present-flag per layer."""
-        return self.omics_dim + (self.cnv_dim + 2 if self.cnv_dim else 0)
+    def tasks(self) -> tuple[Task, ...]:
+        """The schema's endpoints, in head order."""
+        return self.spec.tasks
 
-    @property
-    def clinical_dim(self) -> int:
-        """Width of the clinical branch's input (``CLINICAL_COVARIATES``)."""
-        return len(CLINICAL_COVARIATES)
-
-    @property
-    def num_subtypes(self) -> int:
-        """Classes of the subtype head (``STUDY_SUBTYPES``)."""
-        return len(STUDY_SUBTYPES)
-
-    @property
-    def num_time_bins(self) -> int:
-        """Number of discrete survival intervals (inner edges + 1)."""
-        return len(self.time_bin_edges) + 1
+    def with_modalities(self, modalities: Iterable[str]) -> StudyConfig:
+        """The same study fusing only ``modalities`` (single-modality baselines)."""
+        return self.replace(schema=self.spec.with_modalities(tuple(modalities)).to_json())
 
     # ---- conversion -----------------------------------------------------------------------
     @classmethod
@@ -155,7 +147,7 @@ class StudyConfig:
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:
         positive_ints = ("num_server_rounds", "min_sites", "local_epochs", "batch_size", "tiles_per_patient",
-                         "tile_feature_dim", "omics_dim", "hidden_dim", "tile_size")
+                         "tile_feature_dim", "hidden_dim", "tile_size")
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"study config '{_key(name)}' must be > 0, got {getattr(self, name)}")
@@ -175,16 +167,7 @@ class StudyConfig:
                               f"got {self.secure_aggregation_threshold}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"study config 'fusion' must be one of {FUSIONS}, got '{self.fusion}'")
-        unknown = self.modality_set - set(MODALITIES)
-        if not self.modality_set or unknown:
-            raise ConfigError(f"study config 'modalities' must name some of {MODALITIES}, got '{self.modalities}'")
-        try:
-            edges = self.time_bin_edges
-        except ValueError as exc:
-            raise ConfigError(f"study config 'time-bins' must be comma-separated numbers: {exc}") from exc
-        if not edges or any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] <= 0:
-            raise ConfigError("study config 'time-bins' must be positive and strictly increasing, "
-                              f"got '{self.time_bins}'")
+        StudySchema.from_json(self.schema)  # a schema that does not parse fails here, naming the key
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.max_background <= 1:
@@ -194,8 +177,6 @@ class StudyConfig:
                               f"got '{self.stain_normalization}'")
         if self.target_mpp <= 0:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
-        if self.cnv_dim < 0:
-            raise ConfigError(f"study config 'cnv-dim' must be >= 0, got {self.cnv_dim}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
 

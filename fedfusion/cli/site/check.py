@@ -12,13 +12,14 @@ import argparse
 import json
 from pathlib import Path
 
-from fedfusion.data.cohort_index import CNV_PANEL_FILE, GENE_PANEL_FILE, read_gene_panel
+from fedfusion.data.cohort_index import SCHEMA_FILE
 from fedfusion.data.findings import Finding
-from fedfusion.data.site_check import SITE_INPUTS, SiteCheck, check_site
+from fedfusion.data.site_check import SiteCheck, check_site
 from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.deployment.site.connectivity import check_connection
 from fedfusion.errors import ConfigError
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
+from fedfusion.study.schema import load_schema
 
 PATIENTS_SHOWN = 10
 
@@ -37,11 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="also check the site bundle: certificates, key, coordinator reachability, clock skew")
     parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
                         help="with --bundle: check this coordinator address instead of site.toml's")
-    parser.add_argument("--gene-panel", type=Path, default=None,
-                        help=f"study gene panel, one gene per line (default: DATA_DIR/../{GENE_PANEL_FILE} "
-                             "if present)")
-    parser.add_argument("--cnv-panel", type=Path, default=None,
-                        help=f"study copy-number gene list (default: DATA_DIR/../{CNV_PANEL_FILE} if present)")
+    parser.add_argument("--schema", type=Path, default=None, metavar="FILE",
+                        help=f"the study schema (TOML) the data must fit (default: DATA_DIR/../{SCHEMA_FILE} if "
+                             "present, else the synthetic cohort's, with a warning)")
     parser.add_argument("--fallback-mpp", type=float, default=None, metavar="X",
                         help="microns per pixel to assume for slides without resolution metadata")
     parser.add_argument("--target-mpp", type=float, default=StudyConfig.target_mpp, metavar="X",
@@ -77,15 +76,14 @@ def _check_bundle(bundle_dir: Path, superlink: str | None) -> bool:
 
 
 def _check_data(args: argparse.Namespace) -> bool:
-    panel_path = args.gene_panel or args.data_dir.parent / GENE_PANEL_FILE
-    panel = read_gene_panel(panel_path) if args.gene_panel or panel_path.is_file() else []
-    cnv_path = args.cnv_panel or args.data_dir.parent / CNV_PANEL_FILE
-    cnv_panel = read_gene_panel(cnv_path) if args.cnv_panel or cnv_path.is_file() else None
+    beside = args.data_dir.parent / SCHEMA_FILE
+    schema_file = args.schema or (beside if beside.is_file() else SYNTHETIC_SCHEMA_FILE)
+    schema = load_schema(schema_file)
     params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp))
-    result = check_site(args.data_dir, panel, args.fallback_mpp, cnv_panel=cnv_panel, params=params,
-                        skip_bad=args.skip_bad)
-    if not panel:
-        result.findings.warning("gene panel", f"none given and {panel_path} is absent: panel coverage not checked")
+    result = check_site(args.data_dir, schema, args.fallback_mpp, params=params, skip_bad=args.skip_bad)
+    if schema_file == SYNTHETIC_SCHEMA_FILE:
+        result.findings.warning("study schema", f"none given and {beside} is absent: checked against the synthetic "
+                                                "cohort's schema (pass --schema with your study's)")
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
     return bool(result.ok)
 
@@ -93,9 +91,9 @@ def _check_data(args: argparse.Namespace) -> bool:
 def format_report(result: SiteCheck) -> str:
     """The readable summary a site admin sees."""
     lines = [f"site {result.site_dir}: {len(result.patients)} patients",
-             "  with " + ", ".join(f"{m} {result.count(m)}" for m in SITE_INPUTS),
+             "  with " + ", ".join(f"{m} {result.count(m)}" for m in result.lacking),
              f"  slides: {result.slides_checked} checked, {result.slides_unreadable} unusable"]
-    for modality in SITE_INPUTS:
+    for modality in result.lacking:
         lacking = result.lacking[modality]
         if lacking:
             more = f" (+{len(lacking) - PATIENTS_SHOWN} more)" if len(lacking) > PATIENTS_SHOWN else ""

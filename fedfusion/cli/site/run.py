@@ -13,9 +13,9 @@ from fedfusion.deployment.site.daemon import DEFAULT_RUNTIME_PORT, SiteOptions, 
 from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
 
 NODE_CONFIG_OPTIONS = {
-    "data_dir": "data-dir", "gene_panel": "gene-panel", "cache_dir": "cache-dir", "device": "device",
+    "data_dir": "data-dir", "cache_dir": "cache-dir", "device": "device",
     "ledger_dir": LEDGER_DIR_KEY, "policy_file": POLICY_FILE_KEY, "encoder_file": "encoder-file",
-    "fallback_mpp": "fallback-mpp", "cnv_panel": "cnv-panel", "skip_bad": "skip-bad",
+    "fallback_mpp": "fallback-mpp", "skip_bad": "skip-bad",
 }
 """Command-line option -> node config key read by the ClientApp (fedfusion.site.node_context, site_privacy)."""
 
@@ -31,9 +31,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("bundle_dir", type=Path, metavar="BUNDLE_DIR", help="the site bundle (site.toml, ca.crt, key)")
     parser.add_argument("--state-dir", type=Path, required=True, help="site daemon state: allow-list, logs, apps")
     parser.add_argument("--data-dir", type=Path, required=True, help="the site's data folder (manifest.csv)")
-    parser.add_argument("--gene-panel", type=Path, required=True, help="the study's gene panel file")
-    parser.add_argument("--cnv-panel", type=Path, default=None,
-                        help="the study's copy-number gene list (when the study has that layer)")
     parser.add_argument("--skip-bad", action="store_const", const="true", default=None,
                         help="leave out a bad slide or an unlabelled patient (logged) instead of refusing the round")
     parser.add_argument("--cache-dir", type=Path, default=None, help="tile feature cache (default: in data dir)")

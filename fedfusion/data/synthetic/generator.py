@@ -3,9 +3,9 @@
 Layout (also the layout ``fedfusion.data.cohort.load_site_cohort`` reads at a real site)::
 
     <out_dir>/cohort.json            sites in order (name, dir relative to out_dir, num_patients), generator
-                                     params and seed, gene panel file, oracle file, subtype names
-    <out_dir>/gene_panel.txt         the study's gene list, one symbol per line
-    <out_dir>/cnv_panel.txt          the study's copy-number gene list, one symbol per line
+                                     params and seed, oracle file
+    <out_dir>/study.toml             the study schema (a copy of ``fedfusion/study/synthetic_schema.toml``):
+                                     covariates, tasks, the omics layers' gene panels
     <out_dir>/oracle.csv             site, patient_id, oracle_risk (+ its parts image_score, omics_score,
                                      cnv_score, age_z): ground truth for the simulator only, never in a site dir
     <out_dir>/<site>/manifest.csv    patient_id, slides (';'-separated paths relative to the site dir, may be
@@ -35,16 +35,17 @@ import numpy as np
 import pandas as pd
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
-from fedfusion.data.cohort_index import CNV_PANEL_FILE, COHORT_INDEX_FILE, GENE_PANEL_FILE, ORACLE_FILE
-from fedfusion.data.synthetic.copy_number import cnv_panel, simulate_copy_number
-from fedfusion.data.synthetic.expression import gene_panel, simulate_expression
+from fedfusion.data.cohort_index import COHORT_INDEX_FILE, ORACLE_FILE, SCHEMA_FILE
+from fedfusion.data.synthetic.copy_number import simulate_copy_number
+from fedfusion.data.synthetic.expression import simulate_expression
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.patients import SUBTYPES, PatientTruth, simulate_patients
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.synthetic.sites import SiteProfile, draw_site_profiles
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE
 
-GENERATOR_VERSION = "fedfusion-synthetic/2"
+GENERATOR_VERSION = "fedfusion-synthetic/3"
 SLIDE_MPP = 0.5
 SLIDE_LEVELS = 3
 DEFAULT_SLIDE_SIZE_PX = 1280
@@ -84,9 +85,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     profile_seed, *site_seeds = root_seed.spawn(num_sites + 1)
     profiles = draw_site_profiles(num_sites, None if patients_per_site is None else tuple(patients_per_site),
                                   np.random.default_rng(profile_seed))
-    panel = gene_panel()
-    atomic_write_text(out_dir / GENE_PANEL_FILE, "\n".join(panel) + "\n")
-    atomic_write_text(out_dir / CNV_PANEL_FILE, "\n".join(cnv_panel()) + "\n")
+    atomic_write_text(out_dir / SCHEMA_FILE, SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8"))
     oracle_parts = []
     # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
     # does not re-import the caller's main module (a script without a __main__ guard still works).
@@ -110,10 +109,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     index = {
         "format": "fedfusion-cohort/1",
         "sites": [{"name": p.name, "dir": p.name, "num_patients": p.num_patients} for p in profiles],
-        "gene_panel": GENE_PANEL_FILE,
-        "cnv_panel": CNV_PANEL_FILE,
         "oracle": ORACLE_FILE,
-        "subtypes": list(SUBTYPES),
         "seed": seed,
         "params": params,
     }

@@ -18,10 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fedfusion.data.synthetic.sites import SiteProfile
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS, STUDY_SUBTYPES
 
-SUBTYPES = STUDY_SUBTYPES
-"""Subtype names of the synthetic study (sorted, so the name's position is its class index)."""
+AGE_MEAN_YEARS = 60.0
+AGE_SCALE_YEARS = 10.0
+"""The synthetic schema's age covariate centre and scale (``fedfusion/study/synthetic_schema.toml``; a test keeps them
+equal)."""
+SUBTYPES = ("basal", "her2", "luminal")
+"""Subtype names of the synthetic study, in the class order of the schema's subtype task."""
 W_IMAGE, W_OMICS, W_AGE = 1.0, 1.0, 0.7
 CNV_DRIVER_SD = 0.5
 """Spread of the driver amplicon's level around the omics risk it drives."""

@@ -1,14 +1,14 @@
-"""A site's clinical table: validation, study-fixed normalisation of covariates, survival labels, subtype index.
+"""A site's clinical table, read by the study schema: covariates, task labels and the fixed split.
 
-``clinical.csv`` has columns patient_id, age, sex (F/M), survival_months (> 0), event (0 = censored, 1 = death)
-and optionally subtype (a name). The covariate vector is ``[age_z, sex]`` with ``age_z`` from the study-fixed
-constants in ``fedfusion.study.config`` and sex 0 = F, 1 = M; no statistic of the site's patients is used.
+``clinical.csv`` has a ``patient_id`` column, one column per schema covariate, the columns its tasks read
+(survival time and event; classification labels, which may be absent or blank: unknown) and, when the schema
+names one, the split column (``train`` / ``test`` / ``validation``). Covariates are encoded with study-fixed
+constants (``covariates``), labels by the task rules (``task_labels``); no statistic of the site's patients is
+used. Every problem is recorded as a finding naming the file, the column and the patient.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,80 +16,100 @@ import numpy as np
 import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
+from fedfusion.data.patient_records import Label, SurvivalLabel
+from fedfusion.data.tables.covariates import CovariateValueError, encode_covariate
 from fedfusion.data.tables.table_files import check_columns, read_text_table
-from fedfusion.study.config import AGE_MEAN_YEARS, AGE_SCALE_YEARS, STUDY_SUBTYPES
-
-REQUIRED_COLUMNS = ("patient_id", "age", "sex", "survival_months", "event")
-OPTIONAL_COLUMNS = ("subtype",)
-SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
+from fedfusion.data.tables.task_labels import LabelValueError, check_time_unit, parse_label
+from fedfusion.study.schema import SPLITS, StudySchema
 
 
 @dataclass(frozen=True)
 class ClinicalRow:
-    """One patient's covariates and labels."""
+    """One patient's covariates, labels and fixed split."""
 
     patient_id: str
     covariates: npt.NDArray[np.float32]
-    """``[2]`` float32: age_z, sex (0 = F, 1 = M)."""
-    time_months: float
-    event: int
-    subtype: int
-    """Index into the sorted study subtypes, -1 if unknown or not given."""
+    """``[schema.clinical_dim]`` float32 (``StudySchema.clinical_columns``)."""
+    labels: tuple[Label, ...]
+    """One per schema task."""
+    split: str | None
+    """``train`` / ``test`` / ``validation`` from the schema's split column; None without one (hash rule)."""
 
 
-def subtype_index(name: str, subtypes: Sequence[str]) -> int:
-    """Index of ``name`` in the sorted study subtypes (case-insensitive), -1 if blank or not a study subtype."""
-    order = sorted(s.lower() for s in subtypes)
-    key = name.strip().lower()
-    return order.index(key) if key in order else -1
+def clinical_columns(schema: StudySchema) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) columns of the clinical table under ``schema``."""
+    required = ["patient_id", *(c.name for c in schema.covariates)]
+    optional: list[str] = []
+    for task in schema.tasks:
+        (required if task.is_survival else optional).extend(task.columns)
+    if schema.split_column:
+        required.append(schema.split_column)
+    return tuple(dict.fromkeys(required)), tuple(c for c in dict.fromkeys(optional) if c not in required)
 
 
-def parse_clinical(path: Path, findings: Findings, subtypes: Sequence[str] = STUDY_SUBTYPES) -> list[ClinicalRow]:
+def parse_clinical(path: Path, findings: Findings, schema: StudySchema) -> list[ClinicalRow]:
     """The clinical table's valid rows, in file order; every problem is recorded in ``findings``."""
     where = f"clinical table {path}"
     table = read_text_table(path, where, findings)
-    if table is None or not check_columns(table, where, findings, REQUIRED_COLUMNS, OPTIONAL_COLUMNS):
+    required, optional = clinical_columns(schema)
+    if table is None or not check_columns(table, where, findings, required, optional):
         return []
-    rows: list[ClinicalRow] = []
-    unknown_subtypes: set[str] = set()
+    for column in optional:
+        if column not in table.columns:
+            findings.warning(where, f"no column {column}: every patient's label for it is unknown")
     ids = table["patient_id"].str.strip()
     duplicated = sorted(set(ids[ids.duplicated()]) - {""})
     if duplicated:
-        findings.error(where, f"duplicate patient ids {duplicated}")
+        findings.error(where, f"duplicate patient ids {duplicated[:10]}")
+    rows: list[ClinicalRow] = []
     for line, record in enumerate(table.to_dict("records"), start=2):
-        pid = str(record["patient_id"]).strip()
+        cells = {str(k): str(v) for k, v in record.items()}
+        pid = cells["patient_id"].strip()
         who = f"patient {pid}" if pid else f"line {line}"
         if not pid:
             findings.error(where, f"line {line}: empty patient_id")
-        age = _number(record["age"])
-        if age is None or not 0 < age < 130:
-            findings.error(where, f"{who}: age must be a number of years in (0, 130), got {record['age']!r}")
-        sex = SEX_CODES.get(str(record["sex"]).strip().lower())
-        if sex is None:
-            findings.error(where, f"{who}: sex must be F or M, got {record['sex']!r}")
-        time = _number(record["survival_months"])
-        if time is None or not time > 0:
-            findings.error(where, f"{who}: survival_months must be a number > 0, got {record['survival_months']!r}")
-        event = _number(record["event"])
-        if event not in (0.0, 1.0):
-            findings.error(where, f"{who}: event must be 0 (censored) or 1 (death), got {record['event']!r}")
-        subtype_name = str(record.get("subtype", "")).strip()
-        subtype = subtype_index(subtype_name, subtypes) if subtype_name else -1
-        if subtype_name and subtype < 0:
-            unknown_subtypes.add(subtype_name)
-        if pid and age is not None and sex is not None and time is not None and event is not None:
-            covariates = np.array([(age - AGE_MEAN_YEARS) / AGE_SCALE_YEARS, sex], dtype=np.float32)
-            rows.append(ClinicalRow(pid, covariates, float(time), int(event), subtype))
-    if unknown_subtypes:
-        findings.warning(where, f"subtypes {sorted(unknown_subtypes)} are not study subtypes {sorted(subtypes)}; "
-                                "treated as unknown")
+        values: list[float] = []
+        labels: list[Label] = []
+        ok = bool(pid)
+        for covariate in schema.covariates:
+            try:
+                values.extend(encode_covariate(covariate, cells[covariate.name]))
+            except CovariateValueError as exc:
+                findings.error(where, f"{who}: {exc}")
+                ok = False
+        for task in schema.tasks:
+            try:
+                labels.append(parse_label(task, cells))
+            except LabelValueError as exc:
+                findings.error(where, f"{who}: {exc}")
+                ok = False
+        split = _split(schema, cells, where, who, findings)
+        if ok and split != "":
+            if not any(label.known for label in labels):
+                findings.error(where, f"{who}: has no label for any task ({[t.name for t in schema.tasks]})")
+                continue
+            rows.append(ClinicalRow(pid, np.array(values, dtype=np.float32), tuple(labels), split))
+    _check_units(schema, rows, where, findings)
     return rows
 
 
-def _number(raw: object) -> float | None:
-    """``raw`` as a finite float, or None."""
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
+def _split(schema: StudySchema, cells: dict[str, str], where: str, who: str, findings: Findings) -> str | None:
+    """The patient's split, None without a split column, "" (after recording an error) for a bad value."""
+    if not schema.split_column:
         return None
-    return value if math.isfinite(value) else None
+    value = cells[schema.split_column].strip().lower()
+    if value not in SPLITS:
+        findings.error(where, f"{who}: split column {schema.split_column} must be one of {list(SPLITS)}, "
+                              f"got {cells[schema.split_column]!r}")
+        return ""
+    return value
+
+
+def _check_units(schema: StudySchema, rows: list[ClinicalRow], where: str, findings: Findings) -> None:
+    """An error for each survival task whose times cannot be in its declared unit."""
+    for index, task in enumerate(schema.tasks):
+        if task.is_survival:
+            labels = [row.labels[index] for row in rows]
+            problem = check_time_unit(task, [label for label in labels if isinstance(label, SurvivalLabel)])
+            if problem:
+                findings.error(where, problem)

@@ -1,20 +1,20 @@
-"""A site's manifest: which slides and which RNA-seq sample belong to each patient.
+"""A site's manifest: which slides and which sample of each omics layer belong to each patient.
 
-``manifest.csv`` has columns patient_id, slides (';'-separated paths relative to the site directory, or
-absolute; may be empty), omics_sample (a column name of the expression table; may be empty) and, optionally,
-cnv_sample (a column name of the copy-number table; may be empty).
+``manifest.csv`` has a ``patient_id`` column, optionally ``slides`` (';'-separated paths relative to the site
+directory, or absolute) and one column per schema omics layer naming the patient's sample in that layer's table
+(``sample-column`` in the schema, e.g. ``omics_sample``). Every column but ``patient_id`` may be empty or absent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.tables.table_files import check_columns, read_text_table
+from fedfusion.study.schema import StudySchema
 
-MANIFEST_COLUMNS = ("patient_id", "slides", "omics_sample")
-OPTIONAL_COLUMNS = ("cnv_sample",)
+MANIFEST_FILE = "manifest.csv"
 
 
 @dataclass(frozen=True)
@@ -22,21 +22,22 @@ class ManifestEntry:
     """One patient's data files."""
 
     patient_id: str
-    slides: tuple[Path, ...]
-    omics_sample: str | None
-    cnv_sample: str | None = None
+    slides: tuple[Path, ...] = ()
+    samples: dict[str, str] = field(default_factory=dict)
+    """Sample name per omics layer name (layers the patient lacks are absent)."""
 
 
-def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
+def parse_manifest(path: Path, findings: Findings, schema: StudySchema) -> list[ManifestEntry]:
     """The manifest's valid entries (first of duplicates kept); every problem is recorded in ``findings``."""
     where = f"manifest {path}"
     table = read_text_table(path, where, findings)
-    if table is None or not check_columns(table, where, findings, MANIFEST_COLUMNS, OPTIONAL_COLUMNS):
+    optional = ("slides", *(layer.sample_column for layer in schema.omics))
+    if table is None or not check_columns(table, where, findings, ("patient_id",), optional):
         return []
     entries: list[ManifestEntry] = []
     seen: set[str] = set()
     for line, record in enumerate(table.to_dict("records"), start=2):
-        pid = record["patient_id"].strip()
+        pid = str(record["patient_id"]).strip()
         if not pid:
             findings.error(where, f"line {line} has an empty patient_id")
             continue
@@ -44,8 +45,7 @@ def parse_manifest(path: Path, findings: Findings) -> list[ManifestEntry]:
             findings.error(where, f"patient {pid} is listed more than once")
             continue
         seen.add(pid)
-        slides = tuple(path.parent / s.strip() for s in record["slides"].split(";") if s.strip())
-        sample = record["omics_sample"].strip() or None
-        cnv_sample = str(record.get("cnv_sample", "")).strip() or None
-        entries.append(ManifestEntry(patient_id=pid, slides=slides, omics_sample=sample, cnv_sample=cnv_sample))
+        slides = tuple(path.parent / s.strip() for s in str(record.get("slides", "")).split(";") if s.strip())
+        samples = {layer.name: str(record.get(layer.sample_column, "")).strip() for layer in schema.omics}
+        entries.append(ManifestEntry(pid, slides, {name: sample for name, sample in samples.items() if sample}))
     return entries

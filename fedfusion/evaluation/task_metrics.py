@@ -1,0 +1,97 @@
+"""A site's aggregate metrics per study task, from the model's outputs on its patients (what evaluation sends).
+
+Survival tasks: Harrell's C-index with its pair counts (the coordinator pools those exactly), the mean
+time-dependent AUC and the integrated Brier score at the task's bin edges (study-fixed times; the censoring
+distribution is estimated from the site's training patients, at the site). Classification and binary tasks:
+one-vs-rest AUC, MCC and balanced accuracy. The primary survival task's keys are unprefixed (``c-index``,
+``concordant-pairs``, ...); every other task's keys are ``<task>-<metric>``. Only aggregates leave the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fedfusion.data.patient_records import ClassLabel, PatientRecord, SurvivalLabel
+from fedfusion.evaluation.metrics import (
+    balanced_accuracy,
+    concordance,
+    integrated_brier_score,
+    subtype_auc,
+    subtype_mcc,
+    time_dependent_auc,
+)
+from fedfusion.models.survival_loss import risk_score, survival_at_edges
+from fedfusion.protocol import COMPARABLE_PAIRS_KEY, CONCORDANT_PAIRS_KEY
+from fedfusion.study.schema import StudySchema, Task
+
+
+def metric_prefix(schema: StudySchema, task: Task) -> str:
+    """``""`` for the primary survival task, else ``"<task name>-"``."""
+    return "" if task.is_survival and task is schema.primary_task else f"{task.name}-"
+
+
+def task_metrics(schema: StudySchema, outputs: Sequence[torch.Tensor], patients: Sequence[PatientRecord],
+                 reference: Sequence[PatientRecord]) -> dict[str, float]:
+    """Every task's metrics on ``patients`` (``outputs`` in schema task order, one row per patient).
+
+    ``reference`` (the site's training patients) estimates the censoring distribution of the survival metrics.
+    """
+    metrics: dict[str, float] = {}
+    for index, (task, output) in enumerate(zip(schema.tasks, outputs, strict=True)):
+        prefix = metric_prefix(schema, task)
+        if task.is_survival:
+            metrics.update({prefix + k: v for k, v in _survival(task, index, output, patients, reference).items()})
+        else:
+            labels = np.array([_class(p, index) for p in patients])
+            probabilities = torch.softmax(output, dim=1).numpy()
+            metrics[prefix + "auc"] = subtype_auc(labels, probabilities)
+            metrics[prefix + "mcc"] = subtype_mcc(labels, probabilities)
+            metrics[prefix + "balanced-accuracy"] = balanced_accuracy(labels, probabilities)
+    return metrics
+
+
+def empty_metrics(schema: StudySchema) -> dict[str, float]:
+    """The metric keys of ``task_metrics`` for a site without patients in the split: NaN, pair counts 0."""
+    nan = float("nan")
+    metrics: dict[str, float] = {}
+    for task in schema.tasks:
+        prefix = metric_prefix(schema, task)
+        names = (("c-index", nan), (CONCORDANT_PAIRS_KEY, 0.0), (COMPARABLE_PAIRS_KEY, 0.0), ("td-auc", nan),
+                 ("ibs", nan)) if task.is_survival else (("auc", nan), ("mcc", nan), ("balanced-accuracy", nan))
+        metrics.update({prefix + name: value for name, value in names})
+    return metrics
+
+
+def survival_outcomes(patients: Sequence[PatientRecord],
+                      index: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Times, events and the known-label mask of task ``index`` over ``patients``."""
+    labels = [p.labels[index] for p in patients]
+    times = np.array([label.time if isinstance(label, SurvivalLabel) else np.nan for label in labels], dtype=float)
+    events = np.array([label.event if isinstance(label, SurvivalLabel) else 0 for label in labels], dtype=float)
+    return np.nan_to_num(times), events, np.isfinite(times)
+
+
+def _survival(task: Task, index: int, hazard_logits: torch.Tensor, patients: Sequence[PatientRecord],
+              reference: Sequence[PatientRecord]) -> dict[str, float]:
+    times, events, known = survival_outcomes(patients, index)
+    risks = risk_score(hazard_logits).numpy()
+    pairs = concordance(times[known], risks[known], events[known])
+    ref_times, ref_events, ref_known = survival_outcomes(reference, index)
+    eval_times = np.array(task.time_bins, dtype=float)
+    args = (ref_times[ref_known], ref_events[ref_known], times[known], events[known])
+    return {
+        "c-index": pairs.c_index,
+        CONCORDANT_PAIRS_KEY: float(pairs.concordant),
+        COMPARABLE_PAIRS_KEY: float(pairs.comparable),
+        "td-auc": time_dependent_auc(*args, risks[known], eval_times),
+        "ibs": integrated_brier_score(*args, survival_at_edges(hazard_logits).numpy()[known], eval_times),
+    }
+
+
+def _class(patient: PatientRecord, index: int) -> int:
+    label = patient.labels[index]
+    return label.index if isinstance(label, ClassLabel) else -1
