@@ -119,7 +119,7 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list
             subprocess.run(_fedfusion("site", "approve", f"fedfusion=={fedfusion.__version__}", "--state-dir",
                                       str(site_state)), env=env, check=True, capture_output=True)
             start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
-                  "--data-dir", str(cohort / site), "--gene-panel", str(cohort / "gene_panel.txt"), "--cache-dir",
+                  "--data-dir", str(cohort / site), "--cache-dir",
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
                   "--runtime-port", str(_free_port()))
         stamps, output = _round_end_times(

@@ -1,7 +1,7 @@
 """DP-SGD overhead: local training time per epoch with DP vs without DP, same model and data.
 
-Batch 32 patients x K = 128 tiles, 64 tile features, 200 omics genes. Configurations are measured side by
-side in one process with interleaved repetitions (order alternating); the medians are reported. Timing is
+Batch 32 patients x K = 128 tiles, 64 tile features, the synthetic schema's omics panels (200 + 40 genes).
+Configurations are measured side by side in one process with interleaved repetitions (order alternating); the medians are reported. Timing is
 ``SiteTrainer.train``'s "train-seconds" (the epoch loop: sampling, forward, backward, clipping, noise, step).
 Writes ``benchmarks/results/dp_overhead.json`` and a line in ``benchmarks/results/README.md``.
 """
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedfusion.atomic_io import atomic_write_text
-from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.data.patient_records import ClassLabel, PatientRecord, SiteCohort, SurvivalLabel
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE
 from fedfusion.site.trainer import SiteTrainer
@@ -41,10 +41,10 @@ def synthetic_cohort(study: StudyConfig, seed: int = 0) -> SiteCohort:
         PatientRecord(
             patient_id=f"bench-{i}",
             tile_features=rng.normal(size=(int(rng.integers(128, 385)), study.tile_feature_dim)).astype(np.float32),
-            omics=rng.normal(size=study.omics_dim).astype(np.float32),
-            clinical=rng.normal(size=study.clinical_dim).astype(np.float32),
-            time_months=float(rng.exponential(30.0)), event=int(rng.random() < 0.6),
-            subtype=int(rng.integers(0, study.num_subtypes)),
+            omics=tuple(rng.normal(size=layer.width).astype(np.float32) for layer in study.spec.omics),
+            clinical=rng.normal(size=study.spec.clinical_dim).astype(np.float32),
+            labels=(SurvivalLabel(float(rng.exponential(30.0)), int(rng.random() < 0.6)),
+                    ClassLabel(int(rng.integers(0, study.tasks[1].num_outputs)))),
         )
         for i in range(PATIENTS)
     ]
@@ -58,8 +58,8 @@ def epoch_seconds(trainer: SiteTrainer, weights: dict[str, torch.Tensor], seed: 
 
 def main() -> None:
     """Measure, print and record the DP/non-DP epoch-time ratio per grad-sample mode."""
-    study = StudyConfig(batch_size=32, tiles_per_patient=128, tile_feature_dim=64, omics_dim=200,
-                        local_epochs=1, noise_multiplier=1.0, max_grad_norm=1.0, device="cpu")
+    study = StudyConfig(batch_size=32, tiles_per_patient=128, tile_feature_dim=64, local_epochs=1,
+                        noise_multiplier=1.0, max_grad_norm=1.0)
     cohort = synthetic_cohort(study)
     weights = build_model(study, seed=0).state_dict()
     trainers = {"no-dp": SiteTrainer(cohort, study.replace(dp=False), device="cpu")}
@@ -77,7 +77,7 @@ def main() -> None:
     result = {
         "benchmark": "dp_overhead",
         "setup": {"patients": PATIENTS, "batch_size": study.batch_size, "tiles_per_patient": study.tiles_per_patient,
-                  "tile_feature_dim": study.tile_feature_dim, "omics_dim": study.omics_dim,
+                  "tile_feature_dim": study.tile_feature_dim, "omics_dim": study.spec.omics_input_dim,
                   "fusion": study.fusion, "hidden_dim": study.hidden_dim, "repetitions": REPETITIONS},
         "grad_sample_mode_used": GRAD_SAMPLE_MODE,
         "median_epoch_seconds": medians,

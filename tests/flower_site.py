@@ -15,30 +15,30 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 
-from fedfusion.data.cohort_index import CohortSite, read_cohort_index, read_gene_panel
+from fedfusion.data.cohort_index import SCHEMA_FILE, CohortSite
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.run_config import StudyRun
+from fedfusion.study.schema import load_schema
 
 RUN_ID = 7
 SUPERLINK_NODE_ID = 1
 
 
-def small_study(cohort_dir: Path, **changes: Any) -> StudyConfig:
-    """A fast study on ``cohort_dir``: a small model, one local epoch, batches of 4 patients."""
-    index = read_cohort_index(cohort_dir)
-    study = StudyConfig(omics_dim=len(read_gene_panel(index.gene_panel_path)),
-                        hidden_dim=8, local_epochs=1, batch_size=4, tiles_per_patient=4, noise_multiplier=1.0)
-    return study.replace(**changes)
+def small_study(cohort_dir: Path, *, modalities: str | None = None, **changes: Any) -> StudyConfig:
+    """A fast study on ``cohort_dir`` (its schema): a small model, one local epoch, batches of 4 patients;
+    ``modalities`` ("wsi,omics") fuses only those."""
+    study = StudyConfig(schema=load_schema(cohort_dir / SCHEMA_FILE).to_json(), hidden_dim=8, local_epochs=1,
+                        batch_size=4, tiles_per_patient=4, noise_multiplier=1.0).replace(**changes)
+    return study if modalities is None else study.with_modalities(modalities.split(","))
 
 
 def deployed_node_config(site: CohortSite, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
                          policy_file: Path | None = None) -> dict[str, str]:
     """The node config a site admin gives a deployed SuperNode for ``site``."""
-    config = {"site-name": site.name, "data-dir": str(site.site_dir),
-              "gene-panel": str(read_cohort_index(cohort_dir).gene_panel_path),
-              "cache-dir": str(cache_dir / site.name), "ledger-dir": str(ledger_dir), "device": "cpu"}
+    config = {"site-name": site.name, "data-dir": str(site.site_dir), "cache-dir": str(cache_dir / site.name),
+              "ledger-dir": str(ledger_dir), "device": "cpu"}
     if policy_file is not None:
         config["policy-file"] = str(policy_file)
     return config

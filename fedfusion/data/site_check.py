@@ -87,7 +87,7 @@ def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None =
     lacking.update({layer.name: [e.patient_id for e in tables.entries if layer.name not in e.samples]
                     for layer in schema.omics})
     lacking["clinical"] = [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical]
-    if len(tables.clinical) < MIN_SITE_PATIENTS:
+    if not findings.errors and len(tables.clinical) < MIN_SITE_PATIENTS:
         findings.error(f"site {site_dir.name}", f"{len(tables.clinical)} usable patients: a site needs at least "
                                                 f"{MIN_SITE_PATIENTS} to train and hold out test patients")
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_schemas import study_with
 
 from fedfusion.cli import main
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
@@ -17,7 +18,7 @@ from fedfusion.study.config import StudyConfig
 from fedfusion.study.identity import derived_study_id
 from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
-STUDY = StudyConfig(num_server_rounds=3, hidden_dim=8, omics_dim=20)
+STUDY = study_with(genes=20, num_server_rounds=3, hidden_dim=8)
 
 
 def _checkpoints(folder: Path, study: StudyConfig = STUDY, study_id: str = "") -> CoordinatorCheckpoint:

@@ -21,7 +21,6 @@ import pytest
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import DataError, SlideError
 from fedfusion.study.config import StudyConfig
@@ -130,15 +129,12 @@ def site(small_cohort: Path, tmp_path: Path) -> tuple[Path, list[str]]:
     for slides in manifest["slides"]:
         shutil.copy(source / slides, site / slides)
     manifest.to_csv(site / "manifest.csv", index=False)
-    for name in ("gene_panel.txt", "cnv_panel.txt"):
-        shutil.copy(small_cohort / name, site.parent / name)
+    shutil.copy(small_cohort / "study.toml", site.parent / "study.toml")
     return site, list(manifest["patient_id"])
 
 
 def _load(site: Path, cache: Path, skip_bad: bool):
-    return load_site_cohort(site, STUDY, gene_panel=read_gene_panel(site.parent / "gene_panel.txt"),
-                            cnv_panel=read_gene_panel(site.parent / "cnv_panel.txt"), cache_dir=cache,
-                            skip_bad=skip_bad)
+    return load_site_cohort(site, STUDY, cache_dir=cache, skip_bad=skip_bad)
 
 
 def _no_debris(cache: Path) -> None:
@@ -167,12 +163,12 @@ def test_loader_stops_or_skips_with_one_clear_message(case: Case, site: tuple[Pa
     if case.slide:
         assert said[0].startswith(f"skipped slide of patient {victim}: {message}")
     else:
-        assert said[0].endswith("; skipped (no survival labels)")
+        assert said[0].endswith("; skipped (no labels)")
     records = {r.patient_id: r for r in cohort.train + cohort.test}
     others = [p for p in patients if p != victim]
     assert all(records[p].tile_features is not None for p in others), "the rest of the cohort must proceed"
     if case.slide:
-        assert records[victim].tile_features is None and records[victim].omics is not None
+        assert records[victim].tile_features is None and records[victim].omics[0] is not None
         assert len(list(cache.glob("*.npy"))) == len(others)  # nothing cached for the bad slide
     else:
         assert victim not in records
@@ -202,5 +198,5 @@ def test_site_check_reports_each_case_with_and_without_skip_bad(case: Case, site
     warning = [line for line in out.splitlines() if message in line]
     assert len(warning) == 1 and warning[0].startswith(prefix + message)
     assert warning[0].endswith("skipped with --skip-bad (patient kept without this slide)" if case.slide
-                               else "skipped (no survival labels)")
+                               else "skipped (no labels)")
     assert not list(site_dir.rglob(".fedfusion-cache")), "site check must not write"

@@ -16,32 +16,27 @@ from sklearn.preprocessing import StandardScaler
 
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
-from fedfusion.data.patient_records import SiteCohort
+from fedfusion.data.cohort_index import read_cohort_index, read_oracle
+from fedfusion.data.patient_records import SiteCohort, SurvivalLabel
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.errors import ConfigError, DataError, SlideError
+from fedfusion.errors import DataError, SlideError
 from fedfusion.study.config import StudyConfig
 
 STUDY = StudyConfig()
 
 
 @pytest.fixture(scope="module")
-def panel(small_cohort: Path) -> list[str]:
-    return read_gene_panel(small_cohort / "gene_panel.txt")
-
-
-@pytest.fixture(scope="module")
-def loaded(small_cohort: Path, panel: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def loaded(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Both sites loaded twice into a fresh cache: first extraction, then from the cache."""
     cache_root = tmp_path_factory.mktemp("feature-cache")
     index = read_cohort_index(small_cohort)
     started = time.perf_counter()
-    first = {s.name: load_site_cohort(s.site_dir, STUDY, gene_panel=panel, cache_dir=cache_root / s.name)
+    first = {s.name: load_site_cohort(s.site_dir, STUDY, cache_dir=cache_root / s.name)
              for s in index.sites}
     extract_s = time.perf_counter() - started
     stamps = {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")}
     started = time.perf_counter()
-    second = {s.name: load_site_cohort(s.site_dir, STUDY, gene_panel=panel, cache_dir=cache_root / s.name)
+    second = {s.name: load_site_cohort(s.site_dir, STUDY, cache_dir=cache_root / s.name)
               for s in index.sites}
     return {"first": first, "second": second, "extract_s": extract_s, "cached_s": time.perf_counter() - started,
             "stamps": stamps, "cache_root": cache_root}
@@ -62,9 +57,12 @@ def test_records_join_all_modalities(loaded: dict, small_cohort: Path) -> None:
     with_wsi = [r for r in records if r.tile_features is not None]
     assert len(with_wsi) >= 20
     assert all(r.tile_features.shape[1] == 64 and r.tile_features.dtype == np.float32 for r in with_wsi)
-    assert all(r.omics.shape == (200,) and r.omics.dtype == np.float32 for r in records if r.omics is not None)
-    assert all(r.clinical.shape == (2,) and r.time_months > 0 and r.event in (0, 1) for r in records)
-    assert {r.subtype for r in records} <= {0, 1, 2}
+    expression = [r.omics[0] for r in records if r.omics[0] is not None]
+    assert all(v.shape == (200,) and v.dtype == np.float32 for v in expression) and len(expression) >= 20
+    survival = [r.labels[0] for r in records]
+    assert all(r.clinical.shape == (2,) for r in records)
+    assert all(isinstance(s, SurvivalLabel) and s.time > 0 and s.event in (0, 1) for s in survival)
+    assert {r.labels[1].index for r in records} <= {0, 1, 2}
     manifest = (small_cohort / "site-a" / "manifest.csv").read_text().splitlines()
     no_slide = [line.split(",")[0] for line in manifest[1:] if line.split(",")[1] == ""]
     assert all(r.tile_features is None for r in records if r.patient_id in no_slide)
@@ -90,51 +88,46 @@ def test_features_show_the_planted_image_score(loaded: dict, small_cohort: Path)
     assert np.corrcoef(probe, y)[0, 1] > 0.6
 
 
-def test_bad_slide_raises_or_is_skipped(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
+def test_bad_slide_raises_or_is_skipped(small_cohort: Path, tmp_path: Path) -> None:
     site = shutil.copytree(small_cohort / "site-b", tmp_path / "site-b",
                            ignore=shutil.ignore_patterns(".fedfusion-cache"))
     victim = sorted((site / "slides").glob("*.tiff"))[0]
     victim.write_bytes(victim.read_bytes()[:2000])
     with pytest.raises(SlideError, match=victim.name):
-        load_site_cohort(site, STUDY, gene_panel=panel)
-    cohort = load_site_cohort(site, STUDY, gene_panel=panel, skip_bad=True, workers=2)
+        load_site_cohort(site, STUDY)
+    cohort = load_site_cohort(site, STUDY, skip_bad=True, workers=2)
     assert any(victim.name in note and note.startswith("skipped slide") for note in cohort.notes)
     by_id = {r.patient_id: r for r in cohort.train + cohort.test}
     assert by_id[victim.stem].tile_features is None
     assert cohort.num_patients == 12
-    serial = load_site_cohort(site, STUDY, gene_panel=panel, skip_bad=True, cache_dir=tmp_path / "serial-cache")
+    serial = load_site_cohort(site, STUDY, skip_bad=True, cache_dir=tmp_path / "serial-cache")
     for record in serial.train + serial.test:
         if record.tile_features is not None:
             np.testing.assert_allclose(by_id[record.patient_id].tile_features, record.tile_features, atol=1e-5)
 
 
-def test_inconsistent_site_files(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
+def test_inconsistent_site_files(small_cohort: Path, tmp_path: Path) -> None:
     site = tmp_path / "site-x"
     site.mkdir()
     shutil.copy(small_cohort / "site-a" / "clinical.csv", site / "clinical.csv")
     (site / "manifest.csv").write_text("patient_id,slides,omics_sample\nNOBODY,,\n")
     with pytest.raises(DataError, match=r"patients \['NOBODY'\] are in manifest.csv but have no row"):
-        load_site_cohort(site, STUDY, gene_panel=panel)
+        load_site_cohort(site, STUDY)
     (site / "manifest.csv").write_text("patient_id,slides,omics_sample\nSITE-A-P0001,,RNA-1\n")
     with pytest.raises(DataError, match="no expression table"):
-        load_site_cohort(site, STUDY, gene_panel=panel)
-    with pytest.raises(ConfigError, match="'omics-dim' is 200 but the gene panel has 3"):
-        load_site_cohort(site, STUDY, gene_panel=["A", "B", "C"])
+        load_site_cohort(site, STUDY)
 
 
-def test_copy_number_layer_joins_records_with_its_signal(small_cohort: Path, panel: list[str], tmp_path: Path) -> None:
-    cnv_panel = read_gene_panel(small_cohort / "cnv_panel.txt")
+def test_copy_number_layer_joins_records_with_its_signal(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
-    cohort = load_site_cohort(site.site_dir, STUDY, gene_panel=panel, cnv_panel=cnv_panel,
+    cohort = load_site_cohort(site.site_dir, STUDY,
                               cache_dir=tmp_path / "cache")
     records = cohort.train + cohort.test
     manifest = pd.read_csv(site.site_dir / "manifest.csv", dtype=str, keep_default_na=False).set_index("patient_id")
     for record in records:
-        assert (record.copy_number is None) == (manifest.at[record.patient_id, "cnv_sample"] == "")
-    with_cnv = [r for r in records if r.copy_number is not None]
-    assert len(with_cnv) >= 10 and all(r.copy_number.shape == (STUDY.cnv_dim,) for r in with_cnv)
+        assert (record.omics[1] is None) == (manifest.at[record.patient_id, "cnv_sample"] == "")
+    with_cnv = [r for r in records if r.omics[1] is not None]
+    assert len(with_cnv) >= 10 and all(r.omics[1].shape == (40,) for r in with_cnv)
     truth = read_oracle(small_cohort / "oracle.csv").set_index("patient_id")["cnv_score"]
-    amplicon = [r.copy_number[:10].mean() for r in with_cnv]
+    amplicon = [r.omics[1][:10].mean() for r in with_cnv]
     assert np.corrcoef(amplicon, truth.loc[[r.patient_id for r in with_cnv]])[0, 1] > 0.8
-    with pytest.raises(ConfigError, match="'cnv-dim' is 40 but the copy-number gene list has 2"):
-        load_site_cohort(site.site_dir, STUDY, gene_panel=panel, cnv_panel=["A", "B"])

@@ -19,8 +19,7 @@ def _site(small_cohort: Path, tmp_path: Path) -> Path:
     site = tmp_path / "cohort" / "site-a"
     shutil.copytree(read_cohort_index(small_cohort).sites[0].site_dir, site,
                     ignore=shutil.ignore_patterns(".fedfusion-cache"))
-    shutil.copy(small_cohort / "gene_panel.txt", tmp_path / "cohort" / "gene_panel.txt")
-    shutil.copy(small_cohort / "cnv_panel.txt", tmp_path / "cohort" / "cnv_panel.txt")
+    shutil.copy(small_cohort / "study.toml", tmp_path / "cohort" / "study.toml")
     return site
 
 
@@ -37,8 +36,8 @@ def test_clean_site_passes(small_cohort: Path, tmp_path: Path, capsys: pytest.Ca
     manifest = pd.read_csv(site / "manifest.csv", dtype=str, keep_default_na=False)
     assert report["patients"] == len(manifest)
     assert report["with"]["slides"] == (manifest["slides"] != "").sum() == report["slides_checked"]
-    assert report["lacking"]["omics"] == list(manifest.loc[manifest["omics_sample"] == "", "patient_id"])
-    assert report["lacking"]["copy number"] == list(manifest.loc[manifest["cnv_sample"] == "", "patient_id"])
+    assert report["lacking"]["expression"] == list(manifest.loc[manifest["omics_sample"] == "", "patient_id"])
+    assert report["lacking"]["copy-number"] == list(manifest.loc[manifest["cnv_sample"] == "", "patient_id"])
     assert not list(site.rglob(".fedfusion-cache")), "site check must not write features"
 
 
@@ -85,10 +84,11 @@ def test_broken_site_lists_every_problem(small_cohort: Path, tmp_path: Path, rea
     expected = [
         f"patient {truncated_pid}: slide {truncated}: file is truncated or corrupt",
         f"patient {no_mpp_pid}: slide {site / 'slides' / 'nompp.svs'}: no microns-per-pixel metadata",
-        f"no sample column 'NO-SUCH-SAMPLE' (omics sample of patient {ghost_sample_pid})",
+        f"no sample column 'NO-SUCH-SAMPLE' (expression sample of patient {ghost_sample_pid})",
         "patients ['STRANGER'] are in manifest.csv but have no row",
-        f"clinical table {site / 'clinical.csv'}: patient {p0}: survival_months must be a number > 0, got '-4'",
-        f"patient {p1}: event must be 0 (censored) or 1 (death), got '2'",
+        f"clinical table {site / 'clinical.csv'}: patient {p0}: survival_months must be a number of months >= 0, "
+        "got '-4'",
+        f"patient {p1}: event must be 1 (death observed) or 0 (censored), got '2'",
         f"duplicate patient ids ['{p2}']",
         "unknown columns ['scanner'] are ignored",
         f"gene {gene}, sample {sample}: value 'n/a' is not a number",

@@ -29,7 +29,6 @@ from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 from flwr.supercore.runtime import RuntimeHttpClient
 from process_scan import processes_with_marker
 
-from fedfusion.data.cohort_index import CNV_PANEL_FILE
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.coordinator.state import DAEMON_FILE
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl, pem_of
@@ -106,8 +105,7 @@ class Deployment:
         state = self.work / "sites" / site
         self.runtime_ports[site] = _free_port()
         return ["site", "run", str(bundle or self.consortium / "sites" / site), "--state-dir", str(state),
-                "--data-dir", str(self.cohort / site), "--gene-panel", str(self.cohort / "gene_panel.txt"),
-                "--cnv-panel", str(self.cohort / CNV_PANEL_FILE),
+                "--data-dir", str(self.cohort / site),
                 "--cache-dir", str(state / "cache"), "--ledger-dir", str(state / "ledger"), "--device", "cpu",
                 "--runtime-port", str(self.runtime_ports[site]), "--superlink", f"127.0.0.1:{self.gateway_port}"]
 

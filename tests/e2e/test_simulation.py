@@ -17,7 +17,7 @@ import torch
 from process_scan import processes_with_marker
 
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
+from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
@@ -93,10 +93,7 @@ def test_baselines_table_scores_every_model_on_the_same_patients(
 def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, StudyConfig]) -> None:
     cohort_dir, results_dir, study = simulated_run
     index = read_cohort_index(cohort_dir)
-    panel = read_gene_panel(index.gene_panel_path)
-    cnv_panel = read_gene_panel(index.cnv_panel_path)
-    cohorts = [load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel)
-               for site in index.sites[:2]]
+    cohorts = [load_site_cohort(site.site_dir, study) for site in index.sites[:2]]
     test = [p for c in cohorts for p in c.test]
     pooled = SiteTrainer(SiteCohort("pooled", [p for c in cohorts for p in c.train], test), study)
     trained = torch.load(results_dir / "final_model.pt", weights_only=True)

@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import create_accountant
+from study_schemas import patient, study_with
 
-from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.data.patient_records import SiteCohort
 from fedfusion.errors import PrivacyError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.accounting import epsilon_spent, restore_accountant
 from fedfusion.site.trainer import SiteTrainer
-from fedfusion.study.config import StudyConfig
 
-STUDY = StudyConfig(hidden_dim=4, tile_feature_dim=3, omics_dim=4, tiles_per_patient=2, batch_size=4,
+STUDY = study_with(genes=4, hidden_dim=4, tile_feature_dim=3, tiles_per_patient=2, batch_size=4,
                     noise_multiplier=1.1, local_epochs=2)
 
 
 def cohort() -> SiteCohort:
     rng = np.random.default_rng(0)
-    patients = [PatientRecord(f"p{i}", rng.normal(size=(3, 3)).astype(np.float32),
+    patients = [patient(f"p{i}", rng.normal(size=(3, 3)).astype(np.float32),
                               rng.normal(size=4).astype(np.float32), rng.normal(size=2).astype(np.float32),
                               float(rng.uniform(1, 60)), i % 2, i % 3)
                 for i in range(20)]

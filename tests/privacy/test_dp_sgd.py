@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from study_schemas import patient, study_with
 from torch.utils.data import DataLoader
 
 from fedfusion.data.patient_records import PatientRecord
@@ -12,10 +13,9 @@ from fedfusion.models.fusion_model import build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
 from fedfusion.site.patient_bags import PatientBagDataset, collate_full_bags
-from fedfusion.study.config import StudyConfig
 
-STUDY = StudyConfig(dp=False, noise_multiplier=0.0, max_grad_norm=0.05, dropout=0.0, hidden_dim=8,
-                    tile_feature_dim=6, omics_dim=5, tiles_per_patient=4, time_bins="10,20")
+STUDY = study_with(genes=5, time_bins=(10, 20), dp=False, noise_multiplier=0.0, max_grad_norm=0.05, dropout=0.0,
+                   hidden_dim=8, tile_feature_dim=6, tiles_per_patient=4)
 
 
 def patients() -> list[PatientRecord]:
@@ -23,13 +23,9 @@ def patients() -> list[PatientRecord]:
     rng = np.random.default_rng(7)
     bag_sizes = [3, 7, 0, 1, 5]
     return [
-        PatientRecord(
-            patient_id=f"p{i}",
-            tile_features=rng.normal(size=(n, 6)).astype(np.float32) if n else None,
-            omics=None if i == 1 else rng.normal(size=5).astype(np.float32),
-            clinical=rng.normal(size=2).astype(np.float32),
-            time_months=float(rng.uniform(1, 30)), event=i % 2, subtype=[0, 2, -1, 1, 0][i],
-        )
+        patient(f"p{i}", rng.normal(size=(n, 6)).astype(np.float32) if n else None,
+                None if i == 1 else rng.normal(size=5).astype(np.float32), rng.normal(size=2).astype(np.float32),
+                float(rng.uniform(1, 30)), i % 2, [0, 2, -1, 1, 0][i])
         for i, n in enumerate(bag_sizes)
     ]
 
@@ -40,7 +36,7 @@ def per_patient_grads(model: torch.nn.Module, records: list[PatientRecord]) -> l
     for record in records:
         batch = collate_full_bags([record], STUDY)
         model.zero_grad()
-        batch_loss(patient_loss(*model(*batch.model_inputs()), batch.time_bin, batch.event, batch.subtype)).backward()
+        batch_loss(patient_loss(model(*batch.model_inputs()), batch.targets, STUDY.tasks)).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     return grads
 
@@ -60,7 +56,7 @@ def test_grad_sample_equals_patient_by_patient_autograd(fusion: str, mode: str) 
     model = build_model(study, seed=1)
     private = private_for(model, records, mode)
     batch = collate_full_bags(records, study)  # padded to the longest bag, masked
-    losses = patient_loss(*private.model(*batch.model_inputs()), batch.time_bin, batch.event, batch.subtype)
+    losses = patient_loss(private.model(*batch.model_inputs()), batch.targets, study.tasks)
     batch_loss(losses).backward()
     named = {n.removeprefix("_module."): p for n, p in private.model.named_parameters()}
     for name, param in named.items():
@@ -86,8 +82,7 @@ def test_noiseless_dp_step_is_mean_of_clipped_per_patient_gradients() -> None:
     private = private_for(model, records, GRAD_SAMPLE_MODE)
     private.optimizer.zero_grad()
     batch = collate_full_bags(records, STUDY)
-    hazard_logits, subtype_logits = private.model(*batch.model_inputs())
-    batch_loss(patient_loss(hazard_logits, subtype_logits, batch.time_bin, batch.event, batch.subtype)).backward()
+    batch_loss(patient_loss(private.model(*batch.model_inputs()), batch.targets, STUDY.tasks)).backward()
     private.optimizer.step()
     after = torch.cat([p.detach().flatten() for p in private.release().parameters()])
     torch.testing.assert_close(before - after, mean_clipped, atol=1e-6, rtol=1e-4)

@@ -88,7 +88,7 @@ def test_a_study_within_the_policy_is_served_and_a_modality_outside_it_is_refuse
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
     within = small_study(small_cohort, modalities="wsi,omics", noise_multiplier=0.8, max_grad_norm=2.0)
     assert not call_site("evaluate", within, config).has_error()
-    refused = call_site("evaluate", within.replace(modalities="wsi,omics,clinical"), config)
+    refused = call_site("evaluate", small_study(small_cohort, noise_multiplier=0.8, max_grad_norm=2.0), config)
     assert refused.has_error() and "rule 'allowed-modalities'" in refused.error.reason
 
 

@@ -1,4 +1,4 @@
-"""A deployed site's node config: copy-number gene list and skip-bad reach the site's cohort loading."""
+"""A deployed site's node config: skip-bad reaches the site's cohort loading; simulated nodes read theirs from file."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from fedfusion.study.config import StudyConfig
 
 
 def _node_config(site_dir: Path, cohort: Path, cache: Path, **extra: str) -> dict[str, str]:
-    return {"site-name": "site-b", "data-dir": str(site_dir), "gene-panel": str(cohort / "gene_panel.txt"),
-            "cnv-panel": str(cohort / "cnv_panel.txt"), "cache-dir": str(cache), "device": "cpu", **extra}
+    return {"site-name": "site-b", "data-dir": str(site_dir), "cache-dir": str(cache), "device": "cpu", **extra}
 
 
-def test_node_config_skip_bad_and_cnv_panel_reach_the_loader(small_cohort: Path, tmp_path: Path,
+def test_node_config_skip_bad_reaches_the_loader(small_cohort: Path, tmp_path: Path,
                                                              capfd: pytest.CaptureFixture[str]) -> None:
     site_dir = shutil.copytree(small_cohort / "site-b", tmp_path / "site-b",
                                ignore=shutil.ignore_patterns(".fedfusion-cache"))
@@ -29,13 +28,13 @@ def test_node_config_skip_bad_and_cnv_panel_reach_the_loader(small_cohort: Path,
     victim.write_bytes(victim.read_bytes()[:2000])
     study = StudyConfig(seed=11)
     strict = resolve_site_context(_node_config(site_dir, small_cohort, tmp_path / "cache"))
-    assert strict.cnv_panel == small_cohort / "cnv_panel.txt" and not strict.skip_bad
+    assert not strict.skip_bad
     with pytest.raises(SlideError, match=f"slide {victim}: file is truncated or corrupt"):
         load_cohort_once(strict, study)
     lenient = resolve_site_context(_node_config(site_dir, small_cohort, tmp_path / "cache", **{"skip-bad": "true"}))
     cohort = load_cohort_once(lenient, study)
     assert any(n.startswith(f"skipped slide of patient {victim.stem}: slide {victim}") for n in cohort.notes)
-    assert sum(r.copy_number is not None for r in cohort.train + cohort.test) >= 8
+    assert sum(r.omics[1] is not None for r in cohort.train + cohort.test) >= 8  # the copy-number layer
     assert capfd.readouterr().err == "", "progress bars must stay silent when stderr is not a terminal"
     with pytest.raises(ConfigError, match="'skip-bad' must be true or false, got 'sometimes'"):
         resolve_site_context(_node_config(site_dir, small_cohort, tmp_path, **{"skip-bad": "sometimes"}))
@@ -45,12 +44,11 @@ def test_a_simulated_node_reads_its_node_config_from_the_simulated_nodes_file(
     small_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     index = read_cohort_index(small_cohort)
-    configs = simulated_node_configs(index, index.sites, tmp_path / "results", "cpu")
+    configs = simulated_node_configs(index.sites, tmp_path / "results", "cpu")
     with simulated_nodes(configs, tmp_path / "results") as table:
         site = resolve_site_context({"partition-id": 1, "num-partitions": 2})
         assert table == tmp_path / "results" / "sites" / "nodes.json"
     assert (site.name, site.data_dir, site.device) == (index.sites[1].name, index.sites[1].site_dir, "cpu")
-    assert site.cnv_panel == index.cnv_panel_path
     monkeypatch.setenv(SIMULATED_NODES_ENV, str(table))
     assert resolve_ledger_dir({"partition-id": 1}, site) == tmp_path / "results" / "sites" / index.sites[1].name
     monkeypatch.delenv(SIMULATED_NODES_ENV)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from study_schemas import patient, study_with
 
-from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.data.patient_records import SiteCohort
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.trainer import SiteTrainer, resolve_device
-from fedfusion.study.config import StudyConfig
 
-STUDY = StudyConfig(hidden_dim=16, tile_feature_dim=8, omics_dim=20, tiles_per_patient=8, batch_size=32,
+STUDY = study_with(genes=20, hidden_dim=16, tile_feature_dim=8, tiles_per_patient=8, batch_size=32,
                     learning_rate=0.01, local_epochs=6, noise_multiplier=0.5, max_grad_norm=1.0, dropout=0.0)
 
 
@@ -28,7 +28,7 @@ def planted_cohort(n_train: int = 192, n_test: int = 96, seed: int = 0) -> SiteC
         omics[:3] += 1.5 * risk
         time = float(rng.exponential(24.0 * np.exp(-2.0 * risk)))
         censor = float(rng.uniform(10, 100))
-        patients.append(PatientRecord(
+        patients.append(patient(
             f"p{i}", tiles, None if i % 7 == 0 else omics, rng.normal(size=2).astype(np.float32),
             min(time, censor), int(time <= censor), int(np.digitize(risk, [-0.5, 0.5]))))
     return SiteCohort("planted", patients[:n_train], patients[n_train:])
@@ -47,7 +47,7 @@ def test_training_learns_planted_signal(cohort: SiteCohort, dp: bool) -> None:
     outcome = trainer.train(initial, seed=1)
     before, after = trainer.evaluate(initial)["c-index"], trainer.evaluate(outcome.weights)
     assert after["c-index"] > 0.65 and after["c-index"] > before + 0.1, (before, after)
-    assert after["num-examples"] == len(cohort.test) and after["auc"] > 0.6
+    assert after["num-examples"] == len(cohort.test) and after["subtype-auc"] > 0.6
     assert outcome.num_patients == len(cohort.train)
     assert (outcome.metrics["epsilon"] > 0) == dp and outcome.metrics["noise-multiplier"] == (0.5 if dp else 0.0)
 

@@ -49,8 +49,7 @@ def test_unknown_keys_are_kept_not_dropped() -> None:
     [
         ("num-server-rounds", "two", "num-server-rounds"),
         ("num-server-rounds", 2.5, "num-server-rounds"),
-        ("time-bins", "24,12", "time-bins"),
-        ("modalities", "wsi,xray", "modalities"),
+        ("schema", "{not json", "schema"),
         ("noise-multiplier", 0.0, "noise-multiplier"),
         ("fusion", "bilinear", "fusion"),
         ("delta", 1.5, "delta"),
@@ -61,7 +60,10 @@ def test_invalid_values_name_the_key(key: str, value: object, fragment: str) -> 
         StudyConfig.from_run_config({key: value})
 
 
-def test_time_bins_give_bin_count() -> None:
-    study = StudyConfig(time_bins="6,12,24")
-    assert study.time_bin_edges == (6.0, 12.0, 24.0)
-    assert study.num_time_bins == 4
+def test_schema_shapes_the_study() -> None:
+    study = StudyConfig()
+    assert study.modalities == "wsi,omics,clinical" and [t.name for t in study.tasks] == ["survival", "subtype"]
+    assert study.tasks[0].num_outputs == 5 and study.spec.omics_input_dim == 200 + 40 + 2
+    clinical_only = study.with_modalities(["clinical"])
+    assert clinical_only.modality_set == {"clinical"} and clinical_only.schema != study.schema
+    assert StudyConfig.from_run_config(clinical_only.to_run_config()) == clinical_only

@@ -47,13 +47,21 @@ def clinical_columns(schema: StudySchema) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(dict.fromkeys(required)), tuple(c for c in dict.fromkeys(optional) if c not in required)
 
 
-def parse_clinical(path: Path, findings: Findings, schema: StudySchema) -> list[ClinicalRow]:
+@dataclass(frozen=True)
+class ClinicalTable:
+    """What a clinical table holds: its valid rows, and every patient id it lists (valid row or not)."""
+
+    rows: list[ClinicalRow]
+    listed: frozenset[str]
+
+
+def parse_clinical(path: Path, findings: Findings, schema: StudySchema) -> ClinicalTable:
     """The clinical table's valid rows, in file order; every problem is recorded in ``findings``."""
     where = f"clinical table {path}"
     table = read_text_table(path, where, findings)
     required, optional = clinical_columns(schema)
     if table is None or not check_columns(table, where, findings, required, optional):
-        return []
+        return ClinicalTable([], frozenset())
     for column in optional:
         if column not in table.columns:
             findings.warning(where, f"no column {column}: every patient's label for it is unknown")
@@ -90,7 +98,7 @@ def parse_clinical(path: Path, findings: Findings, schema: StudySchema) -> list[
                 continue
             rows.append(ClinicalRow(pid, np.array(values, dtype=np.float32), tuple(labels), split))
     _check_units(schema, rows, where, findings)
-    return rows
+    return ClinicalTable(rows, frozenset(ids) - {""})
 
 
 def _split(schema: StudySchema, cells: dict[str, str], where: str, who: str, findings: Findings) -> str | None:

@@ -31,6 +31,8 @@ LOG2_RATIO_PER_UNIT = 0.5
 """About a one-copy change: a single-copy gain of a diploid tumour is log2(3/2) = 0.58, a loss log2(1/2) = -1."""
 LOGGED_MAX = 32.0
 """A TPM or count table whose largest value is below this is almost surely already log2-transformed (2^32 reads)."""
+LOGGED_CHECK_MIN_VALUES = 50
+"""The already-logged check needs at least this many values (a real table has thousands; a toy one proves nothing)."""
 
 
 def parse_omics_layer(source: TableSource, findings: Findings) -> PanelMatrix | None:
@@ -67,7 +69,7 @@ def _log_expression(numeric: pd.DataFrame, panel: list[str], units: str, where: 
     label = "TPM" if units == "tpm" else "count"
     record_cells(numeric < 0, where, findings, lambda gene, sample: f"{label} {numeric.at[gene, sample]} is negative")
     largest = float(numeric.max().max()) if numeric.size else 0.0
-    if numeric.size and largest < LOGGED_MAX:
+    if numeric.size >= LOGGED_CHECK_MIN_VALUES and largest < LOGGED_MAX:
         findings.error(where, f"values look already log-transformed (largest {largest:g}, {units} tables reach "
                               "thousands): declare the layer's units as \"log2\" in the study schema")
     if units == "counts":

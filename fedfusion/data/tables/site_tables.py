@@ -43,15 +43,15 @@ def read_site_tables(site_dir: Path, schema: StudySchema, findings: Findings, *,
     manifest_path = site_dir / MANIFEST_FILE
     needs_manifest = bool({"wsi", "omics"} & set(schema.modalities))
     manifest = parse_manifest(manifest_path, findings, schema) if manifest_path.exists() or needs_manifest else []
-    rows = parse_clinical(site_dir / CLINICAL_FILE, findings, schema)
-    by_id = {row.patient_id: row for row in rows}
-    unknown = [e.patient_id for e in manifest if e.patient_id not in by_id]
-    if unknown and rows:
-        problem = (f"patients {unknown[:MAX_PROBLEMS_LISTED]} are in {MANIFEST_FILE} but have no valid row in "
+    clinical = parse_clinical(site_dir / CLINICAL_FILE, findings, schema)
+    by_id = {row.patient_id: row for row in clinical.rows}
+    unknown = [e.patient_id for e in manifest if e.patient_id not in clinical.listed]
+    if unknown and clinical.listed:
+        problem = (f"patients {unknown[:MAX_PROBLEMS_LISTED]} are in {MANIFEST_FILE} but have no row in "
                    f"{site_dir / CLINICAL_FILE}" + _more(unknown))
         if skip_bad:
             findings.warning(where, problem + "; skipped (no labels)")
-            manifest = [e for e in manifest if e.patient_id in by_id]
+            manifest = [e for e in manifest if e.patient_id in clinical.listed]
         else:
             findings.error(where, problem)
     listed = {e.patient_id for e in manifest}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
+from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.slides.slide_hash_index import file_sha256
 from fedfusion.data.slides.tile_encoder import TORCHSCRIPT_PREFIX, get_tile_encoder
 from fedfusion.errors import ConfigError
@@ -36,7 +36,7 @@ def test_features_come_from_the_sites_torchscript_file(encoder_file: Path, small
     name = TORCHSCRIPT_PREFIX + file_sha256(encoder_file)
     study = StudyConfig(encoder=name, tile_feature_dim=FEATURES)
     site = read_cohort_index(small_cohort).sites[0]
-    cohort = load_site_cohort(site.site_dir, study, gene_panel=read_gene_panel(small_cohort / "gene_panel.txt"),
+    cohort = load_site_cohort(site.site_dir, study,
                               cache_dir=tmp_path / "cache", encoder_file=encoder_file)
     bags = [p.tile_features for p in cohort.train + cohort.test if p.tile_features is not None]
     assert bags and all(b.shape[1] == FEATURES for b in bags)

@@ -14,19 +14,28 @@ from conftest import SMALL_COHORT
 from lifelines.utils import concordance_index
 
 from fedfusion.atomic_io import TEMP_SUFFIX
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel, read_oracle
+from fedfusion.data.cohort_index import SCHEMA_FILE, read_cohort_index, read_oracle
 from fedfusion.data.synthetic import generate_cohort
-from fedfusion.data.synthetic.patients import simulate_patients
+from fedfusion.data.synthetic.copy_number import cnv_panel
+from fedfusion.data.synthetic.expression import gene_panel
+from fedfusion.data.synthetic.patients import AGE_MEAN_YEARS, AGE_SCALE_YEARS, SUBTYPES, simulate_patients
 from fedfusion.data.synthetic.sites import draw_site_profiles
 from fedfusion.errors import ConfigError
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE
+from fedfusion.study.schema import load_schema
 
 
 def test_layout_and_index(small_cohort: Path) -> None:
     index = read_cohort_index(small_cohort)
     assert [s.name for s in index.sites] == ["site-a", "site-b"]
     assert [s.num_patients for s in index.sites] == [14, 12]
-    assert len(read_gene_panel(index.gene_panel_path)) == 200
-    assert index.subtypes == ["basal", "her2", "luminal"]
+    schema = load_schema(small_cohort / SCHEMA_FILE)
+    assert schema == load_schema(SYNTHETIC_SCHEMA_FILE)
+    expression, copy_number = schema.omics
+    assert list(expression.genes) == gene_panel() and list(copy_number.genes) == cnv_panel()
+    assert schema.tasks[1].classes == SUBTYPES
+    age = schema.covariates[0]
+    assert (age.name, age.center, age.scale) == ("age", AGE_MEAN_YEARS, AGE_SCALE_YEARS)
     for site in index.sites:
         manifest = pd.read_csv(site.site_dir / "manifest.csv", dtype=str, keep_default_na=False)
         clinical = pd.read_csv(site.site_dir / "clinical.csv")

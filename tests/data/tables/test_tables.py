@@ -11,14 +11,18 @@ import pandas as pd
 import pytest
 
 from fedfusion.data.findings import Findings
+from fedfusion.data.patient_records import ClassLabel, SurvivalLabel
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.data.tables.clinical import ClinicalRow, parse_clinical, subtype_index
-from fedfusion.data.tables.copy_number import CLIP_LOG2, LOG2_PER_UNIT, parse_copy_number
+from fedfusion.data.tables.clinical import ClinicalRow, parse_clinical
 from fedfusion.data.tables.manifest import ManifestEntry, parse_manifest
-from fedfusion.data.tables.omics import parse_expression
+from fedfusion.data.tables.omics import CLIP_LOG2_RATIO, LOG2_RATIO_PER_UNIT, parse_omics_layer
 from fedfusion.data.tables.panel_matrix import PanelMatrix
-from fedfusion.data.tables.table_sources import TABLES_CONFIG_FILE, resolve_table_sources
+from fedfusion.data.tables.table_sources import TABLES_CONFIG_FILE, TableSource, resolve_table_sources
 from fedfusion.errors import DataError
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE
+from fedfusion.study.schema import OmicsLayer, load_schema
+
+SCHEMA = load_schema(SYNTHETIC_SCHEMA_FILE)
 
 HEADER = "patient_id,age,sex,survival_months,event,subtype\n"
 T = TypeVar("T")
@@ -33,15 +37,22 @@ def _parsed(parse: Callable[[Findings], T]) -> tuple[T, Findings]:
 
 
 def parsed_clinical(path: Path) -> tuple[list[ClinicalRow], Findings]:
-    return _parsed(lambda findings: parse_clinical(path, findings))
+    rows, findings = _parsed(lambda findings: parse_clinical(path, findings, SCHEMA))
+    return rows.rows, findings
 
 
 def parsed_manifest(path: Path) -> list[ManifestEntry]:
-    return _parsed(lambda findings: parse_manifest(path, findings))[0]
+    return _parsed(lambda findings: parse_manifest(path, findings, SCHEMA))[0]
+
+
+def layer_source(path: Path, genes: Sequence[str], units: str = "tpm", name: str = "expression") -> TableSource:
+    """The table ``path`` as a layer of the given panel and units."""
+    layer = OmicsLayer(name=name, units=units, genes=tuple(genes), sample_column=f"{name}_sample", file=name)
+    return TableSource(layer, path, units, str(path))
 
 
 def parsed_expression(path: Path, gene_panel: Sequence[str], units: str = "tpm") -> PanelMatrix:
-    expression = _parsed(lambda findings: parse_expression(path, gene_panel, findings, units))[0]
+    expression = _parsed(lambda findings: parse_omics_layer(layer_source(path, gene_panel, units), findings))[0]
     assert expression is not None  # no error recorded: the table was read
     return expression
 
@@ -53,23 +64,22 @@ def _clinical(tmp_path: Path, rows: str) -> Path:
 
 
 def test_clinical_vector_and_labels(tmp_path: Path) -> None:
-    path = _clinical(tmp_path, "P1,70,F,12.5,1,luminal\nP2,45,m,30,0,\nP3,60,F,3,0,Normal-like\n")
-    rows, findings = parsed_clinical(path)
+    path = _clinical(tmp_path, "P1,70,F,12.5,1,luminal\nP2,45,m,30,0,\nP3,60,female,0,0,BASAL\n")
+    rows, _findings = parsed_clinical(path)
     p1, p2, p3 = rows
     np.testing.assert_allclose(p1.covariates, [1.0, 0.0])
     np.testing.assert_allclose(p2.covariates, [-1.5, 1.0])
-    assert (p1.time_months, p1.event, p1.subtype) == (12.5, 1, 2)
-    assert (p2.subtype, p3.subtype) == (-1, -1)
-    assert any("Normal-like" in str(warning) for warning in findings.warnings)
-    assert subtype_index("BASAL", ["luminal", "her2", "basal"]) == 0
+    assert p1.labels == (SurvivalLabel(12.5, 1), ClassLabel(2))
+    assert p2.labels[1] == ClassLabel(-1) and p3.labels == (SurvivalLabel(0.0, 0), ClassLabel(0))
 
 
 @pytest.mark.parametrize(("row", "patient", "problem"), [
-    ("P7,50,F,0,1,basal\n", "P7", "survival_months must be a number > 0"),
-    ("P8,50,F,-3,1,basal\n", "P8", "survival_months must be a number > 0"),
-    ("P9,50,F,10,2,basal\n", "P9", "event must be 0 \\(censored\\) or 1"),
-    ("P10,50,X,10,1,basal\n", "P10", "sex must be F or M"),
-    ("P11,,F,10,1,basal\n", "P11", "age must be"),
+    ("P7,50,F,soon,1,basal\n", "P7", "survival_months must be a number of months >= 0, got 'soon'"),
+    ("P8,50,F,-3,1,basal\n", "P8", "survival_months must be a number of months >= 0"),
+    ("P9,50,F,10,2,basal\n", "P9", "event must be 1 \\(death observed\\) or 0 \\(censored\\), got '2'"),
+    ("P10,50,X,10,1,basal\n", "P10", "sex must be one of \\['M', 'male', 'F', 'female'\\], got 'X'"),
+    ("P11,,F,10,1,basal\n", "P11", "age is missing \\(the schema says missing = \"refuse\"\\)"),
+    ("P12,50,F,10,1,Normal-like\n", "P12", "subtype 'Normal-like' is not one of the task's classes"),
 ])
 def test_clinical_errors_name_file_and_patient(tmp_path: Path, row: str, patient: str, problem: str) -> None:
     path = _clinical(tmp_path, "P1,70,F,12.5,1,luminal\n" + row)
@@ -100,7 +110,7 @@ def test_omics_panel_harmonisation_and_orientation(tmp_path: Path) -> None:
     log2 = np.array([1.0, 2.0, 4.0])
     np.testing.assert_allclose(parsed_expression(samples_by_genes, ["G1", "G2", "G3"]).sample_vector("S1", "P1"),
                                (log2 - log2.mean()) / log2.std(), atol=1e-6)
-    with pytest.raises(DataError, match="no sample column 'S9' \\(omics sample of patient P4\\)"):
+    with pytest.raises(DataError, match="no sample column 'S9' \\(expression sample of patient P4\\)"):
         expr.sample_vector("S9", "P4")
 
 
@@ -118,8 +128,8 @@ def test_manifest_paths_and_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "manifest.csv"
     path.write_text("patient_id,slides,omics_sample\nP1,slides/a.svs; slides/b.svs,S1\nP2,,\n")
     p1, p2 = parsed_manifest(path)
-    assert p1.slides == (tmp_path / "slides/a.svs", tmp_path / "slides/b.svs") and p1.omics_sample == "S1"
-    assert p2.slides == () and p2.omics_sample is None
+    assert p1.slides == (tmp_path / "slides/a.svs", tmp_path / "slides/b.svs") and p1.samples == {"expression": "S1"}
+    assert p2.slides == () and p2.samples == {}
     path.write_text("patient_id,slides,omics_sample\nP1,,\nP1,,\n")
     with pytest.raises(DataError, match="patient P1 is listed more than once"):
         parsed_manifest(path)
@@ -170,16 +180,17 @@ def test_copy_number_layer_clips_and_fills_neutral(tmp_path: Path) -> None:
     path = tmp_path / "cn.csv"
     path.write_text("gene_id,C1,C2\nA,0.5,-4.2\nB,7,0\n")
     findings = Findings()
-    layer = parse_copy_number(path, ["A", "B", "Z"], findings)
+    layer = parse_omics_layer(layer_source(path, ["A", "B", "Z"], "log2-ratio", "copy-number"), findings)
+    assert layer is not None
     assert not findings.errors and "1 panel genes missing, set to 0: ['Z']" in str(findings.warnings[0])
-    unit = LOG2_PER_UNIT
-    np.testing.assert_allclose(layer.sample_vector("C1", "P1"), [0.5 / unit, CLIP_LOG2 / unit, 0.0])
-    np.testing.assert_allclose(layer.sample_vector("C2", "P2"), [-CLIP_LOG2 / unit, 0.0, 0.0])
+    unit, clip = LOG2_RATIO_PER_UNIT, CLIP_LOG2_RATIO
+    np.testing.assert_allclose(layer.sample_vector("C1", "P1"), [0.5 / unit, clip / unit, 0.0])
+    np.testing.assert_allclose(layer.sample_vector("C2", "P2"), [-clip / unit, 0.0, 0.0])
     with pytest.raises(DataError, match=f"copy-number table {path}: no sample column 'C9' "
                                         r"\(copy-number sample of patient P3\)"):
         layer.sample_vector("C9", "P3")
     path.write_text("gene_id,C1\nA,amp\n")
-    parse_copy_number(path, ["A"], findings)
+    parse_omics_layer(layer_source(path, ["A"], "log2-ratio", "copy-number"), findings)
     assert f"copy-number table {path}: gene A, sample C1: value 'amp' is not a number" in map(str, findings.errors)
 
 
@@ -189,18 +200,19 @@ def test_site_tables_config_names_files_and_units(tmp_path: Path) -> None:
     (tmp_path / TABLES_CONFIG_FILE).write_text('[expression]\nfile = "rna/counts.tsv"\nunits = "counts"\n'
                                                '[copy-number]\nfile = "/abs/cn.parquet"\ncolour = "red"\n')
     findings = Findings()
-    sources = resolve_table_sources(tmp_path, findings)
-    assert sources.expression.path == tmp_path / "rna" / "counts.tsv" and sources.expression.units == "counts"
-    assert sources.copy_number.path == Path("/abs/cn.parquet")
+    sources = resolve_table_sources(tmp_path, SCHEMA, findings)
+    assert sources["expression"].path == tmp_path / "rna" / "counts.tsv" and sources["expression"].units == "counts"
+    assert sources["copy-number"].path == Path("/abs/cn.parquet")
     assert [str(w) for w in findings.warnings] == [
         f"site tables config {tmp_path / TABLES_CONFIG_FILE}: [copy-number] unknown keys ['colour'] are ignored"]
     (tmp_path / TABLES_CONFIG_FILE).write_text('[expression]\nunits = "fpkm"\n')
-    resolve_table_sources(tmp_path, findings)
-    assert "[expression] units must be one of ['tpm', 'counts'], got 'fpkm'" in str(findings.errors[-1])
+    resolve_table_sources(tmp_path, SCHEMA, findings)
+    assert "[expression] units 'fpkm': the study declares 'tpm'" in str(findings.errors[-1])
     (tmp_path / TABLES_CONFIG_FILE).write_text("[expression\n")
-    resolve_table_sources(tmp_path, findings)
+    resolve_table_sources(tmp_path, SCHEMA, findings)
     assert "not valid TOML" in str(findings.errors[-1])
     (tmp_path / TABLES_CONFIG_FILE).unlink()
     (tmp_path / "expression_tpm.parquet").write_bytes(b"")
-    defaults = resolve_table_sources(tmp_path, Findings())
-    assert defaults.expression.path == tmp_path / "expression_tpm.parquet" and defaults.copy_number.path is None
+    defaults = resolve_table_sources(tmp_path, SCHEMA, Findings())
+    assert defaults["expression"].path == tmp_path / "expression_tpm.parquet"
+    assert defaults["copy-number"].path is None

@@ -1,0 +1,47 @@
+"""Small study schemas and patient records shaped like the synthetic study (survival + subtype tasks), for tests.
+
+The synthetic cohort's schema (``fedfusion/study/synthetic_schema.toml``) with smaller panels, other time bins or
+fewer modalities, and ``patient`` to build a record of such a study from plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from fedfusion.data.patient_records import ClassLabel, PatientRecord, SurvivalLabel
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
+from fedfusion.study.schema import StudySchema, load_schema
+
+
+def schema_json(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float] = (12.0, 24.0, 36.0, 60.0),
+                modalities: Sequence[str] = ("wsi", "omics", "clinical")) -> str:
+    """The synthetic schema with ``genes`` expression genes, ``cnv_genes`` copy-number genes (0: no such layer)."""
+    base = load_schema(SYNTHETIC_SCHEMA_FILE)
+    expression, copy_number = base.omics
+    layers = [dataclasses.replace(expression, genes=expression.genes[:genes])]
+    if cnv_genes:
+        layers.append(dataclasses.replace(copy_number, genes=copy_number.genes[:cnv_genes]))
+    survival, subtype = base.tasks
+    schema = StudySchema(modalities=tuple(modalities), covariates=base.covariates,
+                         tasks=(dataclasses.replace(survival, time_bins=tuple(float(t) for t in time_bins)), subtype),
+                         omics=tuple(layers), name="test")
+    return schema.to_json()
+
+
+def study_with(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float] = (12.0, 24.0, 36.0, 60.0),
+               modalities: Sequence[str] = ("wsi", "omics", "clinical"), **knobs: object) -> StudyConfig:
+    """A ``StudyConfig`` with ``schema_json``'s schema and the given knobs."""
+    schema = schema_json(genes=genes, cnv_genes=cnv_genes, time_bins=time_bins, modalities=modalities)
+    return StudyConfig(schema=schema, **knobs)  # type: ignore[arg-type]
+
+
+def patient(patient_id: str, tiles: npt.NDArray[np.float32] | None, expression: npt.NDArray[np.float32] | None,
+            clinical: npt.NDArray[np.float32], time: float, event: int, subtype: int,
+            copy_number: npt.NDArray[np.float32] | None = None, *, cnv_layer: bool = False) -> PatientRecord:
+    """A record of a ``study_with`` study (survival then subtype task; a copy-number layer with ``cnv_layer``)."""
+    omics = (expression, copy_number) if cnv_layer else (expression,)
+    return PatientRecord(patient_id, tiles, omics, clinical, (SurvivalLabel(time, event), ClassLabel(subtype)))
