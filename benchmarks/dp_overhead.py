@@ -1,10 +1,10 @@
 """DP-SGD overhead: local training time per epoch with DP vs without DP, same model and data.
 
 Batch 32 patients x K = 128 tiles, 64 tile features, the synthetic schema's omics panels (200 + 40 genes).
-Configurations are measured side by side in one process with interleaved repetitions (order alternating); the medians are reported. Timing is
-``SiteTrainer.train``'s "train-seconds" (the epoch loop: sampling, forward, backward, clipping, noise, step).
-Writes ``benchmarks/results/dp_overhead.json`` and a line in ``benchmarks/results/README.md``.
-"""
+Configurations are measured side by side in one process with interleaved repetitions (order alternating); the
+medians are reported. Timing is ``SiteTrainer.train``'s "train-seconds" (the epoch loop: sampling, forward,
+backward, clipping, noise, step). Writes ``benchmarks/results/dp_overhead.json`` and a line in
+``benchmarks/results/README.md``."""
 
 from __future__ import annotations
 
