@@ -19,7 +19,7 @@ from fedfusion.deployment.coordinator.study import prepare_study, prepared_study
 from fedfusion.deployment.coordinator.study_state import FINISHED
 from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.errors import ConfigError
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.run_config import DEFAULT_ROUND_TIMEOUT_S, CoordinatorSettings
 
 
@@ -72,8 +72,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _coordinator_settings_options(start)
     start.set_defaults(handler=_start)
     defaults = study_actions.add_parser(
-        "defaults", help="print every study config key with its default (TOML)",
-        description="Print the study config keys that --set accepts, with their defaults, as TOML.")
+        "defaults", help="print every study config key with its default (TOML), or the example schema",
+        description="Print the study config keys that --set accepts, with their defaults, as TOML; with --schema "
+                    "the synthetic cohort's study schema, the worked example to start a study's schema from.")
+    defaults.add_argument("--schema", action="store_true", help="print the example study schema (study.toml)")
     defaults.set_defaults(handler=_defaults)
 
 
@@ -90,7 +92,12 @@ def _coordinator_settings(args: argparse.Namespace) -> CoordinatorSettings:
 
 
 def _defaults(args: argparse.Namespace) -> int:
-    print(tomli_w.dumps(StudyConfig().to_run_config()), end="")
+    if args.schema:
+        print(SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8"), end="")
+        return 0
+    keys = {k: v for k, v in StudyConfig().to_run_config().items() if k != "schema"}
+    print(tomli_w.dumps(keys) + "# schema: a file given with --schema (`fedfusion study defaults --schema` prints "
+          "the example)")
     return 0
 
 
