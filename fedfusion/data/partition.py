@@ -11,7 +11,8 @@ missing or empty; it receives::
     <out>/partition.json      mode, arguments, seed, sites with patient and event counts, what was dropped,
                               sha256 of the pooled clinical.csv; written last: a folder with it is complete
 
-Everything is read and checked before the first file is written; each site folder is written whole into a
+Everything is read and checked before the first file is written (of an omics table its header: the rows are
+streamed into each site's copy, and a malformed row stops there); each site folder is written whole into a
 temporary folder and renamed (``partition_writer``), so an interruption leaves no half-written site (only a
 ``.<site>.*.partial`` folder, which may be deleted). The pooled folder is never written.
 """

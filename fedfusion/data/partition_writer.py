@@ -8,6 +8,7 @@ copied) and each omics table restricted to the site's samples, under the pooled 
 
 from __future__ import annotations
 
+import csv
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from fedfusion.data.pooled_cohort import (
     SLIDES_COLUMN,
     OmicsTable,
     PooledCohort,
+    open_text,
     shown,
 )
 from fedfusion.errors import ConfigError, DataError
@@ -102,12 +104,22 @@ def _rebase_slides(cell: str, pooled_dir: Path, site_dir: Path) -> str:
 
 
 def _write_table(table: OmicsTable, columns: list[str], path: Path) -> None:
+    """The gene id column(s) and ``columns`` of ``table``, in its format, at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if table.is_parquet:
-        keep = ([table.id_column] if table.id_column is not None else []) + columns
-        table.table[keep].to_parquet(path, engine="pyarrow")
+    if table.is_parquet:  # reads only the columns kept; pandas restores a stored index
+        keep = [c for c in table.id_columns if not c.startswith("__index_level_")]
+        pd.read_parquet(table.path, engine="pyarrow", columns=[*keep, *columns]).to_parquet(path, engine="pyarrow")
         return
-    subset: pd.DataFrame = table.table[columns]
-    sep = "\t" if ".tsv" in path.name.lower() else ","
-    compression = {"method": "gzip", "mtime": 0} if path.name.lower().endswith(".gz") else None
-    subset.to_csv(path, sep=sep, compression=compression)
+    with open_text(table.path, "r") as source, open_text(path, "w") as target:
+        rows = csv.reader(source, delimiter=table.separator)
+        out = csv.writer(target, delimiter=table.separator, lineterminator="\n")
+        header = next(rows)
+        keep_at = [header.index(column) for column in columns]
+        out.writerow([header[0], *columns])
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"omics table {table.path}: line {line} has {len(row)} cells, the header "
+                                f"{len(header)}")
+            out.writerow([row[0], *(row[i] for i in keep_at)])

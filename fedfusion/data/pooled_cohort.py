@@ -9,18 +9,24 @@ A pooled folder has the layout of one site (docs/SITE_DATA.md) plus the study's 
                                  .tsv.gz, .parquet): genes x samples, first column the gene id
     slides anywhere (paths in the manifest, relative to the pooled folder or absolute)
 
-Text tables are read as strings (blank cells stay ``""``), so what is written back per site is the same text.
-The folder is only read, never written.
+Clinical and manifest tables are read as strings (blank cells stay ``""``), so what is written back per site is
+the same text. Of an omics table only the header is read here (a pooled table may be large); each site's columns
+are streamed from it when its folder is written. The folder is only read, never written.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 import pyarrow
+import pyarrow.parquet
 
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.study.schema import StudySchema, load_schema
@@ -38,7 +44,7 @@ SHOWN = 5
 
 @dataclass(frozen=True)
 class OmicsTable:
-    """One omics layer's pooled table: genes x samples."""
+    """One omics layer's pooled table (genes x samples): only its header is read here; sites stream their columns."""
 
     layer: str
     sample_column: str
@@ -46,17 +52,21 @@ class OmicsTable:
     path: Path
     relative_name: str
     """Its path relative to the pooled folder (the same name is written in each site folder)."""
-    table: pd.DataFrame
-    """As read: text tables with the gene ids as index and string cells; Parquet with its stored types."""
     samples: dict[str, str]
-    """Stripped sample name -> the table's column holding it."""
-    id_column: str | None
-    """Parquet only: the column holding gene ids when the file stores no index (it is kept in every subset)."""
+    """Stripped sample name -> the table's column holding it, in table order."""
+    id_columns: tuple[str, ...]
+    """Parquet: the columns every subset keeps (a stored index, else the first column: the gene ids); text
+    tables always keep their first column."""
 
     @property
     def is_parquet(self) -> bool:
-        """True for a Parquet file (written back as Parquet), else a CSV/TSV text table."""
+        """True for a Parquet file (written back as Parquet), else a CSV/TSV text table (optionally gzipped)."""
         return self.path.name.lower().endswith(".parquet")
+
+    @property
+    def separator(self) -> str:
+        """The text table's field separator: a tab for ``.tsv`` / ``.tsv.gz``, else a comma."""
+        return "\t" if ".tsv" in self.path.name.lower() else ","
 
 
 @dataclass(frozen=True)
@@ -172,21 +182,39 @@ def _find_table(root: Path, stem: str, layer: str, notes: list[str]) -> Path | N
 
 
 def _read_omics_table(path: Path, root: Path, layer: str, sample_column: str) -> OmicsTable:
+    """The table's header: its sample columns and, for Parquet, the gene id columns."""
     where = f"omics table {path}"
-    id_column: str | None = None
+    id_columns: tuple[str, ...] = ()
     try:
         if path.name.lower().endswith(".parquet"):
-            table = pd.read_parquet(path, engine="pyarrow")
-            if isinstance(table.index, pd.RangeIndex) and table.shape[1] > 0:
-                id_column = str(table.columns[0])
+            schema = pyarrow.parquet.read_schema(path)
+            stored = [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+            id_columns = tuple(stored) if stored else tuple(schema.names[:1])
+            columns = [c for c in schema.names if c not in id_columns]
         else:
-            sep = "\t" if ".tsv" in path.name.lower() else ","
-            table = pd.read_csv(path, sep=sep, index_col=0, dtype=str, keep_default_na=False)
-    except (pyarrow.ArrowException, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            with open_text(path, "r") as handle:
+                header = next(csv.reader(handle, delimiter="\t" if ".tsv" in path.name.lower() else ","), [])
+            columns = header[1:]
+    except (pyarrow.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{where}: not a readable table ({exc})") from exc
-    samples = {str(c).strip(): str(c) for c in table.columns if str(c) != id_column}
-    if not samples:
-        raise DataError(f"{where}: no sample columns")
+    stripped = [str(c).strip() for c in columns]
+    duplicated = sorted({c for c in stripped if stripped.count(c) > 1})
+    if duplicated:
+        raise DataError(f"{where}: sample columns named more than once: {shown(duplicated)}")
+    if not columns:
+        raise DataError(f"{where}: no sample columns (genes x samples, the first column the gene id)")
     return OmicsTable(layer=layer, sample_column=sample_column, path=path,
-                      relative_name=path.relative_to(root).as_posix(), table=table, samples=samples,
-                      id_column=id_column)
+                      relative_name=path.relative_to(root).as_posix(),
+                      samples={c.strip(): c for c in map(str, columns)}, id_columns=id_columns)
+
+
+def open_text(path: Path, mode: str) -> IO[str]:
+    """A CSV/TSV file for ``csv`` reading (``"r"``) or writing (``"w"``), gzipped when its name ends in .gz.
+
+    Written gzip files carry no time stamp, so the same content gives the same bytes.
+    """
+    if not path.name.lower().endswith(".gz"):
+        return open(path, mode, encoding="utf-8", newline="")
+    if mode == "r":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8", newline="")

@@ -392,3 +392,32 @@ def test_mapping_file_errors_name_file_and_line(pooled: Path, tmp_path: Path) ->
         partition_cohort(pooled, tmp_path / "out", ByPattern(r"-(\w\d)-", mapping))
     with pytest.raises(ConfigError, match="not a regular expression"):
         partition_cohort(pooled, tmp_path / "out", ByPattern("(", mapping))
+
+
+@pytest.mark.parametrize("layout", ["first-column", "named-index", "unnamed-index"])
+def test_parquet_tables_keep_their_gene_ids_however_stored(pooled: Path, tmp_path: Path, layout: str) -> None:
+    cnv = pd.read_parquet(pooled / "copy_number.parquet")
+    if layout != "first-column":
+        cnv = cnv.set_index("gene_id")
+        if layout == "unnamed-index":
+            cnv.index.name = None
+    cnv.to_parquet(pooled / "copy_number.parquet")
+    partition_cohort(pooled, tmp_path / "out", ByColumn("institution"))
+    site = pd.read_parquet(tmp_path / "out" / "St_Mary_s" / "copy_number.parquet")
+    samples = [s for s in pd.read_csv(tmp_path / "out" / "St_Mary_s" / "manifest.csv").cnv_sample]
+    expected = cnv[[c for c in cnv.columns if c in set(samples)]]
+    if layout == "first-column":
+        expected = cnv[["gene_id", *expected.columns]]
+    pd.testing.assert_frame_equal(site, expected)
+    assert len(site.columns) == len(samples) + (layout == "first-column")
+
+
+def test_text_tables_keep_their_text_exactly(pooled: Path, tmp_path: Path) -> None:
+    (pooled / "methylation.csv").write_text(
+        'gene_id,METH-1,"METH,odd",METH-2\nG4,0.50,NA,1e-3\n"G5, quoted",,0.1000,7\n')
+    manifest = pd.read_csv(pooled / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.loc[manifest.patient_id == "TCGA-A1-0003", "meth_sample"] = "METH,odd"
+    manifest.loc[~manifest.meth_sample.isin(["METH-1", "METH,odd", "METH-2"]), "meth_sample"] = ""
+    manifest.to_csv(pooled / "manifest.csv", index=False)
+    partition_cohort(pooled, tmp_path / "out", ByColumn("institution"))
+    assert (tmp_path / "out" / "St_Mary_s" / "methylation.csv").read_text() == (pooled / "methylation.csv").read_text()
