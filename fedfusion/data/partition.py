@@ -30,7 +30,7 @@ from typing import Any
 from fedfusion.atomic_io import atomic_write_bytes, atomic_write_text
 from fedfusion.data.partition_rules import EXTERNAL_TEST, PartitionRule, RandomSplit, assign_sites, rule_mode
 from fedfusion.data.partition_writer import check_out_dir, site_samples, write_site_folder
-from fedfusion.data.pooled_cohort import SCHEMA_FILE, PooledCohort, read_pooled_cohort, sha256_file
+from fedfusion.data.pooled_cohort import PATIENT_ID, SCHEMA_FILE, PooledCohort, read_pooled_cohort, sha256_file
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.study.schema import load_schema
 
@@ -93,11 +93,16 @@ def partition_cohort(pooled_dir: Path, out_dir: Path, rule: PartitionRule, *,
         raise DataError(f"pooled cohort {pooled_dir}: no site has at least {min_patients} patients "
                         f"(sites {[(n, len(p)) for n, p in sorted(members.items())]}); lower --min-patients")
     if small and small_sites == "external-test":
-        folders[EXTERNAL_TEST] = [pid for pid in cohort.patient_ids if assignment.site_of.get(pid) in set(small)]
+        small_set = set(small)
+        folders[EXTERNAL_TEST] = [pid for pid in cohort.patient_ids if assignment.site_of.get(pid) in small_set]
     for patients in folders.values():  # every sample the manifest names exists, before anything is written
         for table in cohort.omics:
             site_samples(cohort, patients, table)
     panels = _panel_files(cohort.schema_path)
+    clash = sorted(name for name in folders if name.lower() in {Path(p).parts[0].lower() for p in panels})
+    if clash:
+        raise ConfigError(f"study schema {cohort.schema_path}: its panel files lie in {clash}, which is also a site's "
+                          f"name; move the panels (e.g. beside the schema) or rename the site")
     summaries = {name: _summary(cohort, name, patients) for name, patients in members.items()}
     external = (_summary(cohort, EXTERNAL_TEST, folders[EXTERNAL_TEST], from_sites=tuple(small))
                 if EXTERNAL_TEST in folders else None)
@@ -146,7 +151,7 @@ def _copy_schema(cohort: PooledCohort, out_dir: Path, panels: list[str]) -> None
 
 def _summary(cohort: PooledCohort, name: str, patients: list[str],
              from_sites: tuple[str, ...] = ()) -> SiteSummary:
-    rows = cohort.clinical[cohort.clinical["patient_id"].isin(set(patients))]
+    rows = cohort.clinical[cohort.clinical[PATIENT_ID].isin(set(patients))]
     events = {}
     for task in cohort.schema.survival_tasks:
         if task.event not in rows.columns:

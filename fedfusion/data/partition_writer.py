@@ -114,7 +114,7 @@ def _write_table(table: OmicsTable, columns: list[str], path: Path) -> None:
         rows = csv.reader(source, delimiter=table.separator)
         out = csv.writer(target, delimiter=table.separator, lineterminator="\n")
         header = next(rows)
-        keep_at = [header.index(column) for column in columns]
+        keep_at = [1 + header[1:].index(column) for column in columns]
         out.writerow([header[0], *columns])
         for line, row in enumerate(rows, start=2):
             if not row:

@@ -421,3 +421,12 @@ def test_text_tables_keep_their_text_exactly(pooled: Path, tmp_path: Path) -> No
     manifest.to_csv(pooled / "manifest.csv", index=False)
     partition_cohort(pooled, tmp_path / "out", ByColumn("institution"))
     assert (tmp_path / "out" / "St_Mary_s" / "methylation.csv").read_text() == (pooled / "methylation.csv").read_text()
+
+
+def test_a_site_named_like_the_panel_folder_is_refused_before_writing(pooled: Path, tmp_path: Path) -> None:
+    clinical = pd.read_csv(pooled / "clinical.csv", dtype=str, keep_default_na=False)
+    clinical["institution"] = clinical["institution"].replace({"St. Mary's": "Panels"})
+    clinical.to_csv(pooled / "clinical.csv", index=False)
+    with pytest.raises(ConfigError, match=r"its panel files lie in \['Panels'\], which is also a site's name"):
+        partition_cohort(pooled, tmp_path / "out", ByColumn("institution"))
+    assert not (tmp_path / "out").exists()
