@@ -6,6 +6,8 @@
     fedfusion provision  an operator's commands: consortium CA, coordinator certificate, site keys
     fedfusion coordinator run   the coordinator service (SuperLink on loopback + Fleet gateway)
     fedfusion study ...  prepare and submit a study to the running coordinator
+    fedfusion partition  split a pooled cohort folder into one folder per site (+ a shared external test set)
+    fedfusion example-cohort   write a real public cohort (GBSG2) as a pooled cohort folder
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedfusion.cli.coordinator import register as register_coordinator
+from fedfusion.cli.example_cohort import register as register_example_cohort
+from fedfusion.cli.partition import register as register_partition
 from fedfusion.cli.provision import register as register_provision
 from fedfusion.cli.site import REGISTRARS as SITE_COMMANDS
 from fedfusion.cli.study_options import add_study_options, study_from_args
@@ -95,6 +99,8 @@ def _build_parser() -> argparse.ArgumentParser:
         register(site_commands)
     register_provision(commands)
     register_coordinator(commands)
+    register_partition(commands)
+    register_example_cohort(commands)
     return parser
 
 
