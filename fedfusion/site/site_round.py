@@ -36,6 +36,7 @@ from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.site.cohort_memo import load_cohort_once
+from fedfusion.site.held_out_list import write_held_out_list
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.round_replay import RoundReplay, StoredReply
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
@@ -123,7 +124,9 @@ class SiteRound:
         """The site's trainer on its cohort (read from disk once per process)."""
         if self._trainer is None:
             study, site = self.session.study, self.session.site
-            self._trainer = SiteTrainer(load_cohort_once(site, study), study, device=site.device)
+            cohort = load_cohort_once(site, study)
+            write_held_out_list(self.session.privacy.ledger_dir, self.session.run.study_id, cohort)
+            self._trainer = SiteTrainer(cohort, study, device=site.device)
         return self._trainer
 
     def train(self, received: dict[str, torch.Tensor], *, server_round: int, run_id: int,
