@@ -92,7 +92,9 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
              (SECURE_AGGREGATION_SITES_KEY, "secure-aggregation sites")]
             if phase == "train" else
             [("patients", "patients"), (WEIGHT_KEY, "patients"), ("c-index", "C-index"),
-             (POOLED_C_INDEX_KEY, "pooled C-index"), ("auc", "AUC"), ("mcc", "MCC")])
+             (POOLED_C_INDEX_KEY, "pooled C-index"), ("td-auc", "td-AUC"), ("ibs", "IBS"),
+             *((key, key.replace("-auc", " AUC").replace("-mcc", " MCC")) for key in sorted(metrics)
+               if key.endswith(("-auc", "-mcc")) and key != "td-auc")])
     parts = []
     for key, label in keys:
         if key in metrics:
