@@ -352,7 +352,11 @@ def _omics(raw: object, where: str, base: Path) -> OmicsLayer:
     if "genes" in table:
         genes = _strings(table["genes"], f"{where} genes")
     else:
-        genes = read_panel_file(base / _str(table["panel"], f"{where} panel"))
+        panel = base / _str(table["panel"], f"{where} panel")
+        try:
+            genes = read_panel_file(panel)
+        except ConfigError as exc:  # name the schema file and the key too, not only the panel file
+            raise ConfigError(f"{where} panel: {exc}") from exc
     return OmicsLayer(name=name, units=_choice(table.get("units", "tpm"), OMICS_UNITS, f"{where} units"),
                       genes=genes,
                       sample_column=_str(table.get("sample-column", f"{name}_sample"), f"{where} sample-column"),
@@ -363,7 +367,7 @@ def read_panel_file(path: Path) -> tuple[str, ...]:
     """Gene symbols, one per line (blank lines ignored); ``ConfigError`` naming the file if missing."""
     try:
         return tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
-    except (FileNotFoundError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # absent, a directory, not readable, not text
         raise ConfigError(f"gene panel {path}: cannot be read ({type(exc).__name__})") from exc
 
 
@@ -383,6 +387,9 @@ def _validate(schema: StudySchema, where: str) -> None:
         raise ConfigError(f"{where}: declares no [[tasks]] (at least one endpoint)")
     if schema.split_column and schema.split_column in {"patient_id", *schema.label_columns}:
         raise ConfigError(f"{where}: [study] split-column '{schema.split_column}' is also a label column")
+    leaking = sorted({c.name for c in schema.covariates} & {"patient_id", *schema.label_columns})
+    if leaking:
+        raise ConfigError(f"{where}: covariates {leaking} are also label columns (the model would see the labels)")
     for kind, names in (("covariates", [c.name for c in schema.covariates]), ("tasks", [t.name for t in schema.tasks]),
                         ("omics", [o.name for o in schema.omics]),
                         ("omics sample-column", [o.sample_column for o in schema.omics])):
@@ -433,8 +440,9 @@ def _validate_task(t: Task, where: str) -> None:
                               f"got {list(edges)}")
         if t.unit not in TIME_UNITS or t.time == t.event:
             raise ConfigError(f"{where}: unit must be one of {list(TIME_UNITS)} and time and event distinct columns")
-    elif len(t.classes) < 2 or len(set(t.classes)) != len(t.classes):
-        raise ConfigError(f"{where}: classes must list at least two distinct classes, got {list(t.classes)}")
+    elif len(t.classes) < 2 or len({c.lower() for c in t.classes}) != len(t.classes):
+        raise ConfigError(f"{where}: classes must list at least two distinct classes (labels are read "
+                          f"case-insensitively), got {list(t.classes)}")
     if t.type == "binary" and {v.lower() for v in t.positive} & {v.lower() for v in t.negative}:
         raise ConfigError(f"{where}: positive and negative values overlap")
 
