@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import tomli_w
 
+from fedfusion.cli import main
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.flower_app import write_flower_app
@@ -58,6 +59,13 @@ def test_synthetic_schema_loads() -> None:
     assert (copy_number.units, copy_number.width, copy_number.sample_column) == ("log2-ratio", 40, "cnv_sample")
     assert schema.omics_input_dim == 200 + 40 + 2 and schema.primary_task is survival
     assert schema.split_column == ""
+
+
+def test_study_defaults_prints_the_synthetic_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "defaults", "--schema"]) == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_schema(printed) == load_schema(SYNTHETIC_SCHEMA_FILE)
 
 
 def test_base_schema_loads_with_defaults(tmp_path: Path) -> None:
