@@ -277,7 +277,7 @@ def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
 
 def _covariate(raw: object, where: str) -> Covariate:
     table = _table(raw, where)
-    _keys(table, _COVARIATE_KEYS, where)
+    _keys(table, _COVARIATE_KEYS, _named(table, where))
     name = _str(_required(table, "name", where), f"{where} name")
     where = f"{where} ('{name}')"
     kind = _choice(_required(table, "type", where), COVARIATE_TYPES, f"{where} type")
@@ -313,7 +313,7 @@ def _covariate(raw: object, where: str) -> Covariate:
 
 def _task(raw: object, where: str) -> Task:
     table = _table(raw, where)
-    _keys(table, _TASK_KEYS, where)
+    _keys(table, _TASK_KEYS, _named(table, where))
     name = _str(_required(table, "name", where), f"{where} name")
     where = f"{where} ('{name}')"
     kind = _choice(_required(table, "type", where), TASK_TYPES, f"{where} type")
@@ -344,7 +344,7 @@ def _task(raw: object, where: str) -> Task:
 
 def _omics(raw: object, where: str, base: Path) -> OmicsLayer:
     table = _table(raw, where)
-    _keys(table, _OMICS_KEYS, where)
+    _keys(table, _OMICS_KEYS, _named(table, where))
     name = _str(_required(table, "name", where), f"{where} name")
     where = f"{where} ('{name}')"
     if ("genes" in table) == ("panel" in table):
@@ -361,6 +361,12 @@ def _omics(raw: object, where: str, base: Path) -> OmicsLayer:
                       genes=genes,
                       sample_column=_str(table.get("sample-column", f"{name}_sample"), f"{where} sample-column"),
                       file=_str(table.get("file", name), f"{where} file"))
+
+
+def _named(table: Mapping[str, Any], where: str) -> str:
+    """``where`` with the entry's name, when it has one (for messages before the name is validated)."""
+    name = table.get("name")
+    return f"{where} ('{name.strip()}')" if isinstance(name, str) else where
 
 
 def read_panel_file(path: Path) -> tuple[str, ...]:

@@ -96,9 +96,9 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
 @pytest.mark.parametrize(("changes", "key", "problem"), [
     ({"colour": "red"}, "colour", r"unknown keys \['colour'\]"),
     ({"study.split_column": "x"}, "split_column", r"\[study\]: unknown keys \['split_column'\]"),
-    ({"covariates.0.unit": "years"}, "unit", r"covariates\[0\]: unknown keys \['unit'\]"),
-    ({"tasks.0.bins": [1]}, "bins", r"tasks\[0\]: unknown keys \['bins'\]"),
-    ({"omics.0.gene-panel": "p.txt"}, "gene-panel", r"omics\[0\]: unknown keys \['gene-panel'\]"),
+    ({"covariates.0.unit": "years"}, "unit", r"covariates\[0\] \('age'\): unknown keys \['unit'\]"),
+    ({"tasks.0.bins": [1]}, "bins", r"tasks\[0\] \('os'\): unknown keys \['bins'\]"),
+    ({"omics.0.gene-panel": "p.txt"}, "gene-panel", r"omics\[0\] \('expression'\): unknown keys \['gene-panel'\]"),
     ({"covariates.1.center": 1.0}, "center", r"covariates\[1\] \('stage'\): keys \['center'\] do not apply to a "
                                               "categorical covariate"),
     ({"tasks.1.unit": "days"}, "unit", r"tasks\[1\] \('subtype'\): keys \['unit'\] do not apply to a "
@@ -110,6 +110,7 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
     ({"covariates.2.positive": None}, "positive", r"covariates\[2\] \('smoker'\): missing key 'positive'"),
     ({"tasks.1.classes": None}, "classes", r"tasks\[1\] \('subtype'\): missing key 'classes'"),
     ({"omics.0.name": None}, "name", r"omics\[0\]: missing key 'name'"),
+    ({"omics.0.name": None, "omics.0.nmae": "x"}, "nmae", r"omics\[0\]: unknown keys \['nmae'\]"),
     ({"covariates.0.center": "60"}, "center", r"covariates\[0\] \('age'\) center: must be a finite number, "
                                               "got '60'"),
     ({"tasks.0.weight": "1"}, "weight", r"tasks\[0\] \('os'\) weight: must be a finite number"),
