@@ -97,7 +97,7 @@ def format_report(result: SiteCheck) -> str:
         lacking = result.lacking[modality]
         if lacking:
             more = f" (+{len(lacking) - PATIENTS_SHOWN} more)" if len(lacking) > PATIENTS_SHOWN else ""
-            outcome = "unusable: no clinical row, no labels" if modality == "clinical" else "kept, modality masked"
+            outcome = "unusable: no valid clinical row" if modality == "clinical" else "kept, modality masked"
             lines.append(f"  without {modality} ({outcome}): {', '.join(lacking[:PATIENTS_SHOWN])}{more}")
     lines += _section("errors", result.findings.errors) + _section("warnings", result.findings.warnings)
     lines.append(f"{'FAILED' if result.findings.errors else 'OK'}: {len(result.findings.errors)} errors, "
