@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "Exit code 1 if there are errors.",
     )
     parser.add_argument("data_dir", type=Path, metavar="DATA_DIR", nargs="?", default=None,
-                        help="the site folder (holds manifest.csv)")
+                        help="the site folder (clinical.csv, and manifest.csv unless the study is clinical-only)")
     parser.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
                         help="also check the site bundle: certificates, key, coordinator reachability, clock skew")
     parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
