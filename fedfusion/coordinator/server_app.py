@@ -1,7 +1,7 @@
 """The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites (through secure aggregation when the
 study asks for it), with federated evaluation.
 
-The initial model is built from the study config with the study seed, so every party can rebuild it; the
+The initial model is built from the study config with the study's training seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``. After every completed round the
 coordinator checkpoints into ``<results-dir>/checkpoint/`` (``coordinator/checkpoint.py``); started again on a results
 folder holding a checkpoint of the same study, it resumes at the next round (or, when the study had finished,
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     if saved is not None:
         emit_progress(f"resuming study {checkpoints.study_id} at round {saved.completed_round + 1} "
                       f"of {study.num_server_rounds}")
-    latest = saved or Checkpoint(0, study.num_server_rounds, build_model(study, seed=study.seed).state_dict())
+    latest = saved or Checkpoint(0, study.num_server_rounds, build_model(study, seed=study.training_seed).state_dict())
 
     def round_completed(server_round: int, arrays: ArrayRecord) -> None:
         nonlocal latest

@@ -100,6 +100,6 @@ def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, 
     test = [p for c in cohorts for p in c.test]
     pooled = SiteTrainer(SiteCohort("pooled", [p for c in cohorts for p in c.train], test), study)
     trained = torch.load(results_dir / "final_model.pt", weights_only=True)
-    untrained = build_model(study, seed=study.seed).state_dict()
+    untrained = build_model(study, seed=study.training_seed).state_dict()
     trained_c, untrained_c = held_out_c_index(pooled, trained, test), held_out_c_index(pooled, untrained, test)
     assert trained_c > untrained_c + 0.05 and trained_c > 0.6, (trained_c, untrained_c)

@@ -65,3 +65,16 @@ def test_time_bins_give_bin_count() -> None:
     study = StudyConfig(time_bins="6,12,24")
     assert study.time_bin_edges == (6.0, 12.0, 24.0)
     assert study.num_time_bins == 4
+
+
+def test_training_seed_moves_the_initial_model_and_is_part_of_the_study() -> None:
+    """`seed` fixes the held-out patients; `training-seed` only the training randomness (init, tiles, dropout)."""
+    import torch
+
+    from fedfusion.models.fusion_model import build_model
+    from fedfusion.study.identity import config_hash
+
+    first, second = StudyConfig(), StudyConfig(training_seed=1)
+    assert first.seed == second.seed and config_hash(first) != config_hash(second)
+    one, other = (build_model(s, seed=s.training_seed).state_dict() for s in (first, second))
+    assert any(not torch.equal(one[k], other[k]) for k in one)
