@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
                            round_rows=saved.round_rows if saved else [])
     if saved is not None and saved.finished:
         emit_progress(f"study {checkpoints.study_id} already finished ({saved.num_rounds} rounds); nothing to train")
-        recorder.write(results_dir, final_weights=saved.weights)
+        emit_progress(recorder.write(results_dir, final_weights=saved.weights).describe())
         return
     if saved is not None:
         emit_progress(f"resuming study {checkpoints.study_id} at round {saved.completed_round + 1} "
@@ -62,5 +62,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_rounds(strategy, grid, ArrayRecord(latest.weights), completed_rounds=latest.completed_round,
                num_rounds=study.num_server_rounds, timeout=settings.round_timeout, on_round_completed=round_completed)
-    recorder.write(results_dir, final_weights=latest.weights)
+    outcome = recorder.write(results_dir, final_weights=latest.weights)
+    emit_progress(outcome.describe())
     emit_progress(f"results written to {results_dir}")
