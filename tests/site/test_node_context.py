@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfusion.data.cohort_index import read_cohort_index
+from fedfusion.data.cohort_index import cohort_panels, read_cohort_index
 from fedfusion.errors import ConfigError, SlideError
 from fedfusion.simulation.simulated_nodes import simulated_node_configs, simulated_nodes
 from fedfusion.site.cohort_memo import load_cohort_once
@@ -45,7 +45,7 @@ def test_a_simulated_node_reads_its_node_config_from_the_simulated_nodes_file(
     small_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     index = read_cohort_index(small_cohort)
-    configs = simulated_node_configs(index, index.sites, tmp_path / "results", "cpu")
+    configs = simulated_node_configs(cohort_panels(small_cohort), index.sites, tmp_path / "results", "cpu")
     with simulated_nodes(configs, tmp_path / "results") as table:
         site = resolve_site_context({"partition-id": 1, "num-partitions": 2})
         assert table == tmp_path / "results" / "sites" / "nodes.json"
