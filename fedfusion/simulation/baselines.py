@@ -116,7 +116,7 @@ class BaselineReport:
                   f"Every model is scored on the same {self.held_out_patients} pooled held-out patients of "
                   f"{', '.join(self.sites)}. 95% CI: {BOOTSTRAP_RESAMPLES} bootstrap resamples of those patients "
                   "(fixed RNG), of the mean over training seeds; verdicts are paired differences on the same "
-                  "resamples."]
+                  "resamples (the best site alone is picked on these same patients, which favours it)."]
         return "\n".join(lines)
 
 
@@ -168,7 +168,8 @@ def run_baselines(
         model_study = _with_modalities(central, modalities)
         risks = tuple(_risks(pooled, model_study, _train_centralized(pooled, model_study.replace(training_seed=s)))
                       for s in seeds)
-        scores.append(ModelScores("centralized", "pooled data, non-private", modalities, len(pooled.train), risks))
+        scores.append(ModelScores("centralized", f"pooled data, non-private, {central_epochs} epochs", modalities,
+                                  len(pooled.train), risks))
     recipe = "DP" if study.dp else "non-private"
     for cohort in cohorts:
         emit(f"baseline: {cohort.site} alone ({study.num_server_rounds} rounds x {study.local_epochs} epochs, "
