@@ -53,9 +53,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "synth", help="write a synthetic multi-hospital cohort",
         description="Write, per site, the files a hospital would have: pyramidal TIFF slides, an RNA-seq TPM "
                     "table, a clinical table and a cohort manifest, with a planted risk signal (image pattern "
-                    "AND expression module AND age) and the oracle risk. Reuses an identical existing cohort.",
+                    "AND expression module AND age) and the oracle risk. Writes only into a new or empty folder; "
+                    "reuses an identical existing cohort.",
     )
-    synth.add_argument("--out", type=Path, default=DEFAULT_COHORT_DIR, help="cohort folder (default: %(default)s)")
+    synth.add_argument("--out", type=Path, default=DEFAULT_COHORT_DIR,
+                       help="cohort folder, new or empty (default: %(default)s)")
     synth.add_argument("--sites", type=int, default=3, help="number of hospitals (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--patients", type=_int_list, default=None,
