@@ -8,9 +8,11 @@ the final global model on those pooled patients; the table and the final console
 per-patient prediction leaves a site.) The table compares it with
 
 - centralized, non-private models trained on all sites' training patients pooled: one on the study's modalities
-  (the ceiling) and, for a multimodal study, one per single modality; they train for ``central_epochs``
-  (default ``CENTRAL_EPOCHS_FACTOR`` x the federated epochs, in one run of the optimizer: pooled data has 2-4x
-  fewer optimizer restarts and a centralized model should not be undertrained next to the federated one),
+  (the ceiling) and, for a multimodal study, one per single modality; they train for ``central_epochs`` in one
+  run of the optimizer (default ``CENTRAL_EPOCHS_FACTOR`` x the federated epochs, rounds x local epochs: on the
+  default cohort, 413 training / 167 held-out patients, 3 training seeds, the fusion model's held-out C-index was
+  0.695 / 0.706 / 0.711 / 0.700 / 0.675 after 0.5x / 1x / 2x / 3x / 6x the default study's 10 federated epochs:
+  a plateau from 1x to 3x, overfitting beyond; 2x sits on the plateau without undertraining the ceiling),
 - each site's model trained alone with the study's own recipe (DP included) for as many rounds and epochs as the
   federation,
 - the oracle risk planted by the synthetic generator (the best achievable C-index).
@@ -40,8 +42,8 @@ from fedfusion.simulation.held_out_stats import BOOTSTRAP_RESAMPLES, Difference,
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
 
-CENTRAL_EPOCHS_FACTOR = 3
-"""Default centralized training length, in federated epochs (rounds x local epochs)."""
+CENTRAL_EPOCHS_FACTOR = 2
+"""Default centralized training length, in federated epochs (rounds x local epochs); measured in the docstring."""
 Risks = npt.NDArray[np.float64]
 Weights = Mapping[str, torch.Tensor]
 
