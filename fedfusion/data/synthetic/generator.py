@@ -65,8 +65,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
 
     If ``out_dir/cohort.json`` already records the same parameters nothing is regenerated; if it records other
     parameters, or ``out_dir`` holds anything but an interrupted generation, a ``ConfigError`` is raised rather
-    than overwriting someone's files. ``workers`` processes render
-    slides (default: all CPUs).
+    than overwriting someone's files. ``workers`` processes render slides (default: all CPUs).
     """
     if num_sites <= 0:
         raise ConfigError(f"synthetic cohort: num_sites must be > 0, got {num_sites}")
