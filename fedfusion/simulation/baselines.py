@@ -132,6 +132,11 @@ def held_out(cohorts: Sequence[SiteCohort]) -> list[PatientRecord]:
     return [p for c in cohorts for p in c.test]
 
 
+def held_out_patients(cohorts: Sequence[SiteCohort]) -> HeldOutPatients:
+    """The pooled held-out patients' outcomes and bootstrap resamples, which every model is scored on."""
+    return HeldOutPatients(*_outcomes(held_out(cohorts)))
+
+
 def federated_scores(study: StudyConfig, cohorts: Sequence[SiteCohort],
                      final_models: Sequence[Weights]) -> ModelScores:
     """The federated figure's scores: each seed's final global model on the pooled held-out patients."""
@@ -187,7 +192,7 @@ def run_baselines(
 
 
 def _report(scores: Sequence[ModelScores], cohorts: Sequence[SiteCohort]) -> BaselineReport:
-    patients = HeldOutPatients(*_outcomes(held_out(cohorts)))
+    patients = held_out_patients(cohorts)
     rows = tuple(BaselineRow(s.model, s.training, s.modalities, s.training_patients, patients.summarize(s.risks))
                  for s in scores)
     return BaselineReport(rows, tuple(_verdicts(patients, scores, rows)), len(patients), tuple(c.site for c in cohorts))

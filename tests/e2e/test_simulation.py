@@ -21,8 +21,7 @@ from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
-from fedfusion.simulation.baselines import _outcomes, federated_scores
-from fedfusion.simulation.held_out_stats import HeldOutPatients
+from fedfusion.simulation.baselines import federated_scores, held_out_patients
 from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 from fedfusion.study.config import StudyConfig
 
@@ -98,7 +97,7 @@ def test_federated_model_beats_untrained_model(simulated_run: tuple[Path, Path, 
     cnv_panel = read_gene_panel(index.cnv_panel_path)
     cohorts = [load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel)
                for site in index.sites[:2]]
-    patients = HeldOutPatients(*_outcomes([p for c in cohorts for p in c.test]))
+    patients = held_out_patients(cohorts)
     trained = torch.load(results_dir / "final_model.pt", weights_only=True)
     untrained = build_model(study, seed=study.training_seed).state_dict()
     trained_c, untrained_c = (patients.c_index(federated_scores(study, cohorts, [w]).risks[0])

@@ -22,8 +22,7 @@ from fedfusion.data.slides.feature_cache import CACHE_DIRNAME
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.models.fusion_model import build_model
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
-from fedfusion.simulation.baselines import _outcomes, federated_scores, held_out
-from fedfusion.simulation.held_out_stats import HeldOutPatients
+from fedfusion.simulation.baselines import federated_scores, held_out_patients
 from fedfusion.simulation.simulated_nodes import NON_DP_NOTE
 from fedfusion.study.config import StudyConfig
 
@@ -98,7 +97,7 @@ def test_a_non_dp_study_trains_and_beats_the_untrained_model(
     panels = cohort_panels(cohort)
     cohorts = [load_site_cohort(site.site_dir, study, gene_panel=read_gene_panel(panels.gene_panel),
                                 cnv_panel=read_gene_panel(panels.cnv_panel)) for site in find_sites(cohort)]
-    patients = HeldOutPatients(*_outcomes(held_out(cohorts)))
+    patients = held_out_patients(cohorts)
     trained, untrained = (patients.c_index(federated_scores(study, cohorts, [weights]).risks[0]) for weights in
                           (torch.load(results / "final_model.pt", weights_only=True),
                            build_model(study, seed=study.training_seed).state_dict()))
