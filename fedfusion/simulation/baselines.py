@@ -21,8 +21,8 @@ Each model is trained with every training seed (``training_seeds``: the study's 
 ones; the held-out patients stay the same) and reported as mean +- sd over seeds with a bootstrap 95% CI over
 patients (``held_out_stats``); the verdict lines are paired bootstrap differences.
 
-Reading a record's outcome and switching a study's modalities each happen in one function (``_outcomes``,
-``_with_modalities``).
+Reading a record's outcome, reading a study's modalities and switching them each happen in one function
+(``_outcomes``, ``_modalities``, ``_with_modalities``).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def federated_scores(study: StudyConfig, cohorts: Sequence[SiteCohort],
     """The federated figure's scores: each seed's final global model on the pooled held-out patients."""
     pooled = _pooled(cohorts)
     recipe = "federated, DP" if study.dp else "federated, non-private"
-    return ModelScores("federated", recipe, study.modalities, len(pooled.train),
+    return ModelScores("federated", recipe, _modalities(study), len(pooled.train),
                        tuple(_risks(pooled, study, weights) for weights in final_models))
 
 
@@ -183,7 +183,7 @@ def run_baselines(
              f"{recipe})")
         risks = tuple(_risks(pooled, study, _train_like_federation(cohort, study.replace(training_seed=s)))
                       for s in seeds)
-        scores.append(ModelScores(f"{cohort.site} alone", f"own data only, {recipe}", study.modalities,
+        scores.append(ModelScores(f"{cohort.site} alone", f"own data only, {recipe}", _modalities(study),
                                   len(cohort.train), risks))
     if oracle_risk is not None:
         planted = np.array([oracle_risk[(c.site, p.patient_id)] for c in cohorts for p in c.test])
@@ -220,6 +220,11 @@ def _outcomes(patients: Sequence[PatientRecord]) -> tuple[npt.NDArray[np.float64
             np.array([p.event for p in patients], dtype=float))
 
 
+def _modalities(study: StudyConfig) -> str:
+    """The study's modalities, comma-separated: the one place a baseline reads them."""
+    return study.modalities
+
+
 def _with_modalities(study: StudyConfig, modalities: str) -> StudyConfig:
     """``study`` on other modalities (comma-separated): the one place a baseline switches modalities."""
     return study.replace(modalities=modalities)
@@ -228,7 +233,7 @@ def _with_modalities(study: StudyConfig, modalities: str) -> StudyConfig:
 def _modality_variants(study: StudyConfig) -> list[str]:
     """The centralized models' modalities: the study's own, then each single one of a multimodal study."""
     singles = sorted(study.modality_set) if len(study.modality_set) > 1 else []
-    return [study.modalities, *singles]
+    return [_modalities(study), *singles]
 
 
 def _pooled(cohorts: Sequence[SiteCohort]) -> SiteCohort:
