@@ -46,7 +46,7 @@ def deployed_node_config(site: CohortSite, cohort_dir: Path, cache_dir: Path, le
 
 def instruction(message_type: str, study: StudyConfig, server_round: int, node_id: int = 11) -> Message:
     """A train or evaluate instruction as the SuperNode rebuilds it: global weights and the round's config."""
-    content = RecordDict({"arrays": ArrayRecord(build_model(study, seed=study.seed).state_dict()),
+    content = RecordDict({"arrays": ArrayRecord(build_model(study, seed=study.training_seed).state_dict()),
                           "config": ConfigRecord({"server-round": server_round})})
     metadata = Metadata(run_id=RUN_ID, message_id=uuid.uuid4().hex, src_node_id=SUPERLINK_NODE_ID,
                         dst_node_id=node_id, reply_to_message_id="", group_id=str(server_round),

@@ -25,7 +25,7 @@ from fedfusion.cli.partition import register as register_partition
 from fedfusion.cli.provision import register as register_provision
 from fedfusion.cli.site import REGISTRARS as SITE_COMMANDS
 from fedfusion.cli.study_options import add_study_options, study_from_args
-from fedfusion.errors import FedfusionError
+from fedfusion.errors import ConfigError, FedfusionError
 from fedfusion.site.node_context import DEFAULT_DEVICE
 
 DEFAULT_COHORT_DIR = Path("cohorts/default")
@@ -57,9 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "synth", help="write a synthetic multi-hospital cohort",
         description="Write, per site, the files a hospital would have: pyramidal TIFF slides, an RNA-seq TPM "
                     "table, a clinical table and a cohort manifest, with a planted risk signal (image pattern "
-                    "AND expression module AND age) and the oracle risk. Reuses an identical existing cohort.",
+                    "AND expression module AND age) and the oracle risk. Writes only into a new or empty folder; "
+                    "reuses an identical existing cohort.",
     )
-    synth.add_argument("--out", type=Path, default=DEFAULT_COHORT_DIR, help="cohort folder (default: %(default)s)")
+    synth.add_argument("--out", type=Path, default=DEFAULT_COHORT_DIR,
+                       help="cohort folder, new or empty (default: %(default)s)")
     synth.add_argument("--sites", type=int, default=3, help="number of hospitals (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--patients", type=_int_list, default=None,
@@ -68,14 +70,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate", help="run a federated study of simulated sites on this machine",
-        description="Generate (or reuse) a synthetic cohort, extract tile features per site, and train the "
-                    "fusion model in Flower's simulation engine with patient-level DP-SGD at every site. "
-                    "Writes metrics per round and site (CSV, JSON), a plot, the final model and the config.",
+        description="Train the fusion model in Flower's simulation engine on an existing cohort folder (only read) "
+                    "or on a synthetic cohort generated into a new or empty folder, with patient-level DP-SGD at "
+                    "every site. Writes metrics per round and site (CSV, JSON), a plot, the final model, the config "
+                    "and the held-out patient ids per site, and prints the final model's held-out C-index. Exits 1 "
+                    "when no round aggregated (the study did not train).",
     )
     simulate.add_argument("--cohort-dir", type=Path, default=DEFAULT_COHORT_DIR,
-                          help="cohort folder (a cohort.json and one folder per site); a missing or empty folder "
-                               "gets a synthetic cohort (default: %(default)s)")
-    simulate.add_argument("--sites", type=int, default=3, help="number of simulated sites (default: %(default)s)")
+                          help="cohort folder: one sub-folder per site (with its clinical.csv, manifest.csv, ...) "
+                               "and the study schema study.toml, used as it is and never written to (but the sites' "
+                               "feature cache, .fedfusion-cache); a new or empty folder gets a synthetic cohort; any "
+                               "other folder is refused (default: %(default)s)")
+    simulate.add_argument("--sites", default=None, metavar="N|NAMES",
+                          help="a new cohort: the number of synthetic sites to generate (default 3); an existing "
+                               "cohort: the sites to use, comma-separated names (default: all)")
     simulate.add_argument("--results-dir", type=Path, default=None,
                           help="results folder (default: runs/<timestamp>); an interrupted study is resumed by "
                                "running the same command with the same folder")
@@ -84,8 +92,19 @@ def _build_parser() -> argparse.ArgumentParser:
                                "(default: %(default)s)")
     simulate.add_argument("--baselines", action="store_true",
                           help="also train centralized, single-modality and site-alone models and compare "
-                               "them with the federated one on the same held-out patients")
-    simulate.add_argument("--no-dp", action="store_true", help="train without differential privacy (comparison)")
+                               "them with the federated one on the same held-out patients (mean, sd, bootstrap "
+                               "95%% CI; a verdict line federated vs best site alone)")
+    simulate.add_argument("--seeds", type=int, default=1, metavar="N",
+                          help="train the federated study (and every baseline) with N training seeds "
+                               "(training-seed, +1, ...; the held-out patients stay the same) and report mean +- sd "
+                               "(default: %(default)s)")
+    simulate.add_argument("--central-epochs", type=int, default=None, metavar="E",
+                          help="with --baselines: training epochs of the centralized models (default: 2x the "
+                               "federated epochs, rounds x local-epochs: on the default cohort the held-out C-index "
+                               "plateaus from 1x to 3x and drops beyond)")
+    simulate.add_argument("--no-dp", action="store_true",
+                          help="train without differential privacy (comparison); the simulated sites' policy "
+                               "accepts it (a site folder's own privacy_policy.toml still applies)")
     add_study_options(simulate)
     simulate.add_argument("--verbose", action="store_true", help="show all of Flower's log, not only progress")
     simulate.set_defaults(handler=_simulate)
@@ -115,19 +134,26 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedfusion.coordinator.progress_log import quiet_flower_console
-    from fedfusion.data.cohort_index import SCHEMA_FILE
+    from fedfusion.data.cohort_index import SCHEMA_FILE, find_sites
+    from fedfusion.simulation.cohort_folder import SiteChoice
     from fedfusion.simulation.local_study import simulate_study
-
-    if not args.verbose:
-        quiet_flower_console()
 
     cohort_schema = args.cohort_dir / SCHEMA_FILE
     study = study_from_args(args, default_schema=cohort_schema if cohort_schema.is_file() else None,
                             **({"dp": False} if args.no_dp else {}))
+    if args.schema is None and not cohort_schema.is_file() and find_sites(args.cohort_dir):
+        raise ConfigError(f"cohort {args.cohort_dir} has no {SCHEMA_FILE} (the study schema: covariates, tasks, "
+                          "omics panels; docs/SITE_DATA.md): put it beside the site folders or pass --schema FILE")
+    sites = SiteChoice.parse(args.sites)
+    if args.central_epochs is not None and not args.baselines:
+        raise ConfigError("--central-epochs is the centralized baselines' training length: add --baselines")
+    if not args.verbose:
+        quiet_flower_console()
     results_dir = args.results_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    simulate_study(study, num_sites=args.sites, results_dir=results_dir, cohort_dir=args.cohort_dir,
-                   device=args.device, with_baselines=args.baselines)
-    return 0
+    result = simulate_study(study, results_dir=results_dir, cohort_dir=args.cohort_dir, sites=sites,
+                            device=args.device, with_baselines=args.baselines, seeds=args.seeds,
+                            central_epochs=args.central_epochs)
+    return 0 if result.trained else 1
 
 
 def _int_list(text: str) -> list[int]:

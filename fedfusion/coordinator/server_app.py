@@ -1,7 +1,7 @@
 """The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites (through secure aggregation when the
 study asks for it), with federated evaluation.
 
-The initial model is built from the study config with the study seed, so every party can rebuild it; the
+The initial model is built from the study config with the study's training seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``. After every completed round the
 coordinator checkpoints into ``<results-dir>/checkpoint/`` (``coordinator/checkpoint.py``); started again on a results
 folder holding a checkpoint of the same study, it resumes at the next round (or, when the study had finished,
@@ -39,12 +39,12 @@ def main(grid: Grid, context: Context) -> None:
                            round_rows=saved.round_rows if saved else [])
     if saved is not None and saved.finished:
         emit_progress(f"study {checkpoints.study_id} already finished ({saved.num_rounds} rounds); nothing to train")
-        recorder.write(results_dir, final_weights=saved.weights)
+        emit_progress(recorder.write(results_dir, final_weights=saved.weights).describe())
         return
     if saved is not None:
         emit_progress(f"resuming study {checkpoints.study_id} at round {saved.completed_round + 1} "
                       f"of {study.num_server_rounds}")
-    latest = saved or Checkpoint(0, study.num_server_rounds, build_model(study, seed=study.seed).state_dict())
+    latest = saved or Checkpoint(0, study.num_server_rounds, build_model(study, seed=study.training_seed).state_dict())
 
     def round_completed(server_round: int, arrays: ArrayRecord) -> None:
         nonlocal latest
@@ -62,5 +62,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     run_rounds(strategy, grid, ArrayRecord(latest.weights), completed_rounds=latest.completed_round,
                num_rounds=study.num_server_rounds, timeout=settings.round_timeout, on_round_completed=round_completed)
-    recorder.write(results_dir, final_weights=latest.weights)
+    outcome = recorder.write(results_dir, final_weights=latest.weights)
+    emit_progress(outcome.describe())
     emit_progress(f"results written to {results_dir}")

@@ -1,8 +1,9 @@
-"""The synthetic cohort's index (``cohort.json``) and the study files next to it: schema and simulator oracle.
+"""A cohort folder: its sites, the study schema beside them and (synthetic only) the generator's index and oracle.
 
-A cohort directory holds one sub-directory per site plus these study-level files: ``study.toml`` (the study
-schema, ``fedfusion.study.schema``) and, for synthetic cohorts, ``cohort.json`` (the generator's parameters and
-sites) and ``oracle.csv`` (the ground-truth risks).
+A cohort folder holds one sub-folder per site (a site folder is one holding a ``clinical.csv``) and the study
+schema ``study.toml`` (``fedfusion.study.schema``). ``find_sites`` lists the sites of any cohort folder, real or
+synthetic. The synthetic generator also writes ``cohort.json`` (its parameters, the sites it made, the oracle file
+with the planted risks); a real cohort needs none.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ COHORT_INDEX_FILE = "cohort.json"
 SCHEMA_FILE = "study.toml"
 """The study schema beside the site folders of a cohort."""
 ORACLE_FILE = "oracle.csv"
+SITE_DATA_FILE = "clinical.csv"
+"""A sub-folder holding this file is a site folder."""
+GENERATING_MARKER = ".fedfusion-generating"
+"""Written first and removed last by the synthetic generator: a folder holding it is a generation interrupted."""
 
 
 @dataclass(frozen=True)
 class CohortSite:
-    """One site listed in the cohort index."""
+    """One site of a cohort folder."""
 
     name: str
     site_dir: Path
-    num_patients: int
+    num_patients: int | None = None
+    """As ``cohort.json`` lists it; None for a site found by ``find_sites``."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,24 @@ def read_cohort_index(cohort_dir: Path) -> CohortIndex:
     oracle = raw.get("oracle")
     return CohortIndex(root=path.parent, sites=sites,
                        oracle_path=None if oracle is None else path.parent / str(oracle), seed=raw.get("seed"))
+
+
+def find_sites(cohort_dir: Path) -> list[CohortSite]:
+    """Every site folder of ``cohort_dir`` (a sub-folder holding a ``clinical.csv``; hidden ones skipped), by name."""
+    root = Path(cohort_dir)
+    if not root.is_dir():
+        return []
+    return [CohortSite(name=sub.name, site_dir=sub) for sub in sorted(root.iterdir(), key=lambda p: p.name)
+            if sub.is_dir() and not sub.name.startswith(".") and (sub / SITE_DATA_FILE).is_file()]
+
+
+def cohort_oracle(cohort_dir: Path) -> Path | None:
+    """The oracle file of a synthetic cohort (named in its ``cohort.json``); None for a real cohort."""
+    root = Path(cohort_dir)
+    if not (root / COHORT_INDEX_FILE).is_file():
+        return None
+    return read_cohort_index(root).oracle_path
+
 
 
 def read_oracle(path: Path) -> pd.DataFrame:

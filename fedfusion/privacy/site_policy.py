@@ -21,6 +21,7 @@ end-to-end test about 33); a hospital writes its own file. A non-DP round has in
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, fields
@@ -105,6 +106,25 @@ def load_policy(path: Path | None) -> SitePolicy:
     policy = SitePolicy(**values, source=str(path))
     _validate(path, policy)
     return policy
+
+
+def policy_to_toml(policy: SitePolicy) -> str:
+    """``policy`` as the TOML file ``load_policy`` reads back equal (every key written; ``source`` is not a key)."""
+    lines = []
+    for f in fields(SitePolicy):
+        if f.name != "source":
+            lines.append(f"{f.name.replace('_', '-')} = {_toml_value(getattr(policy, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+    return json.dumps(value)
 
 
 def _typed(path: Path, key: str, value: Any, default: Any) -> Any:

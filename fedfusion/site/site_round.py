@@ -164,7 +164,8 @@ class SiteRound:
                                  study.local_epochs) if study.dp else None)
         charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
                                     policy=self.session.privacy.policy, study_id=self.replies.study_id)
-        outcome = trainer.train(received, accountant_history=charge.prior, seed=study.seed * 100_003 + server_round)
+        outcome = trainer.train(received, accountant_history=charge.prior,
+                                seed=study.training_seed * 100_003 + server_round)
         reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
         self.replies.store(server_round, received, reply)  # before settling: a kill after this point replays
         self.ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))

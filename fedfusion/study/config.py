@@ -71,6 +71,10 @@ class StudyConfig:
     dropout: float = 0.1
     test_fraction: float = 0.25
     seed: int = 0
+    """The train/test split (a hash of patient id and seed): fixed, so every training seed is scored on the same
+    held-out patients."""
+    training_seed: int = 0
+    """Model initialisation, tile sampling and dropout (never DP noise, which each site draws from its OS)."""
     tile_size: int = 256
     target_mpp: float = 0.5
     max_background: float = 0.6

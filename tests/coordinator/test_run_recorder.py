@@ -1,6 +1,12 @@
 """The coordinator's live progress lines say what the operator needs: patients, epsilon, and secure aggregation."""
 
-from fedfusion.coordinator.run_recorder import RunRecorder
+import json
+from pathlib import Path
+
+import torch
+
+from fedfusion.coordinator.run_recorder import MODEL_FILE, TRAINING_FILE, RunRecorder, TrainingOutcome
+from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
 from fedfusion.study.config import StudyConfig
 
 
@@ -22,3 +28,41 @@ def test_a_round_not_aggregated_says_so() -> None:
     recorder.round_aggregated(1, "train", {"not-aggregated": 1.0})
     assert lines == ["[round 1/4] train    federation NOT AGGREGATED: the global model stays as it was "
                      "(reason in the warning above)"]
+
+
+def _recorder(lines: list[str], rounds: int = 3) -> RunRecorder:
+    return RunRecorder(StudyConfig(num_server_rounds=rounds), emit=lines.append)
+
+
+def test_a_study_where_no_round_aggregated_is_not_trained_and_shows_no_c_index(tmp_path: Path) -> None:
+    lines: list[str] = []
+    recorder = _recorder(lines, rounds=2)
+    for server_round in (1, 2):
+        recorder.round_aggregated(server_round, "train", {"not-aggregated": 1.0})
+        recorder.site_reply(SiteReply(server_round, "evaluate", "site-a", {"patients": 5.0, "c-index": 0.61}))
+        recorder.round_aggregated(server_round, "evaluate", {"patients": 5.0, "c-index": 0.61})
+    assert not any("C-index" in line for line in lines)
+    (tmp_path / MODEL_FILE).write_bytes(b"stale")
+    outcome = recorder.write(tmp_path, final_weights={"w": torch.zeros(1)})
+    assert (outcome.trained, outcome.status) == (False, "not trained")
+    assert outcome.describe().startswith("NOT TRAINED: none of the 2 rounds aggregated")
+    assert not (tmp_path / MODEL_FILE).exists()
+    saved = json.loads((tmp_path / TRAINING_FILE).read_text())
+    assert saved["status"] == "not trained" and saved["aggregated_rounds"] == []
+    assert TrainingOutcome.read(tmp_path) == outcome
+
+
+def test_a_study_whose_last_rounds_did_not_aggregate_says_how_many_did(tmp_path: Path) -> None:
+    lines: list[str] = []
+    recorder = _recorder(lines)
+    recorder.round_aggregated(1, "train", {"patients": 9.0, "epsilon": 1.0})
+    recorder.round_aggregated(1, "evaluate", {"patients": 5.0, "c-index": 0.61})
+    for server_round in (2, 3):
+        recorder.round_aggregated(server_round, "train", {"not-aggregated": 1.0})
+    assert "C-index=0.610" in lines[1]
+    outcome = recorder.write(tmp_path, final_weights={"w": torch.zeros(1)})
+    assert outcome.status == "partly trained" and outcome.aggregated_rounds == (1,)
+    assert outcome.describe() == ("partly trained: 1 of 3 rounds aggregated (not aggregated: 2, 3); the final model "
+                                  "is the global model after round 1")
+    assert (tmp_path / MODEL_FILE).is_file()
+    assert TrainingOutcome.from_rows(3, recorder.round_rows[:2]).status == "trained"

@@ -65,7 +65,7 @@ def run_round(study: StudyConfig, configs: dict[int, dict[str, str]], mode: str,
     grid = LoopbackGrid(app, configs, study.to_run_config(), drop=drop)
     strategy = SecurePatientWeightedFedAvg(min_sites=len(configs), secure_aggregation=mode,
                                            threshold_fraction=study.secure_aggregation_threshold)
-    initial = ArrayRecord(build_model(study, seed=study.seed).state_dict())
+    initial = ArrayRecord(build_model(study, seed=study.training_seed).state_dict())
     return strategy.start(grid, initial, num_rounds=1, timeout=60), grid
 
 
@@ -198,7 +198,8 @@ def test_secure_aggregation_composes_with_dp_sgd(small_cohort: Path, tmp_path: P
 def test_updates_near_and_beyond_the_clipping_range_with_weights(small_cohort: Path, tmp_path: Path) -> None:
     """A large learning rate pushes part of each update past the clipping range: those values count as its end."""
     study = small_study(small_cohort, dp=False, learning_rate=4.0)
-    initial = {k: v.numpy().astype(np.float64) for k, v in build_model(study, seed=study.seed).state_dict().items()}
+    initial = {k: v.numpy().astype(np.float64)
+               for k, v in build_model(study, seed=study.training_seed).state_dict().items()}
     alone = node_configs(small_cohort, tmp_path, "alone", 3)
     # each site's weights
     trained = {node: run_round(study, {node: config}, "off")[0] for node, config in alone.items()}

@@ -39,7 +39,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cohort_dir = generate_cohort(work / "cohort", num_sites=2, seed=5, patients_per_site=[36, 28], slide_size_px=1024)
     for site in read_cohort_index(cohort_dir).sites:
         (site.site_dir / POLICY_FILE_NAME).write_text("keep-egress-payloads = true\n")
-    simulate_study(small_study(cohort_dir, num_server_rounds=ROUNDS), num_sites=2, results_dir=work / "results",
+    simulate_study(small_study(cohort_dir, num_server_rounds=ROUNDS), results_dir=work / "results",
                    cohort_dir=cohort_dir, emit=lambda _: None)
     return cohort_dir
 

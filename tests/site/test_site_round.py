@@ -77,7 +77,7 @@ def _session(cohort: Path, work: Path, study: StudyConfig | None = None,
 
 
 def _received(study: StudyConfig) -> dict[str, torch.Tensor]:
-    return build_model(study, seed=study.seed).state_dict()
+    return build_model(study, seed=study.training_seed).state_dict()
 
 
 def _round(session: SiteSession, *, killed: bool = False, ledger: PrivacyLedger | None = None,

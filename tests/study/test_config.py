@@ -70,3 +70,16 @@ def test_schema_shapes_the_study() -> None:
     clinical_only = study.with_modalities(["clinical"])
     assert clinical_only.modality_set == {"clinical"} and clinical_only.schema != study.schema
     assert StudyConfig.from_run_config(clinical_only.to_run_config()) == clinical_only
+
+
+def test_training_seed_moves_the_initial_model_and_is_part_of_the_study() -> None:
+    """`seed` fixes the held-out patients; `training-seed` only the training randomness (init, tiles, dropout)."""
+    import torch
+
+    from fedfusion.models.fusion_model import build_model
+    from fedfusion.study.identity import config_hash
+
+    first, second = StudyConfig(), StudyConfig(training_seed=1)
+    assert first.seed == second.seed and config_hash(first) != config_hash(second)
+    one, other = (build_model(s, seed=s.training_seed).state_dict() for s in (first, second))
+    assert any(not torch.equal(one[k], other[k]) for k in one)

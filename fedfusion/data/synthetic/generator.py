@@ -20,6 +20,8 @@ The planted signal is described in ``fedfusion.data.synthetic.patients``; how si
 ``fedfusion.data.synthetic.sites``. Everything is deterministic given the seed (each slide has its own random
 stream, so the process pool does not change the result). Every file is written atomically and ``cohort.json``
 last: a directory with ``cohort.json`` is complete, and generating again with the same parameters reuses it.
+The generator writes only into a new or empty folder, or one it was interrupted in (it writes the marker
+``.fedfusion-generating`` first and removes it last): any other folder is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
-from fedfusion.data.cohort_index import COHORT_INDEX_FILE, ORACLE_FILE, SCHEMA_FILE
+from fedfusion.data.cohort_index import COHORT_INDEX_FILE, GENERATING_MARKER, ORACLE_FILE, SCHEMA_FILE
 from fedfusion.data.synthetic.copy_number import simulate_copy_number
 from fedfusion.data.synthetic.expression import simulate_expression
 from fedfusion.data.synthetic.histology import render_slide
@@ -57,8 +59,8 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     """Write a synthetic cohort under ``out_dir`` (layout in the module docstring) and return ``out_dir``.
 
     If ``out_dir/cohort.json`` already records the same parameters nothing is regenerated; if it records other
-    parameters a ``ConfigError`` is raised rather than overwriting someone's cohort. ``workers`` processes render
-    slides (default: all CPUs).
+    parameters, or ``out_dir`` holds anything but an interrupted generation, a ``ConfigError`` is raised rather
+    than overwriting someone's files. ``workers`` processes render slides (default: all CPUs).
     """
     if num_sites <= 0:
         raise ConfigError(f"synthetic cohort: num_sites must be > 0, got {num_sites}")
@@ -80,6 +82,10 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
             return out_dir
         raise ConfigError(f"synthetic cohort {out_dir}: already holds a cohort generated with {existing}, "
                           f"not {params}; choose another directory or delete it")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / GENERATING_MARKER).is_file():
+        raise ConfigError(f"synthetic cohort {out_dir}: the folder is not empty and holds no synthetic cohort; "
+                          "choose a new or empty folder (nothing was written)")
+    atomic_write_text(out_dir / GENERATING_MARKER, "a synthetic cohort is being generated here\n")
 
     root_seed = np.random.SeedSequence([seed, 0xC0401])
     profile_seed, *site_seeds = root_seed.spawn(num_sites + 1)
@@ -114,6 +120,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
         "params": params,
     }
     atomic_write_text(index_path, json.dumps(index, indent=2) + "\n")
+    (out_dir / GENERATING_MARKER).unlink()
     return out_dir
 
 
