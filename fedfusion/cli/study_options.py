@@ -22,7 +22,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 def study_from_args(args: argparse.Namespace, **fixed: object) -> StudyConfig:
     """The study the options describe: defaults, then ``--set`` values, then ``--rounds`` and ``fixed`` keys."""
-    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
+    overrides: dict[str, object] = dict(parse_key_value(item) for item in args.overrides)
     if args.rounds is not None:
         overrides["num-server-rounds"] = args.rounds
     overrides.update(fixed)
@@ -37,7 +37,8 @@ def study_from_args(args: argparse.Namespace, **fixed: object) -> StudyConfig:
     return study
 
 
-def _key_value(item: str) -> tuple[str, str]:
+def parse_key_value(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, stripped; ``ConfigError`` for anything else."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")

@@ -1,7 +1,8 @@
 """``fedfusion simulate``: a whole study on one machine, from cohort files to a results folder.
 
-Steps: make (or reuse) the synthetic cohort; run each site's data path once (tiling + features, cached on
-disk, so the simulated sites only read caches); run the Flower app in Flower's simulation engine; optionally
+Steps: make (or reuse) the synthetic cohort; prepare each site's slide features (``fedfusion site prepare``'s
+step: tiling, stain normalisation, encoder, into the site's feature cache) and load each site once, so the
+simulated sites only read caches; run the Flower app in Flower's simulation engine; optionally
 train and score the baselines on the same held-out patients. A results folder holding the checkpoint of an
 interrupted run of the same study resumes it (the ServerApp does; a checkpoint of another study or config is
 refused here, before any work).
@@ -25,6 +26,7 @@ from fedfusion.coordinator.run_recorder import MODEL_FILE
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import CohortIndex, CohortSite, read_cohort_index, read_gene_panel, read_oracle
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.errors import ConfigError
 from fedfusion.simulation.baselines import format_table, run_baselines
@@ -74,7 +76,7 @@ def simulate_study(
                           f"{index.gene_panel_path} lists {len(panel)} genes")
 
     cnv_panel = read_gene_panel(index.cnv_panel_path) if index.cnv_panel_path is not None and study.cnv_dim else None
-    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, cnv_panel, emit)
+    cohorts = _prepare_sites(study, index.sites[:num_sites], panel, cnv_panel, device, emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
          + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP"))
     nodes = simulated_node_configs(index, index.sites[:num_sites], results_dir, device)
@@ -95,13 +97,15 @@ def simulate_study(
 
 
 def _prepare_sites(study: StudyConfig, sites: list[CohortSite], panel: list[str], cnv_panel: list[str] | None,
-                   emit: Callable[[str], None]) -> list[SiteCohort]:
-    """Run each site's data path once so the simulated sites find their features cached."""
+                   device: str, emit: Callable[[str], None]) -> list[SiteCohort]:
+    """Prepare each site's slide features (as its admin would, on ``device``), then load the site once."""
     cohorts = []
     for site in sites:
         started = time.monotonic()
-        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel,
-                                  workers=os.cpu_count() or 1)
+        summary = prepare_slide_features(site.site_dir, study, device=device, workers=os.cpu_count() or 1,
+                                         progress=emit)
+        emit(summary.describe())
+        cohort = load_site_cohort(site.site_dir, study, gene_panel=panel, cnv_panel=cnv_panel)
         emit(f"{site.name}: {len(cohort.train)} training + {len(cohort.test)} held-out patients "
              f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in cohort.notes))
         cohorts.append(cohort)

@@ -3,26 +3,34 @@
 An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes, remembered between runs
 by ``SlideHashIndex``), the encoder name and
 the tiling knobs (tile size, target mpp, max background, stain normalisation, fallback mpp): a changed slide or
-knob is a new entry, never a stale hit. Entries are written atomically. The default place is
-``<site_dir>/.fedfusion-cache/``, so features stay at the site with the slides.
+knob is a new entry, never a stale hit. Entries are written atomically (a temporary file renamed into place), so
+a killed writer leaves no partial entry, only temporary debris that ``remove_interrupted_writes`` clears. A slide
+whose extraction failed gets a small failure entry (``<key>.failed.json``, the error message) instead, so that a
+reader can tell a bad slide from one never prepared. The default place is ``<site_dir>/.fedfusion-cache/``, so
+features stay at the site with the slides. ``fedfusion site prepare`` (``prepare.py``) is the only writer of
+entries; training only reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from fedfusion.atomic_io import atomic_write
+from fedfusion.atomic_io import TEMP_SUFFIX, atomic_write, atomic_write_text
 from fedfusion.data.slides.slide_hash_index import SlideHashIndex
 from fedfusion.data.slides.tiling import TilingParams
 
 CACHE_DIRNAME = ".fedfusion-cache"
 CACHE_FORMAT = "fedfusion-tile-features/1"
 SLIDE_HASH_INDEX_FILE = "slide-hashes.json"
+FAILURE_SUFFIX = ".failed.json"
+STALE_INDEX_WRITE_S = 3600.0
+"""Age after which a temporary file of the slide-hash index is debris (a reader may be writing a fresh one)."""
 
 
 class FeatureCache:
@@ -53,12 +61,56 @@ class FeatureCache:
         self.hits += 1
         return features
 
+    def tiles(self, key: str) -> int | None:
+        """The tile count of ``key``'s readable entry (its header only), or None when there is none."""
+        try:
+            features = np.load(self._path(key), mmap_mode="r", allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            return None
+        return int(features.shape[0]) if features.ndim == 2 else None
+
     def store(self, key: str, features: npt.NDArray[np.float32]) -> None:
-        """Write ``features`` for ``key`` atomically."""
+        """Write ``features`` for ``key`` atomically (and drop an earlier failure entry of that key)."""
         atomic_write(self._path(key), lambda tmp: _save_npy(tmp, features))
+        self._failure_path(key).unlink(missing_ok=True)
+
+    def store_failure(self, key: str, message: str) -> None:
+        """Record atomically that extracting ``key`` failed with ``message`` (a ``SlideError`` naming the slide)."""
+        atomic_write_text(self._failure_path(key), json.dumps({"format": CACHE_FORMAT, "error": message}))
+
+    def failure(self, key: str) -> str | None:
+        """The message of ``key``'s failure entry, or None (an unreadable failure entry counts as absent)."""
+        try:
+            entry = json.loads(self._failure_path(key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+        error = entry.get("error") if isinstance(entry, dict) else None
+        return error if isinstance(error, str) else None
+
+    def remove_interrupted_writes(self) -> int:
+        """Delete temporary files a killed writer left; return how many.
+
+        Call it only while no other writer of entries runs (``prepare.py`` holds the cache's lock). Temporary files
+        of the slide-hash index, which a reader may write, are removed only once older than an hour.
+        """
+        removed = 0
+        now = time.time()
+        for debris in self.cache_dir.glob(f".*{TEMP_SUFFIX}"):
+            index_write = debris.name.startswith(f".{SLIDE_HASH_INDEX_FILE}.")
+            try:
+                if index_write and now - debris.stat().st_mtime < STALE_INDEX_WRITE_S:
+                    continue
+                debris.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / f"{key}.npy"
+
+    def _failure_path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}{FAILURE_SUFFIX}"
 
 
 def _save_npy(path: Path, features: npt.NDArray[np.float32]) -> None:
