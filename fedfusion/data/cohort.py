@@ -50,7 +50,7 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, gene_panel: Sequence
     findings.raise_errors()
     notes = [str(w) for w in findings.warnings]
     entries, omics = tables.entries, tables.omics
-    cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
+    cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME, read_only=True)
     features, slide_notes = read_prepared_features(site_dir, entries, study, cache, cache_dir=cache_dir,
                                                    fallback_mpp=fallback_mpp, skip_bad=skip_bad,
                                                    encoder_file=encoder_file)

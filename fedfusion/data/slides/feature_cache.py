@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,18 @@ CACHE_DIRNAME = ".fedfusion-cache"
 CACHE_FORMAT = "fedfusion-tile-features/1"
 SLIDE_HASH_INDEX_FILE = "slide-hashes.json"
 FAILURE_SUFFIX = ".failed.json"
-STALE_INDEX_WRITE_S = 3600.0
-"""Age after which a temporary file of the slide-hash index is debris (a reader may be writing a fresh one)."""
 
 
 class FeatureCache:
-    """A directory of cached slide features; counts hits and misses of this instance."""
+    """A directory of cached slide features; counts hits and misses of this instance.
 
-    def __init__(self, cache_dir: Path) -> None:
+    ``read_only``: this instance writes nothing, not even the slide-hash index (training's view of the cache).
+    """
+
+    def __init__(self, cache_dir: Path, *, read_only: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
-        self.slide_hashes = SlideHashIndex(self.cache_dir / SLIDE_HASH_INDEX_FILE)
+        self.read_only = read_only
+        self.slide_hashes = SlideHashIndex(self.cache_dir / SLIDE_HASH_INDEX_FILE, persist=not read_only)
         self.hits = 0
         self.misses = 0
 
@@ -71,11 +72,13 @@ class FeatureCache:
 
     def store(self, key: str, features: npt.NDArray[np.float32]) -> None:
         """Write ``features`` for ``key`` atomically (and drop an earlier failure entry of that key)."""
+        self._writable()
         atomic_write(self._path(key), lambda tmp: _save_npy(tmp, features))
         self._failure_path(key).unlink(missing_ok=True)
 
     def store_failure(self, key: str, message: str) -> None:
         """Record atomically that extracting ``key`` failed with ``message`` (a ``SlideError`` naming the slide)."""
+        self._writable()
         atomic_write_text(self._failure_path(key), json.dumps({"format": CACHE_FORMAT, "error": message}))
 
     def failure(self, key: str) -> str | None:
@@ -90,21 +93,18 @@ class FeatureCache:
     def remove_interrupted_writes(self) -> int:
         """Delete temporary files a killed writer left; return how many.
 
-        Call it only while no other writer of entries runs (``prepare.py`` holds the cache's lock). Temporary files
-        of the slide-hash index, which a reader may write, are removed only once older than an hour.
+        Call it only while no other writer runs (``prepare.py`` holds the cache's lock; readers never write).
         """
+        self._writable()
         removed = 0
-        now = time.time()
-        for debris in self.cache_dir.glob(f".*{TEMP_SUFFIX}"):
-            index_write = debris.name.startswith(f".{SLIDE_HASH_INDEX_FILE}.")
-            try:
-                if index_write and now - debris.stat().st_mtime < STALE_INDEX_WRITE_S:
-                    continue
-                debris.unlink()
-            except FileNotFoundError:
-                continue
+        for debris in self.cache_dir.glob(f"*{TEMP_SUFFIX}"):
+            debris.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"feature cache {self.cache_dir} was opened read-only")
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / f"{key}.npy"
