@@ -6,7 +6,7 @@ else is written). Slides already cached are skipped, so a run that was stopped c
 study's slide knobs (encoder, tile size, target mpp, max background, stain normalisation) come from
 ``--study-config`` (the study's config as TOML: ``fedfusion study defaults`` output, or the study app's
 ``pyproject.toml``) and ``--set KEY=VALUE``; the defaults otherwise. The summary is printed last. Exit code 1
-when a slide failed without ``--skip-bad``, 2 for a configuration or data error, 0 otherwise.
+when a slide failed without ``--skip-bad``, 2 for a configuration or data error, 130 after Ctrl-C, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from fedfusion.data.slides.prepare import SLIDE_STUDY_KEYS, prepare_slide_featur
 from fedfusion.errors import ConfigError
 from fedfusion.site.node_context import DEFAULT_DEVICE
 from fedfusion.study.config import StudyConfig
+
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,10 +73,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     study = study_from_options(args.study_config, args.overrides)
     progress_to = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
-    summary = prepare_slide_features(args.data_dir, study, cache_dir=args.cache_dir, device=args.device,
-                                     workers=args.workers, fallback_mpp=args.fallback_mpp,
-                                     encoder_file=args.encoder_file, skip_bad=args.skip_bad,
-                                     progress=lambda line: print(line, file=progress_to, flush=True))
+    try:
+        summary = prepare_slide_features(args.data_dir, study, cache_dir=args.cache_dir, device=args.device,
+                                         workers=args.workers, fallback_mpp=args.fallback_mpp,
+                                         encoder_file=args.encoder_file, skip_bad=args.skip_bad,
+                                         progress=lambda line: print(line, file=progress_to, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted: the slides finished so far are kept; run the same command again to continue",
+              file=sys.stderr)
+        return INTERRUPTED
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report(), flush=True)
     return 0 if summary.ok else 1
 
