@@ -2,11 +2,12 @@
 
 One small study (3 sites, a few dozen patients each, 3 rounds), run twice in one go on the same cohort and config:
 with ``fedfusion simulate`` and with a real ``fedfusion coordinator run`` + three ``fedfusion site run`` processes
-on loopback. A round's wall time is the time between the coordinator's "evaluate federation" progress lines of
-consecutive rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local
-training time a site reported for the round (sites train in parallel). Overhead therefore includes message
-transport, process start-up per message (deployment starts a fresh ClientApp process for each message),
-model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
+on loopback (each site's slide features prepared first with ``fedfusion site prepare``, as a site admin does).
+A round's wall time is the time between the coordinator's "evaluate federation" progress lines of consecutive
+rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local training time
+a site reported for the round (sites train in parallel). Overhead therefore includes message transport, process
+start-up per message (deployment starts a fresh ClientApp process for each message), model (de)serialisation and
+evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
 Every server binds to 127.0.0.1; every process started here is stopped by PID.
 """
 
@@ -118,6 +119,8 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list
             site_state = work / "sites" / site
             subprocess.run(_fedfusion("site", "approve", f"fedfusion=={fedfusion.__version__}", "--state-dir",
                                       str(site_state)), env=env, check=True, capture_output=True)
+            subprocess.run(_fedfusion("site", "prepare", str(cohort / site), "--cache-dir", str(site_state / "cache"),
+                                      "--device", "cpu"), env=env, check=True, capture_output=True)
             start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
                   "--data-dir", str(cohort / site), "--cache-dir",
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",

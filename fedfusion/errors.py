@@ -26,6 +26,21 @@ class SlideError(DataError):
     """A whole-slide image cannot be opened or holds no usable tissue."""
 
 
+class FeaturesNotPreparedError(DataError):
+    """Slides of a site have no tile features in its feature cache: ``fedfusion site prepare`` was not run.
+
+    Training only reads the cache (``fedfusion.data.slides.prepare`` writes it, ahead of any study); the message
+    names the site, how many slides lack features, one of them and the exact command that prepares them.
+    """
+
+    def __init__(self, site: str, slides: list[Path], command: str) -> None:
+        self.site = site
+        self.slides = list(slides)
+        self.command = command
+        super().__init__(f"site {site}: features not prepared for {len(self.slides)} slides (e.g. {self.slides[0]}): "
+                         f"run {command}")
+
+
 class PrivacyError(FedfusionError):
     """A privacy requirement (budget, policy) forbids the requested operation."""
 

@@ -2,11 +2,15 @@
 
 A SuperNode receives a message from the SuperLink, rebuilds it from its metadata and content
 (``flwr.common.serde.message_from_proto`` -> ``make_message``), builds a ``Context`` from the run config and its
-node config, and calls the ClientApp with both. These helpers do the same, without a network.
+node config, and calls the ClientApp with both. These helpers do the same, without a network. A site's slide
+features are prepared first, as its admin does with ``fedfusion site prepare`` (rounds only read the cache).
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.metadata import Metadata
 
 from fedfusion.data.cohort_index import SCHEMA_FILE, CohortSite
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.models.fusion_model import build_model
 from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
@@ -34,9 +39,32 @@ def small_study(cohort_dir: Path, *, modalities: str | None = None, **changes: A
     return study if modalities is None else study.with_modalities(modalities.split(","))
 
 
+_PREPARED: dict[Path, Path] = {}
+"""Site folder -> a feature cache prepared for it in this test session (copied into each test's cache folder)."""
+
+
+def prepare_site(site: CohortSite, cache_dir: Path) -> Path:
+    """Fill ``cache_dir`` with ``site``'s slide features for the default study's slide knobs; return it.
+
+    What ``fedfusion site prepare SITE --cache-dir CACHE_DIR`` writes; extracted once per test session and site,
+    then copied (the small studies of these tests keep the default encoder and tiling).
+    """
+    if site.site_dir not in _PREPARED:
+        root = Path(tempfile.mkdtemp(prefix="fedfusion-prepared-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        summary = prepare_slide_features(site.site_dir, StudyConfig(), cache_dir=root / "cache", device="cpu")
+        assert summary.ok and not summary.failures, summary.report()
+        _PREPARED[site.site_dir] = root / "cache"
+    shutil.copytree(_PREPARED[site.site_dir], cache_dir, dirs_exist_ok=True)
+    return cache_dir
+
+
 def deployed_node_config(site: CohortSite, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
-                         policy_file: Path | None = None) -> dict[str, str]:
-    """The node config a site admin gives a deployed SuperNode for ``site``."""
+                         policy_file: Path | None = None, *, prepared: bool = True) -> dict[str, str]:
+    """The node config a site admin gives a deployed SuperNode for ``site``, its features prepared in
+    ``cache_dir/<site>`` first (``prepared=False``: an admin who skipped ``fedfusion site prepare``)."""
+    if prepared:
+        prepare_site(site, cache_dir / site.name)
     config = {"site-name": site.name, "data-dir": str(site.site_dir), "cache-dir": str(cache_dir / site.name),
               "ledger-dir": str(ledger_dir), "device": "cpu"}
     if policy_file is not None:

@@ -2,7 +2,8 @@
 
     fedfusion synth      write a synthetic multi-hospital cohort (real slide, omics and clinical files)
     fedfusion simulate   run a federated study of several simulated sites on this machine
-    fedfusion site ...   a site admin's commands: check data, show the privacy ledger and the egress record
+    fedfusion site ...   a site admin's commands: check data, prepare slide features, run the daemon, show the
+                         privacy ledger and the egress record
     fedfusion provision  an operator's commands: consortium CA, coordinator certificate, site keys
     fedfusion coordinator run   the coordinator service (SuperLink on loopback + Fleet gateway)
     fedfusion study ...  prepare and submit a study to the running coordinator

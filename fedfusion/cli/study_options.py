@@ -29,7 +29,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 def study_from_args(args: argparse.Namespace, *, default_schema: Path | None = None, **fixed: object) -> StudyConfig:
     """The study the options describe: defaults, then ``--set`` values, then ``--rounds`` and ``fixed`` keys; the
     schema from ``--schema``, else ``default_schema`` when given, else the built-in synthetic one."""
-    overrides: dict[str, object] = dict(_key_value(item) for item in args.overrides)
+    overrides: dict[str, object] = dict(parse_key_value(item) for item in args.overrides)
     if "schema" in overrides:
         raise ConfigError("give the study schema as a file: --schema FILE (not --set schema=...)")
     schema_file = args.schema or default_schema
@@ -49,7 +49,8 @@ def study_from_args(args: argparse.Namespace, *, default_schema: Path | None = N
     return study
 
 
-def _key_value(item: str) -> tuple[str, str]:
+def parse_key_value(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, stripped; ``ConfigError`` for anything else."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")

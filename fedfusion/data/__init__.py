@@ -1,6 +1,8 @@
 """Site data: cohort manifests, slides, omics and clinical tables, turned into per-patient records.
 
-Entry point: ``cohort.load_site_cohort`` (one site's files -> ``records.SiteCohort``). Along the way:
+Entry points: ``slides.prepare.prepare_slide_features`` (``fedfusion site prepare``: every slide's tile features
+into the site's cache, ahead of any study) and ``cohort.load_site_cohort`` (one site's files and prepared features
+-> ``records.SiteCohort``; it never extracts). Along the way:
 ``tables`` reads and validates the tables as the study schema declares them (``manifest``, ``clinical`` with
 ``covariates`` and ``task_labels``, ``omics`` per layer; ``table_sources`` says where the omics tables are,
 ``table_files`` and ``panel_matrix`` read them); ``slides`` opens a slide with

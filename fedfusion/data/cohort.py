@@ -8,10 +8,7 @@ keeps it as None. The split is the schema's split column, or else a per-patient 
 
 from __future__ import annotations
 
-import multiprocessing
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +17,25 @@ import numpy.typing as npt
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.data.progress import progress_bar
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
-from fedfusion.data.slides.slide_features import extract_slide_features
-from fedfusion.data.slides.slide_reader import check_slide_file
+from fedfusion.data.slides.prepared_features import read_prepared_features
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
-from fedfusion.data.slides.tiling import TilingParams
-from fedfusion.data.tables.manifest import ManifestEntry
 from fedfusion.data.tables.site_tables import read_site_tables
-from fedfusion.errors import ConfigError, DataError, SlideError
+from fedfusion.errors import ConfigError, DataError
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.schema import SPLITS, StudySchema
 
 
-@dataclass(frozen=True)
-class _SlideJob:
-    path: Path
-    key: str
-
-
-def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None, device: str = "cpu",
+def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None,
                      fallback_mpp: float | None = None, skip_bad: bool = False,
-                     progress: Callable[[str], None] | None = None, workers: int = 1,
+                     progress: Callable[[str], None] | None = None,
                      encoder_file: Path | None = None) -> SiteCohort:
     """Read one site's data, as the study's schema declares it, into patient records split into train and test.
 
-    Slide features come from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) or are
-    extracted (in ``workers`` spawned processes when > 1, so a calling script needs the usual
-    ``if __name__ == "__main__"`` guard). A slide that cannot be used raises ``SlideError``, or with
+    Slide features are only read, from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) that
+    ``fedfusion.data.slides.prepare.prepare_slide_features`` (``fedfusion site prepare``) filled beforehand; a
+    slide without features raises ``FeaturesNotPreparedError`` naming that command. A slide that cannot be used
+    (found so when it was prepared) raises ``SlideError``, or with
     ``skip_bad`` is reported in ``SiteCohort.notes`` and its patient kept without it; with ``skip_bad`` a
     manifest patient without clinical labels is left out (a note) too. Other table problems always raise
     ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:`` or
@@ -65,11 +53,12 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
     notes = [str(w) for w in findings.warnings]
     entries = tables.entries
     features: dict[Path, npt.NDArray[np.float32]] = {}
-    cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME)
     if "wsi" in schema.modalities:
         _check_encoder(study, encoder_file)
-        features, slide_notes = _slide_features(entries, TilingParams.from_study(study), study.encoder, cache,
-                                                device, fallback_mpp, skip_bad, workers, report, encoder_file)
+        cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME, read_only=True)
+        features, slide_notes = read_prepared_features(site_dir, entries, study, cache, cache_dir=cache_dir,
+                                                       fallback_mpp=fallback_mpp, skip_bad=skip_bad,
+                                                       encoder_file=encoder_file)
         notes.extend(slide_notes)
 
     splits: dict[str, list[PatientRecord]] = {split: [] for split in SPLITS}
@@ -89,8 +78,8 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
     cohort = SiteCohort(site=site_dir.name, train=splits["train"], test=splits["test"], notes=notes,
                         validation=splits["validation"])
     notes.append(_summary(cohort, schema, "fixed split column" if schema.split_column else "hash split")
-                 + (f"; feature cache {cache.hits} hits, {cache.misses} extracted" if "wsi" in schema.modalities
-                    else ""))
+                 + (f"; features of {len(features)} slides read from the feature cache"
+                    if "wsi" in schema.modalities else ""))
     report(f"site {site_dir.name}: {notes[-1]}")
     return cohort
 
@@ -112,71 +101,3 @@ def _check_encoder(study: StudyConfig, encoder_file: Path | None) -> None:
     if feature_dim != study.tile_feature_dim:
         raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "
                           f"'{study.encoder}' gives {feature_dim} features")
-
-
-def _slide_features(entries: list[ManifestEntry], params: TilingParams, encoder: str, cache: FeatureCache,
-                    device: str, fallback_mpp: float | None, skip_bad: bool, workers: int,
-                    report: Callable[[str], None],
-                    encoder_file: Path | None) -> tuple[dict[Path, npt.NDArray[np.float32]], list[str]]:
-    """Features of every slide (from the cache or extracted), and notes on slides skipped as bad."""
-    features: dict[Path, npt.NDArray[np.float32]] = {}
-    notes: list[str] = []
-    jobs: list[_SlideJob] = []
-    owner: dict[Path, str] = {}
-    for entry in entries:
-        for slide in entry.slides:
-            owner.setdefault(slide, entry.patient_id)
-
-    def fail(path: Path, error: SlideError) -> None:
-        if not skip_bad:
-            raise error
-        notes.append(f"skipped slide of patient {owner[path]}: {error}")
-
-    for path in owner:
-        try:
-            check_slide_file(path)
-        except SlideError as error:
-            fail(path, error)
-            continue
-        key = cache.key(path, encoder, params, fallback_mpp)
-        cached = cache.load(key)
-        if cached is None:
-            jobs.append(_SlideJob(path, key))
-        else:
-            features[path] = cached
-    if jobs:
-        report(f"extracting tile features of {len(jobs)} slides ({len(features)} cached)")
-    with progress_bar(len(jobs), "slides", "slide") as bar:
-        for job, result in _extract(jobs, params, encoder, device, fallback_mpp, workers, encoder_file):
-            bar.update(1)
-            if isinstance(result, SlideError):
-                fail(job.path, result)
-                continue
-            cache.store(job.key, result)
-            features[job.path] = result
-    return features, notes
-
-
-def _extract(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: str, fallback_mpp: float | None,
-             workers: int, encoder_file: Path | None
-             ) -> Iterator[tuple[_SlideJob, npt.NDArray[np.float32] | SlideError]]:
-    """Extract the jobs' features in order, serially or in a process pool (one OpenSlide handle per task)."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            try:
-                yield job, extract_slide_features(job.path, params, encoder, device, fallback_mpp, encoder_file)
-            except SlideError as error:
-                yield job, error
-        return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        futures = [pool.submit(extract_slide_features, job.path, params, encoder, device, fallback_mpp, encoder_file,
-                               1 + index % workers)
-                   for index, job in enumerate(jobs)]
-        for job, future in zip(jobs, futures, strict=True):
-            try:
-                yield job, future.result()
-            except SlideError as error:
-                yield job, error
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

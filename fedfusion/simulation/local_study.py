@@ -1,12 +1,12 @@
 """``fedfusion simulate``: a whole study on one machine, from cohort files to a results folder.
 
-Steps: classify the cohort folder (``cohort_folder``: a new or empty one gets a synthetic cohort, an existing one
-is only read); run each site's data path once (tiling + features, cached on disk, so the simulated sites only read
-caches); list the held-out patients per site (``<results>/held-out/<site>.csv``: simulation only, a deployed
-site's patient ids never leave it); write each simulated site's privacy policy (it follows the study); run the
-Flower app in Flower's simulation engine once per training seed; score the final global model on the pooled
-held-out patients (the federated figure, ``baselines.federated_scores``) and optionally train and score the
-baselines on the same patients.
+Steps: classify the cohort folder (``cohort_folder``: a new or empty one gets a synthetic cohort, an existing one is
+only read); prepare each site's slide features (``fedfusion site prepare``'s step, into the site's feature cache)
+and load each site once, so the simulated sites only read caches; list the held-out patients per site
+(``<results>/held-out/<site>.csv``: simulation only, a deployed site's patient ids never leave it); write each
+simulated site's privacy policy (it follows the study); run the Flower app in Flower's simulation engine once per
+training seed; score the final global model on the pooled held-out patients (the federated figure,
+``baselines.federated_scores``) and optionally train and score the baselines on the same patients.
 
 A study in which no round aggregated is "not trained": the ServerApp writes no final model, this says so and
 returns ``trained=False`` (the command exits 1), and no figure or baseline is computed from the untrained model.
@@ -34,6 +34,7 @@ from fedfusion.coordinator.run_recorder import MODEL_FILE, TRAINING_FILE, Traini
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import CohortSite, read_oracle
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.errors import ConfigError
 from fedfusion.simulation.baselines import BaselineReport, federated_report, run_baselines, training_seeds
 from fedfusion.simulation.cohort_folder import SimulationCohort, SiteChoice, open_cohort, plan_cohort
@@ -96,7 +97,7 @@ def simulate_study(
         if saved is not None:
             emit(f"{folder} holds this study after round {saved.completed_round} of {saved.num_rounds}: "
                  + ("nothing left to train" if saved.finished else "resuming"))
-    cohorts = _prepare_sites(study, cohort, emit)
+    cohorts = _prepare_sites(study, cohort, device, emit)
     _write_held_out_ids(results_dir, cohorts)
 
     final_models = []
@@ -146,17 +147,22 @@ def _run_federation(run: StudyRun, folder: Path, cohort: SimulationCohort, num_s
     return TrainingOutcome.read(folder) or TrainingOutcome(study.num_server_rounds, (), ())
 
 
-def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, emit: Callable[[str], None]) -> list[SiteCohort]:
-    """Run each site's data path once so the simulated sites find their features cached."""
+def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
+                   emit: Callable[[str], None]) -> list[SiteCohort]:
+    """Prepare each site's slide features (as its admin would, on ``device``), then load the site once."""
     cohorts = []
     for site in cohort.sites:
+        if "wsi" in study.modality_set:
+            summary = prepare_slide_features(site.site_dir, study, device=device, workers=os.cpu_count() or 1,
+                                             progress=emit)
+            emit(summary.describe())
         cohorts.append(_load_site(study, site, emit))
     return cohorts
 
 
 def _load_site(study: StudyConfig, site: CohortSite, emit: Callable[[str], None]) -> SiteCohort:
     started = time.monotonic()
-    loaded = load_site_cohort(site.site_dir, study, workers=os.cpu_count() or 1)
+    loaded = load_site_cohort(site.site_dir, study)
     emit(f"{site.name}: {len(loaded.train)} training + {len(loaded.test)} held-out patients "
          f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in loaded.notes))
     return loaded

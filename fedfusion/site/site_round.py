@@ -15,7 +15,9 @@ A round charged but killed before step 5 has nothing to replay: asked again, it 
 In a secure-aggregation round the answer also holds the update (trained minus global weights) and the round's
 SecAgg secrets, which stay at the site; the Flower adapter (``client_app``, ``secure_stages``) keeps them in the
 node's state and sends only the public keys. An unreadable ledger or stored reply is a refusal whose public text
-names the site and the rule only; the file and the error stay in the site's log (``SiteRefusal.detail``).
+names the site and the rule only; the file and the error stay in the site's log (``SiteRefusal.detail``). So is a
+site whose slide features were not prepared (``fedfusion site prepare``): a round never extracts them, and
+nothing is charged.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedfusion.errors import CorruptLedgerError, CorruptReplyError, ProtocolError, SiteRefusal
+from fedfusion.errors import (
+    CorruptLedgerError,
+    CorruptReplyError,
+    FeaturesNotPreparedError,
+    ProtocolError,
+    SiteRefusal,
+)
 from fedfusion.privacy.accounting import history_delta, planned_round
 from fedfusion.privacy.ledger import PrivacyLedger
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
@@ -50,6 +58,8 @@ LEDGER_RULE = "rule 'readable-ledger': its privacy ledger is unreadable, so its 
 """The public reason of a refusal for an unreadable privacy ledger."""
 STORED_REPLY_RULE = "rule 'readable-stored-reply': its stored reply to the round is unreadable"
 """The public reason of a refusal for an unreadable stored reply (what was sent is unknown)."""
+PREPARED_FEATURES_RULE = "rule 'prepared-features': features not prepared: run fedfusion site prepare"
+"""The public reason of a refusal for slides without features in the site's cache (the paths stay in its log)."""
 
 
 @dataclass(frozen=True)
@@ -149,13 +159,21 @@ class SiteRound:
             raise SiteRefusal(site, STORED_REPLY_RULE, request=f"round {server_round}", detail=str(exc)) from exc
         except CorruptLedgerError as exc:
             raise SiteRefusal(site, LEDGER_RULE, request=f"round {server_round}", detail=str(exc)) from exc
+        except FeaturesNotPreparedError as exc:
+            raise SiteRefusal(site, PREPARED_FEATURES_RULE, request=f"round {server_round}",
+                              detail=str(exc)) from exc
         return TrainAnswer(reply, replayed,
                            None if secure is None else secure_update(received, reply, secure, site))
 
     def evaluate(self, received: dict[str, torch.Tensor]) -> dict[str, float]:
         """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count)."""
         self.session.check_policy()
-        return self.trainer.evaluate(received, split="test")
+        try:
+            trainer = self.trainer
+        except FeaturesNotPreparedError as exc:
+            raise SiteRefusal(self.session.site.name, PREPARED_FEATURES_RULE, request="evaluation",
+                              detail=str(exc)) from exc
+        return trainer.evaluate(received, split="test")
 
     def _train_and_store(self, received: dict[str, torch.Tensor], server_round: int, run_id: int) -> StoredReply:
         study = self.session.study

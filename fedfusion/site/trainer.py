@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
+from fedfusion.devices import resolve_device
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.evaluation.task_metrics import empty_metrics, task_metrics
 from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
@@ -185,20 +186,3 @@ class SiteTrainer:
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             yield
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``"auto"`` -> the first CUDA device if there is one, else CPU; ``"cpu"``; ``"cuda"``/``"cuda:N"``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"device '{spec}' is not a device name (use 'auto', 'cpu' or 'cuda:N')") from exc
-    if device.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= available:
-            raise ConfigError(f"device '{spec}' requested but this machine has {available} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"device '{spec}' is not supported (use 'auto', 'cpu' or 'cuda:N')")
-    return device

@@ -1,7 +1,8 @@
 """Every bad input the site data path must survive: the exact message, with and without skip-bad, nothing half-written.
 
-Each case breaks one thing in a copy of a small synthetic site (4 patients) and is run through both entry points:
-``load_site_cohort`` (training) and ``fedfusion site check``. Without skip-bad the site stops with one message
+Each case breaks one thing in a copy of a small synthetic site (4 patients) and is run through the entry points:
+``prepare_slide_features`` then ``load_site_cohort`` (``fedfusion site prepare``, then training) and
+``fedfusion site check``. Without skip-bad the site stops with one message
 naming the file and patient; with it, a skippable problem (a bad slide, a manifest patient without clinical
 labels) is reported once and the rest of the cohort proceeds, while a malformed table still stops the site.
 """
@@ -21,6 +22,7 @@ import pytest
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import DataError, SlideError
 from fedfusion.study.config import StudyConfig
@@ -134,6 +136,9 @@ def site(small_cohort: Path, tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 def _load(site: Path, cache: Path, skip_bad: bool):
+    """Prepare the site's slides (as its admin would, with the same skip-bad), then load it for training."""
+    summary = prepare_slide_features(site, STUDY, cache_dir=cache, device="cpu", skip_bad=skip_bad)
+    assert len(summary.failures) <= 1 and summary.ok == (skip_bad or not summary.failures)
     return load_site_cohort(site, STUDY, cache_dir=cache, skip_bad=skip_bad)
 
 

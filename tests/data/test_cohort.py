@@ -1,4 +1,8 @@
-"""Loading a site's cohort: join, missing modalities, split, feature cache, bad slides, and the planted signal."""
+"""Loading a site's cohort: join, missing modalities, split, prepared features, bad slides, and the planted signal.
+
+Slide features are prepared first (``prepare_slide_features``, the step of ``fedfusion site prepare``); the loader
+only reads them.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index, read_oracle
 from fedfusion.data.patient_records import SiteCohort, SurvivalLabel
 from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.errors import DataError, SlideError
 from fedfusion.study.config import StudyConfig
 
@@ -27,19 +32,21 @@ STUDY = StudyConfig()
 
 @pytest.fixture(scope="module")
 def loaded(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Both sites loaded twice into a fresh cache: first extraction, then from the cache."""
+    """Both sites prepared into a fresh cache, then loaded twice from it."""
     cache_root = tmp_path_factory.mktemp("feature-cache")
     index = read_cohort_index(small_cohort)
     started = time.perf_counter()
-    first = {s.name: load_site_cohort(s.site_dir, STUDY, cache_dir=cache_root / s.name)
-             for s in index.sites}
+    for s in index.sites:
+        assert prepare_slide_features(s.site_dir, STUDY, cache_dir=cache_root / s.name, device="cpu").ok
     extract_s = time.perf_counter() - started
     stamps = {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")}
     started = time.perf_counter()
+    first = {s.name: load_site_cohort(s.site_dir, STUDY, cache_dir=cache_root / s.name)
+             for s in index.sites}
     second = {s.name: load_site_cohort(s.site_dir, STUDY, cache_dir=cache_root / s.name)
               for s in index.sites}
-    return {"first": first, "second": second, "extract_s": extract_s, "cached_s": time.perf_counter() - started,
-            "stamps": stamps, "cache_root": cache_root}
+    return {"first": first, "second": second, "extract_s": extract_s,
+            "cached_s": (time.perf_counter() - started) / 2, "stamps": stamps, "cache_root": cache_root}
 
 
 def _records(cohorts: dict[str, SiteCohort]) -> list:
@@ -68,11 +75,11 @@ def test_records_join_all_modalities(loaded: dict, small_cohort: Path) -> None:
     assert all(r.tile_features is None for r in records if r.patient_id in no_slide)
 
 
-def test_second_load_comes_from_cache(loaded: dict) -> None:
+def test_loads_only_read_the_prepared_cache(loaded: dict) -> None:
     cache_root: Path = loaded["cache_root"]
-    assert {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")} == loaded["stamps"]
+    assert {p: p.stat().st_mtime_ns for p in cache_root.rglob("*")} == loaded["stamps"], "a load wrote the cache"
     assert not list(cache_root.rglob(f"*{TEMP_SUFFIX}"))
-    assert all("0 extracted" in c.notes[-1] for c in loaded["second"].values())
+    assert all("slides read from the feature cache" in c.notes[-1] for c in loaded["second"].values())
     assert loaded["cached_s"] < loaded["extract_s"] / 3
     for first, second in zip(_records(loaded["first"]), _records(loaded["second"]), strict=True):
         if first.tile_features is not None:
@@ -93,13 +100,17 @@ def test_bad_slide_raises_or_is_skipped(small_cohort: Path, tmp_path: Path) -> N
                            ignore=shutil.ignore_patterns(".fedfusion-cache"))
     victim = sorted((site / "slides").glob("*.tiff"))[0]
     victim.write_bytes(victim.read_bytes()[:2000])
+    stopped = prepare_slide_features(site, STUDY, device="cpu", workers=2)
+    assert not stopped.ok and [f.slide for f in stopped.failures] == [victim]
     with pytest.raises(SlideError, match=victim.name):
         load_site_cohort(site, STUDY)
-    cohort = load_site_cohort(site, STUDY, skip_bad=True, workers=2)
+    assert prepare_slide_features(site, STUDY, device="cpu", workers=2, skip_bad=True).ok
+    cohort = load_site_cohort(site, STUDY, skip_bad=True)
     assert any(victim.name in note and note.startswith("skipped slide") for note in cohort.notes)
     by_id = {r.patient_id: r for r in cohort.train + cohort.test}
     assert by_id[victim.stem].tile_features is None
     assert cohort.num_patients == 12
+    prepare_slide_features(site, STUDY, cache_dir=tmp_path / "serial-cache", device="cpu", skip_bad=True)
     serial = load_site_cohort(site, STUDY, skip_bad=True, cache_dir=tmp_path / "serial-cache")
     for record in serial.train + serial.test:
         if record.tile_features is not None:
@@ -120,6 +131,7 @@ def test_inconsistent_site_files(small_cohort: Path, tmp_path: Path) -> None:
 
 def test_copy_number_layer_joins_records_with_its_signal(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
+    prepare_slide_features(site.site_dir, STUDY, cache_dir=tmp_path / "cache", device="cpu")
     cohort = load_site_cohort(site.site_dir, STUDY,
                               cache_dir=tmp_path / "cache")
     records = cohort.train + cohort.test

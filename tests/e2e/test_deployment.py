@@ -137,7 +137,8 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = START_T
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """Coordinator + 3 site daemons on loopback, the study prepared and approved at every site."""
+    """Coordinator + 3 site daemons on loopback, the study prepared and approved at every site, and every site's
+    slide features prepared (`fedfusion site prepare` into the daemon's cache folder)."""
     work = tmp_path_factory.mktemp("deploy")
     cohort = generate_cohort(work / "cohort", num_sites=3, seed=3, patients_per_site=[24, 20, 20],
                              slide_size_px=1024)
@@ -158,6 +159,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         for site in SITES:
             approved = dep.run("site", "approve", dep.study_hash, "--state-dir", str(work / "sites" / site))
             assert approved.returncode == 0, approved.stderr
+            prepared_site = dep.run("site", "prepare", str(cohort / site), "--cache-dir",
+                                    str(work / "sites" / site / "cache"), "--device", "cpu")
+            assert prepared_site.returncode == 0 and "OK: features of" in prepared_site.stdout, prepared_site.stdout
             dep.sites[site] = dep.start(site, *dep.site_args(site))
         stranger_bundle = work / "stranger-bundle"
         shutil.copytree(consortium / "sites" / "site-a", stranger_bundle)

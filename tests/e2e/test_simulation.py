@@ -45,6 +45,9 @@ def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
         env=env, capture_output=True, text=True, timeout=600, cwd=work,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for site in ("site-a", "site-b"):  # each site's slides prepared, visibly, before the engine starts
+        prepared = proc.stdout.index(f"preparing slide features of site {site}: ")
+        assert prepared < proc.stdout.index("starting Flower's simulation engine"), proc.stdout[-3000:]
     leftovers = processes_with_marker(marker)
     for pid in leftovers:  # stop them anyway, then fail: a run must not leave processes behind
         with contextlib.suppress(OSError):

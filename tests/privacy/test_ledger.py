@@ -133,7 +133,6 @@ def test_a_kill_during_training_leaves_the_round_charged(small_cohort: Path, tmp
     policy = tmp_path / "policy.toml"
     policy.write_text("max-epsilon = inf\n")
     config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
-    call_site("evaluate", small_study(small_cohort), config)  # extract features here, not in the killed process
     script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
               "from fedfusion.study.config import StudyConfig; "
               "from flower_site import call_site; "

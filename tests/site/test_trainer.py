@@ -8,9 +8,10 @@ import torch
 from study_schemas import patient, study_with
 
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.devices import resolve_device
 from fedfusion.errors import ConfigError
 from fedfusion.models.fusion_model import build_model
-from fedfusion.site.trainer import SiteTrainer, resolve_device
+from fedfusion.site.trainer import SiteTrainer
 
 STUDY = study_with(genes=20, hidden_dim=16, tile_feature_dim=8, tiles_per_patient=8, batch_size=32,
                     learning_rate=0.01, local_epochs=6, noise_multiplier=0.5, max_grad_norm=1.0, dropout=0.0)

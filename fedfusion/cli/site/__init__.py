@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from fedfusion.cli.site import approve, check, egress, privacy, run
+from fedfusion.cli.site import approve, check, egress, prepare, privacy, run
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     check.register,
+    prepare.register,
     privacy.register,
     egress.register,
     run.register,

@@ -29,8 +29,10 @@ def file_sha256(path: Path) -> str:
 class SlideHashIndex:
     """sha256 of slides, recomputed only when a slide's size or modification time changed."""
 
-    def __init__(self, index_file: Path) -> None:
+    def __init__(self, index_file: Path, *, persist: bool = True) -> None:
         self.index_file = Path(index_file)
+        self.persist = persist
+        """False: hashes computed are kept in memory only (a reader that must not write, e.g. training)."""
         self.computed = 0
         """How many hashes this instance had to compute (the rest came from the index)."""
         try:
@@ -50,5 +52,6 @@ class SlideHashIndex:
         digest = file_sha256(path)
         self.computed += 1
         self._entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-        atomic_write_text(self.index_file, json.dumps(self._entries, indent=0, sort_keys=True))
+        if self.persist:
+            atomic_write_text(self.index_file, json.dumps(self._entries, indent=0, sort_keys=True))
         return digest

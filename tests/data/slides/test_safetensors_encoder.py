@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index
+from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.data.slides.slide_hash_index import file_sha256
 from fedfusion.data.slides.tile_encoder import SAFETENSORS_PREFIX, SmallResNetEncoder, get_tile_encoder
 from fedfusion.errors import ConfigError
@@ -52,6 +53,9 @@ def test_weights_come_from_the_file_frozen_and_in_eval_mode(tmp_path: Path) -> N
 def test_site_cohort_uses_the_safetensors_encoder(small_cohort: Path, tmp_path: Path) -> None:
     path, name = _save(tmp_path / "encoder.safetensors", _weights(3))
     site = read_cohort_index(small_cohort).sites[1]
+    prepared = prepare_slide_features(site.site_dir, StudyConfig(encoder=name), cache_dir=tmp_path / "cache",
+                                      device="cpu", encoder_file=path)
+    assert prepared.ok and prepared.extracted == prepared.slides
     cohort = load_site_cohort(site.site_dir, StudyConfig(encoder=name), cache_dir=tmp_path / "cache",
                               encoder_file=path)
     bags = [p.tile_features for p in cohort.train + cohort.test if p.tile_features is not None]

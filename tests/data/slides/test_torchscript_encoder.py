@@ -1,5 +1,6 @@
 """A hospital's own frozen TorchScript encoder: named by sha256 in the study, loaded from the site's copy."""
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.slides.slide_hash_index import file_sha256
 from fedfusion.data.slides.tile_encoder import TORCHSCRIPT_PREFIX, get_tile_encoder
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, FeaturesNotPreparedError
 from fedfusion.study.config import StudyConfig
 
 FEATURES = 5
@@ -36,8 +38,15 @@ def test_features_come_from_the_sites_torchscript_file(encoder_file: Path, small
     name = TORCHSCRIPT_PREFIX + file_sha256(encoder_file)
     study = StudyConfig(encoder=name, tile_feature_dim=FEATURES)
     site = read_cohort_index(small_cohort).sites[0]
-    cohort = load_site_cohort(site.site_dir, study,
-                              cache_dir=tmp_path / "cache", encoder_file=encoder_file)
+    with pytest.raises(FeaturesNotPreparedError) as unprepared:
+        load_site_cohort(site.site_dir, study, cache_dir=tmp_path / "cache",
+                         encoder_file=encoder_file)
+    command = unprepared.value.command
+    assert command == (f"fedfusion site prepare {site.site_dir} --cache-dir {tmp_path / 'cache'} --set "
+                       f"encoder={name} --encoder-file {encoder_file}")
+    assert main([*shlex.split(command)[1:], "--device", "cpu"]) == 0  # the command named is the one that works
+    cohort = load_site_cohort(site.site_dir, study, cache_dir=tmp_path / "cache",
+                              encoder_file=encoder_file)
     bags = [p.tile_features for p in cohort.train + cohort.test if p.tile_features is not None]
     assert bags and all(b.shape[1] == FEATURES for b in bags)
     stacked = np.concatenate(bags)
