@@ -12,7 +12,6 @@ import tomli_w
 
 from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_gene_panel
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME
 from fedfusion.errors import FeaturesNotPreparedError
 from fedfusion.study.config import StudyConfig
@@ -53,11 +52,10 @@ def test_the_study_config_file_and_set_decide_the_features(
             "--cache-dir", str(cache), "--workers", "1", "--device", "cpu"]
     assert main(argv) == 0, capsys.readouterr()
     assert not (site / CACHE_DIRNAME).exists(), "--cache-dir: nothing is written into the site's folder"
-    panel = read_gene_panel(small_cohort / "gene_panel.txt")
-    cohort = load_site_cohort(site, study.replace(stain_normalization="reinhard"), gene_panel=panel, cache_dir=cache)
+    cohort = load_site_cohort(site, study.replace(stain_normalization="reinhard"), cache_dir=cache)
     assert sum(r.tile_features is not None for r in cohort.train + cohort.test) == 12
     with pytest.raises(FeaturesNotPreparedError, match=r"--set tile-size=224 --set max-background=0\.7$"):
-        load_site_cohort(site, study, gene_panel=panel, cache_dir=cache)  # other knobs, other features
+        load_site_cohort(site, study, cache_dir=cache)  # other knobs, other features
 
 
 def test_a_bad_slide_fails_the_command_unless_skip_bad(small_cohort: Path, tmp_path: Path,

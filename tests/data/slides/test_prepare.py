@@ -24,7 +24,7 @@ from process_scan import processes_with_marker
 
 from fedfusion.atomic_io import TEMP_SUFFIX
 from fedfusion.data.cohort import load_site_cohort
-from fedfusion.data.cohort_index import read_cohort_index, read_gene_panel
+from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.findings import Findings
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.prepare import LOCK_FILE, prepare_slide_features, slide_owners
@@ -42,7 +42,7 @@ KILL_COHORT = {"num_sites": 1, "seed": 21, "patients_per_site": (10,), "slide_si
 
 def _slides(site_dir: Path) -> dict[Path, str]:
     findings = Findings()
-    owners = slide_owners(parse_manifest(site_dir / "manifest.csv", findings))
+    owners = slide_owners(parse_manifest(site_dir / "manifest.csv", findings, STUDY.spec))
     assert not findings.errors
     return owners
 
@@ -52,17 +52,13 @@ def _site_copy(small_cohort: Path, tmp_path: Path, name: str = "site-b") -> Path
                            ignore=shutil.ignore_patterns(CACHE_DIRNAME))
 
 
-def _panel(small_cohort: Path) -> list[str]:
-    return read_gene_panel(small_cohort / "gene_panel.txt")
-
-
 def test_prepare_then_load_gives_the_features_of_the_lazy_path(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     cache = tmp_path / "cache"
     summary = prepare_slide_features(site.site_dir, STUDY, cache_dir=cache, device="cpu", workers=2)
     slides = _slides(site.site_dir)
     assert summary.ok and (summary.slides, summary.extracted, summary.cached) == (len(slides), len(slides), 0)
-    cohort = load_site_cohort(site.site_dir, STUDY, gene_panel=_panel(small_cohort), cache_dir=cache)
+    cohort = load_site_cohort(site.site_dir, STUDY, cache_dir=cache)
 
     # What the loader computed inside the first round before: each slide extracted in this process, concatenated.
     params = TilingParams.from_study(STUDY)
@@ -70,7 +66,7 @@ def test_prepare_then_load_gives_the_features_of_the_lazy_path(small_cohort: Pat
     assert summary.tiles == sum(len(f) for f in lazy.values())
     records = {r.patient_id: r for r in cohort.train + cohort.test}
     findings = Findings()
-    for entry in parse_manifest(site.site_dir / "manifest.csv", findings):
+    for entry in parse_manifest(site.site_dir / "manifest.csv", findings, STUDY.spec):
         if entry.slides:
             np.testing.assert_array_equal(records[entry.patient_id].tile_features,
                                           np.concatenate([lazy[s] for s in entry.slides]))
@@ -87,9 +83,8 @@ def test_prepare_then_load_gives_the_features_of_the_lazy_path(small_cohort: Pat
 def test_a_load_without_prepared_features_names_the_command(small_cohort: Path, tmp_path: Path) -> None:
     site_dir = _site_copy(small_cohort, tmp_path)
     slides = list(_slides(site_dir))
-    panel = _panel(small_cohort)
     with pytest.raises(FeaturesNotPreparedError) as default_cache:
-        load_site_cohort(site_dir, STUDY, gene_panel=panel)
+        load_site_cohort(site_dir, STUDY)
     assert str(default_cache.value) == (f"site site-b: features not prepared for {len(slides)} slides (e.g. "
                                         f"{slides[0]}): run fedfusion site prepare {site_dir}")
     assert not (site_dir / CACHE_DIRNAME).exists(), "a load must not write into the site's folder"
@@ -100,7 +95,7 @@ def test_a_load_without_prepared_features_names_the_command(small_cohort: Path, 
             rf"features not prepared for {len(slides)} slides \(e.g. .*\): run fedfusion site prepare {site_dir} "
             rf"--cache-dir {cache} --set target-mpp=1.0 --set stain-normalization=macenko --fallback-mpp 0.25 "
             r"--skip-bad$")):
-        load_site_cohort(site_dir, study, gene_panel=panel, cache_dir=cache, fallback_mpp=0.25, skip_bad=True)
+        load_site_cohort(site_dir, study, cache_dir=cache, fallback_mpp=0.25, skip_bad=True)
 
     assert prepare_slide_features(site_dir, STUDY, device="cpu").ok
     cache_entries = FeatureCache(site_dir / CACHE_DIRNAME)
@@ -108,10 +103,10 @@ def test_a_load_without_prepared_features_names_the_command(small_cohort: Path, 
     (site_dir / CACHE_DIRNAME / f"{cache_entries.key(forgotten, STUDY.encoder, TilingParams.from_study(STUDY), None)}"
                                  ".npy").unlink()
     with pytest.raises(FeaturesNotPreparedError, match=rf"for 1 slides \(e.g. {forgotten}\)"):
-        load_site_cohort(site_dir, STUDY, gene_panel=panel)
+        load_site_cohort(site_dir, STUDY)
     rerun = prepare_slide_features(site_dir, STUDY, device="cpu")
     assert (rerun.cached, rerun.extracted) == (len(slides) - 1, 1)
-    assert load_site_cohort(site_dir, STUDY, gene_panel=panel).num_patients == 12
+    assert load_site_cohort(site_dir, STUDY).num_patients == 12
 
 
 def test_skip_bad_reports_every_bad_slide_and_prepares_the_rest(small_cohort: Path, tmp_path: Path) -> None:
@@ -142,10 +137,9 @@ def test_skip_bad_reports_every_bad_slide_and_prepares_the_rest(small_cohort: Pa
     assert lines[3].endswith(": skipped with --skip-bad (patient kept without this slide)")
     assert lines[-1] == f"OK: features of {len(owners) - 2} slides ready in {site_dir / CACHE_DIRNAME}"
 
-    panel = _panel(small_cohort)
     with pytest.raises(SlideError, match=f"slide {truncated}: file is truncated or corrupt"):
-        load_site_cohort(site_dir, STUDY, gene_panel=panel)  # the site stops unless it skips bad slides too
-    cohort = load_site_cohort(site_dir, STUDY, gene_panel=panel, skip_bad=True)
+        load_site_cohort(site_dir, STUDY)  # the site stops unless it skips bad slides too
+    cohort = load_site_cohort(site_dir, STUDY, skip_bad=True)
     skipped = [n for n in cohort.notes if n.startswith("skipped slide of patient")]
     assert len(skipped) == 2 and any(f"slide {truncated}: file is truncated" in n for n in skipped)
 
@@ -196,7 +190,7 @@ def test_a_killed_prepare_leaves_no_partial_entry_and_a_rerun_extracts_only_the_
     assert len(list(cache.glob("*.npy"))) == len(slides)
     assert not list(cache.glob(f"*{TEMP_SUFFIX}")) and not list(cache.glob(f".*{TEMP_SUFFIX}")), \
         "a temporary file of the killed run is left"
-    cohort_records = load_site_cohort(site_dir, STUDY, gene_panel=read_gene_panel(cohort / "gene_panel.txt"))
+    cohort_records = load_site_cohort(site_dir, STUDY)
     assert sum(r.tile_features is not None for r in cohort_records.train + cohort_records.test) == len(slides)
 
 
