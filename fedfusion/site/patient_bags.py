@@ -54,6 +54,8 @@ class PatientBagDataset(Dataset[PatientItem]):
             check_record(record, study)
         self.patients = list(patients)
         self.study = study
+        self.targets = [task_targets(p, study) for p in self.patients]
+        """Each patient's labels as ``task_targets``, computed once (an item is built every step)."""
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -65,7 +67,7 @@ class PatientBagDataset(Dataset[PatientItem]):
         tiles = _tiles_of(record, self.study)
         if len(tiles) > k:
             tiles = tiles[np.sort(self._rng.choice(len(tiles), size=k, replace=False))]
-        return patient_item(record, tiles, k, self.study)
+        return patient_item(record, tiles, k, self.targets[index], self.study)
 
 
 def collate_full_bags(patients: Sequence[PatientRecord], study: StudyConfig) -> PatientBatch:
@@ -74,13 +76,14 @@ def collate_full_bags(patients: Sequence[PatientRecord], study: StudyConfig) -> 
         check_record(record, study)
     bags = [_tiles_of(p, study) for p in patients]
     slots = max([len(b) for b in bags] + [1])
-    items = [patient_item(p, b, slots, study) for p, b in zip(patients, bags, strict=True)]
+    items = [patient_item(p, b, slots, task_targets(p, study), study) for p, b in zip(patients, bags, strict=True)]
     return PatientBatch(*(torch.stack(column) for column in zip(*items, strict=True)))
 
 
-def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: int,
+def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: int, targets: torch.Tensor,
                  study: StudyConfig) -> PatientItem:
-    """One patient's tensors with ``tiles`` (at most ``slots`` rows) zero-padded to ``slots`` and masked."""
+    """One patient's tensors with ``tiles`` (at most ``slots`` rows) zero-padded to ``slots`` and masked, and its
+    ``targets`` (``task_targets``)."""
     padded = np.zeros((slots, study.tile_feature_dim), dtype=np.float32)
     padded[: len(tiles)] = tiles
     tile_mask = torch.zeros(slots, dtype=torch.bool)
@@ -94,7 +97,7 @@ def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: i
         torch.from_numpy(genomic_input(record, study)),
         torch.tensor([float(present[m]) for m in MODALITIES]),
         torch.as_tensor(np.nan_to_num(record.clinical, nan=0.0), dtype=torch.float32),
-        task_targets(record, study),
+        targets,
     )
 
 
