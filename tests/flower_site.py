@@ -59,7 +59,7 @@ def prepare_site(site: CohortSite, cache_dir: Path) -> Path:
     return cache_dir
 
 
-def deployed_node_config(site: CohortSite, cohort_dir: Path, cache_dir: Path, ledger_dir: Path,
+def deployed_node_config(site: CohortSite, cache_dir: Path, ledger_dir: Path,
                          policy_file: Path | None = None, *, prepared: bool = True) -> dict[str, str]:
     """The node config a site admin gives a deployed SuperNode for ``site``, its features prepared in
     ``cache_dir/<site>`` first (``prepared=False``: an admin who skipped ``fedfusion site prepare``)."""

@@ -53,7 +53,7 @@ def node_configs(cohort: Path, work: Path, tag: str, count: int,
     configs = {}
     for index in range(count):
         site = sites[index % len(sites)]
-        config = deployed_node_config(site, cohort, work / "cache", work / f"ledger-{tag}-{index}", policy_file)
+        config = deployed_node_config(site, work / "cache", work / f"ledger-{tag}-{index}", policy_file)
         config["site-name"] = f"{site.name}-{index}"
         configs[100 + index] = config
     return configs

@@ -51,7 +51,7 @@ def test_client_app_records_each_reply_with_its_serialized_bytes(small_cohort: P
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     site = read_cohort_index(small_cohort).sites[1]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     train, evaluate = call_site("train", study, config, 3), call_site("evaluate", study, config, 3)
     record = EgressRecord(tmp_path / "ledger" / EGRESS_FILE)
     sent, evaluated = record.entries()
@@ -76,6 +76,6 @@ def test_a_reply_that_cannot_be_recorded_is_withheld(small_cohort: Path, tmp_pat
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the ledger folder should be")
     reply = call_site("evaluate", small_study(small_cohort),
-                      deployed_node_config(site, small_cohort, tmp_path / "cache", blocked))
+                      deployed_node_config(site, tmp_path / "cache", blocked))
     assert reply.has_error() and reply.error.code == 3003 and not reply.has_content()
     assert reply.error.reason == "site egress record unavailable; reply withheld"

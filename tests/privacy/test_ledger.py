@@ -102,7 +102,7 @@ def test_unreadable_ledger_refuses_instead_of_restarting_from_zero(tmp_path: Pat
 def test_client_app_charges_the_planned_steps_and_settles_them_exactly(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     replies = [call_site("train", study, config, server_round=r) for r in (1, 2)]
     assert not any(reply.has_error() for reply in replies), [r.error for r in replies if r.has_error()]
     restarted = PrivacyLedger(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
@@ -119,7 +119,7 @@ def test_client_app_refuses_the_round_that_would_exceed_the_budget(small_cohort:
     study = small_study(small_cohort)
     policy = tmp_path / "policy.toml"
     policy.write_text("max-epsilon = 5.0\n")  # one round of the small study spends about 4.6
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", policy)
     first, second = (call_site("train", study, config, server_round=r) for r in (1, 2))
     assert not first.has_error()
     assert second.has_error() and second.error.code == 3002
@@ -132,7 +132,7 @@ def test_a_kill_during_training_leaves_the_round_charged(small_cohort: Path, tmp
     study = small_study(small_cohort, local_epochs=300)  # 900 steps: long enough to be killed while training
     policy = tmp_path / "policy.toml"
     policy.write_text("max-epsilon = inf\n")
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", policy)
     script = (f"import json, sys; sys.path.insert(0, {str(TESTS_DIR)!r}); "
               "from fedfusion.study.config import StudyConfig; "
               "from flower_site import call_site; "

@@ -70,7 +70,7 @@ def test_every_site_refuses_a_weaker_privacy_setting(small_cohort: Path, tmp_pat
         policy = tmp_path / f"{site.name}.toml"
         policy.write_text(POLICIES[site.name])
         ledger_dir = tmp_path / f"ledger-{site.name}"
-        reply = call_site("train", study, deployed_node_config(site, small_cohort, tmp_path / "cache", ledger_dir,
+        reply = call_site("train", study, deployed_node_config(site, tmp_path / "cache", ledger_dir,
                                                                policy))
         assert reply.has_error() and reply.error.code == 3002
         assert reply.error.reason.startswith(
@@ -85,7 +85,7 @@ def test_a_study_within_the_policy_is_served_and_a_modality_outside_it_is_refuse
     site = read_cohort_index(small_cohort).sites[0]
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICIES[site.name] + 'allowed-modalities = ["wsi", "omics"]\n')
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", policy)
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", policy)
     within = small_study(small_cohort, modalities="wsi,omics", noise_multiplier=0.8, max_grad_norm=2.0)
     assert not call_site("evaluate", within, config).has_error()
     refused = call_site("evaluate", small_study(small_cohort, noise_multiplier=0.8, max_grad_norm=2.0), config)
@@ -94,6 +94,6 @@ def test_a_study_within_the_policy_is_served_and_a_modality_outside_it_is_refuse
 
 def test_a_named_policy_file_that_is_missing_is_an_error_not_the_default(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", tmp_path / "nope.toml")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", tmp_path / "nope.toml")
     reply = call_site("train", small_study(small_cohort), config)
     assert reply.has_error() and reply.error.reason == f"site {site.name}: ConfigError (details in the site's log)"

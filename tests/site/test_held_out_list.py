@@ -16,7 +16,7 @@ from fedfusion.study.run_config import StudyRun
 def test_train_round_writes_the_held_out_list_at_the_site(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     reply = call_site("train", study, config)
     assert not reply.has_error(), reply.error
     listed = pd.read_csv(held_out_path(tmp_path / "ledger", StudyRun.of(study).study_id), dtype=str)

@@ -39,7 +39,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_round_asked_twice_is_replayed_without_training_or_spending_again(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     ledger = PrivacyLedger(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
     first = call_site("train", study, config, server_round=1)
     spent = ledger.epsilon(study.accountant, study.delta)
@@ -63,7 +63,7 @@ def test_other_global_weights_or_another_study_are_trained_and_charged_again(sma
                                                                              tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     ledger = PrivacyLedger(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
     first = call_site("train", study, config, server_round=1)
 
@@ -80,7 +80,7 @@ def test_other_global_weights_or_another_study_are_trained_and_charged_again(sma
 def test_round_charged_but_killed_before_its_reply_is_charged_again(small_cohort: Path, tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     ledger = PrivacyLedger(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
     # What a site killed during training leaves: the round charged, nothing stored, nothing sent.
     ledger.charge(run_id=1, server_round=1, planned=[(1.0, 0.25, 8)], policy=SitePolicy(),
@@ -96,7 +96,7 @@ def test_unreadable_stored_reply_is_refused_naming_the_rule_and_no_path(
         small_cohort: Path, tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger")
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger")
     call_site("train", study, config, server_round=1)
     replies = RoundReplay(tmp_path / "ledger", dataset_id(site.name, site.site_dir), derived_study_id(study))
     replies.path(1).write_bytes(damage)

@@ -71,7 +71,7 @@ def _session(cohort: Path, work: Path, study: StudyConfig | None = None,
              policy: SitePolicy | None = None) -> SiteSession:
     site = read_cohort_index(cohort).sites[0]
     study = study if study is not None else small_study(cohort)
-    node_config = deployed_node_config(site, cohort, work / "cache", work / "ledger")
+    node_config = deployed_node_config(site, work / "cache", work / "ledger")
     return SiteSession(StudyRun.of(study), resolve_site_context(node_config),
                        SitePrivacy(work / "ledger", policy if policy is not None else SitePolicy()))
 

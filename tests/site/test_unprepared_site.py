@@ -20,7 +20,7 @@ def test_a_round_without_prepared_features_is_refused_naming_the_fix_and_no_path
         small_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     site = read_cohort_index(small_cohort).sites[1]
     study = small_study(small_cohort)
-    config = deployed_node_config(site, small_cohort, tmp_path / "cache", tmp_path / "ledger", prepared=False)
+    config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", prepared=False)
     with caplog.at_level(logging.WARNING):
         train = call_site("train", study, config, server_round=1)
         evaluate = call_site("evaluate", study, config, server_round=1)
