@@ -12,6 +12,7 @@ normalisation constants) is fixed here, so it stays outside the privacy accounti
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
@@ -25,6 +26,7 @@ FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
@@ -83,6 +85,24 @@ class StudyConfig:
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
+    # ---- server optimizer, FedProx and penalties (coordinator/server_optimizer.py, site/gradient_terms.py) ----
+    server_optimizer: str = "fedavg"
+    """How the coordinator applies the sites' patient-weighted mean update: 'fedavg' (global += server-learning-rate
+    * mean update), 'fedavgm' (momentum), 'fedadam', 'fedyogi', 'fedadagrad' (Flower 1.41's update rules)."""
+    server_learning_rate: float = 1.0
+    """eta of the server optimizer (1.0 with 'fedavg' is plain FedAvg)."""
+    server_momentum: float = 0.9
+    """beta_1: momentum of 'fedavgm', first-moment decay of 'fedadam' and 'fedyogi'."""
+    server_beta2: float = 0.99
+    """beta_2: second-moment decay of 'fedadam' and 'fedyogi'."""
+    server_tau: float = 1e-3
+    """tau: adaptivity of 'fedadam', 'fedyogi', 'fedadagrad' (added to the root of the second moment)."""
+    proximal_mu: float = 0.0
+    """FedProx: each site's gradient gets mu * (w - w_global), added after DP privatization (0: off)."""
+    l2_penalty: float = 0.0
+    """Ridge: each site's gradient gets l2 * w on weight matrices, added after DP privatization (0: off)."""
+    l1_penalty: float = 0.0
+    """Lasso: after each local step, weight matrices are soft-thresholded by learning-rate * l1 (0: off)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -183,6 +203,24 @@ class StudyConfig:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+        self._validate_optimization()
+
+    def _validate_optimization(self) -> None:
+        """The server optimizer's, FedProx's and the penalties' keys."""
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(f"study config 'server-optimizer' must be one of {SERVER_OPTIMIZERS}, "
+                              f"got '{self.server_optimizer}'")
+        if not self.server_learning_rate > 0:
+            raise ConfigError(f"study config 'server-learning-rate' must be > 0, got {self.server_learning_rate}")
+        for name in ("server_momentum", "server_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"study config '{_key(name)}' must be in [0, 1), got {getattr(self, name)}")
+        if not self.server_tau > 0:
+            raise ConfigError(f"study config 'server-tau' must be > 0, got {self.server_tau}")
+        for name in ("proximal_mu", "l2_penalty", "l1_penalty"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"study config '{_key(name)}' must be a finite number >= 0, got {value}")
 
 
 def _key(name: str) -> str:
