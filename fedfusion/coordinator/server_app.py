@@ -1,11 +1,12 @@
 """The coordinator's Flower ServerApp: patient-weighted FedAvg over the sites (through secure aggregation when the
-study asks for it), with federated evaluation.
+study asks for it) moved by the study's server optimizer, with federated evaluation.
 
 The initial model is built from the study config with the study's training seed, so every party can rebuild it; the
 results folder (metrics, plot, config, final model) is written by ``RunRecorder``. After every completed round the
 coordinator checkpoints into ``<results-dir>/checkpoint/`` (``coordinator/checkpoint.py``); started again on a results
 folder holding a checkpoint of the same study, it resumes at the next round (or, when the study had finished,
-rewrites the results folder and trains nothing).
+rewrites the results folder and trains nothing); the server optimizer's state (step count, moments) is checkpointed
+with the model and restored with it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.coordinator.progress_log import emit_progress
 from fedfusion.coordinator.resumed_rounds import run_rounds
 from fedfusion.coordinator.run_recorder import RunRecorder
+from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
 from fedfusion.models.fusion_model import build_model
 from fedfusion.study.run_config import StudyRun
@@ -45,11 +47,14 @@ def main(grid: Grid, context: Context) -> None:
         emit_progress(f"resuming study {checkpoints.study_id} at round {saved.completed_round + 1} "
                       f"of {study.num_server_rounds}")
     latest = saved or Checkpoint(0, study.num_server_rounds, build_model(study, seed=study.training_seed).state_dict())
+    server_optimizer = ServerOptimizer.of(study)
+    if latest.server_optimizer is not None:
+        server_optimizer.load_state_dict(latest.server_optimizer)
 
     def round_completed(server_round: int, arrays: ArrayRecord) -> None:
         nonlocal latest
         latest = Checkpoint(server_round, study.num_server_rounds, arrays.to_torch_state_dict(),
-                            recorder.site_rows, recorder.round_rows)
+                            recorder.site_rows, recorder.round_rows, server_optimizer.state_dict())
         checkpoints.save(latest)
 
     strategy = SecurePatientWeightedFedAvg(
@@ -59,6 +64,7 @@ def main(grid: Grid, context: Context) -> None:
         stage_timeout=settings.round_timeout,
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
+        server_optimizer=server_optimizer,
     )
     run_rounds(strategy, grid, ArrayRecord(latest.weights), completed_rounds=latest.completed_round,
                num_rounds=study.num_server_rounds, timeout=settings.round_timeout, on_round_completed=round_completed)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +31,7 @@ import numpy.typing as npt
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import SERVER_OPTIMIZERS, StudyConfig
 
-NDArray = npt.NDArray[np.generic]
+NDArray = npt.NDArray[Any]
 """A numpy array of any dtype (the global model's arrays)."""
 FIRST_MOMENT = "m"
 SECOND_MOMENT = "v"

@@ -4,14 +4,17 @@ config, and marked finished after the last round; the study id survives resubmis
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from study_schemas import study_with
 
 from fedfusion.cli import main
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
+from fedfusion.coordinator.server_optimizer import ServerOptimizerState
 from fedfusion.errors import ConfigError, CorruptCheckpointError
 from fedfusion.models.fusion_model import build_model
 from fedfusion.study.config import StudyConfig
@@ -40,6 +43,32 @@ def test_saved_checkpoint_loads_back_with_weights_round_and_rows(tmp_path: Path)
     assert all(torch.equal(loaded.weights[k], expected[k]) for k in expected)
     assert [row["round"] for row in loaded.site_rows] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["global-round-2.pt", "state.json"]
+
+
+def test_server_optimizer_state_loads_back_and_a_torn_moments_file_is_refused(tmp_path: Path) -> None:
+    moments = {"m/w": np.array([[0.5, -1.0]], dtype=np.float32), "v/w": np.array([[0.25, 1.0]], dtype=np.float32)}
+    checkpoints = _checkpoints(tmp_path)
+    checkpoints.save(replace(_checkpoint(1), server_optimizer=ServerOptimizerState("fedadam", 1, moments)))
+    checkpoints.save(replace(_checkpoint(2), server_optimizer=ServerOptimizerState("fedadam", 2, moments)))
+    loaded = checkpoints.load()
+    assert loaded is not None and loaded.server_optimizer is not None
+    assert (loaded.server_optimizer.rule, loaded.server_optimizer.step) == ("fedadam", 2)
+    assert loaded.server_optimizer.moments.keys() == moments.keys()
+    assert all(np.array_equal(loaded.server_optimizer.moments[k], moments[k]) for k in moments)
+    assert sorted(p.name for p in checkpoints.directory.iterdir()) == [
+        "global-round-2.pt", "server-optimizer-round-2.pt", "state.json"]
+    (checkpoints.directory / "server-optimizer-round-2.pt").write_bytes(b"torn")
+    with pytest.raises(CorruptCheckpointError, match=r"server-optimizer-round-2\.pt does not match the sha256"):
+        checkpoints.load()
+
+
+def test_a_format_1_checkpoint_is_refused_naming_why(tmp_path: Path) -> None:
+    checkpoints = _checkpoints(tmp_path)
+    checkpoints.save(_checkpoint(1))
+    state = json.loads(checkpoints.state_path.read_text())
+    checkpoints.state_path.write_text(json.dumps({**state, "format": 1}))
+    with pytest.raises(CorruptCheckpointError, match=r"format 1 is not 2 .*holds no server optimizer state"):
+        checkpoints.load()
 
 
 def test_no_checkpoint_means_a_fresh_study(tmp_path: Path) -> None:

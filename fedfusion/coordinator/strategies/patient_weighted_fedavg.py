@@ -6,18 +6,22 @@ every fedfusion site reports its
 per-site reporting of each round (site name, patients, epsilon, metrics) through a callback, a privacy-aware
 aggregation of training metrics (the federation's epsilon is the *maximum* over sites, not a mean), and a
 pooled C-index computed from per-site concordant/comparable pair counts (no per-patient prediction leaves a
-site).
+site), and the study's server optimizer (``fedfusion.coordinator.server_optimizer``): FedAvg's result is turned
+into the mean update (aggregate minus the global arrays the round was configured with) and the optimizer moves the
+global model by it (with the default 'fedavg' and rate 1, to the aggregate itself).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedfusion.coordinator.server_optimizer import NDArray, ServerOptimizer
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     ARRAYS_RECORD,
@@ -60,7 +64,10 @@ class PatientWeightedFedAvg(FedAvg):
         min_sites: int,
         on_site_reply: ReplyListener | None = None,
         on_round_aggregated: RoundListener | None = None,
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
+        """``server_optimizer``: the study's (``ServerOptimizer.of(study)``, its state restored on resume);
+        None: plain FedAvg."""
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -76,6 +83,16 @@ class PatientWeightedFedAvg(FedAvg):
         self.min_sites = min_sites
         self._on_site_reply = on_site_reply
         self._on_round_aggregated = on_round_aggregated
+        self.server_optimizer = server_optimizer or ServerOptimizer()
+        self._configured_arrays: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's train messages; the global arrays they carry are kept: the round's mean update is taken
+        against them."""
+        self._configured_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -88,10 +105,28 @@ class PatientWeightedFedAvg(FedAvg):
         self._report(server_round, "train", replies)
         if not self._enough_sites(server_round, replies):
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        global_arrays = self._configured_arrays
+        if global_arrays is None:
+            raise RuntimeError("configure_train must run before aggregate_train (the round's global arrays)")
+        aggregate, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
-        return arrays, metrics
+        if aggregate is None:
+            return None, metrics
+        mean_update = {name: aggregate[name].numpy() - global_arrays[name].numpy() for name in aggregate}
+        return self._apply_server_optimizer(global_arrays, mean_update), metrics
+
+    def _apply_server_optimizer(self, global_arrays: ArrayRecord, mean_update: Mapping[str, NDArray]) -> ArrayRecord:
+        """The next global model: one step of the server optimizer from ``global_arrays`` by ``mean_update``.
+
+        Every aggregated train round, plain or secure, ends here, and only an aggregated round: a round that is not
+        aggregated never steps the optimizer. The optimizer needs nothing but the patient-weighted mean update, which
+        is exactly what secure aggregation reveals to the coordinator, so it composes with SecAgg+ by construction
+        (and, sites' updates being DP already, it is post-processing of them).
+        """
+        current = {name: array.numpy() for name, array in global_arrays.items()}
+        updated = self.server_optimizer.step(current, mean_update)
+        return ArrayRecord({name: Array(updated[name]) for name in global_arrays})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate evaluation metrics (incl. pooled C-index); report each site's numbers first."""

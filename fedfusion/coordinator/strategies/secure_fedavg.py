@@ -4,8 +4,11 @@ With secure aggregation on for a round ("on", or "auto" with more than 2 sampled
 also carries the round's SecAgg numbers and the site's id in it; the sites reply with metrics and public keys
 only, and `aggregate_train` runs stages 2-4 (``fedfusion.coordinator.secure_stages``) over the grid
 the strategy was started with. The coordinator only ever holds masked vectors; it learns the patient-weighted
-average of the surviving sites' updates (trained minus global weights), adds it to the global model and so gets
-what plain patient-weighted FedAvg of the same sites would give, within half a quantization step per value.
+average of the surviving sites' updates (trained minus global weights), which is the round's mean update: the
+study's server optimizer moves the global model by it (``_apply_server_optimizer``; FedAvg adds it, and so gets
+what plain patient-weighted FedAvg of the same sites would give, within half a quantization step per value).
+Server-side optimizers therefore compose with secure aggregation by construction: they never need more than the
+securely aggregated mean.
 
 If too few sites stay (fewer than the threshold at any stage), the round fails safely: nothing is unmasked, the
 failure is logged, and the global model stays as it was for the next round (its sites' privacy spend for the
@@ -18,11 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedfusion.coordinator.secure_stages import secure_round
+from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
     PatientWeightedFedAvg,
     ReplyListener,
@@ -62,8 +65,10 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         stage_timeout: float = STAGE_TIMEOUT_S,
         on_site_reply: ReplyListener | None = None,
         on_round_aggregated: RoundListener | None = None,
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
-        super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated)
+        super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated,
+                         server_optimizer=server_optimizer)
         if secure_aggregation not in SECURE_AGGREGATION_MODES:
             raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, "
                               f"got '{secure_aggregation}'")
@@ -121,11 +126,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         except PrivacyError as exc:
             self._not_aggregated(server_round, f"secure aggregation failed safely ({exc})")
             return None, None
-        arrays = ArrayRecord({
-            name: Array(np.asarray(global_arrays[name].numpy() + average.arrays[name],
-                                   dtype=global_arrays[name].numpy().dtype))
-            for name in global_arrays
-        })
+        arrays = self._apply_server_optimizer(global_arrays, average.arrays)  # the average IS the mean update
         nodes = {node_of_site[site] for site in average.sites}
         included = [m.content for m in replies if not m.has_error() and m.metadata.src_node_id in nodes]
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)

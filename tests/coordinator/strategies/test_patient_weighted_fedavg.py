@@ -7,7 +7,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, SiteReply
+from fedfusion.simulation.in_process_grid import InProcessGrid
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +28,27 @@ def _reply(site: str, arrays: dict[str, np.ndarray] | None, metrics: dict[str, f
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
 
+class TwoNodes(InProcessGrid):
+    """Two connected nodes that never answer: enough for ``configure_train``."""
+
+    def get_node_ids(self) -> list[int]:
+        return [5, 6]
+
+    def push_messages(self, messages):
+        return []
+
+
+def _configured(strategy: PatientWeightedFedAvg, global_arrays: dict[str, np.ndarray]) -> PatientWeightedFedAvg:
+    """The strategy after configuring a round from ``global_arrays`` (what its mean update is taken against)."""
+    arrays = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
+    assert len(list(strategy.configure_train(1, arrays, ConfigRecord(), TwoNodes()))) == 2
+    return strategy
+
+
 def test_train_aggregation_weights_by_patients_and_takes_max_epsilon() -> None:
     seen: list[SiteReply] = []
-    strategy = PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append)
+    strategy = _configured(PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append),
+                           {"w": np.array([0.5, 0.5], dtype=np.float32)})
     a = {"w": np.array([1.0, 2.0], dtype=np.float32)}
     b = {"w": np.array([4.0, 8.0], dtype=np.float32)}
     arrays, metrics = strategy.aggregate_train(1, [
@@ -43,11 +63,38 @@ def test_train_aggregation_weights_by_patients_and_takes_max_epsilon() -> None:
     assert [(r.site, r.metrics["num-examples"]) for r in seen] == [("site-a", 30.0), ("site-b", 10.0)]
 
 
+def test_server_optimizer_moves_from_the_configured_global_model_by_the_mean_update() -> None:
+    """FedAvgM at rate 0.5: the first step moves half way from the global model to the aggregate, the second adds
+    0.9 of the first step's move (momentum); a round that is not aggregated does not step the optimizer."""
+    optimizer = ServerOptimizer("fedavgm", learning_rate=0.5, momentum=0.9)
+    start = {"w": np.array([1.0, -1.0], dtype=np.float32), "n": np.array([2], dtype=np.int64)}
+    strategy = _configured(PatientWeightedFedAvg(min_sites=2, server_optimizer=optimizer), start)
+    replies = [_reply("site-a", {"w": np.array([3.0, -1.0], dtype=np.float32), "n": np.array([4])},
+                      {"num-examples": 10}),
+               _reply("site-b", {"w": np.array([3.0, 1.0], dtype=np.float32), "n": np.array([4])},
+                      {"num-examples": 30})]
+    first, _ = strategy.aggregate_train(1, replies)
+    assert first is not None
+    mean_update = np.array([2.0, 1.5])
+    np.testing.assert_allclose(first["w"].numpy(), start["w"] + 0.5 * mean_update, rtol=1e-6)
+    assert first["n"].numpy().tolist() == [4]  # not floating point: the aggregate as is
+    assert strategy.aggregate_train(2, replies[:1]) == (None, None) and optimizer.step_count == 1
+    _configured(strategy, {k: v.numpy() for k, v in first.items()})
+    replies_2 = [_reply(m.content.config_records["site"]["name"],
+                        {k: first[k].numpy() + (replies[i].content["arrays"][k].numpy() - start[k])
+                         for k in start}, {"num-examples": 10 if i == 0 else 30})
+                 for i, m in enumerate(replies)]
+    second, _ = strategy.aggregate_train(3, replies_2)
+    assert second is not None and optimizer.step_count == 2
+    np.testing.assert_allclose(second["w"].numpy(), first["w"].numpy() + 0.5 * (0.9 + 1) * mean_update, rtol=1e-6)
+
+
 def test_round_with_fewer_sites_than_the_minimum_is_not_aggregated() -> None:
     seen: list[SiteReply] = []
     rounds: list[tuple[int, str, dict[str, float]]] = []
-    strategy = PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append,
-                                     on_round_aggregated=lambda *row: rounds.append(row))
+    strategy = _configured(PatientWeightedFedAvg(min_sites=2, on_site_reply=seen.append,
+                                                 on_round_aggregated=lambda *row: rounds.append(row)),
+                           {"w": np.array([0.0], dtype=np.float32)})
     only = _reply("site-a", {"w": np.array([1.0], dtype=np.float32)}, {"num-examples": 30, "epsilon": 1.0})
     assert strategy.aggregate_train(3, [only]) == (None, None)
     assert [r.site for r in seen] == ["site-a"]  # still reported to the operator
