@@ -34,6 +34,7 @@ from fedfusion.protocol import (
     NOISE_MULTIPLIER_KEY,
     WEIGHT_KEY,
 )
+from fedfusion.site.gradient_terms import GradientTerms
 from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
 from fedfusion.study.config import StudyConfig
 
@@ -75,7 +76,8 @@ class SiteTrainer:
 
         ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
         leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
-        chooses the study seed) can regenerate the noise and subtract it from the update.
+        chooses the study seed) can regenerate the noise and subtract it from the update. The study's proximal,
+        ridge and lasso terms (``gradient_terms.py``) act on each local step, FedProx's anchored at ``weights``.
         """
         if not self.cohort.train:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
@@ -87,6 +89,7 @@ class SiteTrainer:
                                 batch_size=self.study.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(sampling_seed))
             optimizer = torch.optim.Adam(model.parameters(), lr=self.study.learning_rate)
+            GradientTerms.of(self.study).attach(optimizer)  # FedProx, ridge, lasso: after DP privatization
             private = None
             trained: nn.Module = model
             if self.study.dp:
