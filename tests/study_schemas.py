@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedfusion.data.patient_records import ClassLabel, PatientRecord, SurvivalLabel
+from fedfusion.data.patient_records import ClassLabel, PatientRecord, SiteCohort, SurvivalLabel
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.schema import StudySchema, load_schema
 
@@ -45,3 +45,21 @@ def patient(patient_id: str, tiles: npt.NDArray[np.float32] | None, expression: 
     """A record of a ``study_with`` study (survival then subtype task; a copy-number layer with ``cnv_layer``)."""
     omics = (expression, copy_number) if cnv_layer else (expression,)
     return PatientRecord(patient_id, tiles, omics, clinical, (SurvivalLabel(time, event), ClassLabel(subtype)))
+
+
+def planted_cohort(n_train: int = 192, n_test: int = 96, seed: int = 0) -> SiteCohort:
+    """Survival time and subtype driven by a latent risk visible in the tiles and the omics."""
+    rng = np.random.default_rng(seed)
+    patients = []
+    for i in range(n_train + n_test):
+        risk = rng.normal()
+        tiles = rng.normal(size=(int(rng.integers(4, 20)), 8)).astype(np.float32)
+        tiles[:, 0] += 1.5 * risk
+        omics = rng.normal(size=20).astype(np.float32)
+        omics[:3] += 1.5 * risk
+        time = float(rng.exponential(24.0 * np.exp(-2.0 * risk)))
+        censor = float(rng.uniform(10, 100))
+        patients.append(patient(
+            f"p{i}", tiles, None if i % 7 == 0 else omics, rng.normal(size=2).astype(np.float32),
+            min(time, censor), int(time <= censor), int(np.digitize(risk, [-0.5, 0.5]))))
+    return SiteCohort("planted", patients[:n_train], patients[n_train:])

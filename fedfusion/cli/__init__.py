@@ -100,9 +100,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                "(training-seed, +1, ...; the held-out patients stay the same) and report mean +- sd "
                                "(default: %(default)s)")
     simulate.add_argument("--central-epochs", type=int, default=None, metavar="E",
-                          help="with --baselines: training epochs of the centralized models (default: 2x the "
-                               "federated epochs, rounds x local-epochs: on the default cohort the held-out C-index "
-                               "plateaus from 1x to 3x and drops beyond)")
+                          help="with --baselines: the most epochs the centralized models may train (default: 60); "
+                               "they stop earlier when a validation split of the pooled training patients stops "
+                               "improving, then train again on all of them for the chosen count")
     simulate.add_argument("--no-dp", action="store_true",
                           help="train without differential privacy (comparison); the simulated sites' policy "
                                "accepts it (a site folder's own privacy_policy.toml still applies)")

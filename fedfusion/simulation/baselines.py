@@ -8,11 +8,9 @@ the final global model on those pooled patients; the table and the final console
 per-patient prediction leaves a site.) The table compares it with
 
 - centralized, non-private models trained on all sites' training patients pooled: one on the study's modalities
-  (the ceiling) and, for a multimodal study, one per single modality; they train for ``central_epochs`` in one
-  run of the optimizer (default ``CENTRAL_EPOCHS_FACTOR`` x the federated epochs, rounds x local epochs: on the
-  default cohort, 413 training / 167 held-out patients, 3 training seeds, the fusion model's held-out C-index was
-  0.695 / 0.706 / 0.711 / 0.700 / 0.675 after 0.5x / 1x / 2x / 3x / 6x the default study's 10 federated epochs:
-  a plateau from 1x to 3x, overfitting beyond; 2x sits on the plateau without undertraining the ceiling),
+  (the ceiling) and, for a multimodal study, one per single modality, each trained to convergence
+  (``central_training``: the epoch count is chosen on a validation split of the pooled training patients, never on
+  the held-out ones, then the model is trained again on all of them),
 - each site's model trained alone with the study's own recipe (DP included) for as many rounds and epochs as the
   federation,
 - the oracle risk planted by the synthetic generator (the best achievable C-index).
@@ -22,7 +20,7 @@ ones; the held-out patients stay the same) and reported as mean +- sd over seeds
 patients (``held_out_stats``); the verdict lines are paired bootstrap differences.
 
 Reading a record's outcome, reading a study's modalities and switching them each happen in one function
-(``_outcomes``, ``_modalities``, ``_with_modalities``).
+(``fedfusion.simulation.outcomes``, ``_modalities``, ``_with_modalities``).
 """
 
 from __future__ import annotations
@@ -36,15 +34,14 @@ import numpy.typing as npt
 import pandas as pd
 import torch
 
-from fedfusion.data.patient_records import PatientRecord, SiteCohort, SurvivalLabel
-from fedfusion.errors import ConfigError
+from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.models.fusion_model import build_model
+from fedfusion.simulation.central_training import MAX_EPOCHS, train_to_convergence
 from fedfusion.simulation.held_out_stats import BOOTSTRAP_RESAMPLES, Difference, HeldOutPatients, Summary
+from fedfusion.simulation.outcomes import known_outcome, survival_outcomes
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
 
-CENTRAL_EPOCHS_FACTOR = 2
-"""Default centralized training length, in federated epochs (rounds x local epochs); measured in the docstring."""
 Risks = npt.NDArray[np.float64]
 Weights = Mapping[str, torch.Tensor]
 
@@ -130,12 +127,12 @@ def training_seeds(study: StudyConfig, seeds: int) -> list[int]:
 
 def held_out(cohorts: Sequence[SiteCohort]) -> list[PatientRecord]:
     """The pooled held-out patients of the participating sites with a known primary survival label, in site order."""
-    return [p for c in cohorts for p in c.test if _primary_survival(p).known]
+    return known_outcome([p for c in cohorts for p in c.test])
 
 
 def held_out_patients(cohorts: Sequence[SiteCohort]) -> HeldOutPatients:
     """The pooled held-out patients' outcomes and bootstrap resamples, which every model is scored on."""
-    return HeldOutPatients(*_outcomes(held_out(cohorts)))
+    return HeldOutPatients(*survival_outcomes(held_out(cohorts)))
 
 
 def federated_scores(study: StudyConfig, cohorts: Sequence[SiteCohort],
@@ -163,21 +160,23 @@ def run_baselines(
     emit: Callable[[str], None] = print,
 ) -> BaselineReport:
     """Train every baseline with each training seed (one per federated final model) and compare on the same
-    held-out patients. ``central_epochs`` defaults to ``CENTRAL_EPOCHS_FACTOR`` x the federated epochs."""
+    held-out patients. ``central_epochs`` caps the centralized models' epochs (default ``MAX_EPOCHS``)."""
     seeds = training_seeds(study, len(final_models))
     pooled = _pooled(cohorts)
-    federated_epochs = study.num_server_rounds * study.local_epochs
-    central_epochs = central_epochs or CENTRAL_EPOCHS_FACTOR * federated_epochs
+    max_epochs = central_epochs or MAX_EPOCHS
     scores = [federated_scores(study, cohorts, final_models)]
-    central = study.replace(dp=False, local_epochs=central_epochs)
+    central = study.replace(dp=False)
     for modalities in _modality_variants(study):
-        emit(f"baseline: centralized non-private model on {modalities} ({central_epochs} epochs, "
-             f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ''})")
+        plural = "s" if len(seeds) > 1 else ""
+        emit(f"baseline: centralized non-private model on {modalities} (epochs chosen on a validation split of the "
+             f"pooled training patients, at most {max_epochs}; {len(seeds)} training seed{plural})")
         model_study = _with_modalities(central, modalities)
-        risks = tuple(_risks(pooled, model_study, _train_centralized(pooled, model_study.replace(training_seed=s)))
-                      for s in seeds)
-        scores.append(ModelScores("centralized", f"pooled data, non-private, {central_epochs} epochs", modalities,
-                                  len(pooled.train), risks))
+        models = [train_to_convergence(pooled, model_study.replace(training_seed=s), max_epochs=max_epochs)
+                  for s in seeds]
+        epochs = "/".join(str(m.epochs) for m in models)
+        scores.append(ModelScores("centralized", f"pooled data, non-private, {epochs} epochs (early stopping)",
+                                  modalities, len(pooled.train),
+                                  tuple(_risks(pooled, model_study, m.weights) for m in models)))
     recipe = "DP" if study.dp else "non-private"
     for cohort in cohorts:
         emit(f"baseline: {cohort.site} alone ({study.num_server_rounds} rounds x {study.local_epochs} epochs, "
@@ -215,21 +214,6 @@ def _verdicts(patients: HeldOutPatients, scores: Sequence[ModelScores], rows: Se
     return lines
 
 
-def _primary_survival(patient: PatientRecord) -> SurvivalLabel:
-    """The patient's label of the study's primary survival task (the first survival task in schema order)."""
-    label = next((label for label in patient.labels if isinstance(label, SurvivalLabel)), None)
-    if label is None:
-        raise ConfigError("the baselines compare held-out C-indices: the study needs a survival task")
-    return label
-
-
-def _outcomes(patients: Sequence[PatientRecord]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Primary survival time and event of each patient: the one place a record's outcome is read."""
-    labels = [_primary_survival(p) for p in patients]
-    return (np.array([label.time for label in labels], dtype=float),
-            np.array([label.event for label in labels], dtype=float))
-
-
 def _modalities(study: StudyConfig) -> str:
     """The study's modalities, comma-separated: the one place a baseline reads them."""
     return study.modalities
@@ -253,12 +237,6 @@ def _pooled(cohorts: Sequence[SiteCohort]) -> SiteCohort:
 def _risks(pooled: SiteCohort, study: StudyConfig, weights: Weights) -> Risks:
     """Risk of each pooled held-out patient under ``weights`` (a model of ``study``'s architecture)."""
     return np.asarray(SiteTrainer(pooled, study).predict_risk(dict(weights), pooled.test), dtype=np.float64)
-
-
-def _train_centralized(pooled: SiteCohort, study: StudyConfig) -> dict[str, torch.Tensor]:
-    """One non-private run of ``study.local_epochs`` epochs on the pooled training patients from the initial model."""
-    initial = build_model(study, seed=study.training_seed).state_dict()
-    return SiteTrainer(pooled, study).train(initial, seed=study.training_seed * 100_003 + 1).weights
 
 
 def _train_like_federation(cohort: SiteCohort, study: StudyConfig) -> dict[str, torch.Tensor]:

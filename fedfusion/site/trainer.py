@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -71,8 +71,12 @@ class SiteTrainer:
         self.grad_sample_mode = grad_sample_mode
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
-              seed: int = 0, dp_seed: int | None = None) -> TrainOutcome:
+              seed: int = 0, dp_seed: int | None = None,
+              after_epoch: Callable[[int, nn.Module], bool] | None = None) -> TrainOutcome:
         """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
+
+        ``after_epoch(epoch, model)`` (0-based epoch, the plain module in training) is called after every epoch;
+        when it returns True training stops there (early stopping of the simulation's centralized baseline).
 
         ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
         leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
@@ -98,7 +102,7 @@ class SiteTrainer:
                 trained, optimizer, loader = private.model, private.optimizer, private.loader
             steps, loss_sum, seen = 0, 0.0, 0
             started = time.perf_counter()
-            for _ in range(self.study.local_epochs):
+            for epoch in range(self.study.local_epochs):
                 for items in loader:
                     batch = PatientBatch(*items).to(self.device)
                     steps += 1
@@ -115,6 +119,8 @@ class SiteTrainer:
                         batch_loss(losses).backward()  # type: ignore[no-untyped-call]
                     optimizer.step()
                     loss_sum, seen = loss_sum + float(losses.detach().sum()), seen + len(losses)
+                if after_epoch is not None and after_epoch(epoch, model):
+                    break
             train_seconds = time.perf_counter() - started
             if private is not None:
                 history = private.history()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from study_schemas import patient, study_with
+from study_schemas import planted_cohort, study_with
 
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.devices import resolve_device
@@ -15,24 +15,6 @@ from fedfusion.site.trainer import SiteTrainer
 
 STUDY = study_with(genes=20, hidden_dim=16, tile_feature_dim=8, tiles_per_patient=8, batch_size=32,
                     learning_rate=0.01, local_epochs=6, noise_multiplier=0.5, max_grad_norm=1.0, dropout=0.0)
-
-
-def planted_cohort(n_train: int = 192, n_test: int = 96, seed: int = 0) -> SiteCohort:
-    """Survival time and subtype driven by a latent risk visible in the tiles and the omics."""
-    rng = np.random.default_rng(seed)
-    patients = []
-    for i in range(n_train + n_test):
-        risk = rng.normal()
-        tiles = rng.normal(size=(int(rng.integers(4, 20)), 8)).astype(np.float32)
-        tiles[:, 0] += 1.5 * risk
-        omics = rng.normal(size=20).astype(np.float32)
-        omics[:3] += 1.5 * risk
-        time = float(rng.exponential(24.0 * np.exp(-2.0 * risk)))
-        censor = float(rng.uniform(10, 100))
-        patients.append(patient(
-            f"p{i}", tiles, None if i % 7 == 0 else omics, rng.normal(size=2).astype(np.float32),
-            min(time, censor), int(time <= censor), int(np.digitize(risk, [-0.5, 0.5]))))
-    return SiteCohort("planted", patients[:n_train], patients[n_train:])
 
 
 @pytest.fixture(scope="module")
