@@ -1,0 +1,181 @@
+"""Does federation pay? Held-out C-index of every training arm, side by side, on a synthetic and a real cohort.
+
+Cohorts (each built with the product's own commands, into a temporary folder):
+
+- ``synthetic``: the default synthetic cohort of ``fedfusion simulate`` (3 sites, WSI + omics + clinical);
+- ``gbsg2-random``: lifelines' GBSG2 (686 breast cancer patients, clinical covariates) via ``fedfusion
+  example-cohort gbsg2``, split by ``fedfusion partition --random 4 --stratify cens``;
+- ``gbsg2-skewed``: the same cohort in 4 sites by age quartile (``--by-pattern`` with a mapping file), so each
+  hospital sees another age range.
+
+Arms, each ``fedfusion simulate`` (Flower's simulation engine, the study defaults unless overridden, secure
+aggregation "auto" = on with 3 or more sites) with ``SEEDS`` training seeds on the same held-out patients:
+
+- ``federated DP`` (the default study: the best configuration found) with ``--baselines``: centralized
+  non-private (trained to convergence), single-modality centralized, and each site alone under the same DP recipe;
+- ``federated DP, plain FedAvg``: the same privacy budget, FedAvg on the server, no proximal term;
+- ``federated non-private`` with ``--baselines`` (each site alone without DP);
+- ``distributed DP``: DP-FedSGD with the noise added in shares under secure aggregation, same target epsilon.
+
+Writes ``benchmarks/results/utility.json`` (every row: mean, sd, per-seed C-index, bootstrap CI, the target
+checks) and a line in ``benchmarks/results/README.md``. ``python benchmarks/utility.py --seeds 2 --cohorts
+synthetic`` runs a smaller version. Utility, not timing: nothing here depends on machine speed but the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dp_overhead import record_summary
+
+from fedfusion.atomic_io import atomic_write_text
+from fedfusion.data.cohort_index import SCHEMA_FILE
+from fedfusion.simulation.baselines import BaselineRow
+from fedfusion.simulation.local_study import simulate_study
+from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import load_schema
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FEDFUSION = [sys.executable, "-m", "fedfusion.cli"]
+SEEDS = 5
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training: study overrides and whether the baselines are trained beside it."""
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    baselines: bool = False
+
+
+ARMS = (
+    Arm("federated DP", baselines=True),
+    Arm("federated DP, plain FedAvg", {"server_optimizer": "fedavg", "server_learning_rate": 1.0,
+                                       "proximal_mu": 0.0}),
+    Arm("federated non-private", {"dp": False}, baselines=True),
+    Arm("distributed DP", {"dp_mode": "distributed"}),
+)
+COHORTS = ("synthetic", "gbsg2-random", "gbsg2-skewed")
+
+
+def build_cohort(name: str, root: Path) -> Path:
+    """The cohort folder of ``name`` under ``root``, made with the product's commands (synthetic: made by the first
+    ``simulate`` into the empty folder)."""
+    folder = root / name
+    if name == "synthetic":
+        return folder
+    pooled = root / "gbsg2-pooled"
+    if not pooled.exists():
+        _fedfusion("example-cohort", "gbsg2", "--out", str(pooled))
+    if name == "gbsg2-random":
+        _fedfusion("partition", str(pooled), "--out", str(folder), "--random", "4", "--stratify", "cens", "--seed", "0")
+    else:
+        clinical = pd.read_csv(pooled / "clinical.csv")
+        quartile = pd.qcut(clinical["age"], 4, labels=["age-q1", "age-q2", "age-q3", "age-q4"])
+        mapping = root / "gbsg2-age-quartiles.csv"
+        pd.DataFrame({"code": clinical["patient_id"], "site": quartile}).to_csv(mapping, index=False)
+        _fedfusion("partition", str(pooled), "--out", str(folder), "--by-pattern", "^(.*)$", "--mapping", str(mapping))
+    return folder
+
+
+def _fedfusion(*args: str) -> None:
+    subprocess.run([*FEDFUSION, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def run_arm(arm: Arm, cohort_dir: Path, results_dir: Path, seeds: int) -> dict[str, Any]:
+    """One arm on one cohort: every row of its comparison table, and its wall time."""
+    schema_file = cohort_dir / SCHEMA_FILE
+    base = StudyConfig(schema=load_schema(schema_file).to_json()) if schema_file.is_file() else StudyConfig()
+    study = base.replace(**arm.overrides)
+    started = time.monotonic()
+    result = simulate_study(study, results_dir, cohort_dir, with_baselines=arm.baselines, seeds=seeds,
+                            emit=lambda line: print(f"    {line}", flush=True))
+    seconds = round(time.monotonic() - started, 1)
+    if not result.trained or result.report is None:
+        return {"arm": arm.name, "trained": False, "seconds": seconds}
+    rows = [_row(row) for row in result.report.rows]
+    rows[0]["model"] = arm.name
+    return {"arm": arm.name, "trained": True, "seconds": seconds, "overrides": dict(arm.overrides),
+            "rows": rows, "verdicts": list(result.report.verdicts)}
+
+
+def _row(row: BaselineRow) -> dict[str, Any]:
+    s = row.summary
+    return {"model": row.model, "training": row.training, "modalities": row.modalities, "mean": round(s.mean, 4),
+            "sd": None if s.sd != s.sd else round(s.sd, 4), "per_seed": [round(c, 4) for c in s.per_seed],
+            "ci95": [round(s.ci_low, 4), round(s.ci_high, 4)], "training_patients": row.training_patients}
+
+
+def checks(cohort: str, arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets for this cohort, as measured (None where an arm is missing)."""
+    def mean(arm: str, model: str | None = None) -> float | None:
+        for result in arms:
+            if result["arm"] == arm and result.get("trained"):
+                row = next((r for r in result["rows"] if r["model"] == (model or arm)), None)
+                return None if row is None else float(row["mean"])
+        return None
+
+    def alone(arm: str) -> list[float]:
+        result = next((r for r in arms if r["arm"] == arm and r.get("trained")), None)
+        return [] if result is None else [r["mean"] for r in result["rows"] if r["model"].endswith(" alone")]
+
+    central = mean("federated DP", "centralized")
+    fed_dp, fed_plain = mean("federated DP"), mean("federated non-private")
+    dp_alone, plain_alone = alone("federated DP"), alone("federated non-private")
+    out: dict[str, Any] = {"centralized": central, "federated DP": fed_dp, "federated non-private": fed_plain,
+                           "best site alone (DP)": max(dp_alone, default=None),
+                           "mean site alone (non-private)": sum(plain_alone) / len(plain_alone) if plain_alone
+                           else None, "distributed DP": mean("distributed DP")}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run every arm on every cohort, print the table and record ``utility.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--cohorts", default=",".join(COHORTS))
+    parser.add_argument("--arms", default=",".join(a.name for a in ARMS))
+    args = parser.parse_args(argv)
+    chosen = [a for a in ARMS if a.name in args.arms.split(",")]
+    report: dict[str, Any] = {"benchmark": "utility", "seeds": args.seeds, "platform": platform.platform(),
+                              "cohorts": {}}
+    with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
+        root = Path(tmp)
+        for cohort in args.cohorts.split(","):
+            print(f"== {cohort}", flush=True)
+            folder = build_cohort(cohort, root)
+            results = []
+            for arm in chosen:
+                if arm.overrides.get("dp_mode") == "distributed" and cohort == "gbsg2-skewed":
+                    continue
+                print(f"  -- {arm.name}", flush=True)
+                results.append(run_arm(arm, folder, root / "runs" / cohort / arm.name.replace(" ", "-"),
+                                       args.seeds))
+            report["cohorts"][cohort] = {"arms": results, "targets": checks(cohort, results)}
+            atomic_write_text(RESULTS / "utility.json", json.dumps(report, indent=1) + "\n")
+    lines = []
+    for cohort, data in report["cohorts"].items():
+        t = data["targets"]
+        lines.append(f"{cohort}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items() if v is not None))
+    print("\n".join(lines))
+    record_summary("utility", f"held-out C-index, {args.seeds} training seeds: " + "; ".join(lines)
+                   + " -> [utility.json](utility.json)")
+
+
+if __name__ == "__main__":
+    main()
