@@ -12,6 +12,7 @@ normalisation constants) is fixed here, so it stays outside the privacy accounti
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
@@ -83,6 +84,11 @@ class StudyConfig:
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
+    # ---- privacy budget as input (target-epsilon) ------------------------------------------
+    target_epsilon: float = 0.0
+    """The whole study's epsilon (at ``delta``) per site: each site derives its noise multiplier once from its own
+    training patients and the planned steps (``fedfusion.privacy.calibration``) and never exceeds it; 0 = off: every
+    site uses ``noise-multiplier``."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -183,6 +189,10 @@ class StudyConfig:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+        # ---- privacy budget as input (target-epsilon) ----
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon >= 0):
+            raise ConfigError(f"study config 'target-epsilon' must be a finite number >= 0 (0 = off), "
+                              f"got {self.target_epsilon}")
 
 
 def _key(name: str) -> str:
