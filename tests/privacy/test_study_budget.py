@@ -10,6 +10,7 @@ from flower_site import deployed_node_config, small_study
 from flwr.app import ArrayRecord, Message
 from loopback_grid import LoopbackGrid
 
+from fedfusion.cli import main
 from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.flower_compat import message_from_bytes
@@ -35,6 +36,7 @@ def _sent_noise(grid: LoopbackGrid) -> dict[int, list[float]]:
 
 @pytest.mark.parametrize("accountant, num_sites", [pytest.param("prv", 2, marks=pytest.mark.slow), ("rdp", 1)])
 def test_budget_derived_noise_never_exceeds_the_target_over_a_whole_study(small_cohort: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str],
                                                                           accountant: str, num_sites: int) -> None:
     """The non-slow variant runs one site (each site calibrates once, some seconds on a loaded machine)."""
     study = small_study(small_cohort, num_server_rounds=3, target_epsilon=TARGET, noise_multiplier=0.1)
@@ -62,3 +64,6 @@ def test_budget_derived_noise_never_exceeds_the_target_over_a_whole_study(small_
         spent = study_epsilon(rounds, calibration)
         assert 0.9 * TARGET <= spent <= TARGET, (site.name, spent)
         assert sent_noise[node] == [calibration.noise_multiplier] * study.num_server_rounds
+        assert main(["site", "privacy", str(ledger.directory), "--policy", str(policy)]) == 0
+        assert (f"study {calibration.study_id}: target epsilon {TARGET} at delta {study.delta} ({accountant}) -> "
+                f"noise multiplier {calibration.noise_multiplier:.4f}") in capsys.readouterr().out
