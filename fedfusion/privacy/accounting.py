@@ -44,7 +44,13 @@ def epsilon_spent(mechanism: str, history: Sequence[Sequence[float]], delta: flo
 
 
 def planned_round(noise_multiplier: float, num_patients: int, batch_size: int, local_epochs: int) -> AccountantHistory:
-    """The history entries one round of ``make_private`` training will add, known before it starts.
+    """The history entries one round of ``make_private`` training will add, known before it starts."""
+    sample_rate, steps = round_sampling(num_patients, batch_size, local_epochs)
+    return [(float(noise_multiplier), sample_rate, steps)]
+
+
+def round_sampling(num_patients: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
+    """The sample rate and accounted steps of one round of ``make_private`` training (whatever its noise).
 
     Opacus sets the sample rate to ``1 / len(loader)`` (``ceil(patients / batch_size)`` batches) and its Poisson
     sampler draws ``int(1 / sample_rate)`` batches per epoch; every batch is one accounted step (empty ones too).
@@ -52,7 +58,7 @@ def planned_round(noise_multiplier: float, num_patients: int, batch_size: int, l
     if num_patients <= 0:
         raise PrivacyError(f"a DP round needs training patients, got {num_patients}")
     sample_rate = 1 / math.ceil(num_patients / batch_size)
-    return [(float(noise_multiplier), sample_rate, int(1 / sample_rate) * local_epochs)]
+    return sample_rate, int(1 / sample_rate) * local_epochs
 
 
 def merged_history(entries: Sequence[Sequence[float]]) -> AccountantHistory:

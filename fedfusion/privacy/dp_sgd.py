@@ -1,4 +1,4 @@
-"""Patient-level DP-SGD for one round of local training (Opacus, Poisson sampling, fixed noise).
+"""Patient-level DP-SGD for one round of local training (Opacus, Poisson sampling, the site's noise).
 
 One dataset item is one patient, so per-sample clipping bounds each patient's contribution. The engine is
 recreated every round with the ledger restored (epsilon stays cumulative) and the model is unwrapped and
@@ -69,9 +69,10 @@ class PrivateTraining(Generic[ItemT]):
 
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[ItemT], study: StudyConfig,
-                 *, history: Sequence[Sequence[float]] = (), noise_seed: int | None = None,
+                 *, noise_multiplier: float, history: Sequence[Sequence[float]] = (), noise_seed: int | None = None,
                  grad_sample_mode: str = GRAD_SAMPLE_MODE) -> PrivateTraining[ItemT]:
-    """Wrap for DP-SGD with the study's noise multiplier, clipping norm and accountant, resuming ``history``.
+    """Wrap for DP-SGD with ``noise_multiplier`` (the site's: ``fedfusion.privacy.calibration``), the study's
+    clipping norm and accountant, resuming ``history``.
 
     ``loader`` must yield one patient per item; it is replaced by a Poisson-sampling loader that keeps its
     generator. ``noise_seed`` seeds the Gaussian noise (on the model's device).
@@ -85,7 +86,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Dat
         device = next(model.parameters()).device
         noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
     private_model, private_optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=study.noise_multiplier,
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
         max_grad_norm=study.max_grad_norm, loss_reduction=LOSS_REDUCTION, poisson_sampling=True,
         noise_generator=noise_generator, grad_sample_mode=grad_sample_mode,
     )

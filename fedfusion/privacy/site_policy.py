@@ -6,7 +6,8 @@ when present). Every key is optional; a missing key takes the default below::
     max-epsilon = 50.0                 # lifetime epsilon of one dataset, across all rounds, runs and studies
     delta = 1e-5                       # the largest delta a study may use; epsilon is accounted at this delta
     accountant = "prv"                 # "prv" or "rdp": how the site accounts its ledger (not the study's choice)
-    min-noise-multiplier = 0.5
+    min-noise-multiplier = 0.5         # also the floor of the noise a site calibrates to a study's target epsilon
+    max-target-epsilon = 10.0          # the largest per-study target epsilon (study key target-epsilon) accepted
     max-grad-norm = 10.0               # the largest clipping norm a study may use
     dp-mandatory = true                # refuse studies with dp = false
     allowed-modalities = ["wsi", "omics", "clinical"]   # the data kinds a study may use
@@ -46,6 +47,7 @@ class SitePolicy:
     delta: float = 1e-5
     accountant: str = "prv"
     min_noise_multiplier: float = 0.5
+    max_target_epsilon: float = 10.0
     max_grad_norm: float = 10.0
     dp_mandatory: bool = True
     allowed_modalities: tuple[str, ...] = MODALITIES
@@ -56,13 +58,20 @@ class SitePolicy:
     """Where the policy came from (a file path or the built-in default); never sent."""
 
     def violations(self, study: StudyConfig) -> list[str]:
-        """Each rule ``study`` breaks, as ``"rule 'name' (limit): study asks ..."`` (empty when acceptable)."""
+        """Each rule ``study`` breaks, as ``"rule 'name' (limit): study asks ..."`` (empty when acceptable).
+
+        A study with a target epsilon is checked against ``max-target-epsilon`` here; its noise is the site's own
+        calibration, checked against ``min-noise-multiplier`` when a round is charged (``PrivacyLedger.charge``).
+        """
         broken: list[str] = []
         if not study.dp:
             if self.dp_mandatory:
                 broken.append("rule 'dp-mandatory' (true): study asks dp = false")
         else:
-            if study.noise_multiplier < self.min_noise_multiplier:
+            if study.target_epsilon > self.max_target_epsilon:
+                broken.append(f"rule 'max-target-epsilon' ({self.max_target_epsilon}): "
+                              f"study asks target-epsilon = {study.target_epsilon}")
+            if study.target_epsilon == 0 and study.noise_multiplier < self.min_noise_multiplier:
                 broken.append(f"rule 'min-noise-multiplier' ({self.min_noise_multiplier}): "
                               f"study asks noise-multiplier = {study.noise_multiplier}")
             if study.max_grad_norm > self.max_grad_norm:
@@ -154,6 +163,8 @@ def _validate(path: Path, policy: SitePolicy) -> None:
         problems.append(f"'accountant' must be one of {ACCOUNTANTS}, got '{policy.accountant}'")
     if not (math.isfinite(policy.min_noise_multiplier) and policy.min_noise_multiplier >= 0):
         problems.append(f"'min-noise-multiplier' must be a finite number >= 0, got {policy.min_noise_multiplier}")
+    if not (policy.max_target_epsilon >= 0 and not math.isnan(policy.max_target_epsilon)):
+        problems.append(f"'max-target-epsilon' must be >= 0 (inf allowed), got {policy.max_target_epsilon}")
     if not policy.max_grad_norm > 0:
         problems.append(f"'max-grad-norm' must be > 0, got {policy.max_grad_norm}")
     if set(policy.allowed_modalities) - set(MODALITIES):

@@ -36,6 +36,7 @@ import torch
 
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.models.fusion_model import build_model
+from fedfusion.privacy.calibration import study_noise_multiplier
 from fedfusion.simulation.central_training import MAX_EPOCHS, train_to_convergence
 from fedfusion.simulation.held_out_stats import BOOTSTRAP_RESAMPLES, Difference, HeldOutPatients, Summary
 from fedfusion.simulation.outcomes import known_outcome, survival_outcomes
@@ -241,12 +242,14 @@ def _risks(pooled: SiteCohort, study: StudyConfig, weights: Weights) -> Risks:
 
 def _train_like_federation(cohort: SiteCohort, study: StudyConfig) -> dict[str, torch.Tensor]:
     """``num_server_rounds`` calls of ``local_epochs`` epochs on one site, seeded as the federation's rounds are,
-    carrying the DP accountant across calls."""
+    carrying the DP accountant across calls; its noise calibrated once, as the federation's site does (to the
+    study's target epsilon by the study's accountant, or the fixed noise multiplier)."""
     weights = build_model(study, seed=study.training_seed).state_dict()
     trainer = SiteTrainer(cohort, study)
+    sigma = study_noise_multiplier(study, len(cohort.train), study.accountant) if study.dp else None
     history: list[tuple[float, float, int]] = []
     for server_round in range(1, study.num_server_rounds + 1):
         outcome = trainer.train(weights, accountant_history=history,
-                                seed=study.training_seed * 100_003 + server_round)
+                                seed=study.training_seed * 100_003 + server_round, noise_multiplier=sigma)
         weights, history = outcome.weights, list(outcome.accountant_history)
     return weights

@@ -49,7 +49,7 @@ def simulated_site_policy(study: StudyConfig) -> SitePolicy:
     return dataclasses.replace(
         default, min_noise_multiplier=min(default.min_noise_multiplier, study.noise_multiplier),
         max_grad_norm=max(default.max_grad_norm, study.max_grad_norm), delta=max(default.delta, study.delta),
-        source="fedfusion simulate")
+        max_target_epsilon=max(default.max_target_epsilon, study.target_epsilon), source="fedfusion simulate")
 
 
 def write_site_policies(study: StudyConfig, sites: Sequence[CohortSite], results_dir: Path,

@@ -6,7 +6,9 @@ The order is the site's privacy guarantee, so it lives in one place (``SiteRound
    ``secure-aggregation-mandatory``; a refusal (``SiteRefusal``) charges nothing and trains nothing;
 2. **replay**: a round already answered for this study and the same global model is answered with the stored
    reply (``round_replay``): no second training, no second charge;
-3. **charge** the round's planned DP steps to the privacy ledger, refusing if the budget would be exceeded;
+3. **charge** the round's planned DP steps to the privacy ledger, refusing if the budget would be exceeded
+   (a study with a ``target-epsilon`` is first calibrated, once per study id, to the site's noise multiplier,
+   ``privacy/calibration.py``; its charge also refuses a round that would exceed the study's target);
 4. **train** (the ledger already counts the round in full, so a kill from here on never under-counts);
 5. **store** the reply before it can leave (a kill after this point replays it on the next ask);
 6. **settle** the ledger with the steps actually taken.
@@ -39,6 +41,7 @@ from fedfusion.errors import (
     SiteRefusal,
 )
 from fedfusion.privacy.accounting import history_delta, planned_round
+from fedfusion.privacy.calibration import site_calibration
 from fedfusion.privacy.ledger import PrivacyLedger
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
 from fedfusion.secure_aggregation.config import SecAggConfig
@@ -178,12 +181,16 @@ class SiteRound:
     def _train_and_store(self, received: dict[str, torch.Tensor], server_round: int, run_id: int) -> StoredReply:
         study = self.session.study
         trainer = self.trainer
-        planned = (planned_round(study.noise_multiplier, len(trainer.cohort.train), study.batch_size,
-                                 study.local_epochs) if study.dp else None)
+        patients = len(trainer.cohort.train)
+        budget = (site_calibration(self.ledger, study, self.replies.study_id, patients,
+                                   self.session.privacy.policy.accountant)
+                  if study.dp and study.target_epsilon > 0 else None)
+        sigma = budget.noise_multiplier if budget is not None else study.noise_multiplier
+        planned = planned_round(sigma, patients, study.batch_size, study.local_epochs) if study.dp else None
         charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
-                                    policy=self.session.privacy.policy, study_id=self.replies.study_id)
+                                    policy=self.session.privacy.policy, study_id=self.replies.study_id, budget=budget)
         outcome = trainer.train(received, accountant_history=charge.prior,
-                                seed=study.training_seed * 100_003 + server_round)
+                                seed=study.training_seed * 100_003 + server_round, noise_multiplier=sigma)
         reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
         self.replies.store(server_round, received, reply)  # before settling: a kill after this point replays
         self.ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))

@@ -71,12 +71,15 @@ class SiteTrainer:
         self.grad_sample_mode = grad_sample_mode
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
-              seed: int = 0, dp_seed: int | None = None,
+              seed: int = 0, dp_seed: int | None = None, noise_multiplier: float | None = None,
               after_epoch: Callable[[int, nn.Module], bool] | None = None) -> TrainOutcome:
         """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
 
-        ``after_epoch(epoch, model)`` (0-based epoch, the plain module in training) is called after every epoch;
-        when it returns True training stops there (early stopping of the simulation's centralized baseline).
+        ``noise_multiplier`` is the site's DP noise (``fedfusion.privacy.calibration.study_noise_multiplier``, or
+        the one its ledger recorded for the study); ``None`` means the study's fixed ``noise-multiplier``, which a
+        study with a ``target-epsilon`` does not have (``ConfigError``). ``after_epoch(epoch, model)`` (0-based
+        epoch, the plain module in training) is called after every epoch; when it returns True training stops there
+        (early stopping of the simulation's centralized baseline).
 
         ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
         leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
@@ -86,6 +89,7 @@ class SiteTrainer:
         if not self.cohort.train:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
         history = validated_history(accountant_history)
+        sigma = self._noise_multiplier(noise_multiplier)
         with self._seeded(seed):
             model: nn.Module = self._load(weights).train()
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
@@ -97,8 +101,8 @@ class SiteTrainer:
             private = None
             trained: nn.Module = model
             if self.study.dp:
-                private = make_private(model, optimizer, loader, self.study, history=history, noise_seed=sampling_seed,
-                                       grad_sample_mode=self.grad_sample_mode)
+                private = make_private(model, optimizer, loader, self.study, noise_multiplier=sigma, history=history,
+                                       noise_seed=sampling_seed, grad_sample_mode=self.grad_sample_mode)
                 trained, optimizer, loader = private.model, private.optimizer, private.loader
             steps, loss_sum, seen = 0, 0.0, 0
             started = time.perf_counter()
@@ -131,7 +135,7 @@ class SiteTrainer:
             "train-loss": loss_sum / seen if seen else float("nan"),
             EPSILON_KEY: epsilon,
             DELTA_KEY: self.study.delta,
-            NOISE_MULTIPLIER_KEY: self.study.noise_multiplier if self.study.dp else 0.0,
+            NOISE_MULTIPLIER_KEY: sigma if self.study.dp else 0.0,
             MAX_GRAD_NORM_KEY: self.study.max_grad_norm if self.study.dp else 0.0,
             "steps": float(steps),
             "total-steps": float(accounted),
@@ -178,6 +182,15 @@ class SiteTrainer:
                 losses.append(patient_loss(chunk_outputs, batch.targets, self.study.tasks).cpu())
                 outputs.append(tuple(output.cpu() for output in chunk_outputs))
         return tuple(torch.cat(column) for column in zip(*outputs, strict=True)), torch.cat(losses)
+
+    def _noise_multiplier(self, given: float | None) -> float:
+        """``given``, else the study's fixed noise multiplier (refused for a study with a target epsilon)."""
+        if given is not None:
+            return given
+        if self.study.dp and self.study.target_epsilon > 0:
+            raise ConfigError(f"site '{self.cohort.site}': a study with target-epsilon trains with the site's "
+                              "calibrated noise multiplier, and none was given")
+        return self.study.noise_multiplier
 
     def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
         model = build_model(self.study)

@@ -103,6 +103,11 @@ class StudyConfig:
     """Ridge: each site's gradient gets l2 * w on weight matrices, added after DP privatization (0: off)."""
     l1_penalty: float = 0.0
     """Lasso: after each local step, weight matrices are soft-thresholded by learning-rate * l1 (0: off)."""
+    # ---- privacy budget as input (target-epsilon) ------------------------------------------
+    target_epsilon: float = 0.0
+    """The whole study's epsilon (at ``delta``) per site: each site derives its noise multiplier once from its own
+    training patients and the planned steps (``fedfusion.privacy.calibration``) and never exceeds it; 0 = off: every
+    site uses ``noise-multiplier``."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -221,6 +226,10 @@ class StudyConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"study config '{_key(name)}' must be a finite number >= 0, got {value}")
+        # ---- privacy budget as input (target-epsilon) ----
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon >= 0):
+            raise ConfigError(f"study config 'target-epsilon' must be a finite number >= 0 (0 = off), "
+                              f"got {self.target_epsilon}")
 
 
 def _key(name: str) -> str:

@@ -43,7 +43,8 @@ def per_patient_grads(model: torch.nn.Module, records: list[PatientRecord]) -> l
 
 def private_for(model: torch.nn.Module, records: list[PatientRecord], mode: str):
     loader = DataLoader(PatientBagDataset(records, STUDY), batch_size=len(records))
-    return make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, STUDY, grad_sample_mode=mode)
+    return make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, STUDY,
+                        noise_multiplier=STUDY.noise_multiplier, grad_sample_mode=mode)
 
 
 @pytest.mark.parametrize("fusion", ["kronecker", "concat"])

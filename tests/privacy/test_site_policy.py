@@ -53,6 +53,10 @@ def test_violations_name_every_weaker_setting() -> None:
     assert [v.split("'")[1] for v in SitePolicy().violations(StudyConfig(dp=False))] == ["dp-mandatory"]
     assert SitePolicy(dp_mandatory=False).violations(StudyConfig(dp=False)) == []
     assert SitePolicy().violations(StudyConfig()) == []
+    budgeted = StudyConfig(target_epsilon=12.0, noise_multiplier=0.1)  # its noise is the site's calibration
+    assert SitePolicy().violations(budgeted) == [
+        "rule 'max-target-epsilon' (10.0): study asks target-epsilon = 12.0"]
+    assert SitePolicy(max_target_epsilon=12.0).violations(budgeted) == []
 
 
 @pytest.mark.parametrize("weaker, rule", [
@@ -60,6 +64,7 @@ def test_violations_name_every_weaker_setting() -> None:
     ({"max-grad-norm": 5.0}, "max-grad-norm"),
     ({"delta": 1e-3}, "delta"),
     ({"dp": False}, "dp-mandatory"),
+    ({"target-epsilon": 12.0}, "max-target-epsilon"),
 ])
 def test_every_site_refuses_a_weaker_privacy_setting(small_cohort: Path, tmp_path: Path, weaker: dict[str, object],
                                                     rule: str) -> None:

@@ -50,13 +50,14 @@ class ObservedTrainer(SiteTrainer):
         self.server_round = 0
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
-              seed: int = 0, dp_seed: int | None = None) -> TrainOutcome:
+              seed: int = 0, dp_seed: int | None = None, noise_multiplier: float | None = None) -> TrainOutcome:
         """Note the ledger, die if told to, else train for real."""
         entries = self.ledger.rounds()
         self.seen.append([r.status for r in entries if r.server_round == self.server_round])
         if self.killed:
             raise Killed
-        return super().train(weights, accountant_history=accountant_history, seed=seed, dp_seed=dp_seed)
+        return super().train(weights, accountant_history=accountant_history, seed=seed, dp_seed=dp_seed,
+                             noise_multiplier=noise_multiplier)
 
 
 class KilledAtSettle(PrivacyLedger):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedfusion.privacy.ledger import LEDGER_DIR_NAME, ledgers_in
+from fedfusion.privacy.ledger import LEDGER_DIR_NAME, ledgers_in, study_epsilon
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME, load_policy
 
 
@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "privacy", help="print the site's privacy ledger",
         description="Print, per dataset in the site's privacy ledger, the epsilon spent (at the policy's delta, by "
-                    "the policy's accountant), the lifetime budget, the rounds (settled and charged) and the "
-                    "accounted DP steps with their (noise, sample rate, steps) entries.",
+                    "the policy's accountant), the lifetime budget, the rounds (settled and charged), the "
+                    "accounted DP steps with their (noise, sample rate, steps) entries, and each study's noise "
+                    "calibrated to its target epsilon with that study's spend.",
     )
     parser.add_argument("path", type=Path, metavar="SITE_DIR_OR_LEDGER_DIR",
                         help=f"a site's data folder (its ledger is {LEDGER_DIR_NAME}/) or a ledger folder")
@@ -50,4 +51,10 @@ def _show(args: argparse.Namespace) -> int:
               f"{sum(not r.dp for r in rounds)} without DP)  steps {sum(entry[2] for entry in history)}")
         for sigma, rate, steps in history:
             print(f"  entry noise {sigma:g}  sample-rate {rate:.6g}  steps {steps}")
+        for calibration in ledger.calibrations():
+            print(f"  study {calibration.study_id}: target epsilon {calibration.target_epsilon} at delta "
+                  f"{calibration.delta} ({calibration.accountant}) -> noise multiplier "
+                  f"{calibration.noise_multiplier:.4f} for {calibration.planned_steps} steps at sample-rate "
+                  f"{calibration.sample_rate:.6g} ({calibration.patients} patients, {calibration.calibrated_at}); "
+                  f"spent {study_epsilon(rounds, calibration):.4f}")
     return 0

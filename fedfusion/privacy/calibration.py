@@ -1,0 +1,85 @@
+"""The privacy budget as the input: a site's noise multiplier derived from a study's target epsilon.
+
+A study with ``target-epsilon`` > 0 declares the whole study's epsilon (at its ``delta``) per site. Each site
+derives its noise multiplier once, from its own training patients and the study's planned steps, with Opacus'
+calibration (``get_noise_multiplier``, a bisection on sigma) and verifies the result by replaying the planned
+history: the calibrated noise never spends more than the target and, within ``CALIBRATION_TOLERANCE``, not much
+less. With ``target-epsilon`` = 0 the study's fixed ``noise-multiplier`` is the site's noise: one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fedfusion.errors import PrivacyError
+from fedfusion.privacy.accounting import epsilon_spent, round_sampling
+from fedfusion.privacy.ledger import PrivacyLedger, StudyCalibration
+from fedfusion.study.config import StudyConfig
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_TOLERANCE = 0.01
+"""How far below the target the calibrated epsilon may land, relative to the target (Opacus' bisection stops
+within it)."""
+
+
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """The smallest noise multiplier (within ``CALIBRATION_TOLERANCE``) whose ``steps`` Poisson-sampled steps at
+    ``sample_rate`` spend at most ``target_epsilon`` at ``delta`` by ``accountant`` ("prv"/"rdp").
+
+    ``PrivacyError`` when no noise reaches the target or the verified epsilon exceeds it.
+    """
+    from opacus.accountants.utils import get_noise_multiplier  # Opacus loads torch: only when calibrating
+
+    if not target_epsilon > 0:
+        raise PrivacyError(f"a target epsilon must be > 0, got {target_epsilon}")
+    try:
+        with np.errstate(divide="ignore"):  # PRV takes log(0) on its grid's edge by design (see epsilon_spent)
+            sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                               sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                               epsilon_tolerance=CALIBRATION_TOLERANCE * target_epsilon))
+    except ValueError as exc:  # "The privacy budget is too low."
+        raise PrivacyError(f"no noise multiplier reaches epsilon {target_epsilon} at delta {delta} over {steps} "
+                           f"steps at sample rate {sample_rate:.6g}: {exc}") from exc
+    spent = epsilon_spent(accountant, [(sigma, sample_rate, steps)], delta)
+    if spent > target_epsilon:
+        raise PrivacyError(f"calibrated noise multiplier {sigma} spends epsilon {spent} > target {target_epsilon}")
+    return sigma
+
+
+def study_sampling(study: StudyConfig, num_patients: int) -> tuple[float, int]:
+    """The sample rate and the whole study's planned DP steps of a site with ``num_patients`` training patients
+    (local DP: every round samples from the site's own patients)."""
+    sample_rate, steps_per_round = round_sampling(num_patients, study.batch_size, study.local_epochs)
+    return sample_rate, steps_per_round * study.num_server_rounds
+
+
+def study_noise_multiplier(study: StudyConfig, num_patients: int, accountant: str) -> float:
+    """The noise multiplier of a site with ``num_patients`` training patients in ``study``: calibrated to its
+    ``target-epsilon`` at its ``delta`` by ``accountant``, or its fixed ``noise-multiplier`` when the target is 0."""
+    if study.target_epsilon == 0:
+        return study.noise_multiplier
+    return calibrate_noise(study.target_epsilon, study.delta, *study_sampling(study, num_patients), accountant)
+
+
+def site_calibration(ledger: PrivacyLedger, study: StudyConfig, study_id: str, num_patients: int,
+                     accountant: str) -> StudyCalibration:
+    """The site's calibration for ``study_id`` (a study with a target epsilon): the one in ``ledger``, else a new
+    one, recorded. A recorded one is kept when the cohort changed since (logged)."""
+    recorded = ledger.calibration(study_id)
+    if recorded is None:
+        sample_rate, steps = study_sampling(study, num_patients)
+        recorded = ledger.record_calibration(StudyCalibration(
+            study_id=study_id, target_epsilon=study.target_epsilon, delta=study.delta, accountant=accountant,
+            sample_rate=sample_rate, planned_steps=steps,
+            noise_multiplier=study_noise_multiplier(study, num_patients, accountant), patients=num_patients))
+        logger.info("site %s: study %s calibrated to noise multiplier %.4f (target epsilon %s at delta %s, %s, "
+                    "%d steps at sample rate %.4g)", ledger.dataset.site, study_id, recorded.noise_multiplier,
+                    recorded.target_epsilon, recorded.delta, accountant, steps, sample_rate)
+    elif recorded.patients != num_patients:
+        logger.info("site %s: study %s keeps its recorded noise multiplier %.4f although the training patients "
+                    "changed from %d to %d (the ledger's study-budget check still applies)", ledger.dataset.site,
+                    study_id, recorded.noise_multiplier, recorded.patients, num_patients)
+    return recorded
