@@ -138,13 +138,20 @@ def _run_federation(run: StudyRun, folder: Path, cohort: SimulationCohort, num_s
     study = run.study
     policies = write_site_policies(study, cohort.sites, folder, emit)
     emit(f"starting Flower's simulation engine: {num_sites} sites, {study.num_server_rounds} rounds, "
-         + (f"DP noise {study.noise_multiplier}, clip {study.max_grad_norm}" if study.dp else "no DP")
+         + (_privacy_line(study) if study.dp else "no DP")
          + f", training seed {study.training_seed}" + (f", results in {folder}" if folder.parent.name == SEEDS_DIR
                                                        else ""))
     nodes = simulated_node_configs(cohort.sites, folder, device, policies)
     with simulated_nodes(nodes, folder):
         run_in_simulation_engine(run, num_sites, folder / "flower-app")
     return TrainingOutcome.read(folder) or TrainingOutcome(study.num_server_rounds, (), ())
+
+
+def _privacy_line(study: StudyConfig) -> str:
+    """How a DP study protects its patients, as the start line says it."""
+    budget = (f"target epsilon {study.target_epsilon:g} per site at delta {study.delta:g} (each site derives its noise)"
+              if study.target_epsilon else f"DP noise {study.noise_multiplier}")
+    return f"{budget}, clip {study.max_grad_norm}"
 
 
 def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
