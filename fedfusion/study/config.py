@@ -25,6 +25,7 @@ FUSIONS = ("kronecker", "concat")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
+DP_MODES = ("local", "distributed")
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
@@ -83,6 +84,16 @@ class StudyConfig:
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
+    # ---- distributed DP over secure aggregation (DP-FedSGD; fedfusion.site.distributed_dp) ----
+    dp_mode: str = "local"
+    """'local': each site runs DP-SGD on its own update; 'distributed': one round is one DP-SGD step of the whole
+    federation, each site adds an integer noise share to its clipped gradient sum inside secure aggregation."""
+    sample_rate: float = 0.1
+    """Distributed mode: probability with which every site Poisson-samples each training patient every round
+    (study-wide, so that every site's accounting entry is the same)."""
+    distributed_dp_tolerance: int = 0
+    """Distributed mode: t, the sites that may drop out of a round or collude with the coordinator while the
+    central noise stays whole; a round needs n >= t + 2 sites and releases nothing with fewer than n - t."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -183,6 +194,25 @@ class StudyConfig:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+        self._validate_distributed_dp()
+
+    def _validate_distributed_dp(self) -> None:
+        if self.dp_mode not in DP_MODES:
+            raise ConfigError(f"study config 'dp-mode' must be one of {DP_MODES}, got '{self.dp_mode}'")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"study config 'sample-rate' must be in (0, 1], got {self.sample_rate}")
+        if self.distributed_dp_tolerance < 0:
+            raise ConfigError(f"study config 'distributed-dp-tolerance' must be >= 0, "
+                              f"got {self.distributed_dp_tolerance}")
+        if self.dp_mode != "distributed":
+            return
+        if not self.dp or self.secure_aggregation == "off":
+            raise ConfigError("study config 'dp-mode' = distributed needs 'dp' = true and 'secure-aggregation' "
+                              f"on or auto, got dp = {self.dp}, secure-aggregation = {self.secure_aggregation}")
+        if self.min_sites < self.distributed_dp_tolerance + 2:
+            raise ConfigError(f"study config 'dp-mode' = distributed needs 'min-sites' >= "
+                              f"'distributed-dp-tolerance' + 2, got {self.min_sites} and "
+                              f"{self.distributed_dp_tolerance}")
 
 
 def _key(name: str) -> str:
