@@ -7,8 +7,9 @@ multiplied by gamma is the noisy sum of every surviving site's clipped gradient 
 **Why Skellam.** The noise must be added before the values leave the site, in the integer domain the masks live
 in. A Skellam variable (the difference of two independent Poisson(mu) draws, variance 2 mu) is an exact integer,
 so no quantization of a continuous sample can weaken it, and the sum of the sites' independent shares is again
-Skellam with the summed variance. At the variances used here (a share's variance is up to 1e10 integer units) its Renyi DP equals the Gaussian mechanism's of the same variance up to O(1 / variance) (Agarwal, Kairouz,
-Liu 2021, "The Skellam Mechanism for Differentially Private Federated Learning", NeurIPS), so the sites account
+Skellam with the summed variance. At the variances used here (1e10 integer units per share unless the int32 range
+needs a coarser gamma: sigma * 2**31 / W patients, still ~1e8+) its Renyi DP equals the Gaussian mechanism's of
+the same variance up to O(1 / variance) (Agarwal, Kairouz, Liu 2021, "The Skellam Mechanism for Differentially Private Federated Learning", NeurIPS), so the sites account
 with the central Gaussian DP-SGD accountant (noise sigma, sample rate q, one step per round).
 
 **Gamma.** The survivors' integer sum must stay inside int32: |sum| < 2**31. Per coordinate, each site's clipped
