@@ -9,8 +9,9 @@ in. A Skellam variable (the difference of two independent Poisson(mu) draws, var
 so no quantization of a continuous sample can weaken it, and the sum of the sites' independent shares is again
 Skellam with the summed variance. At the variances used here (1e10 integer units per share unless the int32 range
 needs a coarser gamma: sigma * 2**31 / W patients, still ~1e8+) its Renyi DP equals the Gaussian mechanism's of
-the same variance up to O(1 / variance) (Agarwal, Kairouz, Liu 2021, "The Skellam Mechanism for Differentially Private Federated Learning", NeurIPS), so the sites account
-with the central Gaussian DP-SGD accountant (noise sigma, sample rate q, one step per round).
+the same variance up to O(1 / variance) (Agarwal, Kairouz, Liu 2021, "The Skellam Mechanism for Differentially
+Private Federated Learning", NeurIPS), so the sites account with the central Gaussian DP-SGD accountant (noise
+sigma, sample rate q, one step per round).
 
 **Gamma.** The survivors' integer sum must stay inside int32: |sum| < 2**31. Per coordinate, each site's clipped
 gradient sum is at most (its sampled patients) * C <= (its training patients) * C, so the float sum is bounded by
