@@ -18,6 +18,7 @@ from fedfusion.errors import PrivacyError, ProtocolError
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import CONFIG_RECORD, SECAGG_MESSAGE_TYPE, SECAGG_RECORD, SERVER_ROUND_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.integer_noise import DistributedNoise
 from fedfusion.secure_aggregation.messages import SecureAverage
 from fedfusion.secure_aggregation.server import SecAggServer
 from fedfusion.secure_aggregation.wire_records import (
@@ -94,11 +95,13 @@ class StageRunner:
 
 def secure_round(
     grid: Grid, server_round: int, config: SecAggConfig, node_of_site: Mapping[int, int],
-    train_replies: Iterable[Message], timeout: float,
+    train_replies: Iterable[Message], timeout: float, noise: DistributedNoise | None = None,
 ) -> SecureAverage:
     """Run stages 2-4 after the train replies; return the weighted average of the surviving sites' updates.
 
-    ``node_of_site`` maps each site id given in the train messages to its Flower node id.
+    ``node_of_site`` maps each site id given in the train messages to its Flower node id. With ``noise`` (a
+    distributed-DP round) it returns the noisy sum of the survivors' clipped gradient sums instead, and sends no
+    unmask request unless at least n - t sites sent their masked input.
     """
     stages = StageRunner(grid, server_round, node_of_site, timeout)
     server = SecAggServer(config)
@@ -110,6 +113,9 @@ def secure_round(
     masked = stages.ask({site: masked_input_request(ciphertexts) for site, ciphertexts in routed.items()},
                         read_masked_input)
     request = server.collect_masked_inputs(masked)
+    if noise is not None:
+        server.require_noise_shares(noise)
 
     query = unmask_request(request)
-    return server.aggregate(stages.ask({site: query for site in request.survivors}, read_unmask_shares))
+    answers = stages.ask({site: query for site in request.survivors}, read_unmask_shares)
+    return server.aggregate(answers) if noise is None else server.noisy_sum(answers, noise)

@@ -22,7 +22,7 @@ from fedfusion.coordinator.progress_log import emit_progress
 from fedfusion.coordinator.resumed_rounds import run_rounds
 from fedfusion.coordinator.run_recorder import RunRecorder
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
-from fedfusion.coordinator.strategies.secure_fedavg import SecurePatientWeightedFedAvg
+from fedfusion.coordinator.strategies.secure_fedavg import DistributedFedSGD, SecurePatientWeightedFedAvg
 from fedfusion.models.fusion_model import build_model
 from fedfusion.study.run_config import StudyRun
 
@@ -62,6 +62,7 @@ def main(grid: Grid, context: Context) -> None:
         secure_aggregation=study.secure_aggregation,
         threshold_fraction=study.secure_aggregation_threshold,
         stage_timeout=settings.round_timeout,
+        distributed=DistributedFedSGD.from_study(study),
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
         server_optimizer=server_optimizer,

@@ -61,6 +61,15 @@ def round_sampling(num_patients: int, batch_size: int, local_epochs: int) -> tup
     return sample_rate, int(1 / sample_rate) * local_epochs
 
 
+def planned_distributed_round(noise_multiplier: float, sample_rate: float) -> AccountantHistory:
+    """The history entry of one distributed-DP round: one DP-SGD step of the whole federation.
+
+    Every site Poisson-samples its patients at the study's ``sample_rate`` and the survivors' noise shares add up
+    to the central noise ``noise_multiplier`` (at most t sites missing), so each site charges the central entry.
+    """
+    return validated_history([(noise_multiplier, sample_rate, 1)])
+
+
 def merged_history(entries: Sequence[Sequence[float]]) -> AccountantHistory:
     """``entries`` with consecutive equal ``(noise, sample_rate)`` merged, as Opacus' accountant steps them."""
     merged: AccountantHistory = []

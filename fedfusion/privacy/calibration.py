@@ -50,17 +50,29 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 
 
 def study_sampling(study: StudyConfig, num_patients: int) -> tuple[float, int]:
-    """The sample rate and the whole study's planned DP steps of a site with ``num_patients`` training patients
-    (local DP: every round samples from the site's own patients)."""
+    """The sample rate and the whole study's planned DP steps of a site with ``num_patients`` training patients.
+
+    Local DP: every round samples from the site's own patients, ``local-epochs`` epochs of batches. Distributed DP:
+    one step per round at the study's ``sample-rate``, the same at every site.
+    """
+    if study.dp_mode == "distributed":
+        return study.sample_rate, study.num_server_rounds
     sample_rate, steps_per_round = round_sampling(num_patients, study.batch_size, study.local_epochs)
     return sample_rate, steps_per_round * study.num_server_rounds
 
 
 def study_noise_multiplier(study: StudyConfig, num_patients: int, accountant: str) -> float:
     """The noise multiplier of a site with ``num_patients`` training patients in ``study``: calibrated to its
-    ``target-epsilon`` at its ``delta`` by ``accountant``, or its fixed ``noise-multiplier`` when the target is 0."""
+    ``target-epsilon`` at its ``delta`` by ``accountant``, or its fixed ``noise-multiplier`` when the target is 0.
+
+    In distributed DP every party must derive the same sigma (the shares add up to it), so it is calibrated with
+    the study's accountant from study-wide inputs (``fedfusion.privacy.distributed_noise``), whatever ``accountant``
+    the site keeps its ledger with.
+    """
     if study.target_epsilon == 0:
         return study.noise_multiplier
+    if study.dp_mode == "distributed":
+        accountant = study.accountant
     return calibrate_noise(study.target_epsilon, study.delta, *study_sampling(study, num_patients), accountant)
 
 

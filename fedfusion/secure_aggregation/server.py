@@ -2,7 +2,9 @@
 
 It routes ciphertexts it cannot read, adds masked vectors, and removes the masks with the seeds rebuilt from
 `threshold` shares: survivors' self masks, and the pairwise masks of sites that dropped out after sharing keys.
-Fewer than `threshold` survivors at any stage raises `PrivacyError` and drops every vector received.
+Fewer than `threshold` survivors at any stage raises `PrivacyError` and drops every vector received. It ends with
+the weighted average of the sites' updates (`aggregate`) or, in a distributed-DP round, the noisy sum of their
+clipped gradient sums (`noisy_sum`, which also refuses to unmask with fewer than n - t survivors).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from numpy.typing import NDArray
 
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.integer_noise import DistributedNoise, summed_arrays
 from fedfusion.secure_aggregation.masks import mask_vector, pairwise_seed, scalar_to_private_key
 from fedfusion.secure_aggregation.messages import (
     EncryptedShares,
@@ -89,6 +92,37 @@ class SecAggServer:
 
     def aggregate(self, answers: Sequence[UnmaskShares]) -> SecureAverage:
         """Stage 4: rebuild seeds from `threshold` shares each, remove every mask, return the weighted average."""
+        total, survivors = self._unmasked_sum(answers)
+        total_weight = sum(keys.weight for keys in self._keys.values())
+        survivor_weight = sum(self._keys[site].weight for site in survivors)
+        arrays = weighted_average(total, self._layout, self.config, len(survivors), survivor_weight / total_weight)
+        return SecureAverage(arrays, survivor_weight, tuple(survivors))
+
+    def noisy_sum(self, answers: Sequence[UnmaskShares], noise: DistributedNoise) -> SecureAverage:
+        """Stage 4 of a distributed-DP round: the survivors' noisy sum of clipped gradient sums (int32 * gamma).
+
+        Refuses (``PrivacyError``, nothing unmasked) unless at least n - t of the n invited sites sent a masked
+        input (``require_noise_shares``). ``arrays`` holds the sum (not an average); ``total_weight`` the
+        survivors' training patients.
+        """
+        self.require_noise_shares(noise)
+        gamma = noise.scale(sum(keys.weight for keys in self._keys.values()), self.config.num_sites)
+        total, survivors = self._unmasked_sum(answers)
+        return SecureAverage(summed_arrays(total, self._layout, gamma),
+                             sum(self._keys[site].weight for site in survivors), tuple(survivors))
+
+    def require_noise_shares(self, noise: DistributedNoise) -> None:
+        """``PrivacyError`` (and every vector dropped) unless at least n - t sites sent a masked input: with fewer,
+        their noise shares do not add up to the central noise. Checked before the unmask request is sent."""
+        needed = noise.required_survivors(self.config.num_sites)
+        if len(self._masked) < needed:
+            count = len(self._masked)
+            self._masked.clear()
+            raise PrivacyError(f"distributed DP: {count} sites sent a masked input, fewer than the {needed} "
+                               f"whose noise shares make up the central noise; nothing is unmasked")
+
+    def _unmasked_sum(self, answers: Sequence[UnmaskShares]) -> tuple[NDArray[np.uint32], list[int]]:
+        """The survivors' summed vectors with every mask removed, and the survivors."""
         answers = [answer for answer in answers if answer.site_id in self._masked]
         self._require(len({answer.site_id for answer in answers}), "answered the unmask request")
         survivors = sorted(self._masked)
@@ -116,9 +150,7 @@ class SecAggServer:
                     total -= pairwise
                 else:
                     total += pairwise
-        survivor_weight = sum(self._keys[site].weight for site in survivors)
-        arrays = weighted_average(total, self._layout, self.config, len(survivors), survivor_weight / total_weight)
-        return SecureAverage(arrays, survivor_weight, tuple(survivors))
+        return total, survivors
 
     def _reconstruct(self, site: int, shares: list[bytes | None]) -> bytes:
         present = [share for share in shares if share is not None]

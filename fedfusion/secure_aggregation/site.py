@@ -39,7 +39,13 @@ from fedfusion.secure_aggregation.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from fedfusion.secure_aggregation.quantize import check_weight, layout_of, scaled_quantized_vector
+from fedfusion.secure_aggregation.quantize import (
+    Layout,
+    check_weight,
+    layout_of,
+    scaled_quantized_vector,
+    vector_length,
+)
 from fedfusion.secure_aggregation.shamir import create_shares
 
 Secret = int | bytes | list[int] | list[bytes]
@@ -174,6 +180,11 @@ class SecAggSite:
     def _share_key(self, other: int) -> bytes:
         return shared_key(self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key))
 
+    @property
+    def announced_weight(self) -> int:
+        """The total weight of the sites in the key list of stage 2 (bound into the pairwise masks)."""
+        return sum(keys.weight for keys in self._peer_keys.values())
+
     def masked_input(self, ciphertexts: Mapping[int, bytes], update: Mapping[str, NDArray[np.floating]]) -> MaskedInput:
         """Stage 3: keep the shares sent to this site, then mask its update quantized at its weight share.
 
@@ -181,6 +192,20 @@ class SecAggSite:
         those sites are paired with in the mask. The weight share is this site's weight over the total weight
         of the sites that announced keys (the key list of stage 2), which is bound into the pairwise masks.
         """
+        self._receive_shares(ciphertexts)
+        share = self._public.weight / self.announced_weight
+        vector = scaled_quantized_vector(update, share, self.config, str(self.site_id))
+        return MaskedInput(self.site_id, layout_of(update), self._mask(vector, set(ciphertexts)))
+
+    def masked_words(self, ciphertexts: Mapping[int, bytes], layout: Layout, words: NDArray[np.uint32]) -> MaskedInput:
+        """Stage 3 for a vector already in the integer domain (distributed DP's noisy words): keep the shares
+        sent to this site, then mask ``words`` (``layout``'s values in order) as `masked_input` masks its levels."""
+        if words.dtype != np.uint32 or len(words) != vector_length(layout):
+            raise PrivacyError(f"site {self.site_id}: the words to mask do not fit the update's layout")
+        self._receive_shares(ciphertexts)
+        return MaskedInput(self.site_id, layout, self._mask(words.copy(), set(ciphertexts)))
+
+    def _receive_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
         self._advance(Stage.SHARES_SENT, Stage.INPUT_SENT)
         senders = set(ciphertexts)
         if not senders <= set(self._peer_keys) - {self.site_id} or len(senders) + 1 < self.config.threshold:
@@ -198,10 +223,11 @@ class SecAggSite:
                 raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
             self._self_mask_shares[sender] = seed_share
             self._masking_key_shares[sender] = key_share
-        total_weight = sum(keys.weight for keys in self._peer_keys.values())
-        vector = scaled_quantized_vector(update, self._public.weight / total_weight, self.config, str(self.site_id))
+
+    def _mask(self, vector: NDArray[np.uint32], senders: set[int]) -> NDArray[np.uint32]:
+        """``vector`` plus the self mask plus (or minus) the pairwise mask with each of ``senders``, in place."""
         vector += mask_vector(self._self_mask_seed, len(vector))
-        binding = self.config.binding(total_weight)
+        binding = self.config.binding(self.announced_weight)
         for other in sorted(senders):
             pairwise = mask_vector(
                 pairwise_seed(self._masking_private, self._peer_keys[other].masking_key, binding), len(vector)
@@ -210,7 +236,7 @@ class SecAggSite:
                 vector += pairwise
             else:
                 vector -= pairwise
-        return MaskedInput(self.site_id, layout_of(update), vector)
+        return vector
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
         """Stage 4: reveal survivors' self-mask seed shares and dropouts' masking-key shares, never both for one site.

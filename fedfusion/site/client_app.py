@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedfusion.errors import PrivacyError, ProtocolError, SiteRefusal
+from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.protocol import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
@@ -141,4 +142,6 @@ def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDic
 
 def _secure_stage(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     session.check_policy()
-    return secure_stages.answer_stage(msg, context.state, session.site.name, _server_round(msg, default=-1))
+    study = session.study
+    noise = distributed_noise(study) if study.dp_mode == "distributed" else None
+    return secure_stages.answer_stage(msg, context.state, session.site.name, _server_round(msg, default=-1), noise)

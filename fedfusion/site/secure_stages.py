@@ -4,8 +4,10 @@ A train message with a ``secagg`` record is a secure round: ``secure_request`` r
 which trains as usual but keeps the weights home (``SecureUpdate``: the update and the round's SecAgg party).
 ``keep_round`` stores both in Flower's per-node ``context.state`` and gives the stage-1 public keys for the reply.
 The coordinator then drives stages 2-4 with ``query.secagg`` messages, answered by ``answer_stage`` from that
-state. Secrets and the update never go into a reply; they are forgotten after the masked input (the update) and
-after the unmask answer or any failure (everything), so a round cannot be replayed at a site.
+state (in a distributed-DP study the kept update is the clipped gradient sum, and stage 3 adds the site's
+noise share in the integer domain before masking). Secrets and the update never go into a reply; they are
+forgotten after the masked input (the update) and after the unmask answer or any failure (everything), so a
+round cannot be replayed at a site.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fedfusion.protocol import (
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
 )
+from fedfusion.secure_aggregation.integer_noise import DistributedNoise
 from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.secure_aggregation.wire_records import (
     config_from,
@@ -38,6 +41,7 @@ from fedfusion.secure_aggregation.wire_records import (
     stage_of,
     unmask_shares_record,
 )
+from fedfusion.site.distributed_dp import masked_noisy_sum
 from fedfusion.site.site_round import SecureRequest, SecureUpdate
 
 STATE_RECORD = "secagg-state"
@@ -64,8 +68,13 @@ def keep_round(state: RecordDict, secure: SecureUpdate, run_id: int, server_roun
     return keys
 
 
-def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: int) -> RecordDict:
-    """Answer stage 2, 3 or 4 of round ``server_round`` kept in ``state``; forget it after stage 4 or any failure."""
+def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: int,
+                 noise: DistributedNoise | None = None) -> RecordDict:
+    """Answer stage 2, 3 or 4 of round ``server_round`` kept in ``state``; forget it after stage 4 or any failure.
+
+    With ``noise`` (a distributed-DP study) the kept update is the clipped gradient sum, which stage 3 turns into
+    noisy integer words before masking (``distributed_dp.masked_noisy_sum``).
+    """
     saved = state.config_records.get(STATE_RECORD)
     if saved is None or (saved[RUN_ID_KEY], saved[SERVER_ROUND_KEY]) != (str(msg.metadata.run_id), server_round):
         raise SiteRefusal(site_name, f"no secure-aggregation round {server_round} in progress here",
@@ -79,7 +88,9 @@ def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: 
                 secagg.share_keys(read_share_keys_request(msg.content)))})
         elif stage == STAGE_MASKED_INPUT:
             update = {name: array.numpy() for name, array in state.array_records[UPDATE_RECORD].items()}
-            masked = secagg.masked_input(read_masked_input_request(msg.content), update)
+            ciphertexts = read_masked_input_request(msg.content)
+            masked = (secagg.masked_input(ciphertexts, update) if noise is None
+                      else masked_noisy_sum(secagg, ciphertexts, update, noise))
             del state[UPDATE_RECORD]
             reply = masked_input_content(masked)
         elif stage == STAGE_UNMASK:

@@ -14,6 +14,9 @@ The order is the site's privacy guarantee, so it lives in one place (``SiteRound
 6. **settle** the ledger with the steps actually taken.
 
 A round charged but killed before step 5 has nothing to replay: asked again, it is trained and charged again.
+In distributed DP (``dp-mode`` = distributed) a round is policy, charge (the central entry: sigma, q, 1 step),
+the clipped gradient sum (``distributed_dp``), settle; it is only answered inside secure aggregation and never
+replayed (its noise is added at stage 3, so a second answer would be a second release).
 In a secure-aggregation round the answer also holds the update (trained minus global weights) and the round's
 SecAgg secrets, which stay at the site; the Flower adapter (``client_app``, ``secure_stages``) keeps them in the
 node's state and sends only the public keys. An unreadable ledger or stored reply is a refusal whose public text
@@ -25,6 +28,7 @@ nothing is charged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +44,22 @@ from fedfusion.errors import (
     ProtocolError,
     SiteRefusal,
 )
-from fedfusion.privacy.accounting import history_delta, planned_round
+from fedfusion.privacy.accounting import (
+    epsilon_spent,
+    history_delta,
+    merged_history,
+    planned_distributed_round,
+    planned_round,
+)
 from fedfusion.privacy.calibration import site_calibration
+from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.privacy.ledger import PrivacyLedger
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
+from fedfusion.protocol import DELTA_KEY, EPSILON_KEY, MAX_GRAD_NORM_KEY, NOISE_MULTIPLIER_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.site.cohort_memo import load_cohort_once
+from fedfusion.site.distributed_dp import check_threshold, clipped_gradient_sum
 from fedfusion.site.held_out_list import write_held_out_list
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.round_replay import RoundReplay, StoredReply
@@ -61,6 +74,8 @@ LEDGER_RULE = "rule 'readable-ledger': its privacy ledger is unreadable, so its 
 """The public reason of a refusal for an unreadable privacy ledger."""
 STORED_REPLY_RULE = "rule 'readable-stored-reply': its stored reply to the round is unreadable"
 """The public reason of a refusal for an unreadable stored reply (what was sent is unknown)."""
+DISTRIBUTED_DP_RULE = "rule 'distributed-dp': dp-mode = distributed needs a secure-aggregation round"
+"""The public reason of a refusal for a plain round of a distributed-DP study (the gradient sum has no noise)."""
 PREPARED_FEATURES_RULE = "rule 'prepared-features': features not prepared: run fedfusion site prepare"
 """The public reason of a refusal for slides without features in the site's cache (the paths stay in its log)."""
 
@@ -151,6 +166,8 @@ class SiteRound:
             raise SiteRefusal(site, f"{SECURE_AGGREGATION_RULE}: the coordinator asks plain aggregation",
                               request=f"round {server_round} under its privacy policy")
         try:
+            if self.session.study.dp_mode == "distributed":
+                return self._distributed_round(received, server_round, run_id, secure)
             reply = self.replies.find(server_round, received)
             replayed = reply is not None
             if reply is None:
@@ -189,12 +206,53 @@ class SiteRound:
         planned = planned_round(sigma, patients, study.batch_size, study.local_epochs) if study.dp else None
         charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
                                     policy=self.session.privacy.policy, study_id=self.replies.study_id, budget=budget)
-        outcome = trainer.train(received, accountant_history=charge.prior,
-                                seed=study.training_seed * 100_003 + server_round, noise_multiplier=sigma)
+        outcome = trainer.train(received, accountant_history=charge.prior, seed=_round_seed(study, server_round),
+                                noise_multiplier=sigma)
         reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
         self.replies.store(server_round, received, reply)  # before settling: a kill after this point replays
         self.ledger.settle(charge, history_delta(charge.prior, outcome.accountant_history))
         return reply
+
+    def _distributed_round(self, received: dict[str, torch.Tensor], server_round: int, run_id: int,
+                           secure: SecureRequest | None) -> TrainAnswer:
+        """Distributed DP: charge the central entry (sigma, q, 1), then keep the clipped gradient sum for stage 3.
+
+        Never replayed: the sum carries no noise yet, so answering the same round twice would release it twice
+        with fresh noise; asked again, the round is computed and charged again.
+        """
+        site, study = self.session.site.name, self.session.study
+        if secure is None:
+            raise SiteRefusal(site, DISTRIBUTED_DP_RULE, request=f"round {server_round}")
+        noise = distributed_noise(study)
+        check_threshold(secure.config, noise)
+        trainer = self.trainer
+        budget = (site_calibration(self.ledger, study, self.replies.study_id, len(trainer.cohort.train),
+                                   self.session.privacy.policy.accountant) if study.target_epsilon > 0 else None)
+        planned = planned_distributed_round(noise.noise_multiplier, study.sample_rate)
+        charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
+                                    policy=self.session.privacy.policy, study_id=self.replies.study_id, budget=budget)
+        started = time.perf_counter()
+        gradient_sum, _ = clipped_gradient_sum(trainer, received, seed=_round_seed(study, server_round))
+        seconds = time.perf_counter() - started
+        self.ledger.settle(charge, planned)
+        history = merged_history([*charge.prior, *planned])
+        metrics = {
+            EPSILON_KEY: epsilon_spent(study.accountant, history, study.delta),
+            DELTA_KEY: study.delta,
+            NOISE_MULTIPLIER_KEY: noise.noise_multiplier,
+            MAX_GRAD_NORM_KEY: noise.max_grad_norm,
+            "steps": 1.0,
+            "total-steps": float(sum(entry[2] for entry in history)),
+            "train-seconds": seconds,
+        }
+        num_patients = len(trainer.cohort.train)
+        return TrainAnswer(StoredReply({}, num_patients, metrics), replayed=False,
+                           secure=SecureUpdate(SecAggSite(secure.site_id, secure.config, num_patients), gradient_sum))
+
+
+def _round_seed(study: StudyConfig, server_round: int) -> int:
+    """Tile sampling and dropout of a round (never DP noise or Poisson sampling, which come from the OS)."""
+    return study.training_seed * 100_003 + server_round
 
 
 def secure_update(received: Mapping[str, torch.Tensor], reply: StoredReply, request: SecureRequest,

@@ -90,8 +90,8 @@ class SiteTrainer:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
         history = validated_history(accountant_history)
         sigma = self._noise_multiplier(noise_multiplier)
-        with self._seeded(seed):
-            model: nn.Module = self._load(weights).train()
+        with self.seeded(seed):
+            model: nn.Module = self.load_model(weights).train()
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
@@ -171,7 +171,7 @@ class SiteTrainer:
     def _infer(self, weights: dict[str, torch.Tensor],
                patients: Sequence[PatientRecord]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Each task's outputs and the per-patient losses (CPU) for ``patients``, in eval mode."""
-        model = self._load(weights).eval()
+        model = self.load_model(weights).eval()
         outputs: list[tuple[torch.Tensor, ...]] = []
         losses: list[torch.Tensor] = []
         with torch.no_grad():
@@ -192,7 +192,8 @@ class SiteTrainer:
                               "calibrated noise multiplier, and none was given")
         return self.study.noise_multiplier
 
-    def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
+    def load_model(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
+        """The study's model holding ``weights``, on the site's device; ``ConfigError`` if they do not fit."""
         model = build_model(self.study)
         try:
             model.load_state_dict(weights)
@@ -202,7 +203,7 @@ class SiteTrainer:
         return model.to(self.device)
 
     @contextmanager
-    def _seeded(self, seed: int) -> Iterator[None]:
+    def seeded(self, seed: int) -> Iterator[None]:
         """Seed torch's global RNG (dropout) for the block and restore it afterwards."""
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):

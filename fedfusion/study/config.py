@@ -27,6 +27,7 @@ ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+DP_MODES = ("local", "distributed")
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
@@ -108,6 +109,16 @@ class StudyConfig:
     """The whole study's epsilon (at ``delta``) per site: each site derives its noise multiplier once from its own
     training patients and the planned steps (``fedfusion.privacy.calibration``) and never exceeds it; 0 = off: every
     site uses ``noise-multiplier``."""
+    # ---- distributed DP over secure aggregation (DP-FedSGD; fedfusion.site.distributed_dp) ----
+    dp_mode: str = "local"
+    """'local': each site runs DP-SGD on its own update; 'distributed': one round is one DP-SGD step of the whole
+    federation, each site adds an integer noise share to its clipped gradient sum inside secure aggregation."""
+    sample_rate: float = 0.1
+    """Distributed mode: probability with which every site Poisson-samples each training patient every round
+    (study-wide, so that every site's accounting entry is the same)."""
+    distributed_dp_tolerance: int = 0
+    """Distributed mode: t, the sites that may drop out of a round or collude with the coordinator while the
+    central noise stays whole; a round needs n >= t + 2 sites and releases nothing with fewer than n - t."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -209,6 +220,7 @@ class StudyConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
         self._validate_optimization()
+        self._validate_privacy_mode()
 
     def _validate_optimization(self) -> None:
         """The server optimizer's, FedProx's and the penalties' keys."""
@@ -226,10 +238,28 @@ class StudyConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"study config '{_key(name)}' must be a finite number >= 0, got {value}")
-        # ---- privacy budget as input (target-epsilon) ----
+
+    def _validate_privacy_mode(self) -> None:
+        """The target epsilon and the distributed-DP keys."""
         if not (math.isfinite(self.target_epsilon) and self.target_epsilon >= 0):
             raise ConfigError(f"study config 'target-epsilon' must be a finite number >= 0 (0 = off), "
                               f"got {self.target_epsilon}")
+        if self.dp_mode not in DP_MODES:
+            raise ConfigError(f"study config 'dp-mode' must be one of {DP_MODES}, got '{self.dp_mode}'")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"study config 'sample-rate' must be in (0, 1], got {self.sample_rate}")
+        if self.distributed_dp_tolerance < 0:
+            raise ConfigError(f"study config 'distributed-dp-tolerance' must be >= 0, "
+                              f"got {self.distributed_dp_tolerance}")
+        if self.dp_mode != "distributed":
+            return
+        if not self.dp or self.secure_aggregation == "off":
+            raise ConfigError("study config 'dp-mode' = distributed needs 'dp' = true and 'secure-aggregation' "
+                              f"on or auto, got dp = {self.dp}, secure-aggregation = {self.secure_aggregation}")
+        if self.min_sites < self.distributed_dp_tolerance + 2:
+            raise ConfigError(f"study config 'dp-mode' = distributed needs 'min-sites' >= "
+                              f"'distributed-dp-tolerance' + 2, got {self.min_sites} and "
+                              f"{self.distributed_dp_tolerance}")
 
 
 def _key(name: str) -> str:

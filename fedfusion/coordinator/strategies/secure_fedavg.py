@@ -14,15 +14,24 @@ If too few sites stay (fewer than the threshold at any stage), the round fails s
 failure is logged, and the global model stays as it was for the next round (its sites' privacy spend for the
 round stays charged). Per-site metrics still reach the reply listener; the round's train metrics cover the sites
 whose update went into the average.
+
+Distributed DP (``dp-mode`` = distributed, ``DistributedFedSGD``): every round is secure, its SecAgg threshold is
+n - t, and the sites send their clipped gradient sums plus integer noise shares; the coordinator unmasks the noisy
+sum only if at least n - t sites sent theirs, divides it by q times the survivors' training patients (the noisy
+gradient g) and hands -learning_rate * g to the server optimizer as the round's mean update (plain SGD with
+"fedavg" at server-learning-rate 1).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from numpy.typing import NDArray
 
 from fedfusion.coordinator.secure_stages import secure_round
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
@@ -34,10 +43,12 @@ from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
 )
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.flower_compat import FLOWER_LOGGER
+from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
+from fedfusion.secure_aggregation.integer_noise import DistributedNoise
 from fedfusion.secure_aggregation.wire_records import train_request
-from fedfusion.study.config import SECURE_AGGREGATION_MODES
+from fedfusion.study.config import SECURE_AGGREGATION_MODES, StudyConfig
 
 logger = FLOWER_LOGGER
 """Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
@@ -53,6 +64,36 @@ def secagg_threshold(num_sites: int, fraction: float) -> int:
     return max(num_sites // 2 + 1, math.ceil(fraction * num_sites - 1e-9))
 
 
+@dataclass(frozen=True)
+class DistributedFedSGD:
+    """Distributed DP (DP-FedSGD): the round's noise numbers, the sites' sample rate q and the learning rate."""
+
+    noise: DistributedNoise
+    sample_rate: float
+    learning_rate: float
+
+    @classmethod
+    def from_study(cls, study: StudyConfig) -> DistributedFedSGD | None:
+        """The study's distributed-DP settings, or None with ``dp-mode`` = local."""
+        if study.dp_mode != "distributed":
+            return None
+        return cls(distributed_noise(study), study.sample_rate, study.learning_rate)
+
+    def mean_update(self, noisy_sum: Mapping[str, NDArray[np.float64]],
+                    patients: int) -> dict[str, NDArray[np.float64]]:
+        """-learning_rate * g, where g = noisy sum / (q * the surviving sites' training patients)."""
+        factor = -self.learning_rate / (self.sample_rate * patients)
+        return {name: values * factor for name, values in noisy_sum.items()}
+
+    def threshold(self, num_sites: int, fraction: float) -> int | None:
+        """The SecAgg threshold of a round of ``num_sites``: n - t, or None when the round cannot run (fewer than
+        t + 2 sites, or the study's threshold fraction asks more than n - t)."""
+        tolerance = self.noise.tolerance
+        if num_sites < tolerance + 2 or secagg_threshold(num_sites, fraction) > num_sites - tolerance:
+            return None
+        return self.noise.required_survivors(num_sites)
+
+
 class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
     """`PatientWeightedFedAvg` that aggregates train rounds with SecAgg+ when the study asks for it."""
 
@@ -63,6 +104,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         secure_aggregation: str = "auto",
         threshold_fraction: float = 0.6,
         stage_timeout: float = STAGE_TIMEOUT_S,
+        distributed: DistributedFedSGD | None = None,
         on_site_reply: ReplyListener | None = None,
         on_round_aggregated: RoundListener | None = None,
         server_optimizer: ServerOptimizer | None = None,
@@ -76,6 +118,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         self.threshold_fraction = threshold_fraction
         self._grid: Grid | None = None
         self._stage_timeout = stage_timeout
+        self.distributed = distributed
         self._round: tuple[SecAggConfig, dict[int, int], ArrayRecord] | None = None
 
     def configure_train(
@@ -89,7 +132,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         messages = sorted(super().configure_train(server_round, arrays, config, grid),
                           key=lambda m: m.metadata.dst_node_id)
         self._round = None
-        secure = self.secure_aggregation == "on" or (
+        secure = self.secure_aggregation == "on" or self.distributed is not None or (
             self.secure_aggregation == "auto" and len(messages) >= AUTO_MIN_SITES)
         if not secure or not messages:
             return messages
@@ -97,8 +140,16 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
             logger.warning("round %s: secure aggregation needs at least 2 sites, %s sampled; round skipped",
                 server_round, len(messages))
             return []
-        secagg = SecAggConfig(num_sites=len(messages),
-                              threshold=secagg_threshold(len(messages), self.threshold_fraction))
+        threshold = secagg_threshold(len(messages), self.threshold_fraction)
+        if self.distributed is not None:
+            distributed_threshold = self.distributed.threshold(len(messages), self.threshold_fraction)
+            if distributed_threshold is None:
+                logger.warning("round %s: distributed DP with tolerance %s cannot run with %s sites (it needs t + 2 "
+                               "and a secure-aggregation threshold of at most n - t); round skipped", server_round,
+                               self.distributed.noise.tolerance, len(messages))
+                return []
+            threshold = distributed_threshold
+        secagg = SecAggConfig(num_sites=len(messages), threshold=threshold)
         node_of_site = {site: m.metadata.dst_node_id for site, m in enumerate(messages, start=1)}
         self._round = (secagg, node_of_site, arrays)
         return [
@@ -121,12 +172,16 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
             return None, None
         if self._grid is None:
             raise RuntimeError("secure aggregation needs configure_train to run before aggregate_train")
+        noise = None if self.distributed is None else self.distributed.noise
         try:
-            average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._stage_timeout)
+            average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._stage_timeout,
+                                   noise)
         except PrivacyError as exc:
             self._not_aggregated(server_round, f"secure aggregation failed safely ({exc})")
             return None, None
-        arrays = self._apply_server_optimizer(global_arrays, average.arrays)  # the average IS the mean update
+        mean_update = (average.arrays if self.distributed is None
+                       else self.distributed.mean_update(average.arrays, average.total_weight))
+        arrays = self._apply_server_optimizer(global_arrays, mean_update)
         nodes = {node_of_site[site] for site in average.sites}
         included = [m.content for m in replies if not m.has_error() and m.metadata.src_node_id in nodes]
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)
