@@ -52,7 +52,7 @@ def dp_step(batch_records: list[PatientRecord], cohort: list[PatientRecord], ter
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
     before = flat(list(model.parameters()))
     loader = DataLoader(PatientBagDataset(cohort, STUDY), batch_size=len(cohort))
-    private = make_private(model, optimizer, loader, STUDY)
+    private = make_private(model, optimizer, loader, STUDY, noise_multiplier=STUDY.noise_multiplier)
     assert private.optimizer.expected_batch_size == len(cohort)
     private.optimizer.zero_grad()
     batch = collate_full_bags(batch_records, STUDY)
