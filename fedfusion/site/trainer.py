@@ -23,7 +23,7 @@ from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.devices import resolve_device
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.evaluation.task_metrics import empty_metrics, task_metrics
-from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
+from fedfusion.models.fusion_model import StudyModel, build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
@@ -170,7 +170,7 @@ class SiteTrainer:
                 outputs.append(tuple(output.cpu() for output in chunk_outputs))
         return tuple(torch.cat(column) for column in zip(*outputs, strict=True)), torch.cat(losses)
 
-    def _load(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
+    def _load(self, weights: dict[str, torch.Tensor]) -> StudyModel:
         model = build_model(self.study)
         try:
             model.load_state_dict(weights)

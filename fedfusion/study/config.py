@@ -22,6 +22,7 @@ from fedfusion.errors import ConfigError
 from fedfusion.study.schema import StudySchema, Task, load_schema
 
 FUSIONS = ("kronecker", "concat")
+MODELS = ("fusion", "linear")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
@@ -83,6 +84,14 @@ class StudyConfig:
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
     encoder: str = "random-conv-v1"
+    # ---- small-cohort model and personalization --------------------------------------------
+    model: str = "fusion"
+    """'fusion' (modality encoders, fusion, one head per task) or 'linear' (``models/linear_survival.py``: one linear
+    output layer per task on the concatenated inputs, the discrete-time analogue of a linear Cox model)."""
+    personalization_epochs: int = 0
+    """After the last round each site fine-tunes the final model's task heads on its own training patients for this
+    many epochs (DP-SGD when dp, charged to its ledger) and reports their held-out metrics as ``personalized-*``
+    beside the global model's; the personalized weights stay at the site. 0: off."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -183,6 +192,10 @@ class StudyConfig:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.model not in MODELS:
+            raise ConfigError(f"study config 'model' must be one of {MODELS}, got '{self.model}'")
+        if self.personalization_epochs < 0:
+            raise ConfigError(f"study config 'personalization-epochs' must be >= 0, got {self.personalization_epochs}")
 
 
 def _key(name: str) -> str:
