@@ -70,10 +70,13 @@ class SiteTrainer:
         self.grad_sample_mode = grad_sample_mode
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
-              seed: int = 0, dp_seed: int | None = None) -> TrainOutcome:
-        """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
+              seed: int = 0, dp_seed: int | None = None, epochs: int | None = None,
+              train_only: str = "") -> TrainOutcome:
+        """Run ``epochs`` (default ``study.local_epochs``) epochs over the training patients from ``weights``.
 
-        ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
+        With ``train_only`` only the parameters whose name starts with it are trained (and clipped); the others
+        stay as received (personalization trains the task heads, ``"heads."``). ``seed`` drives tile sampling and
+        dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
         leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
         chooses the study seed) can regenerate the noise and subtract it from the update.
         """
@@ -82,11 +85,14 @@ class SiteTrainer:
         history = validated_history(accountant_history)
         with self._seeded(seed):
             model: nn.Module = self._load(weights).train()
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith(train_only))
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(sampling_seed))
-            optimizer = torch.optim.Adam(model.parameters(), lr=self.study.learning_rate)
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                         lr=self.study.learning_rate)
             private = None
             trained: nn.Module = model
             if self.study.dp:
@@ -95,7 +101,7 @@ class SiteTrainer:
                 trained, optimizer, loader = private.model, private.optimizer, private.loader
             steps, loss_sum, seen = 0, 0.0, 0
             started = time.perf_counter()
-            for _ in range(self.study.local_epochs):
+            for _ in range(self.study.local_epochs if epochs is None else epochs):
                 for items in loader:
                     batch = PatientBatch(*items).to(self.device)
                     steps += 1
