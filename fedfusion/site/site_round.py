@@ -12,6 +12,9 @@ The order is the site's privacy guarantee, so it lives in one place (``SiteRound
 6. **settle** the ledger with the steps actually taken.
 
 A round charged but killed before step 5 has nothing to replay: asked again, it is trained and charged again.
+The last round's evaluation personalizes the task heads when the study asks (``personalization``): the same order
+(replay, charge, train, store, settle) under the same ledger and policy; a refusal there costs only the
+``personalized-*`` metrics, never the global model's.
 In a secure-aggregation round the answer also holds the update (trained minus global weights) and the round's
 SecAgg secrets, which stay at the site; the Flower adapter (``client_app``, ``secure_stages``) keeps them in the
 node's state and sends only the public keys. An unreadable ledger or stored reply is a refusal whose public text
