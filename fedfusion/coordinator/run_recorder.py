@@ -207,7 +207,7 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
              (PERSONALIZED_PREFIX + "c-index", "personalized C-index"),
              (PERSONALIZATION_REFUSED_KEY, "personalization refused"),
              *((key, key.replace("-auc", " AUC").replace("-mcc", " MCC")) for key in sorted(metrics)
-               if key.endswith(("-auc", "-mcc")) and key != "td-auc")])
+               if key.endswith(("-auc", "-mcc")) and key != "td-auc" and not key.startswith(PERSONALIZED_PREFIX))])
     parts = []
     for key, label in keys:
         if key in metrics:

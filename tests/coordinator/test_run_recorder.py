@@ -82,7 +82,7 @@ def test_personalized_metrics_are_shown_and_written_per_site_beside_the_global_o
     recorder.round_aggregated(1, "train", {"patients": 9.0, "epsilon": 1.0})
     recorder.site_reply(SiteReply(1, "evaluate", "site-a", {"num-examples": 5.0, "c-index": 0.61,
                                                             "personalized-c-index": 0.66, "personalized-loss": 1.2,
-                                                            "loss": 1.3}))
+                                                            "loss": 1.3, "personalized-td-auc": 0.7}))
     recorder.site_reply(SiteReply(1, "evaluate", "site-b", {"num-examples": 4.0, "c-index": 0.58,
                                                             "personalization-refused": 1.0}))
     assert lines[-2].endswith("C-index=0.610  personalized C-index=0.660")
