@@ -56,6 +56,11 @@ SECURE_AGGREGATION_SITES_KEY = "secure-aggregation-sites"
 """Round metric of a secure train round: the sites whose update went into the average."""
 NOT_AGGREGATED_KEY = "not-aggregated"
 """Round metric (1) of a train round whose updates were not aggregated: the global model stayed as it was."""
+PERSONALIZED_PREFIX = "personalized-"
+"""Prefix of the evaluate metrics of a site's personalized model (``personalization-epochs``), sent beside the global
+model's in the last round's evaluate reply (e.g. ``personalized-c-index``)."""
+PERSONALIZATION_REFUSED_KEY = "personalization-refused"
+"""Evaluate metric (1) of a last round whose personalization the site refused (budget, unreadable ledger)."""
 
 # Secure aggregation (SecAgg+): the record layouts are in ``fedfusion.secure_aggregation.wire_records``.
 

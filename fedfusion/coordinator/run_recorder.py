@@ -1,7 +1,9 @@
 """Collects what sites report each round, prints it live, and writes a study's results folder.
 
 Only aggregate numbers reach the coordinator (per site: patients, epsilon, loss, C-index, AUC, MCC and pair
-counts), so only those are recorded. Files are written atomically.
+counts; with ``personalization-epochs`` the last round's ``personalized-*`` metrics of each site's personalized
+model), so only those are recorded. Files are written atomically; ``personalization.csv`` puts each site's global
+and personalized held-out metrics side by side.
 
 Whether the study trained at all is the recorder's to say (``TrainingOutcome``, from its round rows, which the
 checkpoint keeps across restarts): ``training.json`` names the rounds that aggregated. A study in which no round
@@ -27,6 +29,8 @@ from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
 from fedfusion.protocol import (
     EPSILON_KEY,
     NOT_AGGREGATED_KEY,
+    PERSONALIZATION_REFUSED_KEY,
+    PERSONALIZED_PREFIX,
     POOLED_C_INDEX_KEY,
     SECURE_AGGREGATION_SITES_KEY,
     WEIGHT_KEY,
@@ -40,6 +44,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "final_model.pt"
 PLOT_FILE = "progress.png"
 TRAINING_FILE = "training.json"
+PERSONALIZATION_FILE = "personalization.csv"
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,33 @@ class RunRecorder:
             atomic_write_bytes(results_dir / MODEL_FILE, buffer.getvalue())
         else:
             (results_dir / MODEL_FILE).unlink(missing_ok=True)
+        personalization = personalization_table(self.site_rows)
+        if personalization.empty:
+            (results_dir / PERSONALIZATION_FILE).unlink(missing_ok=True)
+        else:
+            atomic_write_text(results_dir / PERSONALIZATION_FILE, personalization.to_csv(index=False))
         if not site_table.empty:
             write_progress_plot(site_table, round_table, results_dir / PLOT_FILE)
         return outcome
 
 
-COUNT_LABELS = ("patients", "secure-aggregation sites")
+def personalization_table(site_rows: list[dict[str, object]]) -> pd.DataFrame:
+    """Per site, from the evaluate rows carrying personalized metrics (the last round's): the round, each metric of
+    the global model beside its ``personalized-`` counterpart, and ``personalization-refused`` where a site refused.
+
+    Empty when no site reported personalization."""
+    rows = [row for row in site_rows if row.get("phase") == "evaluate"
+            and any(str(key).startswith(PERSONALIZED_PREFIX) or key == PERSONALIZATION_REFUSED_KEY for key in row)]
+    table = []
+    for row in rows:
+        personalized = [str(key) for key in row if str(key).startswith(PERSONALIZED_PREFIX)]
+        columns = [column for key in personalized for column in (key.removeprefix(PERSONALIZED_PREFIX), key)]
+        extra = [PERSONALIZATION_REFUSED_KEY] if PERSONALIZATION_REFUSED_KEY in row else []
+        table.append({"round": row["round"], "site": row["site"], **{c: row.get(c) for c in [*columns, *extra]}})
+    return pd.DataFrame(table)
+
+
+COUNT_LABELS = ("patients", "secure-aggregation sites", "personalization refused")
 UNTRAINED_EVALUATION = "not trained yet (no round aggregated): the initial model's metrics are not shown"
 
 
@@ -178,8 +204,10 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
             if phase == "train" else
             [("patients", "patients"), (WEIGHT_KEY, "patients"), ("c-index", "C-index"),
              (POOLED_C_INDEX_KEY, "pooled C-index"), ("td-auc", "td-AUC"), ("ibs", "IBS"),
+             (PERSONALIZED_PREFIX + "c-index", "personalized C-index"),
+             (PERSONALIZATION_REFUSED_KEY, "personalization refused"),
              *((key, key.replace("-auc", " AUC").replace("-mcc", " MCC")) for key in sorted(metrics)
-               if key.endswith(("-auc", "-mcc")) and key != "td-auc")])
+               if key.endswith(("-auc", "-mcc")) and key != "td-auc" and not key.startswith(PERSONALIZED_PREFIX))])
     parts = []
     for key, label in keys:
         if key in metrics:

@@ -16,6 +16,7 @@ from torch import nn
 
 from fedfusion.models.attention_mil import GatedAttentionMIL
 from fedfusion.models.fusion import build_fusion
+from fedfusion.models.linear_survival import LinearSurvivalModel
 from fedfusion.models.snn import SelfNormalizingNetwork
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.schema import MODALITIES
@@ -47,8 +48,13 @@ class MultimodalFusionModel(nn.Module):
         return tuple(head(fused) for head in self.heads)
 
 
-def build_model(study: StudyConfig, seed: int | None = None) -> MultimodalFusionModel:
-    """The study's model; with ``seed`` its initial weights are reproducible (and the global RNG is untouched)."""
+StudyModel = MultimodalFusionModel | LinearSurvivalModel
+"""A study's model (``StudyConfig.model``): both take the same inputs and give one output per task."""
+
+
+def build_model(study: StudyConfig, seed: int | None = None) -> StudyModel:
+    """The study's model (``model``: "fusion" or "linear"); with ``seed`` its initial weights are reproducible (and
+    the global RNG is untouched)."""
     if seed is None:
         return _construct(study)
     with torch.random.fork_rng(devices=[]):
@@ -56,7 +62,11 @@ def build_model(study: StudyConfig, seed: int | None = None) -> MultimodalFusion
         return _construct(study)
 
 
-def _construct(study: StudyConfig) -> MultimodalFusionModel:
+def _construct(study: StudyConfig) -> StudyModel:
+    if study.model == "linear":
+        return LinearSurvivalModel(modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
+                                   omics_dim=study.spec.omics_input_dim, clinical_dim=study.spec.clinical_dim,
+                                   tasks=study.tasks)
     return MultimodalFusionModel(
         modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
         omics_dim=study.spec.omics_input_dim, clinical_dim=study.spec.clinical_dim, hidden_dim=study.hidden_dim,

@@ -136,7 +136,8 @@ def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
 
 def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     metrics: dict[str, MetricRecordValues] = {
-        **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict())}
+        **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
+                                      server_round=_server_round(msg, default=0), run_id=msg.metadata.run_id)}
     return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
 
 

@@ -17,6 +17,10 @@ A round charged but killed before step 5 has nothing to replay: asked again, it 
 In distributed DP (``dp-mode`` = distributed) a round is policy, charge (the central entry: sigma, q, 1 step),
 the clipped gradient sum (``distributed_dp``), settle; it is only answered inside secure aggregation and never
 replayed (its noise is added at stage 3, so a second answer would be a second release).
+
+The last round's evaluation personalizes the task heads when the study asks (``personalization``): the same order
+(replay, charge, train, store, settle) under the same ledger and policy; a refusal there costs only the
+``personalized-*`` metrics, never the global model's.
 In a secure-aggregation round the answer also holds the update (trained minus global weights) and the round's
 SecAgg secrets, which stay at the site; the Flower adapter (``client_app``, ``secure_stages``) keeps them in the
 node's state and sends only the public keys. An unreadable ledger or stored reply is a refusal whose public text
@@ -55,13 +59,22 @@ from fedfusion.privacy.calibration import site_calibration
 from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.privacy.ledger import PrivacyLedger
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
-from fedfusion.protocol import DELTA_KEY, EPSILON_KEY, MAX_GRAD_NORM_KEY, NOISE_MULTIPLIER_KEY
+from fedfusion.protocol import (
+    DELTA_KEY,
+    EPSILON_KEY,
+    MAX_GRAD_NORM_KEY,
+    NOISE_MULTIPLIER_KEY,
+    PERSONALIZATION_REFUSED_KEY,
+    PERSONALIZED_PREFIX,
+    WEIGHT_KEY,
+)
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.site import SecAggSite
 from fedfusion.site.cohort_memo import load_cohort_once
 from fedfusion.site.distributed_dp import check_threshold, clipped_gradient_sum
 from fedfusion.site.held_out_list import write_held_out_list
 from fedfusion.site.node_context import SiteContext, resolve_site_context
+from fedfusion.site.personalization import Personalization, PersonalizedStore, personalization_due
 from fedfusion.site.round_replay import RoundReplay, StoredReply
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.site.trainer import SiteTrainer
@@ -185,15 +198,36 @@ class SiteRound:
         return TrainAnswer(reply, replayed,
                            None if secure is None else secure_update(received, reply, secure, site))
 
-    def evaluate(self, received: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count)."""
+    def evaluate(self, received: dict[str, torch.Tensor], *, server_round: int = 0,
+                 run_id: int = 0) -> dict[str, float]:
+        """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count); in
+        the study's last round with ``personalization-epochs``, also those of the site's personalized model
+        (``personalized-*``; ``fedfusion.site.personalization``)."""
         self.session.check_policy()
         try:
             trainer = self.trainer
         except FeaturesNotPreparedError as exc:
             raise SiteRefusal(self.session.site.name, PREPARED_FEATURES_RULE, request="evaluation",
                               detail=str(exc)) from exc
-        return trainer.evaluate(received, split="test")
+        metrics = trainer.evaluate(received, split="test")
+        if personalization_due(self.session.study, server_round):
+            metrics.update(self._personalized_metrics(received, server_round, run_id))
+        return metrics
+
+    def _personalized_metrics(self, received: dict[str, torch.Tensor], server_round: int,
+                              run_id: int) -> dict[str, float]:
+        """The personalized model's held-out metrics, or ``personalization-refused`` (the reason in the log)."""
+        personalization = Personalization(
+            self.trainer, self.ledger, self.session.privacy.policy,
+            PersonalizedStore(self.session.privacy.ledger_dir, self.session.run.study_id, self.session.site.name))
+        try:
+            weights = personalization.weights(received, server_round=server_round, run_id=run_id)
+        except (SiteRefusal, CorruptLedgerError, CorruptReplyError) as exc:
+            logger.warning("site %s does not personalize study %s: %s", self.session.site.name,
+                           self.session.run.study_id, exc)
+            return {PERSONALIZATION_REFUSED_KEY: 1.0}
+        metrics = self.trainer.evaluate(weights, split="test")
+        return {PERSONALIZED_PREFIX + key: value for key, value in metrics.items() if key != WEIGHT_KEY}
 
     def _train_and_store(self, received: dict[str, torch.Tensor], server_round: int, run_id: int) -> StoredReply:
         study = self.session.study

@@ -23,7 +23,7 @@ from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.devices import resolve_device
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.evaluation.task_metrics import empty_metrics, task_metrics
-from fedfusion.models.fusion_model import MultimodalFusionModel, build_model
+from fedfusion.models.fusion_model import StudyModel, build_model
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
@@ -72,14 +72,17 @@ class SiteTrainer:
 
     def train(self, weights: dict[str, torch.Tensor], *, accountant_history: Sequence[tuple[float, float, int]] = (),
               seed: int = 0, dp_seed: int | None = None, noise_multiplier: float | None = None,
+              epochs: int | None = None, train_only: str = "",
               after_epoch: Callable[[int, nn.Module], bool] | None = None) -> TrainOutcome:
-        """Run ``study.local_epochs`` epochs over the training patients from ``weights``.
+        """Run ``epochs`` (default ``study.local_epochs``) epochs over the training patients from ``weights``.
 
         ``noise_multiplier`` is the site's DP noise (``fedfusion.privacy.calibration.study_noise_multiplier``, or
         the one its ledger recorded for the study); ``None`` means the study's fixed ``noise-multiplier``, which a
-        study with a ``target-epsilon`` does not have (``ConfigError``). ``after_epoch(epoch, model)`` (0-based
-        epoch, the plain module in training) is called after every epoch; when it returns True training stops there
-        (early stopping of the simulation's centralized baseline).
+        study with a ``target-epsilon`` does not have (``ConfigError``). With ``train_only`` only the parameters
+        whose name starts with it are trained (and clipped); the others stay as received (personalization trains
+        the task heads, ``"heads."``). ``after_epoch(epoch, model)`` (0-based epoch, the plain module in training)
+        is called after every epoch; when it returns True training stops there (early stopping of the simulation's
+        centralized baseline).
 
         ``seed`` drives tile sampling and dropout. DP noise and Poisson sampling are drawn from ``dp_seed``;
         leave it ``None`` outside tests: then 63 bits come from the OS, so no other party (the coordinator
@@ -92,11 +95,14 @@ class SiteTrainer:
         sigma = self._noise_multiplier(noise_multiplier)
         with self.seeded(seed):
             model: nn.Module = self.load_model(weights).train()
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith(train_only))
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(sampling_seed))
-            optimizer = torch.optim.Adam(model.parameters(), lr=self.study.learning_rate)
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                         lr=self.study.learning_rate)
             GradientTerms.of(self.study).attach(optimizer)  # FedProx, ridge, lasso: after DP privatization
             private = None
             trained: nn.Module = model
@@ -106,7 +112,7 @@ class SiteTrainer:
                 trained, optimizer, loader = private.model, private.optimizer, private.loader
             steps, loss_sum, seen = 0, 0.0, 0
             started = time.perf_counter()
-            for epoch in range(self.study.local_epochs):
+            for epoch in range(self.study.local_epochs if epochs is None else epochs):
                 for items in loader:
                     batch = PatientBatch(*items).to(self.device)
                     steps += 1
@@ -192,7 +198,7 @@ class SiteTrainer:
                               "calibrated noise multiplier, and none was given")
         return self.study.noise_multiplier
 
-    def load_model(self, weights: dict[str, torch.Tensor]) -> MultimodalFusionModel:
+    def load_model(self, weights: dict[str, torch.Tensor]) -> StudyModel:
         """The study's model holding ``weights``, on the site's device; ``ConfigError`` if they do not fit."""
         model = build_model(self.study)
         try:

@@ -23,6 +23,7 @@ from fedfusion.errors import ConfigError
 from fedfusion.study.schema import StudySchema, Task, load_schema
 
 FUSIONS = ("kronecker", "concat")
+MODELS = ("fusion", "linear")
 ACCOUNTANTS = ("prv", "rdp")
 STAIN_NORMALIZATIONS = ("reinhard", "macenko", "none")
 SECURE_AGGREGATION_MODES = ("auto", "on", "off")
@@ -119,6 +120,14 @@ class StudyConfig:
     distributed_dp_tolerance: int = 0
     """Distributed mode: t, the sites that may drop out of a round or collude with the coordinator while the
     central noise stays whole; a round needs n >= t + 2 sites and releases nothing with fewer than n - t."""
+    # ---- small-cohort model and personalization --------------------------------------------
+    model: str = "fusion"
+    """'fusion' (modality encoders, fusion, one head per task) or 'linear' (``models/linear_survival.py``: one linear
+    output layer per task on the concatenated inputs, the discrete-time analogue of a linear Cox model)."""
+    personalization_epochs: int = 0
+    """After the last round each site fine-tunes the final model's task heads on its own training patients for this
+    many epochs (DP-SGD when dp, charged to its ledger) and reports their held-out metrics as ``personalized-*``
+    beside the global model's; the personalized weights stay at the site. 0: off."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Run-config keys this version does not know (kept, never silently dropped)."""
 
@@ -219,6 +228,10 @@ class StudyConfig:
             raise ConfigError(f"study config 'target-mpp' must be > 0, got {self.target_mpp}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"study config 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.model not in MODELS:
+            raise ConfigError(f"study config 'model' must be one of {MODELS}, got '{self.model}'")
+        if self.personalization_epochs < 0:
+            raise ConfigError(f"study config 'personalization-epochs' must be >= 0, got {self.personalization_epochs}")
         self._validate_optimization()
         self._validate_privacy_mode()
 

@@ -3,9 +3,17 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from fedfusion.coordinator.run_recorder import MODEL_FILE, TRAINING_FILE, RunRecorder, TrainingOutcome
+from fedfusion.coordinator.run_recorder import (
+    MODEL_FILE,
+    PERSONALIZATION_FILE,
+    SITE_METRICS_FILE,
+    TRAINING_FILE,
+    RunRecorder,
+    TrainingOutcome,
+)
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import SiteReply
 from fedfusion.study.config import StudyConfig
 
@@ -66,3 +74,32 @@ def test_a_study_whose_last_rounds_did_not_aggregate_says_how_many_did(tmp_path:
                                   "is the global model after round 1")
     assert (tmp_path / MODEL_FILE).is_file()
     assert TrainingOutcome.from_rows(3, recorder.round_rows[:2]).status == "trained"
+
+
+def test_personalized_metrics_are_shown_and_written_per_site_beside_the_global_ones(tmp_path: Path) -> None:
+    lines: list[str] = []
+    recorder = _recorder(lines, rounds=1)
+    recorder.round_aggregated(1, "train", {"patients": 9.0, "epsilon": 1.0})
+    recorder.site_reply(SiteReply(1, "evaluate", "site-a", {"num-examples": 5.0, "c-index": 0.61,
+                                                            "personalized-c-index": 0.66, "personalized-loss": 1.2,
+                                                            "loss": 1.3, "personalized-td-auc": 0.7}))
+    recorder.site_reply(SiteReply(1, "evaluate", "site-b", {"num-examples": 4.0, "c-index": 0.58,
+                                                            "personalization-refused": 1.0}))
+    assert lines[-2].endswith("C-index=0.610  personalized C-index=0.660")
+    assert lines[-1].endswith("C-index=0.580  personalization refused=1")
+    recorder.write(tmp_path, final_weights={"w": torch.zeros(1)})
+    table = pd.read_csv(tmp_path / PERSONALIZATION_FILE)
+    assert list(table["site"]) == ["site-a", "site-b"]
+    assert table.loc[0, ["c-index", "personalized-c-index", "loss", "personalized-loss"]].tolist() == [
+        0.61, 0.66, 1.3, 1.2]
+    assert table.loc[1, "personalization-refused"] == 1.0 and pd.isna(table.loc[1, "personalized-c-index"])
+    assert "personalized-c-index" in pd.read_csv(tmp_path / SITE_METRICS_FILE).columns
+
+
+def test_no_personalization_file_without_personalized_metrics(tmp_path: Path) -> None:
+    recorder = _recorder([], rounds=1)
+    recorder.round_aggregated(1, "train", {"patients": 9.0, "epsilon": 1.0})
+    recorder.site_reply(SiteReply(1, "evaluate", "site-a", {"num-examples": 5.0, "c-index": 0.61}))
+    (tmp_path / PERSONALIZATION_FILE).write_text("stale")
+    recorder.write(tmp_path, final_weights={"w": torch.zeros(1)})
+    assert not (tmp_path / PERSONALIZATION_FILE).exists()

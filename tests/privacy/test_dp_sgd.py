@@ -1,4 +1,5 @@
-"""Opacus' per-patient gradients are exact for bags of tiles, and a noiseless DP step is the clipped mean."""
+"""Opacus' per-patient gradients are exact for bags of tiles (fusion and linear models), and a noiseless DP step is the
+clipped mean."""
 
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ def private_for(model: torch.nn.Module, records: list[PatientRecord], mode: str)
                         noise_multiplier=STUDY.noise_multiplier, grad_sample_mode=mode)
 
 
-@pytest.mark.parametrize("fusion", ["kronecker", "concat"])
+@pytest.mark.parametrize("model_fusion", [("fusion", "kronecker"), ("fusion", "concat"), ("linear", "kronecker")])
 @pytest.mark.parametrize("mode", ["hooks", "ew"])  # the mode in use and the one benchmarked against it
-def test_grad_sample_equals_patient_by_patient_autograd(fusion: str, mode: str) -> None:
+def test_grad_sample_equals_patient_by_patient_autograd(model_fusion: tuple[str, str], mode: str) -> None:
     records = patients()
-    study = STUDY.replace(fusion=fusion)
+    model_name, fusion = model_fusion
+    study = STUDY.replace(model=model_name, fusion=fusion)
     reference = build_model(study, seed=1)
     expected = per_patient_grads(reference, records)
     model = build_model(study, seed=1)
@@ -63,22 +65,24 @@ def test_grad_sample_equals_patient_by_patient_autograd(fusion: str, mode: str) 
     for name, param in named.items():
         for i, grads in enumerate(expected):
             torch.testing.assert_close(param.grad_sample[i], grads[name], atol=1e-5, rtol=1e-4,
-                                       msg=f"{mode}/{fusion}: patient {i}, parameter {name}")
+                                       msg=f"{mode}/{model_name}/{fusion}: patient {i}, parameter {name}")
     released = private.release()
     assert not any(hasattr(p, "grad_sample") for p in released.parameters())
     assert set(released.state_dict()) == set(reference.state_dict())
 
 
-def test_noiseless_dp_step_is_mean_of_clipped_per_patient_gradients() -> None:
+@pytest.mark.parametrize("model_name", ["fusion", "linear"])
+def test_noiseless_dp_step_is_mean_of_clipped_per_patient_gradients(model_name: str) -> None:
     records = patients()
-    reference = build_model(STUDY, seed=2)
+    study = STUDY.replace(model=model_name)
+    reference = build_model(study, seed=2)
     expected = per_patient_grads(reference, records)
     flat = torch.stack([torch.cat([g.flatten() for g in grads.values()]) for grads in expected])
     clip = (STUDY.max_grad_norm / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)
     assert (clip < 1).any(), "the test must exercise clipping"
     mean_clipped = (flat * clip[:, None]).mean(dim=0)
 
-    model = build_model(STUDY, seed=2)
+    model = build_model(study, seed=2)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     private = private_for(model, records, GRAD_SAMPLE_MODE)
     private.optimizer.zero_grad()

@@ -56,6 +56,9 @@ def test_unknown_keys_are_kept_not_dropped() -> None:
         ("noise-multiplier", 0.0, "noise-multiplier"),
         ("fusion", "bilinear", "fusion"),
         ("delta", 1.5, "delta"),
+        # small-cohort model and personalization
+        ("model", "cox", "'model'"),
+        ("personalization-epochs", -1, "personalization-epochs"),
     ],
 )
 def test_invalid_values_name_the_key(key: str, value: object, fragment: str) -> None:
