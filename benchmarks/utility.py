@@ -11,11 +11,13 @@ Cohorts (each built with the product's own commands, into a temporary folder):
 Arms, each ``fedfusion simulate`` (Flower's simulation engine, the study defaults unless overridden, secure
 aggregation "auto" = on with 3 or more sites) with ``SEEDS`` training seeds on the same held-out patients:
 
-- ``federated DP`` (the default study: the best configuration found) with ``--baselines``: centralized
-  non-private (trained to convergence), single-modality centralized, and each site alone under the same DP recipe;
-- ``federated DP, plain FedAvg``: the same privacy budget, FedAvg on the server, no proximal term;
-- ``federated non-private`` with ``--baselines`` (each site alone without DP);
-- ``distributed DP``: DP-FedSGD with the noise added in shares under secure aggregation, same target epsilon.
+- ``federated DP`` (the default study, local DP-SGD at target epsilon 8 per site) with ``--baselines``:
+  centralized non-private (trained to convergence), single-modality centralized, each site alone under the same
+  DP recipe;
+- ``federated DP, distributed``: DP-FedSGD with the noise added in shares under secure aggregation, same target
+  epsilon (``dp-mode = distributed``, 40 rounds);
+- ``federated non-private`` (on GBSG2 with ``--baselines``: each site alone without DP);
+- the other model (linear on the synthetic cohort, fusion on GBSG2) under the default DP recipe.
 
 Writes ``benchmarks/results/utility.json`` (every row: mean, sd, per-seed C-index, bootstrap CI, the target
 checks) and a line in ``benchmarks/results/README.md``. ``python benchmarks/utility.py --seeds 2 --cohorts
@@ -63,14 +65,32 @@ class Arm:
     baselines: bool = False
 
 
-ARMS = (
-    Arm("federated DP", baselines=True),
-    Arm("federated DP, plain FedAvg", {"server_optimizer": "fedavg", "server_learning_rate": 1.0,
-                                       "proximal_mu": 0.0}),
-    Arm("federated non-private", {"dp": False}, baselines=True),
-    Arm("distributed DP", {"dp_mode": "distributed"}),
-)
-COHORTS = ("synthetic", "gbsg2-random", "gbsg2-skewed")
+DISTRIBUTED = {"dp_mode": "distributed", "num_server_rounds": 40}
+"""Distributed DP's recipe: one DP-SGD step of the federation per round, so more rounds (sample-rate 0.3 and the
+server's step size 1.0 are the defaults)."""
+LINEAR = {"model": "linear"}
+"""The small-cohort model (``models/linear_survival.py``)."""
+ARMS: dict[str, tuple[Arm, ...]] = {
+    "synthetic": (
+        Arm("federated DP", baselines=True),
+        Arm("federated DP, distributed", DISTRIBUTED),
+        Arm("federated non-private", {"dp": False}),
+        Arm("federated DP, linear model", LINEAR),
+    ),
+    "gbsg2-random": (
+        Arm("federated DP", LINEAR, baselines=True),
+        Arm("federated DP, distributed", {**LINEAR, **DISTRIBUTED}),
+        Arm("federated non-private", {**LINEAR, "dp": False}, baselines=True),
+        Arm("federated DP, fusion model", baselines=False),
+    ),
+    "gbsg2-skewed": (
+        Arm("federated DP", LINEAR, baselines=True),
+        Arm("federated non-private", {**LINEAR, "dp": False}, baselines=True),
+    ),
+}
+"""Each cohort's arms. GBSG2 has clinical covariates only: its studies use the linear model (the fusion model is
+one arm, for comparison)."""
+COHORTS = tuple(ARMS)
 
 
 def build_cohort(name: str, root: Path) -> Path:
@@ -134,13 +154,14 @@ def checks(cohort: str, arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
         result = next((r for r in arms if r["arm"] == arm and r.get("trained")), None)
         return [] if result is None else [r["mean"] for r in result["rows"] if r["model"].endswith(" alone")]
 
-    central = mean("federated DP", "centralized")
-    fed_dp, fed_plain = mean("federated DP"), mean("federated non-private")
     dp_alone, plain_alone = alone("federated DP"), alone("federated non-private")
-    out: dict[str, Any] = {"centralized": central, "federated DP": fed_dp, "federated non-private": fed_plain,
+    out: dict[str, Any] = {"centralized (non-private)": mean("federated DP", "centralized"),
+                           "federated DP": mean("federated DP"),
+                           "federated DP, distributed": mean("federated DP, distributed"),
+                           "federated non-private": mean("federated non-private"),
                            "best site alone (DP)": max(dp_alone, default=None),
                            "mean site alone (non-private)": sum(plain_alone) / len(plain_alone) if plain_alone
-                           else None, "distributed DP": mean("distributed DP")}
+                           else None}
     return out
 
 
@@ -149,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--cohorts", default=",".join(COHORTS))
-    parser.add_argument("--arms", default=",".join(a.name for a in ARMS))
     args = parser.parse_args(argv)
-    chosen = [a for a in ARMS if a.name in args.arms.split(",")]
     report: dict[str, Any] = {"benchmark": "utility", "seeds": args.seeds, "platform": platform.platform(),
                               "cohorts": {}}
     with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
@@ -160,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"== {cohort}", flush=True)
             folder = build_cohort(cohort, root)
             results = []
-            for arm in chosen:
-                if arm.overrides.get("dp_mode") == "distributed" and cohort == "gbsg2-skewed":
-                    continue
+            for arm in ARMS[cohort]:
                 print(f"  -- {arm.name}", flush=True)
                 results.append(run_arm(arm, folder, root / "runs" / cohort / arm.name.replace(" ", "-"),
                                        args.seeds))

@@ -32,7 +32,7 @@ DP_POLICY = "max-epsilon = inf\n"
 
 def distributed_study(cohort: Path) -> StudyConfig:
     return small_study(cohort, dp_mode="distributed", sample_rate=0.5, distributed_dp_tolerance=1, min_sites=3,
-                       learning_rate=0.5, noise_multiplier=0.8)
+                       noise_multiplier=0.8)
 
 
 def run(study: StudyConfig, configs: dict[int, dict[str, str]], rounds: int,

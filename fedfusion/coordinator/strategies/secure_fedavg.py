@@ -18,8 +18,8 @@ whose update went into the average.
 Distributed DP (``dp-mode`` = distributed, ``DistributedFedSGD``): every round is secure, its SecAgg threshold is
 n - t, and the sites send their clipped gradient sums plus integer noise shares; the coordinator unmasks the noisy
 sum only if at least n - t sites sent theirs, divides it by q times the survivors' training patients (the noisy
-gradient g) and hands -learning_rate * g to the server optimizer as the round's mean update (plain SGD with
-"fedavg" at server-learning-rate 1).
+gradient g) and hands -g to the server optimizer as the round's mean update ("fedavg": DP-SGD with step size
+server-learning-rate).
 """
 
 from __future__ import annotations
@@ -66,23 +66,24 @@ def secagg_threshold(num_sites: int, fraction: float) -> int:
 
 @dataclass(frozen=True)
 class DistributedFedSGD:
-    """Distributed DP (DP-FedSGD): the round's noise numbers, the sites' sample rate q and the learning rate."""
+    """Distributed DP (DP-FedSGD): the round's noise numbers and the sites' sample rate q. The step size is the
+    server optimizer's (``server-learning-rate``): the coordinator turns the noisy gradient into the round's mean
+    update, so FedAvg on the server is DP-SGD, FedAdam is DP-Adam, all post-processing of the noisy sum."""
 
     noise: DistributedNoise
     sample_rate: float
-    learning_rate: float
 
     @classmethod
     def from_study(cls, study: StudyConfig) -> DistributedFedSGD | None:
         """The study's distributed-DP settings, or None with ``dp-mode`` = local."""
         if study.dp_mode != "distributed":
             return None
-        return cls(distributed_noise(study), study.sample_rate, study.learning_rate)
+        return cls(distributed_noise(study), study.sample_rate)
 
     def mean_update(self, noisy_sum: Mapping[str, NDArray[np.float64]],
                     patients: int) -> dict[str, NDArray[np.float64]]:
-        """-learning_rate * g, where g = noisy sum / (q * the surviving sites' training patients)."""
-        factor = -self.learning_rate / (self.sample_rate * patients)
+        """-g, where g = noisy sum / (q * the surviving sites' training patients): the server optimizer's input."""
+        factor = -1.0 / (self.sample_rate * patients)
         return {name: values * factor for name, values in noisy_sum.items()}
 
     def threshold(self, num_sites: int, fraction: float) -> int | None:
