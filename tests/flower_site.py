@@ -32,10 +32,11 @@ SUPERLINK_NODE_ID = 1
 
 
 def small_study(cohort_dir: Path, *, modalities: str | None = None, **changes: Any) -> StudyConfig:
-    """A fast study on ``cohort_dir`` (its schema): a small model, one local epoch, batches of 4 patients;
-    ``modalities`` ("wsi,omics") fuses only those."""
+    """A fast study on ``cohort_dir`` (its schema): a small model, one local epoch, batches of 4 patients, the fixed
+    noise multiplier 1.0 (``target_epsilon`` in ``changes`` calibrates instead); ``modalities`` ("wsi,omics") fuses
+    only those."""
     study = StudyConfig(schema=load_schema(cohort_dir / SCHEMA_FILE).to_json(), hidden_dim=8, local_epochs=1,
-                        batch_size=4, tiles_per_patient=4, noise_multiplier=1.0).replace(**changes)
+                        batch_size=4, tiles_per_patient=4, noise_multiplier=1.0, target_epsilon=0.0).replace(**changes)
     return study if modalities is None else study.with_modalities(modalities.split(","))
 
 

@@ -34,9 +34,10 @@ def schema_json(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float
 
 def study_with(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float] = (12.0, 24.0, 36.0, 60.0),
                modalities: Sequence[str] = ("wsi", "omics", "clinical"), **knobs: object) -> StudyConfig:
-    """A ``StudyConfig`` with ``schema_json``'s schema and the given knobs."""
+    """A ``StudyConfig`` with ``schema_json``'s schema and the given knobs; the fixed ``noise-multiplier`` unless the
+    knobs name a ``target_epsilon`` (tests of calibration do)."""
     schema = schema_json(genes=genes, cnv_genes=cnv_genes, time_bins=time_bins, modalities=modalities)
-    return StudyConfig(schema=schema, **knobs)  # type: ignore[arg-type]
+    return StudyConfig(schema=schema, **{"target_epsilon": 0.0, **knobs})  # type: ignore[arg-type]
 
 
 def patient(patient_id: str, tiles: npt.NDArray[np.float32] | None, expression: npt.NDArray[np.float32] | None,

@@ -15,9 +15,9 @@ when present). Every key is optional; a missing key takes the default below::
     keep-egress-payloads = false       # also keep a copy of every serialized outgoing message (audit)
     secure-aggregation-mandatory = false   # refuse studies, and train rounds, without secure aggregation
 
-The defaults are permissive enough for the synthetic cohorts' simulations (a default run spends about 6, the
-end-to-end test about 33); a hospital writes its own file. A non-DP round has infinite epsilon, so with
-``dp-mandatory = false`` it is still refused unless ``max-epsilon = inf``.
+The defaults are permissive enough for the synthetic cohorts' simulations (a default study spends its target
+epsilon of 8, the end-to-end test about 33); a hospital writes its own file. A non-DP round has infinite epsilon,
+so with ``dp-mandatory = false`` it is still refused unless ``max-epsilon = inf``.
 """
 
 from __future__ import annotations

@@ -117,8 +117,11 @@ class StudyConfig:
     site uses ``noise-multiplier``."""
     # ---- distributed DP over secure aggregation (DP-FedSGD; fedfusion.site.distributed_dp) ----
     dp_mode: str = "local"
-    """'local': each site runs DP-SGD on its own update; 'distributed': one round is one DP-SGD step of the whole
-    federation, each site adds an integer noise share to its clipped gradient sum inside secure aggregation."""
+    """'local': each site runs DP-SGD on its own update; 'distributed' (opt-in): one round is one DP-SGD step of the
+    whole federation, each site adds an integer noise share to its clipped gradient sum inside secure aggregation,
+    and the coordinator's server optimizer steps on the noisy gradient (``server-learning-rate`` is the step size).
+    The best private recipe measured (docs/DP_RECIPE.md: about 40 rounds), under the trust assumption of
+    docs/THREAT_MODEL.md; every round needs at least ``distributed-dp-tolerance`` + 2 sites through SecAgg+."""
     sample_rate: float = 0.3
     """Distributed mode: probability with which every site Poisson-samples each training patient every round
     (study-wide, so that every site's accounting entry is the same)."""

@@ -44,7 +44,7 @@ def test_a_target_no_noise_can_reach_is_a_privacy_error() -> None:
 
 
 def test_a_study_without_target_keeps_its_fixed_noise_and_plans_rounds_times_steps() -> None:
-    study = StudyConfig(noise_multiplier=1.3, num_server_rounds=4, batch_size=4, local_epochs=2)
+    study = StudyConfig(target_epsilon=0.0, noise_multiplier=1.3, num_server_rounds=4, batch_size=4, local_epochs=2)
     assert study_noise_multiplier(study, 10, "prv") == 1.3
     assert study_sampling(study, 10) == (1 / 3, 4 * 3 * 2)
     with pytest.raises(Exception, match="'target-epsilon' must be a finite number >= 0"):

@@ -46,8 +46,8 @@ def test_bad_policy_files_are_rejected_naming_file_and_key(tmp_path: Path, text:
 
 def test_violations_name_every_weaker_setting() -> None:
     policy = SitePolicy(min_noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-6, allowed_modalities=("omics",),
-                        allowed_fusions=("concat",))
-    weak = StudyConfig(noise_multiplier=0.5, max_grad_norm=2.0, delta=1e-5)
+                        allowed_fusions=("kronecker",))
+    weak = StudyConfig(target_epsilon=0.0, noise_multiplier=0.5, max_grad_norm=2.0, delta=1e-5)
     rules = [v.split("'")[1] for v in policy.violations(weak)]
     assert rules == ["min-noise-multiplier", "max-grad-norm", "delta", "allowed-modalities", "allowed-fusions"]
     assert [v.split("'")[1] for v in SitePolicy().violations(StudyConfig(dp=False))] == ["dp-mandatory"]
