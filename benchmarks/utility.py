@@ -142,7 +142,7 @@ def _row(row: BaselineRow) -> dict[str, Any]:
 
 
 def checks(cohort: str, arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets for this cohort, as measured (None where an arm is missing)."""
+    """The figures the issue's targets compare, and each target as measured (None where an arm is missing)."""
     def mean(arm: str, model: str | None = None) -> float | None:
         for result in arms:
             if result["arm"] == arm and result.get("trained"):
@@ -155,14 +155,30 @@ def checks(cohort: str, arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return [] if result is None else [r["mean"] for r in result["rows"] if r["model"].endswith(" alone")]
 
     dp_alone, plain_alone = alone("federated DP"), alone("federated non-private")
-    out: dict[str, Any] = {"centralized (non-private)": mean("federated DP", "centralized"),
-                           "federated DP": mean("federated DP"),
-                           "federated DP, distributed": mean("federated DP, distributed"),
-                           "federated non-private": mean("federated non-private"),
-                           "best site alone (DP)": max(dp_alone, default=None),
-                           "mean site alone (non-private)": sum(plain_alone) / len(plain_alone) if plain_alone
-                           else None}
-    return out
+    figures: dict[str, float | None] = {
+        "centralized (non-private)": mean("federated DP", "centralized"),
+        "federated DP": mean("federated DP"),
+        "federated DP, distributed": mean("federated DP, distributed"),
+        "federated non-private": mean("federated non-private"),
+        "best site alone (DP)": max(dp_alone, default=None),
+        "mean site alone (non-private)": sum(plain_alone) / len(plain_alone) if plain_alone else None}
+    private = [v for v in (figures["federated DP"], figures["federated DP, distributed"]) if v is not None]
+    best_private = max(private, default=None)
+    central, plain = figures["centralized (non-private)"], figures["federated non-private"]
+
+    def at_least(value: float | None, bound: float | None, margin: float) -> bool | None:
+        return None if value is None or bound is None else value >= bound + margin - 1e-9
+
+    targets = {"best federated DP >= best site alone (DP) + 0.05":
+               at_least(best_private, figures["best site alone (DP)"], 0.05),
+               "best federated DP >= centralized - 0.03": at_least(best_private, central, -0.03),
+               "federated non-private >= centralized - 0.01": at_least(plain, central, -0.01),
+               "distributed DP >= local DP + 0.02": at_least(figures["federated DP, distributed"],
+                                                             figures["federated DP"], 0.02),
+               "federated DP >= mean site alone (non-private)": at_least(figures["federated DP"],
+                                                                         figures["mean site alone (non-private)"],
+                                                                         0.0)}
+    return {"figures": figures, "targets": {k: v for k, v in targets.items() if v is not None}}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -187,8 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             atomic_write_text(RESULTS / "utility.json", json.dumps(report, indent=1) + "\n")
     lines = []
     for cohort, data in report["cohorts"].items():
-        t = data["targets"]
-        lines.append(f"{cohort}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items() if v is not None))
+        figures = data["targets"]["figures"]
+        lines.append(f"{cohort}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None))
     print("\n".join(lines))
     record_summary("utility", f"held-out C-index, {args.seeds} training seeds: " + "; ".join(lines)
                    + " -> [utility.json](utility.json)")
