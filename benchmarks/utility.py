@@ -182,25 +182,38 @@ def checks(cohort: str, arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every arm on every cohort, print the table and record ``utility.json``."""
+    """Run every arm on every cohort (or those chosen), print the figures and record ``utility.json`` after each
+    arm; with ``--resume`` the arms already in ``utility.json`` (same seeds) are kept and not run again."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--cohorts", default=",".join(COHORTS))
+    parser.add_argument("--arms", default=None, help="comma-separated arm names (default: all)")
+    parser.add_argument("--resume", action="store_true", help="keep the arms utility.json already holds")
     args = parser.parse_args(argv)
+    results_file = RESULTS / "utility.json"
     report: dict[str, Any] = {"benchmark": "utility", "seeds": args.seeds, "platform": platform.platform(),
                               "cohorts": {}}
+    if args.resume and results_file.exists():
+        saved = json.loads(results_file.read_text(encoding="utf-8"))
+        if saved.get("seeds") == args.seeds:
+            report["cohorts"] = saved.get("cohorts", {})
+    chosen = None if args.arms is None else set(args.arms.split(","))
     with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
         root = Path(tmp)
         for cohort in args.cohorts.split(","):
+            done = {r["arm"]: r for r in report["cohorts"].get(cohort, {}).get("arms", []) if r.get("trained")}
+            todo = [a for a in ARMS[cohort] if a.name not in done and (chosen is None or a.name in chosen)]
+            if not todo:
+                continue
             print(f"== {cohort}", flush=True)
             folder = build_cohort(cohort, root)
-            results = []
-            for arm in ARMS[cohort]:
+            for arm in todo:
                 print(f"  -- {arm.name}", flush=True)
-                results.append(run_arm(arm, folder, root / "runs" / cohort / arm.name.replace(" ", "-"),
-                                       args.seeds))
-            report["cohorts"][cohort] = {"arms": results, "targets": checks(cohort, results)}
-            atomic_write_text(RESULTS / "utility.json", json.dumps(report, indent=1) + "\n")
+                done[arm.name] = run_arm(arm, folder, root / "runs" / cohort / arm.name.replace(" ", "-"),
+                                         args.seeds)
+                results = [done[a.name] for a in ARMS[cohort] if a.name in done]
+                report["cohorts"][cohort] = {"arms": results, "targets": checks(cohort, results)}
+                atomic_write_text(results_file, json.dumps(report, indent=1) + "\n")
     lines = []
     for cohort, data in report["cohorts"].items():
         figures = data["targets"]["figures"]
