@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--cohorts", default=",".join(COHORTS))
-    parser.add_argument("--arms", default=None, help="comma-separated arm names (default: all)")
+    parser.add_argument("--arms", default=None, help="arm names separated by ';' (default: all)")
     parser.add_argument("--resume", action="store_true", help="keep the arms utility.json already holds")
     args = parser.parse_args(argv)
     results_file = RESULTS / "utility.json"
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         saved = json.loads(results_file.read_text(encoding="utf-8"))
         if saved.get("seeds") == args.seeds:
             report["cohorts"] = saved.get("cohorts", {})
-    chosen = None if args.arms is None else set(args.arms.split(","))
+    chosen = None if args.arms is None else set(args.arms.split(";"))
     with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
         root = Path(tmp)
         for cohort in args.cohorts.split(","):
