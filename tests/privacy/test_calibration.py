@@ -39,7 +39,7 @@ def test_a_smaller_target_needs_more_noise_and_each_lands_just_under_its_target(
 
 
 def test_a_target_no_noise_can_reach_is_a_privacy_error() -> None:
-    with pytest.raises(PrivacyError, match="no noise multiplier up to .* reaches epsilon"):
+    with pytest.raises(PrivacyError, match=r"no noise multiplier up to .* reaches epsilon"):
         calibrate_noise(1e-9, DELTA, 1.0, 10_000, "rdp")
 
 
