@@ -187,11 +187,12 @@ def markdown(report: Mapping[str, Any]) -> str:
     """``utility.md``: every cohort's rows (arm, model, held-out C-index mean +- sd, 95% CI) and its targets."""
     out = [f"# Utility benchmark ({report['seeds']} training seeds per row; `python benchmarks/utility.py`)", ""]
     for cohort, data in report["cohorts"].items():
-        out += [f"## {cohort}", "", "| arm | model | training | modalities | held-out C-index | 95% CI | arm time |",
+        out += [f"## {cohort}", "",
+                "| arm | model | training | modalities | held-out C-index | 95% CI | arm time (s) |",
                 "|---|---|---|---|---|---|---|"]
         for arm in data["arms"]:
             if not arm.get("trained"):
-                out.append(f"| {arm['arm']} | not trained | | | | | {arm['seconds']} s |")
+                out.append(f"| {arm['arm']} | not trained | | | | | {arm['seconds']} |")
                 continue
             for index, row in enumerate(arm["rows"]):
                 sd = "" if row["sd"] is None else f" +- {row['sd']:.3f}"
