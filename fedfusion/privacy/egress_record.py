@@ -5,17 +5,23 @@ Append-only JSON lines in ``<ledger_dir>/egress.jsonl``. Each line is one outgoi
     {"seq": 0, "time": ISO, "prev": SHA256 of the previous line's bytes (64 zeros for the first),
      "run_id", "round", "kind": "train" | "evaluate" | "error", "bytes", "sha256",
      "arrays": [{"name", "dtype", "shape", "l2"}], "metrics": {name: value}, "configs": {name: value},
-     "error": {"code", "reason"} | null, "dp": {"epsilon", "delta", "noise-multiplier", "max-grad-norm"} | null,
-     "secure-aggregation": true | false}
+     "error": {"code", "reason", "rule"} | null,
+     "dp": {"epsilon", "delta", "noise-multiplier", "max-grad-norm"} | null, "secure-aggregation": true | false}
 
 ``secure-aggregation`` is true for the messages of a secure-aggregation round (a train reply with public keys
 instead of weights, and the ``query`` stage answers: encrypted shares, the masked vector, unmask shares).
+An error reply records its code, its fixed public reason and, for a refusal, the site's rule; never exception text,
+a path or patient data (the reply carries none).
 
 ``bytes``/``sha256`` are of the message as Flower's own protobuf serialization writes it
 (``flwr.common.serde.message_to_proto``, through ``fedfusion.flower_compat``). Editing, removing or reordering any
-line breaks the chain from there on; ``verify_chain`` finds the first broken line. (A hash chain shows tampering
-by someone who cannot also rewrite every later line; to pin it, note the last line's hash elsewhere, e.g. in the
-site's audit log.)
+line breaks the chain from there on; ``verify_chain`` finds the first broken line. Every line ends with a newline:
+a last line without one is torn (a crash while writing it, whose reply was never sent, or a cut) and fails.
+
+A chain cannot show a record cut at its end, emptied or deleted; its head (``egress_head``: the last line's hash
+and the count) can, when it is kept elsewhere. Each append also rewrites the site's own head file
+``egress.head`` beside the record, and refuses (nothing written, so nothing sent) when the record falls short of
+it or its last line is torn.
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ from flwr.app import Message
 
 from fedfusion.errors import PrivacyError
 from fedfusion.flower_compat import message_to_bytes
+from fedfusion.privacy.egress_head import GENESIS, HEAD_FILE, EgressHead, check_head, read_head_file, write_head_file
 from fedfusion.protocol import DP_METRIC_KEYS, SECAGG_RECORD
 
 EGRESS_FILE = "egress.jsonl"
-GENESIS = "0" * 64
 DP_METRICS = DP_METRIC_KEYS
 
 
@@ -45,8 +51,9 @@ def serialize(message: Message) -> bytes:
     return message_to_bytes(message)
 
 
-def describe(message: Message, payload: bytes, server_round: int) -> dict[str, Any]:
-    """The record entry of an outgoing ``message`` whose serialized form is ``payload`` (without seq/prev/time)."""
+def describe(message: Message, payload: bytes, server_round: int, rule: str | None = None) -> dict[str, Any]:
+    """The record entry of an outgoing ``message`` whose serialized form is ``payload`` (without seq/prev/time);
+    ``rule``: the site rule an error reply refuses under."""
     entry: dict[str, Any] = {
         "run_id": message.metadata.run_id, "round": server_round,
         "kind": "error" if message.has_error() else message.metadata.message_type.split(".")[0],
@@ -55,7 +62,7 @@ def describe(message: Message, payload: bytes, server_round: int) -> dict[str, A
         "secure-aggregation": not message.has_error() and SECAGG_RECORD in message.content.config_records,
     }
     if message.has_error():
-        entry["error"] = {"code": message.error.code, "reason": message.error.reason}
+        entry["error"] = {"code": message.error.code, "reason": message.error.reason, "rule": rule}
         return entry
     for record_name, arrays in message.content.array_records.items():
         for name, array in arrays.items():
@@ -78,23 +85,30 @@ def _is_bytes(value: object) -> bool:
 
 
 class EgressRecord:
-    """The append-only, hash-chained record in one JSON-lines file."""
+    """The append-only, hash-chained record in one JSON-lines file, with the site's head file beside it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.head_file = self.path.with_name(HEAD_FILE)
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Add ``entry`` with its sequence number, time and the previous line's hash; fsync before returning."""
+        """Add ``entry`` with its sequence number, time and the previous line's hash; fsync, then update the head
+        file. ``PrivacyError`` (nothing written) when the last line is torn or the record falls short of its head
+        file (cut, emptied or deleted since)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             handle.seek(0)
-            lines = handle.read().splitlines()
-            prev = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
-            full = {"seq": len(lines), "time": datetime.now(UTC).isoformat(), "prev": prev, **entry}
-            handle.write(json.dumps(full, sort_keys=True).encode() + b"\n")
+            hashes = [_sha256(line) for line in self._lines(handle.read())]
+            if self.head_file.exists():
+                check_head(self.path, hashes, read_head_file(self.head_file), f"its head file {self.head_file}")
+            full = {"seq": len(hashes), "time": datetime.now(UTC).isoformat(),
+                    "prev": hashes[-1] if hashes else GENESIS, **entry}
+            line = json.dumps(full, sort_keys=True).encode()
+            handle.write(line + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+            write_head_file(self.head_file, EgressHead(_sha256(line), len(hashes) + 1))
         return full
 
     def entries(self) -> list[dict[str, Any]]:
@@ -106,20 +120,42 @@ class EgressRecord:
         except json.JSONDecodeError as exc:
             raise PrivacyError(f"egress record {self.path}: line {exc.lineno} is not JSON ({exc.msg})") from exc
 
-    def verify_chain(self) -> int:
-        """The number of entries if every line chains to the one before; ``PrivacyError`` naming the first break."""
+    def line_hashes(self) -> list[str]:
+        """The sha256 of every line, oldest first, once each is whole and chains to the one before; ``PrivacyError``
+        naming the first broken line. Empty when the record is empty or missing (which the chain cannot tell
+        from a deleted record: check a pinned head, ``egress_head.check_head``)."""
         if not self.path.exists():
-            return 0
+            return []
         prev = GENESIS
-        lines = self.path.read_bytes().splitlines()
-        for number, line in enumerate(lines):
+        hashes = []
+        for number, line in enumerate(self._lines(self.path.read_bytes())):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PrivacyError(f"egress record {self.path}: line {number + 1} is not JSON ({exc.msg})") from exc
+            if not isinstance(entry, dict):
+                raise PrivacyError(f"egress record {self.path}: line {number + 1} is not a JSON object")
             if entry.get("seq") != number or entry.get("prev") != prev:
                 raise PrivacyError(f"egress record {self.path}: chain broken at line {number + 1} "
                                    f"(seq {entry.get('seq')}, prev {str(entry.get('prev'))[:12]}, "
                                    f"expected {prev[:12]})")
-            prev = hashlib.sha256(line).hexdigest()
-        return len(lines)
+            prev = _sha256(line)
+            hashes.append(prev)
+        return hashes
+
+    def verify_chain(self) -> int:
+        """The number of entries if every line chains to the one before; ``PrivacyError`` naming the first break."""
+        return len(self.line_hashes())
+
+    def _lines(self, data: bytes) -> list[bytes]:
+        """``data``'s lines; ``PrivacyError`` when the last one has no newline (torn or cut)."""
+        lines = data.split(b"\n")
+        if lines[-1]:
+            raise PrivacyError(f"egress record {self.path}: its last line (line {len(lines)}) is "
+                               f"incomplete, a torn write or a cut; a reply torn while being recorded was never "
+                               f"sent (keep a copy, remove that partial line, then verify again)")
+        return lines[:-1]
+
+
+def _sha256(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()

@@ -2,8 +2,9 @@
 
 Every message goes through one layered wrapper, ``answer``, outermost first:
 
-1. **resolve once**: the study (run config), the site's facts and privacy folder (node config); without a privacy
-   folder nothing can be recorded, so nothing is sent but a content-free error;
+1. **resolve once**: the site's facts and privacy folder (node config); without a privacy folder nothing can be
+   recorded, so nothing is sent but a fixed content-free error. A study (run config) the site cannot read is an
+   error reply, recorded like any other;
 2. **egress record** (``egress_gate.release``): every reply, error replies included, is recorded before it leaves;
 3. **error replies**: a site never crashes on a bad request and never sends exception text (it could name a
    patient or a path). A refusal (``SiteRefusal``) sends its fixed public reason, naming the site and the rule;
@@ -75,27 +76,29 @@ def secure_aggregation_stage(msg: Message, context: Context) -> Message:
 def answer(msg: Message, context: Context, handler: Handler) -> Message:
     """Resolve the message's session once, answer it with ``handler``, record the reply, then release it."""
     try:
-        run = StudyRun.from_run_config(context.run_config)
         site = resolve_site_context(context.node_config)
         ledger_dir = resolve_ledger_dir(context.node_config, site)
     except Exception:  # nowhere to record a reply: nothing may leave
-        logger.exception("site cannot resolve its study, facts or privacy folder; a %s message is answered "
+        logger.exception("site cannot resolve its facts or privacy folder; a %s message is answered "
                          "with nothing", msg.metadata.message_type)
-        return withheld(msg)
+        return withheld(msg, None)
     keep_payload = False
+    rule: str | None = None
     try:
+        run = StudyRun.from_run_config(context.run_config)
         session = SiteSession(run, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
         keep_payload = session.privacy.policy.keep_egress_payloads
         content = handler(msg, context, session)
         content[SITE_RECORD_KEY] = ConfigRecord({SITE_NAME_KEY: site.name})
         reply = Message(content, reply_to=msg)
     except Exception as exc:  # a site answers every request; details stay in the site's log
+        rule = exc.rule if isinstance(exc, SiteRefusal) else None
         reply = Message(_error(msg, site.name, exc), reply_to=msg)
     try:
         server_round = _server_round(msg, default=0)
     except ProtocolError:
         server_round = 0  # the reply is the error about it; it is still recorded
-    return release(msg, reply, ledger_dir, server_round=server_round, keep_payload=keep_payload)
+    return release(msg, reply, ledger_dir, server_round=server_round, keep_payload=keep_payload, rule=rule)
 
 
 def _error(msg: Message, site_name: str, exc: Exception) -> Error:
