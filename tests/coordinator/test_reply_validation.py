@@ -210,3 +210,20 @@ def test_malformed_evaluate_metrics_are_rejected_without_a_crash(poison: str) ->
     assert metrics["pooled-c-index"] == pytest.approx(90 / 120)
     assert metrics["patients"] == 30 and metrics["rejected-replies"] == 1
     assert [row["site"] for row in recorder.site_rows if row.get("rejected")] == [POISONER]
+
+
+def test_a_server_step_that_would_overflow_is_undone(flower_log: pytest.LogCaptureFixture) -> None:
+    """With the norm bound off (inf), finite float32 updates near the float32 limit and a server learning rate of 2
+    would overflow the model: the step is undone, the optimizer keeps its state and the model stays finite."""
+    optimizer = ServerOptimizer("fedavg", learning_rate=2.0)
+    built = PatientWeightedFedAvg(min_sites=2, server_optimizer=optimizer,
+                                  reply_limits=ReplyLimits(max_patients=100, max_update_norm=math.inf))
+    start = {"w": np.full(3, 2e38, dtype=np.float32)}
+    list(built.configure_train(1, ArrayRecord({"w": Array(start["w"])}), ConfigRecord(), Nodes(2)))
+    near_limit = [reply(site, {"w": np.full(3, 3.4e38, dtype=np.float32)}, {"num-examples": 10})
+                  for site in ("site-a", "site-b")]
+    arrays, _ = built.aggregate_train(1, near_limit)
+    assert arrays is not None
+    np.testing.assert_array_equal(arrays["w"].numpy(), start["w"])
+    assert optimizer.step_count == 0
+    assert any("non-finite" in r.getMessage() for r in flower_log.records)

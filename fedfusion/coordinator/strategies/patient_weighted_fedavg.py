@@ -161,7 +161,8 @@ class PatientWeightedFedAvg(FedAvg):
         """
         current = {name: array.numpy() for name, array in global_arrays.items()}
         before = self.server_optimizer.state_dict()
-        updated = self.server_optimizer.step(current, mean_update)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+            updated = self.server_optimizer.step(current, mean_update)
         if not all(np.all(np.isfinite(values)) for values in updated.values()):
             self.server_optimizer.load_state_dict(before)
             logger.error("the server optimizer's step gave non-finite weights; it is undone and the global model "
