@@ -77,8 +77,8 @@ def check_train_reply(message: Message, global_model: GlobalModel, limits: Reply
     return SiteUpdate(message, update, patients, norm)
 
 
-def check_evaluate_reply(message: Message, limits: ReplyLimits) -> None:
-    """Nothing when the evaluate reply's numbers can be pooled; ``ProtocolError`` naming what is wrong."""
+def check_evaluate_reply(message: Message, limits: ReplyLimits) -> Message:
+    """The evaluate reply, if its numbers can be pooled; ``ProtocolError`` naming what is wrong."""
     metrics = _metrics(message)
     _count(metrics, limits.max_patients, minimum=0)
     pairs = [_number(metrics, key) for key in (CONCORDANT_PAIRS_KEY, COMPARABLE_PAIRS_KEY) if key in metrics]
@@ -86,6 +86,7 @@ def check_evaluate_reply(message: Message, limits: ReplyLimits) -> None:
         raise ProtocolError(f"it reports only one of '{CONCORDANT_PAIRS_KEY}' and '{COMPARABLE_PAIRS_KEY}'")
     if pairs and pairs[0] > pairs[1]:
         raise ProtocolError(f"it reports more concordant ({pairs[0]:g}) than comparable ({pairs[1]:g}) pairs")
+    return message
 
 
 def _metrics(message: Message) -> MetricRecord:

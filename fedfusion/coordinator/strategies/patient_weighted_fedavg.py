@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedfusion.coordinator.reply_validation import ReplyLimits, SiteUpdate, check_evaluate_reply, check_train_reply
+from fedfusion.coordinator.reply_validation import ReplyLimits, check_evaluate_reply, check_train_reply
 from fedfusion.coordinator.robust_aggregation import RobustAggregation
 from fedfusion.coordinator.server_optimizer import NDArray, ServerOptimizer
 from fedfusion.errors import ProtocolError
@@ -66,6 +67,7 @@ class SiteReply:
 MAX_SITE_NAME = 100
 """A site name longer than this, or with unprintable characters, is shown cut and quoted (it is the site's claim)."""
 ReplyListener = Callable[[SiteReply], None]
+Checked = TypeVar("Checked")
 RoundListener = Callable[[int, str, dict[str, float]], None]
 
 
@@ -129,17 +131,8 @@ class PatientWeightedFedAvg(FedAvg):
         if global_arrays is None:
             raise RuntimeError("configure_train must run before aggregate_train (the round's global arrays)")
         global_model = {name: array.numpy() for name, array in global_arrays.items()}
-        accepted: list[SiteUpdate] = []
-        rejected: list[Message] = []
-        for msg in replies:
-            if msg.has_error():
-                continue
-            try:
-                accepted.append(check_train_reply(msg, global_model, self.reply_limits))
-            except ProtocolError as exc:
-                self._reject(server_round, "train", msg, exc)
-                rejected.append(msg)
-        self._report(server_round, "train", replies, rejected)
+        accepted, rejected = self._screen(server_round, "train", replies,
+                                          lambda msg: check_train_reply(msg, global_model, self.reply_limits))
         if not self._enough_sites(server_round, [site.message for site in accepted], len(rejected)):
             return None, None
         metrics = self.train_metrics_aggr_fn([site.message.content for site in accepted], self.weighted_by_key)
@@ -174,19 +167,8 @@ class PatientWeightedFedAvg(FedAvg):
         """Aggregate the valid replies' evaluation metrics (incl. pooled C-index); report each site's numbers first.
 
         A reply whose numbers cannot be pooled is rejected (logged, named, counted), never a crash."""
-        replies = list(replies)
-        accepted: list[Message] = []
-        rejected: list[Message] = []
-        for msg in replies:
-            if msg.has_error():
-                continue
-            try:
-                check_evaluate_reply(msg, self.reply_limits)
-                accepted.append(msg)
-            except ProtocolError as exc:
-                self._reject(server_round, "evaluate", msg, exc)
-                rejected.append(msg)
-        self._report(server_round, "evaluate", replies, rejected)
+        accepted, rejected = self._screen(server_round, "evaluate", list(replies),
+                                          lambda msg: check_evaluate_reply(msg, self.reply_limits))
         if not accepted:
             return None
         metrics = self.evaluate_metrics_aggr_fn([msg.content for msg in accepted], self.weighted_by_key)
@@ -215,11 +197,23 @@ class PatientWeightedFedAvg(FedAvg):
             row = {NOT_AGGREGATED_KEY: 1.0, **({REJECTED_REPLIES_KEY: float(rejected)} if rejected else {})}
             self._on_round_aggregated(server_round, "train", row)
 
-    @staticmethod
-    def _reject(server_round: int, phase: str, msg: Message, reason: ProtocolError) -> None:
-        """Log a rejected reply with its site's name, node and the reason."""
-        logger.warning("round %s: the %s reply of site %s (node %s) is rejected: %s; it is left out like a dropout",
-                       server_round, phase, _site_name(msg), msg.metadata.src_node_id, reason)
+    def _screen(self, server_round: int, phase: str, replies: list[Message],
+                check: Callable[[Message], Checked]) -> tuple[list[Checked], list[Message]]:
+        """``check`` of every reply without error: what it accepted, and the replies it rejected (each logged with
+        its site's name, node and the reason); then every site's numbers reported."""
+        accepted: list[Checked] = []
+        rejected: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            try:
+                accepted.append(check(msg))
+            except ProtocolError as exc:
+                logger.warning("round %s: the %s reply of site %s (node %s) is rejected: %s; it is left out like a "
+                               "dropout", server_round, phase, _site_name(msg), msg.metadata.src_node_id, exc)
+                rejected.append(msg)
+        self._report(server_round, phase, replies, rejected)
+        return accepted, rejected
 
     def _report(self, server_round: int, phase: str, replies: list[Message],
                 rejected: list[Message] | None = None) -> None:
