@@ -27,6 +27,9 @@ Flower internals used:
 - ``flwr.supercore.control``, ``flwr.proto.control_pb2``, ``flwr.supercore.constant.NodeStatus`` and
   ``flwr.supercore.primitives.asymmetric.public_key_to_bytes``: the operator's client of the SuperLink's Control API.
 - ``flwr.cli.build.build_fab_from_disk``: the FAB ``flwr run`` builds (its hash is what a site approves).
+- ``flwr.serverapp.strategy.fedtrimmedavg.trim_mean`` and ``flwr.serverapp.strategy.multikrum.select_multikrum``:
+  the coordinate-wise trimmed mean of ``FedTrimmedAvg`` and the (Multi-)Krum selection of ``Krum``/``MultiKrum``,
+  which the coordinator's robust aggregation applies to the sites' updates.
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
   path and the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``).
 
@@ -38,10 +41,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from fedfusion.errors import FedfusionError
 
@@ -107,6 +113,7 @@ __all__ = [
     "load_superexec_auth_secret",
     "message_from_bytes",
     "message_to_bytes",
+    "multikrum_selection",
     "public_key_to_pem",
     "register_node",
     "run_clientapp_with_installer",
@@ -114,6 +121,7 @@ __all__ = [
     "runtime_api_client",
     "set_task_identity",
     "start_parent_process_monitor",
+    "trimmed_mean",
     "unregister_node",
 ]
 
@@ -353,6 +361,29 @@ def build_fab(app_dir: Path) -> bytes:
     from flwr.cli.build import build_fab_from_disk
 
     return build_fab_from_disk(app_dir)
+
+
+# ---- Robust aggregation (flwr.serverapp.strategy.fedtrimmedavg, .multikrum) --------------------------------------
+
+
+def trimmed_mean(stacked: npt.NDArray[Any], cut_fraction: float) -> npt.NDArray[Any]:
+    """The mean over axis 0 after cutting ``int(cut_fraction * n)`` of the ``n`` values from each end of every
+    coordinate: ``FedTrimmedAvg``'s ``trim_mean`` (``cut_fraction`` in [0, 0.5))."""
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+    return trim_mean(stacked, cut_fraction)
+
+
+def multikrum_selection(updates: Sequence[Mapping[str, npt.NDArray[Any]]], byzantine: int, select: int) -> list[int]:
+    """Indices of the ``select`` updates with the lowest Krum scores (each one's summed squared L2 distance to its
+    ``n - byzantine - 2`` nearest others), best first: ``select_multikrum`` of ``Krum`` (1) and ``MultiKrum``."""
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    records = [RecordDict({"arrays": ArrayRecord({name: Array(np.asarray(values)) for name, values in update.items()})})
+               for update in updates]
+    index = {id(record): i for i, record in enumerate(records)}
+    return [index[id(record)] for record in select_multikrum(records, byzantine, select)]
 
 
 # ---- Flower behaviour fedfusion relies on: constants, URL paths, log lines -----------------------------------------

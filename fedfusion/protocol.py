@@ -61,6 +61,11 @@ PERSONALIZED_PREFIX = "personalized-"
 model's in the last round's evaluate reply (e.g. ``personalized-c-index``)."""
 PERSONALIZATION_REFUSED_KEY = "personalization-refused"
 """Evaluate metric (1) of a last round whose personalization the site refused (budget, unreadable ledger)."""
+REJECTED_REPLIES_KEY = "rejected-replies"
+"""Round metric: the sites' replies the coordinator rejected as invalid (``coordinator/reply_validation.py``); present
+when there were any. A rejected site's own row holds ``rejected`` = 1 instead of its numbers."""
+REJECTED_KEY = "rejected"
+"""Site row (1) of a reply the coordinator rejected as invalid: left out of the round like a dropout."""
 
 # Secure aggregation (SecAgg+): the record layouts are in ``fedfusion.secure_aggregation.wire_records``.
 

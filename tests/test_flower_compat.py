@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -331,3 +332,23 @@ def test_every_export_is_documented_in_the_seam() -> None:
             assert inspect.getdoc(value), f"{name} has no docstring"
         else:
             assert re.search(rf"^{name}\b.*=.*\n(\s*.*\n)*?\"\"\"", SEAM_SOURCE, re.MULTILINE), name
+
+
+def test_trimmed_mean_is_scipys_trim_mean_over_sites() -> None:
+    """``FedTrimmedAvg``'s ``trim_mean`` cuts ``int(fraction * n)`` sites from each end, as scipy does."""
+    from scipy.stats import trim_mean
+
+    stacked = np.random.default_rng(3).normal(size=(7, 4, 3))
+    stacked[2, 0, 0] = 1e9
+    np.testing.assert_allclose(flower_compat.trimmed_mean(stacked, 0.2), trim_mean(stacked, 0.2, axis=0))
+
+
+def test_multikrum_selection_returns_the_indices_of_the_closest_cluster() -> None:
+    """``select_multikrum`` on updates given as name -> array mappings: the outliers are never chosen."""
+    rng = np.random.default_rng(4)
+    updates = [{"w": rng.normal(scale=0.01, size=(3, 2)), "b": rng.normal(scale=0.01, size=2)} for _ in range(5)]
+    updates.insert(1, {"w": np.full((3, 2), 50.0), "b": np.zeros(2)})
+    updates.append({"w": np.zeros((3, 2)), "b": np.full(2, -80.0)})
+    chosen = flower_compat.multikrum_selection(updates, 2, 5)
+    assert sorted(chosen) == [0, 2, 3, 4, 5]
+    assert flower_compat.multikrum_selection(updates, 2, 1)[0] in chosen

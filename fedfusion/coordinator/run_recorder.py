@@ -32,6 +32,8 @@ from fedfusion.protocol import (
     PERSONALIZATION_REFUSED_KEY,
     PERSONALIZED_PREFIX,
     POOLED_C_INDEX_KEY,
+    REJECTED_KEY,
+    REJECTED_REPLIES_KEY,
     SECURE_AGGREGATION_SITES_KEY,
     WEIGHT_KEY,
 )
@@ -190,7 +192,7 @@ def personalization_table(site_rows: list[dict[str, object]]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-COUNT_LABELS = ("patients", "secure-aggregation sites", "personalization refused")
+COUNT_LABELS = ("patients", "secure-aggregation sites", "personalization refused", "rejected")
 UNTRAINED_EVALUATION = "not trained yet (no round aggregated): the initial model's metrics are not shown"
 
 
@@ -199,20 +201,24 @@ def _describe(phase: str, metrics: dict[str, float]) -> str:
         return "FAILED (see the site's log)"
     if NOT_AGGREGATED_KEY in metrics:
         return "NOT AGGREGATED: the global model stays as it was (reason in the warning above)"
+    if REJECTED_KEY in metrics:
+        return "REJECTED: invalid reply, left out like a dropout (reason in the warning above)"
     keys = ([("patients", "patients"), (WEIGHT_KEY, "patients"), (EPSILON_KEY, "eps"), ("train-loss", "loss"),
-             (SECURE_AGGREGATION_SITES_KEY, "secure-aggregation sites")]
+             (SECURE_AGGREGATION_SITES_KEY, "secure-aggregation sites"), (REJECTED_REPLIES_KEY, "rejected")]
             if phase == "train" else
             [("patients", "patients"), (WEIGHT_KEY, "patients"), ("c-index", "C-index"),
              (POOLED_C_INDEX_KEY, "pooled C-index"), ("td-auc", "td-AUC"), ("ibs", "IBS"),
              (PERSONALIZED_PREFIX + "c-index", "personalized C-index"),
              (PERSONALIZATION_REFUSED_KEY, "personalization refused"),
+             (REJECTED_REPLIES_KEY, "rejected"),
              *((key, key.replace("-auc", " AUC").replace("-mcc", " MCC")) for key in sorted(metrics)
                if key.endswith(("-auc", "-mcc")) and key != "td-auc" and not key.startswith(PERSONALIZED_PREFIX))])
     parts = []
     for key, label in keys:
         if key in metrics:
             value = metrics[key]
-            parts.append(f"{label}={int(value)}" if label in COUNT_LABELS else f"{label}={value:.3f}")
+            parts.append(f"{label}={int(value)}" if label in COUNT_LABELS and math.isfinite(value)
+                         else f"{label}={value:.3f}")
     return "  ".join(parts)
 
 

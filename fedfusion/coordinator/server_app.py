@@ -19,7 +19,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.coordinator.progress_log import emit_progress
+from fedfusion.coordinator.reply_validation import ReplyLimits
 from fedfusion.coordinator.resumed_rounds import run_rounds
+from fedfusion.coordinator.robust_aggregation import RobustAggregation
 from fedfusion.coordinator.run_recorder import RunRecorder
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.secure_fedavg import DistributedFedSGD, SecurePatientWeightedFedAvg
@@ -66,6 +68,8 @@ def main(grid: Grid, context: Context) -> None:
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
         server_optimizer=server_optimizer,
+        reply_limits=ReplyLimits.of(study),
+        aggregation=RobustAggregation.of(study),
     )
     run_rounds(strategy, grid, ArrayRecord(latest.weights), completed_rounds=latest.completed_round,
                num_rounds=study.num_server_rounds, timeout=settings.round_timeout, on_round_completed=round_completed)

@@ -9,6 +9,11 @@ pooled C-index computed from per-site concordant/comparable pair counts (no per-
 site), and the study's server optimizer (``fedfusion.coordinator.server_optimizer``): FedAvg's result is turned
 into the mean update (aggregate minus the global arrays the round was configured with) and the optimizer moves the
 global model by it (with the default 'fedavg' and rate 1, to the aggregate itself).
+
+Nothing a site sends is trusted: each reply is checked first (``fedfusion.coordinator.reply_validation``); an invalid
+one is logged with the site's name and the reason, left out like a dropout and counted (``rejected-replies``). The
+accepted updates are combined by the study's rule (``fedfusion.coordinator.robust_aggregation``: the patient-weighted
+mean by default, or median, trimmed mean, (multi-)Krum, with optional norm bounding) into the round's mean update.
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedfusion.coordinator.reply_validation import ReplyLimits, check_evaluate_reply, check_train_reply
+from fedfusion.coordinator.robust_aggregation import RobustAggregation
 from fedfusion.coordinator.server_optimizer import NDArray, ServerOptimizer
+from fedfusion.errors import ProtocolError
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     ARRAYS_RECORD,
@@ -31,10 +41,13 @@ from fedfusion.protocol import (
     EPSILON_KEY,
     NOT_AGGREGATED_KEY,
     POOLED_C_INDEX_KEY,
+    REJECTED_KEY,
+    REJECTED_REPLIES_KEY,
     SITE_NAME_KEY,
     SITE_RECORD_KEY,
     WEIGHT_KEY,
 )
+from fedfusion.study.config import StudyConfig
 
 logger = FLOWER_LOGGER
 """Flower's ``flwr`` logger: these warnings reach the study's console and, in deployment, ``flwr log``."""
@@ -51,7 +64,10 @@ class SiteReply:
     metrics: dict[str, float]
 
 
+MAX_SITE_NAME = 100
+"""A site name longer than this, or with unprintable characters, is shown cut and quoted (it is the site's claim)."""
 ReplyListener = Callable[[SiteReply], None]
+Checked = TypeVar("Checked")
 RoundListener = Callable[[int, str, dict[str, float]], None]
 
 
@@ -65,9 +81,12 @@ class PatientWeightedFedAvg(FedAvg):
         on_site_reply: ReplyListener | None = None,
         on_round_aggregated: RoundListener | None = None,
         server_optimizer: ServerOptimizer | None = None,
+        reply_limits: ReplyLimits | None = None,
+        aggregation: RobustAggregation | None = None,
     ) -> None:
         """``server_optimizer``: the study's (``ServerOptimizer.of(study)``, its state restored on resume);
-        None: plain FedAvg."""
+        None: plain FedAvg. ``reply_limits`` and ``aggregation``: the study's (``ReplyLimits.of(study)``,
+        ``RobustAggregation.of(study)``); None: the default study's."""
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -84,6 +103,12 @@ class PatientWeightedFedAvg(FedAvg):
         self._on_site_reply = on_site_reply
         self._on_round_aggregated = on_round_aggregated
         self.server_optimizer = server_optimizer or ServerOptimizer()
+        if reply_limits is None or aggregation is None:
+            defaults = StudyConfig()
+            reply_limits = reply_limits or ReplyLimits.of(defaults)
+            aggregation = aggregation or RobustAggregation.of(defaults)
+        self.reply_limits = reply_limits
+        self.aggregation = aggregation
         self._configured_arrays: ArrayRecord | None = None
 
     def configure_train(
@@ -97,24 +122,25 @@ class PatientWeightedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate weights by patients; report each site's numbers first.
+        """Check every reply, report each site's numbers, then combine the accepted updates by the study's rule.
 
-        A round answered by fewer than ``min_sites`` sites is not aggregated: the global model stays as it was.
+        A round with fewer than ``min_sites`` accepted replies is not aggregated: the global model stays as it was.
         """
         replies = list(replies)
-        self._report(server_round, "train", replies)
-        if not self._enough_sites(server_round, replies):
-            return None, None
         global_arrays = self._configured_arrays
         if global_arrays is None:
             raise RuntimeError("configure_train must run before aggregate_train (the round's global arrays)")
-        aggregate, metrics = super().aggregate_train(server_round, replies)
-        if metrics is not None and self._on_round_aggregated:
+        global_model = {name: array.numpy() for name, array in global_arrays.items()}
+        accepted, rejected = self._screen(server_round, "train", replies,
+                                          lambda msg: check_train_reply(msg, global_model, self.reply_limits))
+        if not self._enough_sites(server_round, [site.message for site in accepted], len(rejected)):
+            return None, None
+        metrics = self.train_metrics_aggr_fn([site.message.content for site in accepted], self.weighted_by_key)
+        if rejected:
+            metrics[REJECTED_REPLIES_KEY] = len(rejected)
+        if self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
-        if aggregate is None:
-            return None, metrics
-        mean_update = {name: aggregate[name].numpy() - global_arrays[name].numpy() for name in aggregate}
-        return self._apply_server_optimizer(global_arrays, mean_update), metrics
+        return self._apply_server_optimizer(global_arrays, self.aggregation.mean_update(accepted)), metrics
 
     def _apply_server_optimizer(self, global_arrays: ArrayRecord, mean_update: Mapping[str, NDArray]) -> ArrayRecord:
         """The next global model: one step of the server optimizer from ``global_arrays`` by ``mean_update``.
@@ -123,41 +149,83 @@ class PatientWeightedFedAvg(FedAvg):
         aggregated never steps the optimizer. The optimizer needs nothing but the patient-weighted mean update, which
         is exactly what secure aggregation reveals to the coordinator, so it composes with SecAgg+ by construction
         (and, sites' updates being DP already, it is post-processing of them).
+        A step that would make the model non-finite (it cannot, from accepted replies; a last guard) is undone: the
+        optimizer's state is restored and the global model stays as it was.
         """
         current = {name: array.numpy() for name, array in global_arrays.items()}
-        updated = self.server_optimizer.step(current, mean_update)
+        before = self.server_optimizer.state_dict()
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+            updated = self.server_optimizer.step(current, mean_update)
+        if not all(np.all(np.isfinite(values)) for values in updated.values()):
+            self.server_optimizer.load_state_dict(before)
+            logger.error("the server optimizer's step gave non-finite weights; it is undone and the global model "
+                         "stays as it was")
+            return global_arrays
         return ArrayRecord({name: Array(updated[name]) for name in global_arrays})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Aggregate evaluation metrics (incl. pooled C-index); report each site's numbers first."""
-        replies = list(replies)
-        self._report(server_round, "evaluate", replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        if metrics is not None and self._on_round_aggregated:
+        """Aggregate the valid replies' evaluation metrics (incl. pooled C-index); report each site's numbers first.
+
+        A reply whose numbers cannot be pooled is rejected (logged, named, counted), never a crash."""
+        accepted, rejected = self._screen(server_round, "evaluate", list(replies),
+                                          lambda msg: check_evaluate_reply(msg, self.reply_limits))
+        if not accepted:
+            return None
+        metrics = self.evaluate_metrics_aggr_fn([msg.content for msg in accepted], self.weighted_by_key)
+        if rejected:
+            metrics[REJECTED_REPLIES_KEY] = len(rejected)
+        if self._on_round_aggregated:
             self._on_round_aggregated(server_round, "evaluate", scalar_metrics(metrics))
         return metrics
 
-    def _enough_sites(self, server_round: int, replies: list[Message]) -> bool:
-        """True when at least ``min_sites`` sites answered without error; logs the skipped round otherwise."""
+    def _enough_sites(self, server_round: int, replies: list[Message], rejected: int = 0) -> bool:
+        """True when at least ``min_sites`` of ``replies`` came without error; logs the skipped round otherwise
+        (``rejected``: the replies already left out as invalid, named in the log and the results)."""
         answered = sum(not msg.has_error() for msg in replies)
         if answered >= self.min_sites:
             return True
-        self._not_aggregated(server_round, f"{answered} of the study's minimum {self.min_sites} sites answered")
+        rejections = f" ({rejected} more rejected as invalid)" if rejected else ""
+        self._not_aggregated(server_round, f"{answered} of the study's minimum {self.min_sites} sites answered "
+                             f"validly{rejections}", rejected)
         return False
 
-    def _not_aggregated(self, server_round: int, reason: str) -> None:
+    def _not_aggregated(self, server_round: int, reason: str, rejected: int = 0) -> None:
         """Log why a train round was not aggregated and record it (``not-aggregated`` = 1) for the results."""
         logger.warning("round %s: %s; the round is not aggregated and the global model stays as it was",
             server_round, reason)
         if self._on_round_aggregated:
-            self._on_round_aggregated(server_round, "train", {NOT_AGGREGATED_KEY: 1.0})
+            row = {NOT_AGGREGATED_KEY: 1.0, **({REJECTED_REPLIES_KEY: float(rejected)} if rejected else {})}
+            self._on_round_aggregated(server_round, "train", row)
 
-    def _report(self, server_round: int, phase: str, replies: list[Message]) -> None:
+    def _screen(self, server_round: int, phase: str, replies: list[Message],
+                check: Callable[[Message], Checked]) -> tuple[list[Checked], list[Message]]:
+        """``check`` of every reply without error: what it accepted, and the replies it rejected (each logged with
+        its site's name, node and the reason); then every site's numbers reported."""
+        accepted: list[Checked] = []
+        rejected: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            try:
+                accepted.append(check(msg))
+            except ProtocolError as exc:
+                logger.warning("round %s: the %s reply of site %s (node %s) is rejected: %s; it is left out like a "
+                               "dropout", server_round, phase, _site_name(msg), msg.metadata.src_node_id, exc)
+                rejected.append(msg)
+        self._report(server_round, phase, replies, rejected)
+        return accepted, rejected
+
+    def _report(self, server_round: int, phase: str, replies: list[Message],
+                rejected: list[Message] | None = None) -> None:
         if self._on_site_reply is None:
             return
+        invalid = {id(msg) for msg in rejected or []}
         for msg in replies:
             if msg.has_error():
                 self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {"error": 1.0}))
+                continue
+            if id(msg) in invalid:
+                self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {REJECTED_KEY: 1.0}))
                 continue
             metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
             values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -168,7 +236,8 @@ def _site_name(msg: Message) -> str:
     if not msg.has_error():
         record = msg.content.config_records.get(SITE_RECORD_KEY)
         if record is not None and SITE_NAME_KEY in record:
-            return str(record[SITE_NAME_KEY])
+            name = str(record[SITE_NAME_KEY])
+            return name if name.isprintable() and len(name) <= MAX_SITE_NAME else repr(name[:MAX_SITE_NAME])
     return f"node-{msg.metadata.src_node_id}"
 
 

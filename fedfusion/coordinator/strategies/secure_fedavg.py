@@ -33,6 +33,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from numpy.typing import NDArray
 
+from fedfusion.coordinator.reply_validation import ReplyLimits
+from fedfusion.coordinator.robust_aggregation import RobustAggregation
 from fedfusion.coordinator.secure_stages import secure_round
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
@@ -109,9 +111,11 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         on_site_reply: ReplyListener | None = None,
         on_round_aggregated: RoundListener | None = None,
         server_optimizer: ServerOptimizer | None = None,
+        reply_limits: ReplyLimits | None = None,
+        aggregation: RobustAggregation | None = None,
     ) -> None:
         super().__init__(min_sites=min_sites, on_site_reply=on_site_reply, on_round_aggregated=on_round_aggregated,
-                         server_optimizer=server_optimizer)
+                         server_optimizer=server_optimizer, reply_limits=reply_limits, aggregation=aggregation)
         if secure_aggregation not in SECURE_AGGREGATION_MODES:
             raise ConfigError(f"secure-aggregation must be one of {SECURE_AGGREGATION_MODES}, "
                               f"got '{secure_aggregation}'")
