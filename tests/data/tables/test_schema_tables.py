@@ -381,7 +381,8 @@ def test_clinical_only_study_checks_and_loads(tmp_path: Path, capsys: pytest.Cap
     assert code == 0, out
     assert out.splitlines()[:3] == [f"site {site}: 5 patients", "  with clinical 5",
                                     "  slides: 0 checked, 0 unusable"]
-    assert out.splitlines()[-1] == "OK: 0 errors, 0 warnings"
+    assert out.splitlines()[-1] == "OK: 0 errors, 1 warnings"  # 1 held-out patient: too few to evaluate
+    assert "5 usable patients, 3 for training and 1 held out: fewer than 20 held out" in out
     assert _check(capsys, str(site)) == (0, out)  # the cohort's study.toml beside the site folder is the default
     cohort = load_site_cohort(site, StudyConfig(schema=schema.to_json()))
     assert [r.patient_id for r in cohort.train] == ["P1", "P4", "P5"]
@@ -399,7 +400,7 @@ def test_omics_study_checks_and_loads_every_layer(tmp_path: Path, capsys: pytest
     code, out = _check(capsys, str(site), "--schema", str(schema_file))
     assert code == 0, out
     assert ("  with expression 5, rna 5, mutations 5, methylation 5, protein 5, clinical 5" in out
-            and out.endswith("OK: 0 errors, 0 warnings\n"))
+            and out.endswith("OK: 0 errors, 1 warnings\n"))
     cohort = load_site_cohort(site, StudyConfig(schema=schema.to_json()))
     p2 = cohort.test[0]
     assert p2.patient_id == "P2" and len(p2.omics) == 5 and all(v is not None and v.shape == (10,) for v in p2.omics)
