@@ -351,6 +351,9 @@ BAD_OMICS = [
      "rna table {site}/rna.csv: raw counts must be whole numbers"),
     ("binary-2", "mutations.csv", _table(np.eye(10, 5) * 2),
      "mutations table {site}/mutations.csv: gene G01, sample S1: value 2.0 is not 0 or 1 (units \"binary\")"),
+    ("duplicate-sample", "expression.csv",  # an extra column named S2: pandas alone would read it as "S2.1"
+     _table(np.round(np.random.default_rng(1).uniform(0, 2000, (10, 6)), 2)).replace(",S6\n", ",S2\n"),
+     "expression table {site}/expression.csv: duplicate sample ids ['S2']: each sample must be one column"),
 ]
 
 
@@ -407,3 +410,16 @@ def test_omics_study_checks_and_loads_every_layer(tmp_path: Path, capsys: pytest
     protein = np.loadtxt((site / "protein.csv").read_text().splitlines()[1:], delimiter=",",
                          converters={0: lambda _gene: 0.0})[:, 1:]
     np.testing.assert_allclose(p2.omics[4], protein[:, 1], rtol=1e-6)  # normalized: P2's sample S2 as given
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([], "0 usable patients, 0 for training and 0 held out: a site needs at least 2 training patients to train"),
+    (ROWS[:1], "1 usable patients, 1 for training and 0 held out: a site needs at least 2 training patients"),
+    ([ROWS[1], ROWS[0]], "2 usable patients, 1 for training and 1 held out: a site needs at least 2 training"),
+], ids=["no patient", "one patient", "one training patient"])
+def test_site_check_refuses_a_site_too_small_to_train(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      rows: list[list[str]], expected: str) -> None:
+    schema_file = _schema(tmp_path)[0]
+    site = _site(tmp_path, _csv(rows))
+    code, out = _check(capsys, str(site), "--schema", str(schema_file))
+    assert code == 1 and f"  - site {site.name}: {expected}" in out, out
