@@ -11,12 +11,14 @@ applies to them. ``ReadBudget`` then bounds the time one slide may take and repo
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tifffile
 
 from fedfusion.errors import SlideError
@@ -42,17 +44,30 @@ def has_tiff_header(path: Path) -> bool:
 def check_header_size(path: Path) -> None:
     """Apply ``check_claimed_size`` to the largest image a TIFF-based file's header claims, before OpenSlide opens it.
 
-    Reads only the first ``HEADER_PAGES`` directories; a file that is not TIFF, or whose header cannot be parsed,
-    is left to OpenSlide (which names what is wrong) and to the check after opening.
+    A header whose image data runs past the end of the file is a truncated file (``SlideError`` saying so). Reads
+    only the first ``HEADER_PAGES`` directories; a file that is not TIFF, or whose header cannot be parsed,
+    is left to OpenSlide (which names what is wrong) and to the check after opening; tifffile's own warnings about
+    it are not shown (OpenSlide's error is the one that names the problem).
     """
     if not has_tiff_header(path):
         return
+    tifffile_log = logging.getLogger("tifffile")
+    was_disabled, tifffile_log.disabled = tifffile_log.disabled, True
     try:
         with tifffile.TiffFile(path) as tif:
-            sizes = [(page.imagewidth, page.imagelength) for page in tif.pages[:HEADER_PAGES]
-                     if isinstance(page, tifffile.TiffPage)]
+            pages = [page for page in tif.pages[:HEADER_PAGES] if isinstance(page, tifffile.TiffPage)]
+            sizes = [(page.imagewidth, page.imagelength) for page in pages]
+            data_end = max((int(np.max(np.asarray(page.dataoffsets, dtype=np.uint64)
+                                       + np.asarray(page.databytecounts, dtype=np.uint64)))
+                            for page in pages if len(page.dataoffsets)), default=0)
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, TypeError):
         return
+    finally:
+        tifffile_log.disabled = was_disabled
+    file_size = path.stat().st_size
+    if data_end > file_size:
+        raise SlideError(f"slide {path}: file is truncated or corrupt (it starts like a TIFF, but its image data runs "
+                         f"to byte {data_end} and the file has {file_size} bytes)")
     if sizes:
         check_claimed_size(path, *max(sizes, key=lambda size: size[0] * size[1]))
 
@@ -70,7 +85,8 @@ def check_claimed_size(path: Path, width: int, height: int) -> None:
     if has_tiff_header(path) and width * height > MAX_PIXELS_PER_BYTE * size:
         raise SlideError(f"slide {path}: claims {width} x {height} px in a {size} byte file, "
                          f"{width * height / size:.0f} px per byte; more than {MAX_PIXELS_PER_BYTE} px per byte is "
-                         "implausible (blank glass is about 40), so the file is refused before reading")
+                         "implausible (blank glass is about 40): the header claims pixels the file cannot hold, so it "
+                         "is refused before reading")
 
 
 def _stderr_line(line: str) -> None:

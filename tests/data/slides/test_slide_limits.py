@@ -76,8 +76,8 @@ def test_slide_claiming_billions_of_pixels_is_refused_at_once(site: tuple[Path, 
     size = slide.stat().st_size
     assert size < 9_000_000  # 8.4 MB for 262144^2 px, 0.5 MB for 65536^2: the files of the report
     reason = (f"slide {slide}: claims {side} x {side} px in a {size} byte file, {side * side / size:.0f} px per byte; "
-              "more than 1000 px per byte is implausible (blank glass is about 40), so the file is refused before "
-              "reading")
+              "more than 1000 px per byte is implausible (blank glass is about 40): the header claims pixels the file "
+              "cannot hold, so it is refused before reading")
 
     started = time.monotonic()
     code = main(["site", "check", str(site_dir)])
@@ -98,6 +98,11 @@ def test_side_limit_and_real_slides(tmp_path: Path, real_slides: Path) -> None:
     with pytest.raises(SlideError, match=rf"^slide {wide}: claims {2 * MAX_SIDE_PX} x 256 px, more than the "
                                          rf"{MAX_SIDE_PX} px a side that any scanned glass slide has"):
         probe_slide(wide)
+    cut = tmp_path / "cut.tiff"  # a real slide cut short: its header points past the end of the file
+    cut.write_bytes((real_slides / "generic-tiff" / "CMU-1-Small-Region_pyramid_jpeg.tiff").read_bytes()[:3000])
+    with pytest.raises(SlideError, match=rf"^slide {cut}: file is truncated or corrupt \(it starts like a TIFF, but "
+                                         r"its image data runs to byte \d+ and the file has 3000 bytes\)"):
+        probe_slide(cut)
     for path in sorted(real_slides.rglob("*.*")):
         if path.suffix in (".svs", ".tiff"):
             with open_slide(path) as opened:  # real scans are far inside the limits
