@@ -4,7 +4,10 @@ Reads the tables with the same validation as the cohort loader (``site_tables``)
 small region (``slides.probe_slide``), checks that its resolution reaches the study's target and that its tissue
 mask keeps at least one tile (``tiling``), and collects every problem instead of stopping at the first. With
 ``skip_bad`` the problems the loader would skip (bad slides, manifest patients without clinical labels) are
-warnings, as they would be when training with ``skip-bad``.
+warnings, as they would be when training with ``skip-bad``. Each slide is read under a time limit
+(``slide_limits``: implausible sizes are refused before reading; dark-background slides are refused by
+``tiling``). A site with too few patients to train (``MIN_TRAIN_PATIENTS``) is an error, one with too few held-out
+patients for an evaluation reply (``MIN_EVAL_PATIENTS``) a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.data.findings import Findings
+from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import probe_slide
 from fedfusion.data.slides.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
 from fedfusion.data.tables.site_tables import SiteTables, read_site_tables
@@ -22,8 +27,13 @@ from fedfusion.study.config import StudyConfig
 from fedfusion.study.schema import StudySchema
 
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
-MIN_SITE_PATIENTS = 2
-"""Fewer usable patients than this cannot give both a training and a held-out patient."""
+MIN_TRAIN_PATIENTS = 2
+"""Fewer training patients than this cannot train (an error)."""
+MIN_EVAL_PATIENTS = 20
+"""Fewer held-out patients than this: a site policy at its default ``min-eval-patients`` refuses evaluation replies
+(a warning: the site can still train)."""
+CHECK_SLIDE_SECONDS = 300.0
+"""Default time limit of one slide's check (probe and tissue mask)."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +77,15 @@ def site_inputs(schema: StudySchema) -> tuple[str, ...]:
 
 
 def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None = None, *,
-               params: TilingParams | None = None, skip_bad: bool = False) -> SiteCheck:
+               params: TilingParams | None = None, skip_bad: bool = False,
+               slide_seconds: float | None = CHECK_SLIDE_SECONDS) -> SiteCheck:
     """Validate the site folder ``site_dir`` against the study ``schema`` (tables, cross-references, every slide)
     and collect all problems.
 
     ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet;
-    by default those of a default ``StudyConfig``.
+    by default those of a default ``StudyConfig``. ``slide_seconds`` limits the time one slide may take (None: no
+    limit); a slide past it is a problem naming the slide. Patients are counted per split as training would split
+    them (the schema's split column, else the default study's hash rule).
     """
     if params is None:
         params = TilingParams.from_study(StudyConfig())
@@ -81,27 +94,44 @@ def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None =
         findings.error(f"site {site_dir.name}", f"directory {site_dir} does not exist")
         return SiteCheck(site_dir, [], {m: [] for m in site_inputs(schema)}, 0, 0, findings)
     tables = read_site_tables(site_dir, schema, findings, skip_bad=skip_bad)
-    checked, unreadable = (_check_slides(tables, fallback_mpp, params, findings, skip_bad)
+    checked, unreadable = (_check_slides(tables, fallback_mpp, params, findings, skip_bad, slide_seconds)
                            if "wsi" in schema.modalities else (0, 0))
     lacking = {"slides": [e.patient_id for e in tables.entries if not e.slides]} if "wsi" in schema.modalities else {}
     lacking.update({layer.name: [e.patient_id for e in tables.entries if layer.name not in e.samples]
                     for layer in schema.omics})
     lacking["clinical"] = [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical]
-    if not findings.errors and len(tables.clinical) < MIN_SITE_PATIENTS:
-        findings.error(f"site {site_dir.name}", f"{len(tables.clinical)} usable patients: a site needs at least "
-                                                f"{MIN_SITE_PATIENTS} to train and hold out test patients")
+    if not findings.errors:
+        _check_patient_counts(f"site {site_dir.name}", tables, findings)
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)
 
 
-def check_slide(path: Path, fallback_mpp: float | None, params: TilingParams) -> None:
-    """Raise ``SlideError`` naming the slide if training could not use it (unreadable, too coarse, no tissue)."""
+def check_slide(path: Path, fallback_mpp: float | None, params: TilingParams,
+                slide_seconds: float | None = CHECK_SLIDE_SECONDS) -> None:
+    """Raise ``SlideError`` naming the slide if training could not use it (implausible size, unreadable, too coarse,
+    not brightfield, no tissue, or not read within ``slide_seconds``)."""
+    budget = ReadBudget(path, slide_seconds)
     mpp = probe_slide(path, fallback_mpp)
     check_reaches_target(path, mpp, params.target_mpp)
-    require_tissue(plan_tiles(path, params, fallback_mpp))
+    require_tissue(plan_tiles(path, params, fallback_mpp, budget))
+
+
+def _check_patient_counts(where: str, tables: SiteTables, findings: Findings) -> None:
+    """An error below ``MIN_TRAIN_PATIENTS`` training patients, a warning below ``MIN_EVAL_PATIENTS`` held out."""
+    study = StudyConfig()
+    splits = [row.split or ("test" if is_test_patient(row.patient_id, study.seed, study.test_fraction)
+                            else "train")
+              for row in (tables.clinical[e.patient_id] for e in tables.entries if e.patient_id in tables.clinical)]
+    train, test = splits.count("train"), splits.count("test")
+    counts = f"{len(splits)} usable patients, {train} for training and {test} held out"
+    if train < MIN_TRAIN_PATIENTS:
+        findings.error(where, f"{counts}: a site needs at least {MIN_TRAIN_PATIENTS} training patients to train")
+    if test < MIN_EVAL_PATIENTS:
+        findings.warning(where, f"{counts}: fewer than {MIN_EVAL_PATIENTS} held out (the site policy's default "
+                                "min-eval-patients), so its evaluation replies would be refused")
 
 
 def _check_slides(tables: SiteTables, fallback_mpp: float | None, params: TilingParams, findings: Findings,
-                  skip_bad: bool) -> tuple[int, int]:
+                  skip_bad: bool, slide_seconds: float | None) -> tuple[int, int]:
     """Check every slide of the manifest once; record each unusable one under its patient."""
     checked = unreadable = 0
     seen: set[Path] = set()
@@ -112,7 +142,7 @@ def _check_slides(tables: SiteTables, fallback_mpp: float | None, params: Tiling
             seen.add(path)
             checked += 1
             try:
-                check_slide(path, fallback_mpp, params)
+                check_slide(path, fallback_mpp, params, slide_seconds)
             except SlideError as error:
                 unreadable += 1
                 if skip_bad:

@@ -93,6 +93,9 @@ class StudyConfig:
     """'reinhard' matches each slide's tissue colour to a study-fixed H&E target before the encoder (LAB statistics,
     per slide); 'macenko' re-mixes each slide's estimated H&E stains to study-fixed ones; 'none' skips it. Off by
     default: on the synthetic cohorts Reinhard made extraction about 4x slower and did not help the model."""
+    allow_non_brightfield: bool = False
+    """False: a slide with a dark background (a fluorescence or dark-field scan) is refused by ``site check`` and
+    ``site prepare``, since tissue detection and the encoder expect brightfield (H&E) slides; true accepts them."""
     encoder: str = "random-conv-v1"
     # ---- server optimizer, FedProx and penalties (coordinator/server_optimizer.py, site/gradient_terms.py) ----
     server_optimizer: str = "fedavg"

@@ -2,7 +2,9 @@
 
 With DATA_DIR: per-modality counts, patients lacking a modality, and every error and warning (each naming the file
 or patient); ``--json`` prints the same as JSON; ``--skip-bad`` reports what training with ``skip-bad`` would skip
-as warnings. With ``--bundle``: the site's certificates and key, the coordinator's reachability and the clock skew
+as warnings; ``--slide-time-limit`` bounds the time one slide may take and ``--allow-non-brightfield`` accepts
+dark-background (fluorescence) slides, as a study with ``allow-non-brightfield = true`` does. With ``--bundle``: the
+site's certificates and key, the coordinator's reachability and the clock skew
 (``fedfusion.deployment.site.connectivity``). Exit code 1 when there are errors, 0 otherwise.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from fedfusion.data.cohort_index import SCHEMA_FILE
 from fedfusion.data.findings import Finding
-from fedfusion.data.site_check import SiteCheck, check_site
+from fedfusion.data.site_check import CHECK_SLIDE_SECONDS, SiteCheck, check_site
 from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.deployment.site.connectivity import check_connection
 from fedfusion.errors import ConfigError
@@ -49,8 +51,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--skip-bad", action="store_true",
                         help="report bad slides and unlabelled patients as skipped (warnings), as training with "
                              "node config skip-bad = true would")
+    parser.add_argument("--allow-non-brightfield", action="store_true",
+                        help="accept slides with a dark background (fluorescence, dark field), as a study with "
+                             "allow-non-brightfield = true does (refused by default)")
+    parser.add_argument("--slide-time-limit", type=float, default=CHECK_SLIDE_SECONDS, metavar="SECONDS",
+                        help="most seconds one slide may take to check, 0 for no limit; progress lines go to "
+                             "standard error on long reads (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
+
+
+def slide_time_limit(seconds: float) -> float | None:
+    """The ``--slide-time-limit`` value as a limit: None for 0 (no limit); a negative value is refused."""
+    if not seconds >= 0:
+        raise ConfigError(f"--slide-time-limit must be >= 0 seconds (0: no limit), got {seconds}")
+    return seconds or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,8 +94,10 @@ def _check_data(args: argparse.Namespace) -> bool:
     beside = args.data_dir.parent / SCHEMA_FILE
     schema_file = args.schema or (beside if beside.is_file() else SYNTHETIC_SCHEMA_FILE)
     schema = load_schema(schema_file)
-    params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp))
-    result = check_site(args.data_dir, schema, args.fallback_mpp, params=params, skip_bad=args.skip_bad)
+    params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp,
+                                                 allow_non_brightfield=args.allow_non_brightfield))
+    result = check_site(args.data_dir, schema, args.fallback_mpp, params=params, skip_bad=args.skip_bad,
+                        slide_seconds=slide_time_limit(args.slide_time_limit))
     if schema_file == SYNTHETIC_SCHEMA_FILE:
         result.findings.warning("study schema", f"none given and {beside} is absent: checked against the synthetic "
                                                 "cohort's schema (pass --schema with your study's)")

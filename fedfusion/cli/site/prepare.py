@@ -6,7 +6,8 @@ else is written). Slides already cached are skipped, so a run that was stopped c
 study's slide knobs (encoder, tile size, target mpp, max background, stain normalisation) come from
 ``--study-config`` (the study's config as TOML: ``fedfusion study defaults`` output, or the study app's
 ``pyproject.toml``) and ``--set KEY=VALUE``; the defaults otherwise. The summary is printed last. Exit code 1
-when a slide failed without ``--skip-bad``, 2 for a configuration or data error, 130 after Ctrl-C, 0 otherwise.
+when a slide failed without ``--skip-bad`` (a slide past ``--slide-time-limit`` fails), 2 for a configuration
+or data error, 130 after Ctrl-C, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedfusion.cli.site.check import slide_time_limit
 from fedfusion.cli.study_options import parse_key_value
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME
-from fedfusion.data.slides.prepare import SLIDE_STUDY_KEYS, prepare_slide_features
+from fedfusion.data.slides.prepare import SLIDE_SECONDS, SLIDE_STUDY_KEYS, prepare_slide_features
 from fedfusion.errors import ConfigError
 from fedfusion.site.node_context import DEFAULT_DEVICE
 from fedfusion.study.config import StudyConfig
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--skip-bad", action="store_true",
                         help="go on past unusable slides (each reported; training with skip-bad = true leaves "
                              "them out) instead of stopping at the first")
+    parser.add_argument("--slide-time-limit", type=float, default=SLIDE_SECONDS, metavar="SECONDS",
+                        help="most seconds one slide's extraction may take, 0 for no limit; a slide past it fails "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
 
@@ -72,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     study = study_from_options(args.study_config, args.overrides)
+    slide_seconds = slide_time_limit(args.slide_time_limit)
     progress_to = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
     try:
         summary = prepare_slide_features(args.data_dir, study, cache_dir=args.cache_dir, device=args.device,
                                          workers=args.workers, fallback_mpp=args.fallback_mpp,
                                          encoder_file=args.encoder_file, skip_bad=args.skip_bad,
-                                         progress=lambda line: print(line, file=progress_to, flush=True))
+                                         progress=lambda line: print(line, file=progress_to, flush=True),
+                                         slide_seconds=slide_seconds)
     except KeyboardInterrupt:
         print("interrupted: the slides finished so far are kept; run the same command again to continue",
               file=sys.stderr)

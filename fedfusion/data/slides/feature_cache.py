@@ -2,7 +2,8 @@
 
 An entry is a ``.npy`` file named by a hash of the slide's content (sha256 of its bytes, remembered between runs
 by ``SlideHashIndex``), the encoder name and
-the tiling knobs (tile size, target mpp, max background, stain normalisation, fallback mpp): a changed slide or
+the tiling knobs (tile size, target mpp, max background, stain normalisation, non-brightfield slides allowed,
+fallback mpp): a changed slide or
 knob is a new entry, never a stale hit. Entries are written atomically (a temporary file renamed into place), so
 a killed writer leaves no partial entry, only temporary debris that ``remove_interrupted_writes`` clears. A slide
 whose extraction failed gets a small failure entry (``<key>.failed.json``, the error message) instead, so that a
@@ -49,6 +50,8 @@ class FeatureCache:
                     "tile_size": params.tile_size, "target_mpp": params.target_mpp,
                     "max_background": params.max_background, "stain_normalization": params.stain_normalization,
                     "fallback_mpp": fallback_mpp}
+        if params.allow_non_brightfield:  # only when set: keys made before this knob existed stay valid
+            identity["allow_non_brightfield"] = True
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def load(self, key: str) -> npt.NDArray[np.float32] | None:

@@ -8,7 +8,9 @@ processes (one slide per task) on the chosen device. Each finished slide is writ
 atomically, so a killed run leaves no partial entry and a rerun extracts only what is missing. A worker exits
 when the preparing process dies, even by SIGKILL. Without ``skip_bad`` the run stops at the first unusable slide
 (the slides already running finish and are kept); with it, every bad slide is reported and the rest proceed.
-A failed slide gets a failure entry, so training says what was wrong with it rather than "not prepared".
+A failed slide gets a failure entry, so training says what was wrong with it rather than "not prepared". Each slide
+is extracted under a time limit (``slide_seconds``, ``slide_limits.ReadBudget``), with progress lines on standard
+error when it runs long; one past it is a failed slide.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fedfusion.data.findings import Findings
 from fedfusion.data.progress import progress_bar
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.slide_features import extract_slide_features
+from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import check_slide_file
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.data.slides.tiling import TilingParams
@@ -43,12 +46,15 @@ from fedfusion.errors import ConfigError, DataError, SlideError
 from fedfusion.study.config import StudyConfig
 
 PREPARE_COMMAND = "fedfusion site prepare"
-SLIDE_STUDY_KEYS = ("encoder", "tile-size", "target-mpp", "max-background", "stain-normalization")
+SLIDE_STUDY_KEYS = ("encoder", "tile-size", "target-mpp", "max-background", "stain-normalization",
+                    "allow-non-brightfield")
 """The study config keys that decide a slide's features (with the site's fallback mpp: the cache key)."""
 LOCK_FILE = "prepare.lock"
 PARENT_POLL_S = 1.0
 """How often a worker checks that the preparing process is still alive."""
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
+SLIDE_SECONDS = 3600.0
+"""Default time limit of one slide's extraction (tiling, reading and encoding its tiles)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,8 @@ class _Tally:
 def prepare_slide_features(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None,
                            device: str = "auto", workers: int = 1, fallback_mpp: float | None = None,
                            encoder_file: Path | None = None, skip_bad: bool = False,
-                           progress: Callable[[str], None] | None = None) -> PrepareSummary:
+                           progress: Callable[[str], None] | None = None,
+                           slide_seconds: float | None = SLIDE_SECONDS) -> PrepareSummary:
     """Extract the tile features of every slide in ``site_dir``'s manifest that the cache lacks; return a summary.
 
     ``study`` gives the encoder and tiling knobs (``SLIDE_STUDY_KEYS``); ``cache_dir`` defaults to
@@ -148,6 +155,7 @@ def prepare_slide_features(site_dir: Path, study: StudyConfig, *, cache_dir: Pat
     GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``. A slide that cannot be used is a ``SlideFailure`` in
     the summary; without ``skip_bad`` the first one stops the run. A manifest that cannot be read raises
     ``DataError``, a bad encoder file ``ConfigError``; ``progress`` receives a line as each phase starts.
+    ``slide_seconds`` limits the time one slide's extraction may take (None: no limit); past it the slide fails.
     """
     started = time.monotonic()
     site_dir = Path(site_dir)
@@ -169,7 +177,7 @@ def prepare_slide_features(site_dir: Path, study: StudyConfig, *, cache_dir: Pat
             report(f"extracting tile features of {len(jobs)} slides ({tally.cached} cached) on {device}, "
                    f"{min(workers, len(jobs))} processes")
             _extract_jobs(jobs, owners, cache, study.encoder, params, device, fallback_mpp, encoder_file, workers,
-                          skip_bad, tally)
+                          skip_bad, tally, slide_seconds)
     return PrepareSummary(site=site_dir.name, cache_dir=cache_dir, slides=len(owners), tiles=tally.tiles,
                           cached=tally.cached, extracted=tally.extracted, failures=tuple(tally.failures),
                           skip_bad=skip_bad, seconds=time.monotonic() - started, device=device,
@@ -264,7 +272,7 @@ def _pending(owners: dict[Path, str], cache: FeatureCache, encoder: str, params:
 
 def _extract_jobs(jobs: list[_SlideJob], owners: dict[Path, str], cache: FeatureCache, encoder: str,
                   params: TilingParams, device: str, fallback_mpp: float | None, encoder_file: Path | None,
-                  workers: int, skip_bad: bool, tally: _Tally) -> None:
+                  workers: int, skip_bad: bool, tally: _Tally, slide_seconds: float | None) -> None:
     """Extract and store each job as it finishes; without ``skip_bad`` stop at the first failure."""
     with progress_bar(len(jobs), "slides", "slide") as bar:
 
@@ -281,15 +289,18 @@ def _extract_jobs(jobs: list[_SlideJob], owners: dict[Path, str], cache: Feature
 
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
-                if not done(job, _extract_one(job.path, params, encoder, device, fallback_mpp, encoder_file, 1)):
+                if not done(job, _extract_one(job.path, params, encoder, device, fallback_mpp, encoder_file, 1,
+                                              slide_seconds)):
                     return
             return
-        _extract_in_pool(jobs, params, encoder, device, fallback_mpp, encoder_file, min(workers, len(jobs)), done)
+        _extract_in_pool(jobs, params, encoder, device, fallback_mpp, encoder_file, min(workers, len(jobs)), done,
+                         slide_seconds)
 
 
 def _extract_in_pool(jobs: list[_SlideJob], params: TilingParams, encoder: str, device: str,
                      fallback_mpp: float | None, encoder_file: Path | None, workers: int,
-                     done: Callable[[_SlideJob, npt.NDArray[np.float32] | SlideError], bool]) -> None:
+                     done: Callable[[_SlideJob, npt.NDArray[np.float32] | SlideError], bool],
+                     slide_seconds: float | None) -> None:
     """Run the jobs in ``workers`` spawned processes, handing each result to ``done`` as it finishes.
 
     When ``done`` returns False the jobs not started are cancelled; those running finish and are still handed on.
@@ -299,7 +310,7 @@ def _extract_in_pool(jobs: list[_SlideJob], params: TilingParams, encoder: str, 
     try:
         futures: dict[Future[npt.NDArray[np.float32] | SlideError], _SlideJob] = {
             pool.submit(_extract_one, job.path, params, encoder, device, fallback_mpp, encoder_file,
-                        1 + job.index % workers): job
+                        1 + job.index % workers, slide_seconds): job
             for job in jobs}
         stopping = False
         for future in as_completed(futures):
@@ -320,10 +331,12 @@ def _extract_in_pool(jobs: list[_SlideJob], params: TilingParams, encoder: str, 
 
 
 def _extract_one(path: Path, params: TilingParams, encoder: str, device: str, fallback_mpp: float | None,
-                 encoder_file: Path | None, bar_position: int) -> npt.NDArray[np.float32] | SlideError:
+                 encoder_file: Path | None, bar_position: int,
+                 slide_seconds: float | None) -> npt.NDArray[np.float32] | SlideError:
     """One slide's features, or its ``SlideError`` (returned, so that a worker hands it back like a result)."""
     try:
-        return extract_slide_features(path, params, encoder, device, fallback_mpp, encoder_file, bar_position)
+        return extract_slide_features(path, params, encoder, device, fallback_mpp, encoder_file, bar_position,
+                                      ReadBudget(path, slide_seconds))
     except SlideError as error:
         return error
 

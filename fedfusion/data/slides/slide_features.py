@@ -11,6 +11,7 @@ import numpy.typing as npt
 import torch
 
 from fedfusion.data.progress import progress_bar
+from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.stain.macenko import estimate_stains, macenko_normalize
 from fedfusion.data.slides.stain.reinhard import reinhard_normalize, tissue_lab_stats
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
@@ -25,38 +26,40 @@ STAIN_SAMPLE_TILES = 8
 
 def extract_slide_features(path: Path, params: TilingParams, encoder_name: str, device: str = "cpu",
                            fallback_mpp: float | None = None, encoder_file: Path | None = None,
-                           bar_position: int = 1) -> npt.NDArray[np.float32]:
+                           bar_position: int = 1, budget: ReadBudget | None = None) -> npt.NDArray[np.float32]:
     """``[num_tiles, feature_dim]`` float32 features of the slide's kept tissue tiles, in tile-grid order.
 
-    Raises ``SlideError`` if the slide cannot be read or has no tile with enough tissue. On a terminal a
-    progress bar over the slide's tiles is shown at line ``bar_position`` (below the caller's overall bar).
+    Raises ``SlideError`` if the slide cannot be read, has no tile with enough tissue, or runs past ``budget``
+    (checked before each read). On a terminal a progress bar over the slide's tiles is shown at line
+    ``bar_position`` (below the caller's overall bar).
     """
-    plan = require_tissue(plan_tiles(path, params, fallback_mpp))
+    plan = require_tissue(plan_tiles(path, params, fallback_mpp, budget))
     encoder = get_tile_encoder(encoder_name, device, encoder_file)
     parts: list[npt.NDArray[np.float32]] = []
     with _one_torch_thread(), progress_bar(len(plan.coords), path.name, "tile", position=bar_position,
                                            leave=False) as bar:
-        for batch in batched(slide_tiles(plan), ENCODE_BATCH):
+        for batch in batched(slide_tiles(plan, budget), ENCODE_BATCH):
             parts.append(encoder.encode(batch))
             bar.update(len(batch))
     return np.concatenate(parts, axis=0)
 
 
-def slide_tiles(plan: TilePlan) -> Iterator[npt.NDArray[np.uint8]]:
-    """The plan's tiles in grid order, colour-normalised as ``plan.params.stain_normalization`` says.
+def slide_tiles(plan: TilePlan, budget: ReadBudget | None = None) -> Iterator[npt.NDArray[np.uint8]]:
+    """The plan's tiles in grid order, colour-normalised as ``plan.params.stain_normalization`` says (read in
+    ``budget``).
 
     For 'reinhard' and 'macenko' the slide's stain statistics come from up to ``STAIN_SAMPLE_TILES`` tiles
     spread over the grid; those are read once and kept for their turn, so no tile is read twice.
     """
     method = plan.params.stain_normalization
     if method == "none":
-        yield from iter_tiles(plan)
+        yield from iter_tiles(plan, budget=budget)
         return
     count = len(plan.coords)
     picked = sorted({round(i) for i in np.linspace(0, count - 1, min(count, STAIN_SAMPLE_TILES))})
-    sampled = dict(zip(picked, iter_tiles(plan, picked), strict=True))
+    sampled = dict(zip(picked, iter_tiles(plan, picked, budget), strict=True))
     normalize = _stain_normalizer(method, list(sampled.values()))
-    rest = iter_tiles(plan, [i for i in range(count) if i not in sampled])
+    rest = iter_tiles(plan, [i for i in range(count) if i not in sampled], budget)
     for i in range(count):
         tile = sampled.pop(i) if i in sampled else next(rest)
         yield normalize(tile)

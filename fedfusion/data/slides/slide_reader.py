@@ -2,7 +2,8 @@
 
 Any format OpenSlide reads works (Aperio SVS, generic tiled TIFF, NDPI, MRXS, ...). Pixel reads go through
 ``read_rgb`` so that a slide whose header opens but whose tile data is truncated or corrupt also fails with a
-clear message instead of an OpenSlide traceback.
+clear message instead of an OpenSlide traceback. Before reading, a slide's claimed size is checked against its file
+(``slide_limits``): a small file claiming billions of pixels is refused at once.
 """
 
 from __future__ import annotations
@@ -15,29 +16,34 @@ import numpy as np
 import numpy.typing as npt
 import openslide
 
+from fedfusion.data.slides.slide_limits import check_claimed_size, check_header_size, has_tiff_header
 from fedfusion.errors import SlideError
 
 MPP_PROPERTIES = (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-"""Classic and BigTIFF byte-order marks; most slide formats (SVS, NDPI, SCN, generic TIFF) are TIFF inside."""
 PROBE_PIXELS = 64
 """Side of the region ``probe_slide`` reads."""
 
 
 @contextmanager
 def open_slide(path: Path) -> Iterator[openslide.OpenSlide]:
-    """Open ``path`` with OpenSlide; raise ``SlideError`` naming the file and the reason if it cannot be read."""
+    """Open ``path`` with OpenSlide; raise ``SlideError`` naming the file and the reason if it cannot be read.
+
+    A slide whose claimed level-0 size is implausible for its file (``slide_limits.check_claimed_size``) is refused
+    from its TIFF header before OpenSlide parses it, and from OpenSlide's level 0 after.
+    """
     check_slide_file(path)
+    check_header_size(path)
     try:
         slide = openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as exc:
-        if _has_tiff_header(path):
+        if has_tiff_header(path):
             raise SlideError(f"slide {path}: file is truncated or corrupt (it starts like a TIFF, but OpenSlide "
                              f"cannot read it: {exc or 'unsupported format'})") from exc
         raise SlideError(f"slide {path}: not a slide OpenSlide can read ({exc or 'unsupported format'})") from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
         raise SlideError(f"slide {path}: file is truncated or corrupt ({exc})") from exc
     try:
+        check_claimed_size(path, *slide.dimensions)
         yield slide
     finally:
         slide.close()
@@ -124,8 +130,3 @@ def probe_slide(path: Path, fallback_mpp: float | None = None) -> float:
         size = (min(PROBE_PIXELS, width), min(PROBE_PIXELS, height))
         read_rgb(slide, path, ((width - size[0]) // 2, (height - size[1]) // 2), 0, size)
     return mpp
-
-
-def _has_tiff_header(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(4) in TIFF_MAGIC

@@ -3,7 +3,8 @@
 A tile covers ``tile_size`` pixels at ``target_mpp`` microns per pixel. It is read from the coarsest pyramid
 level that is at least as fine as the target and resized to ``tile_size``; tiles whose background fraction
 (from the tissue mask) exceeds ``max_background`` are dropped. Tiles are read one at a time, so memory stays
-bounded whatever the slide size.
+bounded whatever the slide size. A slide with a dark background (fluorescence, dark field) is refused unless the
+study allows non-brightfield slides; a ``ReadBudget`` bounds the time reading one slide may take.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import open_slide, read_rgb, slide_mpp
 from fedfusion.data.slides.tissue_mask import detect_tissue
 from fedfusion.errors import SlideError
@@ -26,6 +28,8 @@ MPP_TOLERANCE = 0.05
 """Relative slack when comparing resolutions: a 20x scan at 0.503 um/px still serves a 0.5 um/px target."""
 MASK_PIXELS_PER_TILE = 16
 """Tissue-mask resolution: about this many mask pixels along one tile side."""
+DARK_BACKGROUND = 80
+"""A thumbnail whose median grey level (0-255) is below this is not a brightfield scan (real H&E slides: 150-245)."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,15 @@ class TilingParams:
     max_background: float
     stain_normalization: str = StudyConfig.stain_normalization
     """Colour normalisation of each tile (``fedfusion.data.slides.stain.reinhard``), or 'none'."""
+    allow_non_brightfield: bool = StudyConfig.allow_non_brightfield
+    """Accept slides with a dark background (fluorescence); refused by default."""
 
     @classmethod
     def from_study(cls, study: StudyConfig) -> TilingParams:
         """The tiling knobs of a study."""
         return cls(tile_size=study.tile_size, target_mpp=study.target_mpp, max_background=study.max_background,
-                   stain_normalization=study.stain_normalization)
+                   stain_normalization=study.stain_normalization,
+                   allow_non_brightfield=study.allow_non_brightfield)
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,13 @@ class TilePlan:
         return self.grid_shape[0] * self.grid_shape[1]
 
 
-def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = None) -> TilePlan:
-    """Open a slide, pick the pyramid level, lay the tile grid and keep the tiles with enough tissue."""
+def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = None,
+               budget: ReadBudget | None = None) -> TilePlan:
+    """Open a slide, pick the pyramid level, lay the tile grid and keep the tiles with enough tissue.
+
+    Raises ``SlideError`` naming the slide when it is not brightfield (and ``params`` do not allow that) or when
+    building its tissue mask runs past ``budget``.
+    """
     with open_slide(path) as slide:
         mpp = slide_mpp(slide, path, fallback_mpp)
         check_reaches_target(path, mpp, params.target_mpp)
@@ -82,7 +94,11 @@ def plan_tiles(path: Path, params: TilingParams, fallback_mpp: float | None = No
         if rows == 0 or cols == 0:
             raise SlideError(f"slide {path}: {width0}x{height0} px is smaller than one tile "
                              f"({params.tile_size} px at {params.target_mpp} um/px)")
-        tissue = detect_tissue(slide, path, max(1.0, stride0 / MASK_PIXELS_PER_TILE))
+        tissue = detect_tissue(slide, path, max(1.0, stride0 / MASK_PIXELS_PER_TILE), budget)
+        if tissue.brightness < DARK_BACKGROUND and not params.allow_non_brightfield:
+            raise SlideError(f"slide {path}: dark background (median grey level {tissue.brightness:.0f} of 255, "
+                             f"below {DARK_BACKGROUND}): a fluorescence or dark-field scan, not brightfield H&E; "
+                             "refused unless the study sets allow-non-brightfield = true")
         kept = [(round(c * stride0), round(r * stride0))
                 for r in range(rows) for c in range(cols)
                 if tissue.background_fraction(c * stride0, r * stride0, stride0) <= params.max_background]
@@ -106,15 +122,19 @@ def check_reaches_target(path: Path, mpp: float, target_mpp: float) -> None:
                          f"{target_mpp} um/px (tiles would have to be upsampled)")
 
 
-def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None) -> Iterator[npt.NDArray[np.uint8]]:
+def iter_tiles(plan: TilePlan, indices: Sequence[int] | None = None,
+               budget: ReadBudget | None = None) -> Iterator[npt.NDArray[np.uint8]]:
     """Yield each kept tile of ``plan`` (or those at ``indices``) as ``[tile_size, tile_size, 3]`` uint8 RGB.
 
-    Tiles are read one at a time, as stored in the slide (colour normalisation is ``slide_features``' step).
+    Tiles are read one at a time, as stored in the slide (colour normalisation is ``slide_features``' step);
+    ``budget`` is checked before each.
     """
     size = plan.params.tile_size
     coords = plan.coords if indices is None else plan.coords[np.asarray(indices, dtype=np.int64)]
     with open_slide(plan.path) as slide:
-        for x, y in coords:
+        for index, (x, y) in enumerate(coords):
+            if budget is not None:
+                budget.tick("tiles", index, len(coords))
             rgb = read_rgb(slide, plan.path, (int(x), int(y)), plan.level, (plan.read_size, plan.read_size))
             if plan.read_size != size:
                 rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))

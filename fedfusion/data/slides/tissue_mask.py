@@ -1,7 +1,9 @@
 """Tissue detection: Otsu threshold on the HSV saturation of a slide thumbnail.
 
 The thumbnail is built band by band from the best pyramid level, so a slide without a pyramid is never read
-into memory as a whole.
+into memory as a whole. The mask also records the thumbnail's median brightness: a brightfield scan (H&E) has a
+bright background, a fluorescence or dark-field scan a dark one, on which a saturation threshold finds "tissue"
+almost everywhere (``tiling`` refuses such slides unless the study allows them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy.typing as npt
 import openslide
 from PIL import Image
 
+from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import read_rgb
 
 BAND_PIXELS = 1 << 23
@@ -30,6 +33,8 @@ class TissueMask:
     """Level-0 pixels per mask pixel."""
     threshold: int
     """Otsu threshold on saturation (0-255); tissue is saturation above it."""
+    brightness: float
+    """Median grey level of the thumbnail (0-255): well above 200 on a brightfield scan with glass showing."""
     _integral: npt.NDArray[np.int64] = field(init=False, repr=False, compare=False)
     """Summed-area table of ``mask`` (``[rows + 1, cols + 1]``): any window's tissue count in four lookups."""
 
@@ -67,10 +72,11 @@ def otsu_threshold(values: npt.NDArray[np.uint8]) -> int:
     return int(np.argmax(between)) if between.max() >= 0 else 255
 
 
-def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) -> tuple[npt.NDArray[np.uint8], float]:
+def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float,
+                   budget: ReadBudget | None = None) -> tuple[npt.NDArray[np.uint8], float]:
     """RGB thumbnail at about ``downsample`` level-0 pixels per pixel, box-averaged band by band.
 
-    Returns the thumbnail and its exact downsample.
+    Returns the thumbnail and its exact downsample. ``budget`` is checked (and progress reported) before each band.
     """
     level = slide.get_best_level_for_downsample(downsample)
     level_ds = float(slide.level_downsamples[level])
@@ -79,7 +85,10 @@ def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) ->
     cols, rows = width // factor, height // factor
     band = max(factor, BAND_PIXELS // max(1, cols * factor) // factor * factor)
     out = np.empty((rows, cols, 3), dtype=np.uint8)
-    for top in range(0, rows * factor, band):
+    bands = -(-rows * factor // band)
+    for index, top in enumerate(range(0, rows * factor, band)):
+        if budget is not None:
+            budget.tick(f"tissue mask from level {level}, bands", index, bands)
         n = min(band, rows * factor - top)
         location = (0, round(top * level_ds))
         pixels = read_rgb(slide, path, location, level, (cols * factor, n))
@@ -89,9 +98,12 @@ def read_thumbnail(slide: openslide.OpenSlide, path: Path, downsample: float) ->
     return out, level_ds * factor
 
 
-def detect_tissue(slide: openslide.OpenSlide, path: Path, downsample: float) -> TissueMask:
-    """Tissue mask of the slide at about ``downsample`` level-0 pixels per mask pixel."""
-    thumb, exact_ds = read_thumbnail(slide, path, downsample)
-    saturation = np.asarray(Image.fromarray(thumb).convert("HSV"))[..., 1]
+def detect_tissue(slide: openslide.OpenSlide, path: Path, downsample: float,
+                  budget: ReadBudget | None = None) -> TissueMask:
+    """Tissue mask of the slide at about ``downsample`` level-0 pixels per mask pixel (thumbnail read in ``budget``)."""
+    thumb, exact_ds = read_thumbnail(slide, path, downsample, budget)
+    image = Image.fromarray(thumb)
+    saturation = np.asarray(image.convert("HSV"))[..., 1]
     threshold = otsu_threshold(saturation)
-    return TissueMask(mask=saturation > threshold, downsample=exact_ds, threshold=threshold)
+    brightness = float(np.median(np.asarray(image.convert("L")))) if thumb.size else 255.0
+    return TissueMask(mask=saturation > threshold, downsample=exact_ds, threshold=threshold, brightness=brightness)

@@ -1,7 +1,7 @@
 """A genes x samples table (expression, copy number) read from CSV, TSV or Parquet and put on a study gene panel.
 
 Shared by the omics layers: orientation (a samples x genes table is recognised and transposed), duplicate gene
-ids, cells that are not numbers (every one recorded, the first few by gene and sample), panel genes the table
+and sample ids, cells that are not numbers (every one recorded, the first few by gene and sample), panel genes the table
 lacks (reported; the layer decides their value) and extra genes (ignored).
 """
 
@@ -62,6 +62,11 @@ def read_numeric_panel_table(path: Path, where: str, gene_panel: Sequence[str],
     if table.index.has_duplicates:
         findings.error(where, f"duplicate gene ids {sorted(set(table.index[table.index.duplicated()]))[:10]}")
         table = table[~table.index.duplicated()]
+    if table.columns.has_duplicates:
+        repeated = sorted({str(s) for s in table.columns[table.columns.duplicated()]})
+        findings.error(where, f"duplicate sample ids {repeated[:10]}: each sample must be one column (which one "
+                              "is the patient's cannot be told)")
+        table = table.loc[:, ~table.columns.duplicated()]
     numeric = table.apply(pd.to_numeric, errors="coerce").astype(np.float64)
     record_cells(numeric.isna() | ~np.isfinite(numeric), where, findings,
                  lambda gene, sample: f"value {table.at[gene, sample]!r} is not a number")

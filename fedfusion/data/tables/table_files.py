@@ -51,7 +51,9 @@ def read_matrix_table(path: Path, where: str, findings: Findings) -> pd.DataFram
     """A features x samples table: row ids (stripped strings) as the index, one column per sample.
 
     CSV or TSV (by suffix, optionally compressed) are read as text, the first column being the ids; Parquet keeps
-    its stored types, the ids being its stored index or else its first column. None after recording why not.
+    its stored types, the ids being its stored index or else its first column. Repeated column names are kept as
+    the file has them (pandas would rename a second ``S1`` to ``S1.1``), so that the caller can refuse them. None
+    after recording why not.
     """
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSION_SUFFIXES]
     last = suffixes[-1] if suffixes else ""
@@ -61,6 +63,10 @@ def read_matrix_table(path: Path, where: str, findings: Findings) -> pd.DataFram
     else:
         sep = "\t" if last in TAB_SUFFIXES else ","
         table = read_text_table(path, where, findings, sep=sep, index_col=0)
+        if table is not None:
+            names = _header_names(path, sep)
+            if len(names) == table.shape[1] + 1:
+                table.columns = names[1:]
     if table is None:
         return None
     if table.shape[1] == 0:
@@ -69,6 +75,12 @@ def read_matrix_table(path: Path, where: str, findings: Findings) -> pd.DataFram
     table.index = table.index.astype(str).str.strip()
     table.columns = [str(c).strip() for c in table.columns]
     return table
+
+
+def _header_names(path: Path, sep: str) -> list[str]:
+    """The first line of a text table as the file has it (repeated names not renamed)."""
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(name) for name in header.iloc[0]]
 
 
 def _read_parquet(path: Path, where: str, findings: Findings) -> pd.DataFrame | None:

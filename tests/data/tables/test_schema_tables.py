@@ -351,6 +351,9 @@ BAD_OMICS = [
      "rna table {site}/rna.csv: raw counts must be whole numbers"),
     ("binary-2", "mutations.csv", _table(np.eye(10, 5) * 2),
      "mutations table {site}/mutations.csv: gene G01, sample S1: value 2.0 is not 0 or 1 (units \"binary\")"),
+    ("duplicate-sample", "expression.csv",  # an extra column named S2: pandas alone would read it as "S2.1"
+     _table(np.round(np.random.default_rng(1).uniform(0, 2000, (10, 6)), 2)).replace(",S6\n", ",S2\n"),
+     "expression table {site}/expression.csv: duplicate sample ids ['S2']: each sample must be one column"),
 ]
 
 
@@ -381,7 +384,8 @@ def test_clinical_only_study_checks_and_loads(tmp_path: Path, capsys: pytest.Cap
     assert code == 0, out
     assert out.splitlines()[:3] == [f"site {site}: 5 patients", "  with clinical 5",
                                     "  slides: 0 checked, 0 unusable"]
-    assert out.splitlines()[-1] == "OK: 0 errors, 0 warnings"
+    assert out.splitlines()[-1] == "OK: 0 errors, 1 warnings"  # 1 held-out patient: too few to evaluate
+    assert "5 usable patients, 3 for training and 1 held out: fewer than 20 held out" in out
     assert _check(capsys, str(site)) == (0, out)  # the cohort's study.toml beside the site folder is the default
     cohort = load_site_cohort(site, StudyConfig(schema=schema.to_json()))
     assert [r.patient_id for r in cohort.train] == ["P1", "P4", "P5"]
@@ -399,10 +403,23 @@ def test_omics_study_checks_and_loads_every_layer(tmp_path: Path, capsys: pytest
     code, out = _check(capsys, str(site), "--schema", str(schema_file))
     assert code == 0, out
     assert ("  with expression 5, rna 5, mutations 5, methylation 5, protein 5, clinical 5" in out
-            and out.endswith("OK: 0 errors, 0 warnings\n"))
+            and out.endswith("OK: 0 errors, 1 warnings\n"))
     cohort = load_site_cohort(site, StudyConfig(schema=schema.to_json()))
     p2 = cohort.test[0]
     assert p2.patient_id == "P2" and len(p2.omics) == 5 and all(v is not None and v.shape == (10,) for v in p2.omics)
     protein = np.loadtxt((site / "protein.csv").read_text().splitlines()[1:], delimiter=",",
                          converters={0: lambda _gene: 0.0})[:, 1:]
     np.testing.assert_allclose(p2.omics[4], protein[:, 1], rtol=1e-6)  # normalized: P2's sample S2 as given
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([], "0 usable patients, 0 for training and 0 held out: a site needs at least 2 training patients to train"),
+    (ROWS[:1], "1 usable patients, 1 for training and 0 held out: a site needs at least 2 training patients"),
+    ([ROWS[1], ROWS[0]], "2 usable patients, 1 for training and 1 held out: a site needs at least 2 training"),
+], ids=["no patient", "one patient", "one training patient"])
+def test_site_check_refuses_a_site_too_small_to_train(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      rows: list[list[str]], expected: str) -> None:
+    schema_file = _schema(tmp_path)[0]
+    site = _site(tmp_path, _csv(rows))
+    code, out = _check(capsys, str(site), "--schema", str(schema_file))
+    assert code == 1 and f"  - site {site.name}: {expected}" in out, out
