@@ -1,17 +1,18 @@
-"""Who may send the gateway a request body: a SuperNode holding an active site key of the registry.
+"""Who signed a Fleet request, known before its body is read: a site's active key, another key, or nobody.
 
 Flower 1.41's SuperNode signs the current time with its private key on every Fleet call (three headers: its public
 key, the timestamp, the signature) and the SuperLink checks them only after it has read and parsed the request
 body. The gateway checks the same headers first (``fedfusion.flower_compat.fleet_request_signer``, Flower's window
-and primitives) and also that the key is the active key of a site in ``registry.json`` (what ``registry_sync.py``
-registers at the SuperLink), so the body of anyone else is never read. The SuperLink still checks everything itself,
-including that the node id in the body belongs to the key.
+and primitives) and looks the key up among the active site keys of ``registry.json`` (what ``registry_sync.py``
+registers at the SuperLink), so it can size what it reads by who sent it. The SuperLink still checks everything
+itself, including that the node id in the body belongs to the key.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedfusion.deployment.coordinator.superlink_control import pem_of
@@ -54,7 +55,15 @@ class SiteKeys:
         self._stamp = stamp
 
 
-def authenticated_site(headers: Mapping[str, str], keys: SiteKeys) -> str | None:
-    """The site a request comes from when its headers carry a valid signed timestamp of an active site key."""
+@dataclass(frozen=True)
+class Signer:
+    """Who signed a Fleet request with a valid signature of a current timestamp."""
+
+    site: str | None
+    """The site whose active key signed, or None for a key the registry does not hold as active."""
+
+
+def request_signer(headers: Mapping[str, str], keys: SiteKeys) -> Signer | None:
+    """The signer of a request's signed-timestamp headers; None when they are missing or invalid."""
     public_key = fleet_request_signer(headers)
-    return None if public_key is None else keys.site_of(public_key)
+    return None if public_key is None else Signer(keys.site_of(public_key))

@@ -10,11 +10,12 @@ every other path, including the Fleet's own ``register-node``/``unregister-node`
 The operator registers sites and submits studies on the coordinator host, over loopback.
 Flower's paths (the Fleet API prefix and methods, ``/health``) come from ``fedfusion.flower_compat``.
 
-Bounded resources (``GatewayLimits``): a request body is read only after the request's signed-timestamp headers
-show an active site key of the registry (``fleet_admission.py``; else 401), only with a ``Content-Length`` (else 411)
-of at most ``max_body_bytes`` (else 413), and then streamed to the SuperLink, never held whole; answers stream back
-the same way. A client address holds at most ``max_connections_per_client`` connections at once; one more is
-answered 503 (which a SuperNode retries) and closed.
+Bounded resources (``GatewayLimits``): a POST's signed-timestamp headers are checked before its body is read
+(``fleet_admission.py``): without a valid SuperNode signature it is answered 401; it needs a ``Content-Length``
+(else 411) of at most ``max_body_bytes`` for an active site key of the registry, 64 KiB for any other key (else
+413); the body is then streamed to the SuperLink, never held whole, and answers stream back the same way. A client
+address holds at most ``max_connections_per_client`` connections at once; one more is answered 503 (which a
+SuperNode retries) and closed.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fedfusion.deployment.coordinator.fleet_admission import SiteKeys, authenticated_site
+from fedfusion.deployment.coordinator.fleet_admission import SiteKeys, request_signer
 from fedfusion.flower_compat import FLEET_API_PREFIX, FLEET_METHODS, SUPERLINK_HEALTH_PATH
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ request is one such chunk, so 32 MiB leaves a wide margin."""
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 16
 """A SuperNode holds a handful of connections (up to 2 object pushes and 2 pulls at a time, its heartbeat, its
 message loop); 16 leaves room for a few sites behind one address."""
+UNKNOWN_KEY_MAX_BODY_BYTES = 64 * 1024
+"""A validly signed request from a key that is not an active site key is still forwarded, so the SuperLink answers
+it as Flower does (an unregistered SuperNode's ``activate-node``: "Failed to activate SuperNode", exit 305), but
+only with a small body (``activate-node`` carries the public key and a number)."""
 CLOSE_GRACE_S = 1.0
 """After an answer that closes its connection, the client has this long to read it before the connection is dropped.
 A TLS close otherwise waits up to 30 s for the client's close, decrypting (and discarding) all it still sends."""
@@ -136,22 +141,23 @@ def gateway_server(upstream_url: str, upstream_ca_file: Path, host: str, port: i
 
 def _admitted_length(request: Request, site_keys: SiteKeys, limits: GatewayLimits, peer: str) -> int | Response:
     """The body length a POST may send, or the refusal to answer before any of its body is read."""
-    site = authenticated_site(request.headers, site_keys)
-    if site is None:
-        logger.warning("gateway refused %s from %s: no valid signature of an active site key", request.url.path,
-                       peer)
+    signer = request_signer(request.headers, site_keys)
+    if signer is None:
+        logger.warning("gateway refused %s from %s: no valid SuperNode signature", request.url.path, peer)
         return PlainTextResponse("unauthorized: Invalid SuperNode authentication\n", status_code=401,
                                  headers=_CLOSE)
+    sender = f"site {signer.site} ({peer})" if signer.site else f"{peer} (a key that is not an active site key)"
+    limit = limits.max_body_bytes if signer.site else UNKNOWN_KEY_MAX_BODY_BYTES
     declared = request.headers.get("content-length", "")
     if not declared.isdigit():
-        logger.warning("gateway refused %s from site %s (%s): no Content-Length", request.url.path, site, peer)
+        logger.warning("gateway refused %s from %s: no Content-Length", request.url.path, sender)
         return PlainTextResponse("length required: a request body needs a Content-Length\n", status_code=411,
                                  headers=_CLOSE)
-    if int(declared) > limits.max_body_bytes:
-        logger.warning("gateway refused %s from site %s (%s): body of %s bytes, over the limit of %d",
-                       request.url.path, site, peer, declared, limits.max_body_bytes)
-        return PlainTextResponse(f"payload too large: {declared} bytes, the gateway's limit is "
-                                 f"{limits.max_body_bytes} bytes\n", status_code=413, headers=_CLOSE)
+    if int(declared) > limit:
+        logger.warning("gateway refused %s from %s: body of %s bytes, over the limit of %d", request.url.path,
+                       sender, declared, limit)
+        return PlainTextResponse(f"payload too large: {declared} bytes, the gateway's limit is {limit} bytes\n",
+                                 status_code=413, headers=_CLOSE)
     return int(declared)
 
 
