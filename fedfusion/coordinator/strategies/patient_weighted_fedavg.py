@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedfusion.coordinator.server_optimizer import NDArray, ServerOptimizer
+from fedfusion.coordinator.site_names import SiteNames
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     ARRAYS_RECORD,
@@ -31,8 +32,6 @@ from fedfusion.protocol import (
     EPSILON_KEY,
     NOT_AGGREGATED_KEY,
     POOLED_C_INDEX_KEY,
-    SITE_NAME_KEY,
-    SITE_RECORD_KEY,
     WEIGHT_KEY,
 )
 
@@ -85,6 +84,7 @@ class PatientWeightedFedAvg(FedAvg):
         self._on_round_aggregated = on_round_aggregated
         self.server_optimizer = server_optimizer or ServerOptimizer()
         self._configured_arrays: ArrayRecord | None = None
+        self._site_names = SiteNames()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -92,7 +92,13 @@ class PatientWeightedFedAvg(FedAvg):
         """FedAvg's train messages; the global arrays they carry are kept: the round's mean update is taken
         against them."""
         self._configured_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._site_names.sent(super().configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluate messages (kept, to name the sites of their replies)."""
+        return self._site_names.sent(super().configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -157,19 +163,11 @@ class PatientWeightedFedAvg(FedAvg):
             return
         for msg in replies:
             if msg.has_error():
-                self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {"error": 1.0}))
+                self._on_site_reply(SiteReply(server_round, phase, self._site_names.name(msg), {"error": 1.0}))
                 continue
             metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
             values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), values))
-
-
-def _site_name(msg: Message) -> str:
-    if not msg.has_error():
-        record = msg.content.config_records.get(SITE_RECORD_KEY)
-        if record is not None and SITE_NAME_KEY in record:
-            return str(record[SITE_NAME_KEY])
-    return f"node-{msg.metadata.src_node_id}"
+            self._on_site_reply(SiteReply(server_round, phase, self._site_names.name(msg), values))
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
