@@ -18,6 +18,10 @@ Flower internals used:
   in-process ServerApp needs.
 - ``flwr.clientapp.typing.ClientAppCallable``: the type of a ClientApp mod's ``call_next``.
 - ``flwr.common.constant.SYSTEM_TIME_TOLERANCE``: the SuperNode authentication's clock tolerance.
+- ``flwr.common.constant`` (``TIMESTAMP_HEADER``, ``TIMESTAMP_TOLERANCE``), ``flwr.supercore.constant``
+  (``FLEET_HTTP_PUBLIC_KEY_HEADER``, ``FLEET_HTTP_SIGNATURE_HEADER``) and ``flwr.supercore.primitives.asymmetric``
+  (``bytes_to_public_key``, ``verify_signature``): a Fleet request's signed-timestamp headers, checked by the gateway
+  before it reads a body as ``flwr.superlink.routers.fleet.node_auth`` checks them after.
 - ``flwr.simulation.run_simulation._run_simulation`` (with ``flwr.common.constant``, ``flwr.supercore.constant``,
   ``flwr.supercore.telemetry`` and ``flwr.server.superlink.linkstate.utils``): the simulation engine in this process.
 - ``flwr.supernode.runtime.run_clientapp`` (``run_clientapp`` and its module global ``install_from_fab``): the
@@ -39,6 +43,9 @@ the functions that use them, so importing this module costs little more than ``f
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
 import importlib.metadata
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from fedfusion.errors import FedfusionError
 
@@ -75,8 +83,12 @@ check_flower_version(importlib.metadata.version("flwr"))
 from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable as _ClientAppCallable  # noqa: E402
 from flwr.common.constant import SYSTEM_TIME_TOLERANCE as _SYSTEM_TIME_TOLERANCE  # noqa: E402
+from flwr.common.constant import TIMESTAMP_HEADER as _TIMESTAMP_HEADER  # noqa: E402
+from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # noqa: E402
 from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
+from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER as _PUBLIC_KEY_HEADER  # noqa: E402
+from flwr.supercore.constant import FLEET_HTTP_SIGNATURE_HEADER as _SIGNATURE_HEADER  # noqa: E402
 from flwr.supercore.logger import FLOWER_LOGGER as _FLOWER_LOGGER  # noqa: E402
 from flwr.supercore.logger import ConsoleHandler as _ConsoleHandler  # noqa: E402
 from flwr.supercore.run import Run as _Run  # noqa: E402
@@ -91,6 +103,7 @@ __all__ = [
     "CONNECTION_BACK_LOG_TEXT",
     "CONNECTION_LOST_LOG_TEXT",
     "FLEET_API_PREFIX",
+    "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
     "FLOWER_LOGGER",
     "PINNED_FLOWER_VERSION",
@@ -108,6 +121,7 @@ __all__ = [
     "check_flower_version",
     "control_api_client",
     "empty_run",
+    "fleet_request_signer",
     "flower_console_handlers",
     "list_nodes",
     "load_superexec_auth_secret",
@@ -350,6 +364,33 @@ def public_key_to_pem(public_key: ec.EllipticCurvePublicKey) -> bytes:
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
     return public_key_to_bytes(public_key)
+
+
+FLEET_AUTH_HEADERS = (_PUBLIC_KEY_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER)
+"""The headers a SuperNode signs every Fleet call with: its public key (base64 of the PEM), the time, the signature
+(``flwr.supernode.node_auth_http_interceptor``)."""
+
+
+def fleet_request_signer(headers: Mapping[str, str], now: datetime.datetime | None = None) -> bytes | None:
+    """The public key (PEM) whose valid signature of a current timestamp a Fleet request's headers carry, else None.
+
+    The SuperLink's own check (``flwr.superlink.routers.fleet.node_auth.authenticate_node``) with the same window
+    and primitives, less its last step (the node id in the body belongs to that key), which needs the body.
+    """
+    from flwr.supercore.primitives.asymmetric import bytes_to_public_key, verify_signature
+
+    try:
+        public_key = base64.b64decode(headers[_PUBLIC_KEY_HEADER], validate=True)
+        signature = base64.b64decode(headers[_SIGNATURE_HEADER], validate=True)
+        timestamp = headers[_TIMESTAMP_HEADER]
+        signed_at = datetime.datetime.fromisoformat(timestamp)
+        age = ((now or datetime.datetime.now(datetime.UTC)) - signed_at).total_seconds()
+        if not -_SYSTEM_TIME_TOLERANCE < age < _TIMESTAMP_TOLERANCE + _SYSTEM_TIME_TOLERANCE:
+            return None
+        valid = verify_signature(bytes_to_public_key(public_key), timestamp.encode("ascii"), signature)
+    except (KeyError, ValueError, TypeError, UnicodeError, binascii.Error, UnsupportedAlgorithm):
+        return None
+    return public_key if valid else None
 
 
 # ---- FABs (flwr.cli.build) -----------------------------------------------------------------------------------------

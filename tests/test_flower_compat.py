@@ -352,3 +352,29 @@ def test_multikrum_selection_returns_the_indices_of_the_closest_cluster() -> Non
     chosen = flower_compat.multikrum_selection(updates, 2, 5)
     assert sorted(chosen) == [0, 2, 3, 4, 5]
     assert flower_compat.multikrum_selection(updates, 2, 1)[0] in chosen
+
+
+def test_fleet_request_signer_accepts_what_a_supernode_sends_and_nothing_else() -> None:
+    import base64
+    import datetime
+
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    interceptor_class = flower("flwr.supernode.node_auth_http_interceptor", "NodeAuthHttpInterceptor")
+    context_class = flower("flwr.supercore.protobuf.client", "ProtobufRequestContext")
+    key, stranger = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    request = httpx.Request("POST", "https://127.0.0.1/v1/fleet/pull-messages")
+    interceptor_class(key, key.public_key()).intercept(context_class(rpc_method="PullMessages", message=None,
+                                                                     request=request),
+                                                       lambda context: httpx.Response(200))
+    headers = dict(request.headers)
+    assert set(flower_compat.FLEET_AUTH_HEADERS) <= set(headers)
+    assert flower_compat.fleet_request_signer(headers) == flower_compat.public_key_to_pem(key.public_key())
+    key_header, time_header, _ = flower_compat.FLEET_AUTH_HEADERS
+    claimed = {**headers,
+               key_header: base64.b64encode(flower_compat.public_key_to_pem(stranger.public_key())).decode("ascii")}
+    assert flower_compat.fleet_request_signer(claimed) is None  # another key's name on this signature
+    later = datetime.datetime.fromisoformat(headers[time_header]) + datetime.timedelta(hours=1)
+    assert flower_compat.fleet_request_signer(headers, now=later) is None  # an old signature
+    assert flower_compat.fleet_request_signer({}) is None

@@ -13,6 +13,12 @@ from pathlib import Path
 import tomli_w
 
 from fedfusion.cli.study_options import add_study_options, study_from_args
+from fedfusion.deployment.coordinator.fleet_gateway import (
+    DEFAULT_MAX_BODY_MB,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    MIB,
+    GatewayLimits,
+)
 from fedfusion.deployment.coordinator.service import DEFAULT_SUPERLINK_PORT, CoordinatorOptions, run_coordinator
 from fedfusion.deployment.coordinator.state import CoordinatorPaths
 from fedfusion.deployment.coordinator.study import prepare_study, prepared_study, resubmission, run_study
@@ -42,6 +48,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--port", type=int, default=None, help="gateway port (default: the registry's port)")
     run.add_argument("--superlink-port", type=int, default=DEFAULT_SUPERLINK_PORT,
                      help="the SuperLink's loopback port (default: %(default)s)")
+    run.add_argument("--max-request-mb", type=int, default=DEFAULT_MAX_BODY_MB,
+                     help="largest request body the gateway forwards, in MiB; larger is refused with 413 before it "
+                          "is read (default: %(default)s)")
+    run.add_argument("--max-connections-per-client", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                     help="connections one client address may hold open at the gateway; one more is answered 503 "
+                          "(default: %(default)s)")
     run.add_argument("--no-resume", dest="resume_studies", action="store_false",
                      help="do not resubmit interrupted studies at start; only log them (resubmit with "
                           "`fedfusion study start --resubmit ID`)")
@@ -106,7 +118,16 @@ def _run_coordinator(args: argparse.Namespace) -> int:
     return run_coordinator(CoordinatorOptions(consortium_dir=args.consortium_dir.resolve(),
                                               state_dir=args.state_dir.resolve(), host=args.host, port=args.port,
                                               superlink_port=args.superlink_port,
-                                              resume_studies=args.resume_studies))
+                                              resume_studies=args.resume_studies,
+                                              gateway_limits=_gateway_limits(args)))
+
+
+def _gateway_limits(args: argparse.Namespace) -> GatewayLimits:
+    if args.max_request_mb < 1 or args.max_connections_per_client < 1:
+        raise ConfigError(f"--max-request-mb ({args.max_request_mb}) and --max-connections-per-client "
+                          f"({args.max_connections_per_client}) must be at least 1")
+    return GatewayLimits(max_body_bytes=args.max_request_mb * MIB,
+                         max_connections_per_client=args.max_connections_per_client)
 
 
 def _prepare(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``fedfusion provision ...``: create and maintain a consortium's CA, TLS certificate and site keys.
 
     init          CA, coordinator TLS certificate, one bundle per site, registry.json
-    add-site      admit a site (its key generated here, or only its public key received)
+    add-site      admit a site with the public key it sent (its private key is made at the site)
     site-keygen   at a site: generate its own key pair, to send only the public key
     rotate        a new key for a site; the old one is revoked
     revoke        revoke a site and its key
@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from fedfusion.provisioning.consortium import (
-    DEFAULT_SUPERLINK_PORT,
+    DEFAULT_GATEWAY_PORT,
     add_site,
     init_consortium,
     revoke_site,
@@ -40,17 +40,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     init.add_argument("--coordinator-name", required=True, help="the coordinator's name (certificate subject)")
     init.add_argument("--coordinator-address", required=True, action="append", metavar="HOST_OR_IP",
                       help="a host name or IP the sites dial; repeatable; the first goes into site.toml")
-    init.add_argument("--port", type=int, default=DEFAULT_SUPERLINK_PORT,
-                      help="the SuperLink's port (default: %(default)s)")
+    init.add_argument("--port", type=int, default=DEFAULT_GATEWAY_PORT,
+                      help="the port sites dial: the coordinator's Fleet gateway (`fedfusion coordinator run` "
+                           "listens on it; the SuperLink itself stays on loopback) (default: %(default)s)")
     init.add_argument("--sites", type=_name_list, default=[], help="site names, comma-separated")
     init.set_defaults(handler=_init)
 
-    add = actions.add_parser("add-site", help="admit a site",
-                             description="Add a site bundle and registry entry. With --public-key the site keeps "
-                                         "its own private key and none is written here.")
+    add = actions.add_parser("add-site", help="admit a site with the public key it sent",
+                             description="Add a site bundle (ca.crt, site.toml, the site's supernode.pub) and its "
+                                         "registry entry. The site makes its key pair itself (`fedfusion provision "
+                                         "site-keygen`) and sends only supernode.pub: no private key is written "
+                                         "here. Works in the operator's consortium folder and in the coordinator "
+                                         "host's copy (registry.json and coordinator/).")
     add.add_argument("consortium_dir", type=Path, metavar="CONSORTIUM_DIR")
     add.add_argument("site", metavar="SITE")
-    add.add_argument("--public-key", type=Path, default=None, metavar="FILE",
+    add.add_argument("--public-key", type=Path, required=True, metavar="FILE",
                      help="the site's OpenSSH public key (from `fedfusion provision site-keygen`)")
     add.set_defaults(handler=_add_site)
 
@@ -64,7 +68,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rotate.add_argument("consortium_dir", type=Path, metavar="CONSORTIUM_DIR")
     rotate.add_argument("site", metavar="SITE")
     rotate.add_argument("--public-key", type=Path, default=None, metavar="FILE",
-                        help="the site's new OpenSSH public key, when it generated the pair itself")
+                        help="the site's new OpenSSH public key, when it generated the pair itself (required where "
+                             "the CA key is not, e.g. on the coordinator host)")
     rotate.set_defaults(handler=_rotate)
 
     revoke = actions.add_parser("revoke", help="revoke a site and its key")

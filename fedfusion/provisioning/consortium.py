@@ -6,8 +6,8 @@ Layout (what goes to whom is in docs/PROVISIONING.md)::
       registry.json                      operator: coordinator address, every site key and its status
       ca/ca.key, ca/ca.crt               operator only; ca.key never leaves this folder
       coordinator/superlink.key, .crt    to the coordinator (SuperLink TLS), with ca.crt
-      sites/<site>/                      to one site: supernode.key (if generated here), supernode.pub,
-                                         ca.crt, site.toml
+      sites/<site>/                      to one site: supernode.key (if generated here: init, or rotate where
+                                         the CA key is), supernode.pub, ca.crt, site.toml
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from fedfusion.errors import ConfigError
-from fedfusion.provisioning.ca import CA_CERT_FILE, create_ca, load_ca_cert_pem, save_ca
+from fedfusion.provisioning.ca import CA_CERT_FILE, CA_KEY_FILE, create_ca, load_ca_cert_pem, save_ca
 from fedfusion.provisioning.certificates import issue_server_certificate
 from fedfusion.provisioning.key_files import write_private, write_public
 from fedfusion.provisioning.registry import REVOKED, Registry, load_registry, save_registry
@@ -39,14 +39,14 @@ COORDINATOR_DIR = "coordinator"
 SITES_DIR = "sites"
 SUPERLINK_KEY_FILE = "superlink.key"
 SUPERLINK_CERT_FILE = "superlink.crt"
-DEFAULT_SUPERLINK_PORT = 8000
-"""``flower-superlink``'s default port (Fleet, Control and Runtime APIs on one HTTPS port)."""
+DEFAULT_GATEWAY_PORT = 8000
+"""The port the sites dial: the coordinator's Fleet gateway (the SuperLink itself listens on loopback only)."""
 
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def init_consortium(consortium_dir: Path, coordinator_name: str, coordinator_addresses: Sequence[str],
-                    sites: Sequence[str], port: int = DEFAULT_SUPERLINK_PORT) -> Registry:
+                    sites: Sequence[str], port: int = DEFAULT_GATEWAY_PORT) -> Registry:
     """Create a consortium folder: CA, coordinator TLS key and certificate, one bundle per site, registry.
 
     Everything is built in a temporary folder beside ``consortium_dir`` and renamed into place at the end, so
@@ -78,11 +78,9 @@ def init_consortium(consortium_dir: Path, coordinator_name: str, coordinator_add
     return registry
 
 
-def add_site(consortium_dir: Path, site: str, public_key_file: Path | None = None) -> str:
-    """Admit a new site and return its key fingerprint.
-
-    With ``public_key_file`` (sent by the site) no private key is written.
-    """
+def add_site(consortium_dir: Path, site: str, public_key_file: Path) -> str:
+    """Admit a new site with the public key it sent (``fedfusion provision site-keygen`` at the site) and return the
+    key's fingerprint; no private key is written. Works on the operator's machine and on the coordinator host."""
     registry = load_registry(consortium_dir)
     _check_site_names([site], consortium_dir)
     if site in registry.sites:
@@ -94,9 +92,8 @@ def add_site(consortium_dir: Path, site: str, public_key_file: Path | None = Non
 
 
 def rotate_site(consortium_dir: Path, site: str, public_key_file: Path | None = None) -> str:
-    """Give an active site a new key pair (or its new public key) and return the new fingerprint.
-
-    The old key is revoked.
+    """Give an active site its new public key (or, where the CA key is, a new key pair) and return the new
+    fingerprint. The old key is revoked.
     """
     registry = load_registry(consortium_dir)
     if registry.site(site, consortium_dir).status == REVOKED:
@@ -123,6 +120,10 @@ def site_dir(consortium_dir: Path, site: str) -> Path:
 
 def _issue_site_key(consortium_dir: Path, registry: Registry, site: str, public_key_file: Path | None) -> str:
     if public_key_file is None:
+        if not (consortium_dir / CA_DIR / CA_KEY_FILE).is_file():
+            raise ConfigError(f"{consortium_dir} holds no CA key (the coordinator host's copy?): a site's private key "
+                              f"is not made here; have site {site!r} run `fedfusion provision site-keygen DIR` and "
+                              "pass its supernode.pub with --public-key")
         private_key = generate_site_key()
         public_key = private_key.public_key()
     else:
@@ -135,10 +136,18 @@ def _issue_site_key(consortium_dir: Path, registry: Registry, site: str, public_
     if any(key.fingerprint == key_fingerprint for entry in registry.sites.values() for key in entry.keys):
         raise ConfigError(f"public key {key_fingerprint} for site {site!r} was already issued in consortium "
                           f"{consortium_dir}: a site needs a key of its own, never a reused one")
-    write_site_bundle(site_dir(consortium_dir, site), site, registry, load_ca_cert_pem(consortium_dir / CA_DIR),
+    write_site_bundle(site_dir(consortium_dir, site), site, registry, _ca_cert_pem(consortium_dir),
                       private_key, public_line, key_fingerprint)
     registry.add_key(site, public_line, key_fingerprint, generated_by="operator" if private_key is not None else "site")
     return key_fingerprint
+
+
+def _ca_cert_pem(consortium_dir: Path) -> bytes:
+    """The CA certificate: from ``ca/`` on the operator's machine, from ``coordinator/`` on the coordinator host."""
+    copy = consortium_dir / COORDINATOR_DIR / CA_CERT_FILE
+    if not (consortium_dir / CA_DIR / CA_CERT_FILE).is_file() and copy.is_file():
+        return copy.read_bytes()
+    return load_ca_cert_pem(consortium_dir / CA_DIR)
 
 
 def _check_site_names(sites: Sequence[str], consortium_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -127,27 +128,47 @@ def test_add_site_with_only_a_public_key_writes_no_private_key(consortium: Path,
         keygen(own)
 
 
-def test_add_site_generated_here_then_rotated_to_the_sites_own_key(consortium: Path, tmp_path: Path) -> None:
-    add_site(consortium, "site-c")
-    bundle = consortium / "sites" / "site-c"
-    assert (bundle / "supernode.key").is_file()
+def test_an_operator_generated_key_rotated_to_the_sites_own_key(consortium: Path, tmp_path: Path) -> None:
+    bundle = consortium / "sites" / "site-a"
+    assert (bundle / "supernode.key").is_file()  # made by init on the operator's machine
     keygen(tmp_path / "own")
-    rotate_site(consortium, "site-c", tmp_path / "own" / "supernode.pub")
+    rotate_site(consortium, "site-a", tmp_path / "own" / "supernode.pub")
     assert not (bundle / "supernode.key").exists()
-    assert [k.generated_by for k in load_registry(consortium).sites["site-c"].keys] == ["operator", "site"]
+    assert [k.generated_by for k in load_registry(consortium).sites["site-a"].keys] == ["operator", "site"]
+
+
+def test_add_site_on_the_coordinator_host_makes_no_private_key_there(consortium: Path, tmp_path: Path) -> None:
+    """The coordinator host holds the registry and coordinator/ only (OPERATOR_GUIDE, step 2): no ca/ folder."""
+    host = tmp_path / "etc-fedfusion-consortium"
+    host.mkdir()
+    shutil.copy2(consortium / "registry.json", host / "registry.json")
+    shutil.copytree(consortium / "coordinator", host / "coordinator")
+    keygen(tmp_path / "site-c-own")  # at the site
+    assert main(["provision", "add-site", str(host), "site-c", "--public-key",
+                 str(tmp_path / "site-c-own" / "supernode.pub")]) == 0
+    bundle = host / "sites" / "site-c"
+    assert sorted(p.name for p in bundle.iterdir()) == ["ca.crt", "site.toml", "supernode.pub"]
+    assert (bundle / "ca.crt").read_bytes() == (consortium / "ca" / "ca.crt").read_bytes()
+    assert _private_key_files(host) == [host / "coordinator" / "superlink.key"]
+    assert load_registry(host).sites["site-c"].active_key().generated_by == "site"
+    with pytest.raises(SystemExit):  # the site's public key is required
+        main(["provision", "add-site", str(host), "site-d"])
+    with pytest.raises(ConfigError, match=r"holds no CA key .* site 'site-a' run `fedfusion provision site-keygen"):
+        rotate_site(host, "site-a")
+    assert _private_key_files(host) == [host / "coordinator" / "superlink.key"]
 
 
 @pytest.mark.parametrize(
     ("action", "fragment"),
     [
         (lambda c, t: init_consortium(c, "x", ["h"], ["s"]), "already exists and is not empty"),
-        (lambda c, t: add_site(c, "site-a"), "site 'site-a' already exists in consortium"),
+        (lambda c, t: add_site(c, "site-a", t / "missing.pub"), "site 'site-a' already exists in consortium"),
         (lambda c, t: rotate_site(c, "nobody"), "unknown site 'nobody' in consortium"),
         (lambda c, t: revoke_site(c, "nobody"), "unknown site 'nobody'"),
-        (lambda c, t: add_site(c, "../evil"), "invalid site name '../evil'"),
+        (lambda c, t: add_site(c, "../evil", t / "missing.pub"), "invalid site name '../evil'"),
         (lambda c, t: add_site(c, "site-z", c / "ca" / "ca.crt"), "not an OpenSSH public key"),
         (lambda c, t: add_site(c, "site-z", t / "missing.pub"), "does not exist"),
-        (lambda c, t: add_site(t / "nowhere", "site-z"), "is not a consortium folder"),
+        (lambda c, t: add_site(t / "nowhere", "site-z", t / "missing.pub"), "is not a consortium folder"),
         (lambda c, t: init_consortium(t / "new", "x", ["h"], ["a", "a"]), "duplicate site 'a'"),
         (lambda c, t: init_consortium(t / "new", "x", [], ["a"]), "at least one --coordinator-address"),
     ],

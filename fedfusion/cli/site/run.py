@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--encoder-file", type=Path, default=None, help="the site's copy of a TorchScript encoder")
     parser.add_argument("--fallback-mpp", type=float, default=None, help="mpp for slides without resolution")
     parser.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
-                        help="the SuperNode's local Runtime API port on 127.0.0.1 (default: %(default)s)")
+                        help="the SuperNode's local Runtime API port on 127.0.0.1; each site daemon on one host needs "
+                             "its own (default: %(default)s)")
     parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
                         help="override the coordinator address of site.toml")
     parser.set_defaults(handler=run)

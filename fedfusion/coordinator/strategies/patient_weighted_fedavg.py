@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedfusion.coordinator.reply_validation import ReplyLimits, check_evaluate_reply, check_train_reply
 from fedfusion.coordinator.robust_aggregation import RobustAggregation
 from fedfusion.coordinator.server_optimizer import NDArray, ServerOptimizer
+from fedfusion.coordinator.site_names import SiteNames
 from fedfusion.errors import ProtocolError
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
@@ -43,8 +44,6 @@ from fedfusion.protocol import (
     POOLED_C_INDEX_KEY,
     REJECTED_KEY,
     REJECTED_REPLIES_KEY,
-    SITE_NAME_KEY,
-    SITE_RECORD_KEY,
     WEIGHT_KEY,
 )
 from fedfusion.study.config import StudyConfig
@@ -64,8 +63,6 @@ class SiteReply:
     metrics: dict[str, float]
 
 
-MAX_SITE_NAME = 100
-"""A site name longer than this, or with unprintable characters, is shown cut and quoted (it is the site's claim)."""
 ReplyListener = Callable[[SiteReply], None]
 Checked = TypeVar("Checked")
 RoundListener = Callable[[int, str, dict[str, float]], None]
@@ -110,6 +107,7 @@ class PatientWeightedFedAvg(FedAvg):
         self.reply_limits = reply_limits
         self.aggregation = aggregation
         self._configured_arrays: ArrayRecord | None = None
+        self._site_names = SiteNames()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -117,7 +115,13 @@ class PatientWeightedFedAvg(FedAvg):
         """FedAvg's train messages; the global arrays they carry are kept: the round's mean update is taken
         against them."""
         self._configured_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._site_names.sent(super().configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluate messages (kept, to name the sites of their replies)."""
+        return self._site_names.sent(super().configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -210,7 +214,8 @@ class PatientWeightedFedAvg(FedAvg):
                 accepted.append(check(msg))
             except ProtocolError as exc:
                 logger.warning("round %s: the %s reply of site %s (node %s) is rejected: %s; it is left out like a "
-                               "dropout", server_round, phase, _site_name(msg), msg.metadata.src_node_id, exc)
+                               "dropout", server_round, phase, self._site_names.name(msg),
+                               msg.metadata.src_node_id, exc)
                 rejected.append(msg)
         self._report(server_round, phase, replies, rejected)
         return accepted, rejected
@@ -222,23 +227,14 @@ class PatientWeightedFedAvg(FedAvg):
         invalid = {id(msg) for msg in rejected or []}
         for msg in replies:
             if msg.has_error():
-                self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {"error": 1.0}))
+                self._on_site_reply(SiteReply(server_round, phase, self._site_names.name(msg), {"error": 1.0}))
                 continue
             if id(msg) in invalid:
-                self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), {REJECTED_KEY: 1.0}))
+                self._on_site_reply(SiteReply(server_round, phase, self._site_names.name(msg), {REJECTED_KEY: 1.0}))
                 continue
             metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
             values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            self._on_site_reply(SiteReply(server_round, phase, _site_name(msg), values))
-
-
-def _site_name(msg: Message) -> str:
-    if not msg.has_error():
-        record = msg.content.config_records.get(SITE_RECORD_KEY)
-        if record is not None and SITE_NAME_KEY in record:
-            name = str(record[SITE_NAME_KEY])
-            return name if name.isprintable() and len(name) <= MAX_SITE_NAME else repr(name[:MAX_SITE_NAME])
-    return f"node-{msg.metadata.src_node_id}"
+            self._on_site_reply(SiteReply(server_round, phase, self._site_names.name(msg), values))
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

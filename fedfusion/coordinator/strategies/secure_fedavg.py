@@ -157,11 +157,11 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         secagg = SecAggConfig(num_sites=len(messages), threshold=threshold)
         node_of_site = {site: m.metadata.dst_node_id for site, m in enumerate(messages, start=1)}
         self._round = (secagg, node_of_site, arrays)
-        return [
+        return self._site_names.sent([
             Message(RecordDict({**m.content, SECAGG_RECORD: train_request(secagg, site)}),
                     dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type)
             for site, m in enumerate(messages, start=1)
-        ]
+        ])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

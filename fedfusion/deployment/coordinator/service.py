@@ -22,13 +22,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH, gateway_server
+from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH, GatewayLimits, gateway_server
 from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
 from fedfusion.deployment.coordinator.registry_sync import sync_registry
 from fedfusion.deployment.coordinator.state import (
@@ -67,6 +67,8 @@ class CoordinatorOptions:
     """The SuperLink's loopback port."""
     resume_studies: bool = True
     """Resubmit the studies interrupted by the last stop once the gateway serves (else only log them)."""
+    gateway_limits: GatewayLimits = field(default_factory=GatewayLimits)
+    """Request body size and connections per client address the gateway allows."""
 
 
 def run_coordinator(options: CoordinatorOptions) -> int:
@@ -107,7 +109,7 @@ def run_coordinator(options: CoordinatorOptions) -> int:
                                    "`fedfusion study start --state-dir %s --resubmit %s`", study, options.state_dir,
                                    study)
             lifecycle.server = gateway_server(f"https://{superlink_address}", tls.ca_file, options.host, port,
-                                              certfile, keyfile)
+                                              certfile, keyfile, options.consortium_dir, options.gateway_limits)
             info = DaemonInfo(pid=os.getpid(), superlink_address=superlink_address,
                               gateway_address=f"{options.host}:{port}",
                               consortium_dir=str(options.consortium_dir.resolve()), loopback_ca_file=str(tls.ca_file))

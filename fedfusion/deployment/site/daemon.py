@@ -7,9 +7,10 @@ Two processes in the foreground until SIGTERM/SIGINT:
 2. the site's SuperExec (``fedfusion.deployment.site.site_exec``), which starts each ClientApp through the app gate;
    it proves itself to the SuperNode with Flower's SuperExec HMAC (a secret made fresh at every start), so no
    other local process can take the site's tasks.
-If either exits, the other is stopped; the exit code is the SuperNode's (Flower's 305: the site's key is not
-registered at the coordinator), or 0 after SIGTERM. A coordinator that is down or restarting is not an exit: the
-SuperNode retries forever (``connection_watch.py`` logs when the link is lost and back).
+If either exits, the other is stopped; the exit code is the SuperNode's (1 for every Flower error; Flower's own code,
+e.g. 305 when the site's key is not registered at the coordinator, is in supernode.log), or 0 after SIGTERM.
+A coordinator that is down or restarting is not an exit: the SuperNode retries forever (``connection_watch.py``
+logs when the link is lost and back).
 """
 
 from __future__ import annotations

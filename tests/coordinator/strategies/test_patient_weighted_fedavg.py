@@ -4,12 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import PatientWeightedFedAvg, SiteReply
-from fedfusion.simulation.in_process_grid import InProcessGrid
+from fedfusion.simulation.in_process_grid import RUN_ID, SUPERLINK_NODE_ID, InProcessGrid, set_message_id
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +113,48 @@ def test_evaluate_aggregation_pools_c_index_from_pair_counts_and_skips_nan() -> 
     assert metrics["pooled-c-index"] == pytest.approx(90 / 120)
     assert metrics["c-index"] == pytest.approx((20 * 0.8 + 10 * 0.5) / 30)
     assert metrics["auc"] == pytest.approx(0.9)  # site-a's undefined AUC does not poison the mean
+
+
+class OneSiteThenOffline(InProcessGrid):
+    """Nodes 5 and 6: round 1, node 5 answers as site-a and node 6 not at all; from round 2 on, the SuperLink answers
+    for both (Flower's error reply for an offline node: sent by the SuperLink, node id 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.online = True
+
+    def get_node_ids(self) -> list[int]:
+        return [5, 6]
+
+    def push_messages(self, messages):
+        ids = []
+        for number, message in enumerate(messages):
+            set_message_id(message, f"m{self.online}{number}")
+            ids.append(message.metadata.message_id)
+            if self.online and message.metadata.dst_node_id == 5:
+                reply = Message(RecordDict({"metrics": MetricRecord({"num-examples": 3}),
+                                            "site": ConfigRecord({"name": "site-a"})}), reply_to=message)
+            elif not self.online:
+                reply = Message(metadata=Metadata(run_id=RUN_ID, message_id="", src_node_id=SUPERLINK_NODE_ID,
+                                                  dst_node_id=SUPERLINK_NODE_ID,
+                                                  reply_to_message_id=message.metadata.message_id,
+                                                  group_id=message.metadata.group_id, created_at=0.0, ttl=60.0,
+                                                  message_type=message.metadata.message_type),
+                                error=Error(code=1, reason="node unavailable"))
+            else:
+                continue
+            self._replies[message.metadata.message_id] = reply
+        return ids
+
+
+def test_sites_that_failed_are_named_by_their_site_name_or_full_node_id_never_by_the_superlinks() -> None:
+    seen: list[SiteReply] = []
+    strategy = PatientWeightedFedAvg(min_sites=1, on_site_reply=seen.append)
+    grid = OneSiteThenOffline()
+    arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    for server_round in (1, 2):
+        grid.online = server_round == 1
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages))
+    assert sorted((r.server_round, r.site, "error" in r.metrics) for r in seen) == [
+        (1, "site-a", False), (2, "node 6", True), (2, "site-a", True)]
