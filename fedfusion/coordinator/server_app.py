@@ -63,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         threshold_fraction=study.secure_aggregation_threshold,
         stage_timeout=settings.round_timeout,
         distributed=DistributedFedSGD.from_study(study),
+        max_site_patients=study.max_site_patients,
         on_site_reply=recorder.site_reply,
         on_round_aggregated=recorder.round_aggregated,
         server_optimizer=server_optimizer,

@@ -49,6 +49,9 @@ class StudyConfig:
     num_server_rounds: int = 10
     min_sites: int = 2
     """Rounds proceed only when at least this many sites are connected and answer."""
+    max_site_patients: int = 100000
+    """The largest patient count (FedAvg and secure-aggregation weight) the coordinator accepts from one site; a
+    reply claiming more, or less than 1, is dropped and named (an inflated count would outweigh every other site)."""
     local_epochs: int = 1
     batch_size: int = 32
     """Expected patients per Poisson-sampled batch (Opacus' sample rate is 1 / ceil(patients / batch_size))."""
@@ -204,7 +207,7 @@ class StudyConfig:
     # ---- validation -----------------------------------------------------------------------
     def _validate(self) -> None:
         positive_ints = ("num_server_rounds", "min_sites", "local_epochs", "batch_size", "tiles_per_patient",
-                         "tile_feature_dim", "hidden_dim", "tile_size")
+                         "tile_feature_dim", "hidden_dim", "tile_size", "max_site_patients")
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"study config '{_key(name)}' must be > 0, got {getattr(self, name)}")
