@@ -255,7 +255,7 @@ class SecAggServer:
     def _unmasked_sum(self, answers: Sequence[UnmaskShares]) -> tuple[NDArray[np.uint32], list[int]]:
         """The survivors' summed vectors with every mask removed, and the survivors."""
         answers = self._signed_answers(answers)
-        self._require(len({answer.site_id for answer in answers}), "answered the unmask request with signed shares")
+        self._require(len({answer.site_id for answer in answers}), "answered the unmask request")
         survivors = sorted(self._masked)
         dropouts = sorted(self._sharers - set(survivors))
         total = np.zeros(vector_length(self._layout), dtype=np.uint32)
