@@ -55,11 +55,17 @@ Parsed = TypeVar("Parsed", bound=FromSite)
 class StageRunner:
     """Sends one stage's requests to the sites; keeps the well-formed answers from the site each was sent to."""
 
-    def __init__(self, grid: Grid, server_round: int, node_of_site: Mapping[int, int], timeout: float) -> None:
+    def __init__(self, grid: Grid, server_round: int, node_of_site: Mapping[int, int], timeout: float,
+                 site_names: Mapping[int, str]) -> None:
         self.grid = grid
         self.server_round = server_round
         self.node_of_site = dict(node_of_site)
         self.timeout = timeout
+        self._names = {node: site_names.get(site, f"#{site}") for site, node in node_of_site.items()}
+
+    def name(self, node: int) -> str:
+        """``site NAME (node N)``: how the log names the site on ``node``."""
+        return f"site {self._names.get(node, '?')} (node {node})"
 
     def ask(self, requests: Mapping[int, ConfigRecord], parse: Callable[[RecordDict], Parsed]) -> list[Parsed]:
         """Send each site its request; return the parsed answers (see `accept`)."""
@@ -80,19 +86,19 @@ class StageRunner:
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                logger.warning("secure aggregation, round %s: node %s answered with an error: %s", self.server_round,
-                    node, reply.error.reason)
+                logger.warning("secure aggregation, round %s: %s answered with an error: %s", self.server_round,
+                    self.name(node), reply.error.reason)
                 continue
             try:
                 parsed = parse(reply.content)
             except (ProtocolError, PrivacyError, KeyError, TypeError, ValueError) as exc:
-                logger.warning("secure aggregation, round %s: node %s sent an unreadable answer (%s: %s); ignored",
-                    self.server_round, node, type(exc).__name__, exc)
+                logger.warning("secure aggregation, round %s: %s dropped: it sent an unreadable answer (%s: %s)",
+                    self.server_round, self.name(node), type(exc).__name__, exc)
                 continue
             site = parsed.site_id
             if self.node_of_site.get(site) != node:
-                logger.warning("secure aggregation, round %s: node %s answered for site %r; ignored",
-                    self.server_round, node, site)
+                logger.warning("secure aggregation, round %s: %s dropped: it answered for site %r",
+                    self.server_round, self.name(node), site)
                 continue
             accepted.append(parsed)
         return accepted
@@ -121,7 +127,7 @@ def secure_round(
     unmask request unless at least n - t sites sent their masked input. Each site dropped by a check is logged,
     also when the round then fails.
     """
-    stages = StageRunner(grid, server_round, node_of_site, timeout)
+    stages = StageRunner(grid, server_round, node_of_site, timeout, checks.site_names)
     server = SecAggServer(config, max_weight=checks.max_weight, layout=checks.layout,
                           seen_inputs=checks.seen_inputs)
     try:
@@ -141,5 +147,5 @@ def secure_round(
         return server.aggregate(answers) if noise is None else server.noisy_sum(answers, noise)
     finally:
         for site, reason in server.rejected.items():
-            logger.warning("secure aggregation, round %s: site %s (node %s) dropped: it %s", server_round,
-                           checks.site_names.get(site, f"#{site}"), node_of_site.get(site), reason)
+            logger.warning("secure aggregation, round %s: %s dropped: it %s", server_round,
+                           stages.name(node_of_site[site]), reason)

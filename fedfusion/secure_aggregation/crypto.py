@@ -6,9 +6,11 @@ same curve, same serialized key bytes, same derived keys, same ciphertext format
 sites on either implementation interoperate. They are written here so that the protocol does not depend on Flower's
 non-public modules (``tests/secure_aggregation/test_secagg_core.py`` cross-checks them against Flower's).
 
-Beyond Flower's protocol, each site signs with a fresh Ed25519 key per round (public key announced in stage 1):
-every share it deals and its masked input, over the round's binding (`statement`). The coordinator can then tell
-who altered a share or replayed a masked input (fedfusion's integrity checks, docs/THREAT_MODEL.md).
+Beyond Flower's helpers, each site signs with a fresh Ed25519 key per round (public key announced in stage 1):
+every share it deals and its masked input, over the round's binding (`statement`). What a site encrypts for
+another is Flower's share plaintext followed by the dealer's two signatures (`signed_share_plaintext`). The
+coordinator can then tell who altered a share or replayed a masked input (docs/THREAT_MODEL.md, "Secure
+aggregation under a hostile site").
 """
 
 from __future__ import annotations
