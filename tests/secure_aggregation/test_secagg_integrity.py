@@ -21,6 +21,7 @@ from fedfusion.secure_aggregation import (
     SecureAverage,
     UnmaskShares,
 )
+from fedfusion.secure_aggregation import site as secagg_site
 from fedfusion.secure_aggregation.crypto import MASKED_INPUT, sign, statement
 from fedfusion.secure_aggregation.masks import masked_input_digest
 
@@ -212,3 +213,30 @@ def test_well_formed_words_without_masks_that_cancel_are_caught_in_the_sum() -> 
     with pytest.raises(PrivacyError, match=r"values of the unmasked sum lie outside .* the sum is not used"):
         server.aggregate([sites[i].unmask(request) for i in request.survivors])
     assert sum(int(np.prod(s)) for s in SHAPES.values()) > 1000
+
+
+def test_a_bad_share_its_dealer_signed_cannot_corrupt_the_unmask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hostile site deals site 100 a wrong share of its seed and key, signed; site 100 cannot tell. In stage 4
+    the seed is rebuilt from a subset of shares that fits the dealer's stage-1 commitment, so the unmask is exact."""
+    updates = make_updates(5, scale=0.1, seed=21)
+    real = secagg_site.create_shares
+
+    def one_bad_share(secret: bytes, threshold: int, num: int) -> list[bytes]:
+        shares = real(secret, threshold, num)
+        shares[0] = shares[0][:-1] + bytes([shares[0][-1] ^ 0x01])  # the share for site 100
+        return shares
+
+    sites = {100 + i: SecAggSite(100 + i, CONFIG, w) for i, w in enumerate(WEIGHTS)}
+    server = SecAggServer(CONFIG, max_weight=CAP)
+    keys = server.collect_public_keys([s.public_keys() for s in sites.values()])
+    shares = []
+    for site_id, site in sites.items():
+        with monkeypatch.context() as patch:
+            if site_id == 102:
+                patch.setattr(secagg_site, "create_shares", one_bad_share)
+            shares.append(site.share_keys(keys))
+    routed = server.route_shares(shares)
+    request = server.collect_masked_inputs([sites[i].masked_input(routed[i], updates[i - 100]) for i in routed])
+    result = server.aggregate([sites[i].unmask(request) for i in request.survivors])
+    assert not server.rejected
+    assert_survivors_average(result, CONFIG, updates, ALL, keyed=ALL)
