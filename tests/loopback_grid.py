@@ -4,7 +4,8 @@ Every message and reply goes through Flower's own protobuf serialization (``wire
 ``fedfusion.simulation.in_process_grid``) as it would between SuperLink and SuperNode, and each node keeps its
 ``Context`` (with ``context.state``) across messages, as a SuperNode does. ``received`` holds every reply the
 coordinator got, as bytes: the coordinator's whole view. ``drop(message)`` returning True makes the message's node
-miss it (a site that dropped out): no reply comes back.
+miss it (a site that dropped out): no reply comes back. ``alter(message, reply)`` may rewrite a reply in place before
+it goes on the wire (a hostile site).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class LoopbackGrid(InProcessGrid):
     """Delivers messages to ``app`` as the nodes in ``node_configs`` (node id -> node config)."""
 
     def __init__(self, app: ClientApp, node_configs: Mapping[int, Mapping[str, str]],
-                 run_config: Mapping[str, object], drop: Callable[[Message], bool] = lambda _: False) -> None:
+                 run_config: Mapping[str, object], drop: Callable[[Message], bool] = lambda _: False,
+                 alter: Callable[[Message, Message], None] = lambda _message, _reply: None) -> None:
         super().__init__(RUN_ID)
         self.app = app
         self.contexts = {
@@ -33,6 +35,7 @@ class LoopbackGrid(InProcessGrid):
             for node, config in node_configs.items()
         }
         self.drop = drop
+        self.alter = alter
         self.sent: list[Message] = []
         self.received: list[bytes] = []
 
@@ -51,6 +54,7 @@ class LoopbackGrid(InProcessGrid):
                 continue
             delivered, _ = wire(message)
             reply = self.app(delivered, self.contexts[message.metadata.dst_node_id])
+            self.alter(delivered, reply)
             returned, payload = wire(reply)
             self.received.append(payload)
             self._replies[message.metadata.message_id] = returned

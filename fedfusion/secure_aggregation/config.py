@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 
 from fedfusion.errors import ConfigError
 
 WORD_BITS = 32
 """Masked vectors are uint32 words added modulo 2**32 (NumPy's wrap-around: no modulo operation is needed)."""
 WORD_LIMIT = 2**WORD_BITS
+ROUND_NONCE_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,18 @@ class SecAggConfig:
         Quantization levels (R) of one site's (weight-scaled) value: it maps to an integer in [0, R], one step
         = 2 * clipping_range / R. The N sites' levels add up to at most N * R, which must stay below 2**32.
         0 (the default) takes the largest R that fits: floor((2**32 - 1) / N).
+    round_nonce : bytes
+        Fresh random bytes the coordinator draws for each round (default: 16 from the OS). They are part of
+        `binding`, so every pairwise mask and every signature of the round is bound to this round alone: a masked
+        input or a share made for another round (of any study, before or after a restart) neither cancels nor
+        verifies.
     """
 
     num_sites: int
     threshold: int
     clipping_range: float = 8.0
     quantization_range: int = 0
+    round_nonce: bytes = field(default_factory=lambda: os.urandom(ROUND_NONCE_BYTES))
 
     def __post_init__(self) -> None:
         if self.num_sites < 2:
@@ -55,6 +63,9 @@ class SecAggConfig:
                 f"[2, {(WORD_LIMIT - 1) // self.num_sites}] so that {self.num_sites} sites' levels add up below "
                 f"2**{WORD_BITS}, got {self.quantization_range}"
             )
+        if len(self.round_nonce) < ROUND_NONCE_BYTES:
+            raise ConfigError(f"secure aggregation: round_nonce must hold at least {ROUND_NONCE_BYTES} bytes, "
+                              f"got {len(self.round_nonce)}")
 
     @property
     def levels(self) -> int:
@@ -67,7 +78,8 @@ class SecAggConfig:
         return 2 * self.clipping_range / self.levels
 
     def binding(self, total_weight: int) -> bytes:
-        """A digest of the config and the round's total weight, bound into the pairwise masks: sites that were
-        told different configs or key lists get masks that do not cancel, so nothing can be unmasked."""
-        numbers = {**asdict(self), "total_weight": total_weight}
+        """A digest of the config (round nonce included) and the round's total weight, bound into the pairwise
+        masks and every signature: sites that were told different configs, key lists or rounds get masks that do
+        not cancel, so nothing can be unmasked."""
+        numbers = {**asdict(self), "round_nonce": self.round_nonce.hex(), "total_weight": total_weight}
         return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).digest()

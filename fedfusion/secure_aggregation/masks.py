@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from fedfusion.secure_aggregation.crypto import CURVE, bytes_to_public_key, shared_key
+from fedfusion.secure_aggregation.quantize import Layout, layout_json
 
 SEED_BYTES = 32
 SCALAR_BYTES = 48
@@ -48,3 +49,15 @@ def private_key_to_scalar(key: ec.EllipticCurvePrivateKey) -> bytes:
 def scalar_to_private_key(scalar: bytes) -> ec.EllipticCurvePrivateKey:
     """The private key of a scalar from `private_key_to_scalar`."""
     return ec.derive_private_key(int.from_bytes(scalar, "big"), CURVE)
+
+
+def seed_commitment(seed: bytes, round_nonce: bytes) -> bytes:
+    """What a site announces in stage 1 about its self-mask seed: SHA-256 of a label, the round nonce and the seed
+    (32 random bytes, so the digest reveals nothing). A seed rebuilt from shares must match it."""
+    return hashlib.sha256(b"fedfusion-secagg-self-mask-seed" + round_nonce + seed).digest()
+
+
+def masked_input_digest(layout: Layout, vector: NDArray[np.uint32]) -> bytes:
+    """SHA-256 of a masked input's layout and words: what its site signs, and what the coordinator remembers to
+    recognise a masked input sent again in a later round."""
+    return hashlib.sha256(layout_json(layout).encode() + np.ascontiguousarray(vector).tobytes()).digest()

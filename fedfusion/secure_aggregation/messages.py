@@ -19,12 +19,15 @@ from fedfusion.secure_aggregation.quantize import Layout
 @dataclass(frozen=True)
 class PublicKeys:
     """A site's two public keys for the round (PEM), one to encrypt shares to it and one to agree pairwise masks,
-    and its weight (patients; public, as in plain FedAvg's replies)."""
+    its weight (patients; public, as in plain FedAvg's replies), its round signing key (raw Ed25519) and its
+    commitment to its self-mask seed (`masks.seed_commitment`)."""
 
     site_id: int
     encryption_key: bytes
     masking_key: bytes
     weight: int
+    signing_key: bytes
+    seed_commitment: bytes
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,14 @@ class EncryptedShares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A site's masked vector: its weight-scaled, quantized update plus self mask plus pairwise masks, mod 2**32."""
+    """A site's masked vector: its weight-scaled, quantized update plus self mask plus pairwise masks, mod 2**32;
+    its signature of the vector for this round (`tag`), and the sites whose share to it did not verify."""
 
     site_id: int
     layout: Layout
     vector: NDArray[np.uint32]
+    tag: bytes
+    complaints: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,17 +60,22 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskShares:
-    """A site's answer: its shares of survivors' self-mask seeds and of dropouts' masking private keys."""
+    """A site's answer: its shares of survivors' self-mask seeds and of dropouts' masking private keys, each with
+    the signature its dealer made of it (so a share altered by the site that reveals it is caught and named)."""
 
     site_id: int
     self_mask_shares: dict[int, bytes]
     masking_key_shares: dict[int, bytes]
+    self_mask_signatures: dict[int, bytes]
+    masking_key_signatures: dict[int, bytes]
 
 
 @dataclass(frozen=True)
 class SecureAverage:
-    """The round's result: the patient-weighted average arrays, the summed weight and the sites it covers."""
+    """The round's result: the patient-weighted average arrays, the summed weight, the sites it covers and the
+    sites dropped for a failed integrity check, with the reason."""
 
     arrays: dict[str, NDArray[np.float64]]
     total_weight: int
     sites: tuple[int, ...]
+    rejected: dict[int, str]

@@ -10,12 +10,13 @@ within n / 2 * (2c/R) * W / W_survivors per value.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
 
 Layout = tuple[tuple[str, tuple[int, ...]], ...]
@@ -24,6 +25,11 @@ Layout = tuple[tuple[str, tuple[int, ...]], ...]
 def layout_of(update: Mapping[str, NDArray[np.floating]]) -> Layout:
     """Names and shapes of an update's arrays, in order: what the coordinator needs to rebuild the average."""
     return tuple((name, tuple(np.shape(array))) for name, array in update.items())
+
+
+def layout_json(layout: Layout) -> str:
+    """The layout as JSON text, ``[[name, [dims]], ...]``: how it travels and what is signed."""
+    return json.dumps([[name, list(shape)] for name, shape in layout])
 
 
 def vector_length(layout: Layout) -> int:
@@ -58,6 +64,23 @@ def scaled_quantized_vector(
     levels += config.levels / 2
     np.rint(levels, out=levels)
     return levels.astype(np.uint32)
+
+
+def check_level_sum(summed: NDArray[np.uint32], config: SecAggConfig, num_inputs: int, share_sum: float) -> None:
+    """``PrivacyError`` unless every value of the unmasked sum lies where `num_inputs` sites' levels can put it.
+
+    A site's levels lie in R/2 +- s_i R/2 (within half a step), so the sum lies in n R/2 +- share_sum R/2 (within
+    n halves). A masked input whose masks do not cancel (made for another round, or not masked as agreed) puts a
+    value there only by chance (probability at most 1/n per value), so a sum outside is refused: nothing wrong is
+    applied, though the site that caused it cannot be told from the sum alone.
+    """
+    centre = num_inputs * config.levels / 2
+    reach = share_sum * config.levels / 2 + num_inputs
+    outside = int(np.count_nonzero(np.abs(summed.astype(np.float64) - centre) > reach))
+    if outside:
+        raise PrivacyError(f"secure aggregation: {outside} of {summed.size} values of the unmasked sum lie outside "
+                           f"what {num_inputs} sites' inputs allow (a masked input whose masks do not cancel); "
+                           f"the sum is not used")
 
 
 def weighted_average(

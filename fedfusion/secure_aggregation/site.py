@@ -20,18 +20,33 @@ from numpy.typing import NDArray
 from fedfusion.errors import PrivacyError
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.crypto import (
+    MASKED_INPUT,
+    MASKING_KEY_SHARE,
+    SELF_MASK_SHARE,
     bytes_to_private_key,
     bytes_to_public_key,
     decrypt,
     encrypt,
     generate_key_pair,
+    generate_signing_key,
+    is_signed,
     private_key_to_bytes,
     public_key_to_bytes,
     share_plaintext,
     shared_key,
-    split_share_plaintext,
+    sign,
+    signed_share_plaintext,
+    split_signed_share_plaintext,
+    statement,
 )
-from fedfusion.secure_aggregation.masks import SEED_BYTES, mask_vector, pairwise_seed, private_key_to_scalar
+from fedfusion.secure_aggregation.masks import (
+    SEED_BYTES,
+    mask_vector,
+    masked_input_digest,
+    pairwise_seed,
+    private_key_to_scalar,
+    seed_commitment,
+)
 from fedfusion.secure_aggregation.messages import (
     EncryptedShares,
     MaskedInput,
@@ -71,14 +86,19 @@ class SecAggSite:
         self._stage = Stage.NEW
         self._encryption_private, encryption_public = generate_key_pair()
         self._masking_private, masking_public = generate_key_pair()
+        self._signing_private, signing_public = generate_signing_key()
+        self._self_mask_seed = os.urandom(SEED_BYTES)
         self._public = PublicKeys(
             site_id, public_key_to_bytes(encryption_public), public_key_to_bytes(masking_public),
-            check_weight(weight, str(site_id)),
+            check_weight(weight, str(site_id)), signing_public,
+            seed_commitment(self._self_mask_seed, config.round_nonce),
         )
-        self._self_mask_seed = os.urandom(SEED_BYTES)
         self._peer_keys: dict[int, PublicKeys] = {}
         self._self_mask_shares: dict[int, bytes] = {}
         self._masking_key_shares: dict[int, bytes] = {}
+        self._self_mask_signatures: dict[int, bytes] = {}
+        self._masking_key_signatures: dict[int, bytes] = {}
+        self._rejected: list[int] = []
 
     def secrets(self) -> dict[str, Secret]:
         """Everything the site needs for its next stage, as plain values (private keys and seeds included)."""
@@ -90,16 +110,23 @@ class SecAggSite:
             "masking-private": private_key_to_bytes(self._masking_private),
             "encryption-public": self._public.encryption_key,
             "masking-public": self._public.masking_key,
+            "signing-private": self._signing_private,
+            "signing-public": self._public.signing_key,
+            "seed-commitment": self._public.seed_commitment,
             "weight": self._public.weight,
             "self-mask-seed": self._self_mask_seed,
             "peers": peers,
             "peer-encryption-keys": [self._peer_keys[p].encryption_key for p in peers],
             "peer-masking-keys": [self._peer_keys[p].masking_key for p in peers],
             "peer-weights": [self._peer_keys[p].weight for p in peers],
-            "self-mask-share-sites": list(self._self_mask_shares),
+            "peer-signing-keys": [self._peer_keys[p].signing_key for p in peers],
+            "peer-seed-commitments": [self._peer_keys[p].seed_commitment for p in peers],
+            "share-sites": list(self._self_mask_shares),
             "self-mask-shares": list(self._self_mask_shares.values()),
-            "masking-key-share-sites": list(self._masking_key_shares),
-            "masking-key-shares": list(self._masking_key_shares.values()),
+            "masking-key-shares": [self._masking_key_shares[p] for p in self._self_mask_shares],
+            "self-mask-signatures": [self._self_mask_signatures[p] for p in self._self_mask_shares],
+            "masking-key-signatures": [self._masking_key_signatures[p] for p in self._self_mask_shares],
+            "rejected": list(self._rejected),
         }
 
     @classmethod
@@ -121,18 +148,24 @@ class SecAggSite:
         site._stage = Stage(secrets["stage"])
         site._encryption_private = bytes_to_private_key(blob("encryption-private"))
         site._masking_private = bytes_to_private_key(blob("masking-private"))
+        site._signing_private = blob("signing-private")
         site._public = PublicKeys(
-            site.site_id, blob("encryption-public"), blob("masking-public"), cast(int, secrets["weight"])
+            site.site_id, blob("encryption-public"), blob("masking-public"), cast(int, secrets["weight"]),
+            blob("signing-public"), blob("seed-commitment"),
         )
         site._self_mask_seed = blob("self-mask-seed")
         site._peer_keys = {
-            int(p): PublicKeys(int(p), e, m, w)
-            for p, e, m, w in zip(ints("peers"), blobs("peer-encryption-keys"), blobs("peer-masking-keys"),
-                                  ints("peer-weights"), strict=False)
+            int(p): PublicKeys(int(p), e, m, w, s, c)
+            for p, e, m, w, s, c in zip(ints("peers"), blobs("peer-encryption-keys"), blobs("peer-masking-keys"),
+                                        ints("peer-weights"), blobs("peer-signing-keys"),
+                                        blobs("peer-seed-commitments"), strict=False)
         }
-        site._self_mask_shares = dict(zip(ints("self-mask-share-sites"), blobs("self-mask-shares"), strict=False))
-        site._masking_key_shares = dict(zip(ints("masking-key-share-sites"), blobs("masking-key-shares"),
-                                            strict=False))
+        holders = ints("share-sites")
+        site._self_mask_shares = dict(zip(holders, blobs("self-mask-shares"), strict=False))
+        site._masking_key_shares = dict(zip(holders, blobs("masking-key-shares"), strict=False))
+        site._self_mask_signatures = dict(zip(holders, blobs("self-mask-signatures"), strict=False))
+        site._masking_key_signatures = dict(zip(holders, blobs("masking-key-signatures"), strict=False))
+        site._rejected = ints("rejected")
         return site
 
     def _advance(self, expected: Stage, following: Stage) -> None:
@@ -167,15 +200,27 @@ class SecAggSite:
         order = sorted(all_keys)
         seed_shares = create_shares(self._self_mask_seed, self.config.threshold, len(order))
         key_shares = create_shares(private_key_to_scalar(self._masking_private), self.config.threshold, len(order))
+        binding = self.config.binding(self.announced_weight)
         ciphertexts: dict[int, bytes] = {}
         for other, seed_share, key_share in zip(order, seed_shares, key_shares, strict=True):
+            seed_signature = sign(self._signing_private,
+                                  statement(binding, SELF_MASK_SHARE, self.site_id, other, seed_share))
+            key_signature = sign(self._signing_private,
+                                 statement(binding, MASKING_KEY_SHARE, self.site_id, other, key_share))
             if other == self.site_id:
-                self._self_mask_shares[other] = seed_share
-                self._masking_key_shares[other] = key_share
+                self._keep_share(other, seed_share, key_share, seed_signature, key_signature)
                 continue
             plaintext = share_plaintext(self.site_id, other, seed_share, key_share)
-            ciphertexts[other] = encrypt(self._share_key(other), plaintext)
+            ciphertexts[other] = encrypt(self._share_key(other),
+                                         signed_share_plaintext(plaintext, seed_signature, key_signature))
         return EncryptedShares(self.site_id, ciphertexts)
+
+    def _keep_share(self, dealer: int, seed_share: bytes, key_share: bytes, seed_signature: bytes,
+                    key_signature: bytes) -> None:
+        self._self_mask_shares[dealer] = seed_share
+        self._masking_key_shares[dealer] = key_share
+        self._self_mask_signatures[dealer] = seed_signature
+        self._masking_key_signatures[dealer] = key_signature
 
     def _share_key(self, other: int) -> bytes:
         return shared_key(self._encryption_private, bytes_to_public_key(self._peer_keys[other].encryption_key))
@@ -195,7 +240,7 @@ class SecAggSite:
         self._receive_shares(ciphertexts)
         share = self._public.weight / self.announced_weight
         vector = scaled_quantized_vector(update, share, self.config, str(self.site_id))
-        return MaskedInput(self.site_id, layout_of(update), self._mask(vector, set(ciphertexts)))
+        return self._signed(layout_of(update), self._mask(vector, set(ciphertexts)))
 
     def masked_words(self, ciphertexts: Mapping[int, bytes], layout: Layout, words: NDArray[np.uint32]) -> MaskedInput:
         """Stage 3 for a vector already in the integer domain (distributed DP's noisy words): keep the shares
@@ -203,9 +248,19 @@ class SecAggSite:
         if words.dtype != np.uint32 or len(words) != vector_length(layout):
             raise PrivacyError(f"site {self.site_id}: the words to mask do not fit the update's layout")
         self._receive_shares(ciphertexts)
-        return MaskedInput(self.site_id, layout, self._mask(words.copy(), set(ciphertexts)))
+        return self._signed(layout, self._mask(words.copy(), set(ciphertexts)))
+
+    def _signed(self, layout: Layout, vector: NDArray[np.uint32]) -> MaskedInput:
+        """The masked input with this site's signature of it for this round, and its complaints."""
+        digest = masked_input_digest(layout, vector)
+        tag = sign(self._signing_private,
+                   statement(self.config.binding(self.announced_weight), MASKED_INPUT, self.site_id, digest))
+        return MaskedInput(self.site_id, layout, vector, tag, tuple(self._rejected))
 
     def _receive_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
+        """Keep each sender's shares that decrypt, are addressed from it to this site and carry its signatures for
+        this round; complain about the others (the site still pairs with every sender in its mask, so the
+        coordinator can treat a dealer complained about as a dropout and remove its pairwise masks)."""
         self._advance(Stage.SHARES_SENT, Stage.INPUT_SENT)
         senders = set(ciphertexts)
         if not senders <= set(self._peer_keys) - {self.site_id} or len(senders) + 1 < self.config.threshold:
@@ -213,16 +268,23 @@ class SecAggSite:
                 f"site {self.site_id}: shares came from {len(senders)} known sites; secure aggregation needs "
                 f"{self.config.threshold - 1} other sites that announced keys"
             )
+        binding = self.config.binding(self.announced_weight)
         for sender, ciphertext in ciphertexts.items():
             try:
-                plaintext = decrypt(self._share_key(sender), ciphertext)
-            except InvalidToken:
-                raise PrivacyError(f"site {self.site_id}: the share from site {sender} does not decrypt") from None
-            source, destination, seed_share, key_share = split_share_plaintext(plaintext)
-            if (source, destination) != (sender, self.site_id):
-                raise PrivacyError(f"site {self.site_id}: the share from site {sender} is addressed elsewhere")
-            self._self_mask_shares[sender] = seed_share
-            self._masking_key_shares[sender] = key_share
+                source, destination, seed_share, key_share, seed_signature, key_signature = (
+                    split_signed_share_plaintext(decrypt(self._share_key(sender), ciphertext)))
+            except (InvalidToken, ValueError):
+                self._rejected.append(sender)  # undecryptable or cut short: the coordinator drops the dealer
+                continue
+            signing_key = self._peer_keys[sender].signing_key
+            if ((source, destination) != (sender, self.site_id)
+                    or not is_signed(signing_key, seed_signature,
+                                     statement(binding, SELF_MASK_SHARE, sender, self.site_id, seed_share))
+                    or not is_signed(signing_key, key_signature,
+                                     statement(binding, MASKING_KEY_SHARE, sender, self.site_id, key_share))):
+                self._rejected.append(sender)
+                continue
+            self._keep_share(sender, seed_share, key_share, seed_signature, key_signature)
 
     def _mask(self, vector: NDArray[np.uint32], senders: set[int]) -> NDArray[np.uint32]:
         """``vector`` plus the self mask plus (or minus) the pairwise mask with each of ``senders``, in place."""
@@ -242,7 +304,7 @@ class SecAggSite:
         """Stage 4: reveal survivors' self-mask seed shares and dropouts' masking-key shares, never both for one site.
 
         Answered once per round, only if this site is a survivor, at least `threshold` sites survived, and every
-        named site shared its keys with this site.
+        named site shared its keys with this site; a site whose share did not verify here is left out of the answer.
         """
         self._advance(Stage.INPUT_SENT, Stage.UNMASKED)
         survivors, dropouts = set(request.survivors), set(request.dropouts)
@@ -253,15 +315,20 @@ class SecAggSite:
                 f"site {self.site_id}: the unmask request names sites {sorted(survivors & dropouts)} both as "
                 f"survivor and as dropout; answering would reveal both of their masks"
             )
-        if self.site_id not in survivors or not (survivors | dropouts) <= set(self._self_mask_shares):
+        if self.site_id not in survivors or not (survivors | dropouts) <= set(self._self_mask_shares) | set(
+                self._rejected):
             raise PrivacyError(f"site {self.site_id}: the unmask request names sites that did not share keys here")
         if len(survivors) < self.config.threshold:
             raise PrivacyError(
                 f"site {self.site_id}: only {len(survivors)} sites survived, fewer than the threshold "
                 f"{self.config.threshold}; nothing is unmasked"
             )
+        kept_survivors = sorted(survivors & set(self._self_mask_shares))
+        kept_dropouts = sorted(dropouts & set(self._masking_key_shares))
         return UnmaskShares(
             self.site_id,
-            {site: self._self_mask_shares[site] for site in sorted(survivors)},
-            {site: self._masking_key_shares[site] for site in sorted(dropouts)},
+            {site: self._self_mask_shares[site] for site in kept_survivors},
+            {site: self._masking_key_shares[site] for site in kept_dropouts},
+            {site: self._self_mask_signatures[site] for site in kept_survivors},
+            {site: self._masking_key_signatures[site] for site in kept_dropouts},
         )

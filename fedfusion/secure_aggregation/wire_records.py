@@ -6,15 +6,19 @@ Site ids are the 1-based positions the coordinator gave the round's sites, not F
 fit a signed 64-bit record value). A record that cannot be read (wrong stage, missing key, wrong type) raises
 ``ProtocolError``: it came from the other side, malformed.
 
-    train message   "secagg": {stage="train", site-id, num-sites, threshold, clipping-range, quantization-range}
-    train reply     "secagg": {stage="keys", site-id, encryption-key, masking-key, weight}
-    query.secagg    "secagg": {stage="share-keys", sites, encryption-keys, masking-keys, weights}
+    train message   "secagg": {stage="train", site-id, num-sites, threshold, clipping-range, quantization-range,
+                               round-nonce}
+    train reply     "secagg": {stage="keys", site-id, encryption-key, masking-key, weight, signing-key,
+                               seed-commitment}
+    query.secagg    "secagg": {stage="share-keys", sites, encryption-keys, masking-keys, weights, signing-keys,
+                               seed-commitments}
       reply         "secagg": {stage="share-keys", site-id, recipients, ciphertexts}
     query.secagg    "secagg": {stage="masked-input", senders, ciphertexts}
-      reply         "secagg": {stage="masked-input", site-id, layout}   + "masked": {"vector": uint64}
+      reply         "secagg": {stage="masked-input", site-id, layout, tag, complaints}
+                    + "masked": {"vector": uint32}
     query.secagg    "secagg": {stage="unmask", survivors, dropouts}
-      reply         "secagg": {stage="unmask", site-id, self-mask-sites, self-mask-shares, masking-key-sites,
-                               masking-key-shares}
+      reply         "secagg": {stage="unmask", site-id, self-mask-sites, self-mask-shares, self-mask-signatures,
+                               masking-key-sites, masking-key-shares, masking-key-signatures}
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from fedfusion.secure_aggregation.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from fedfusion.secure_aggregation.quantize import layout_json
 
 Value = TypeVar("Value")
 
@@ -115,10 +120,10 @@ def _record(content: RecordDict, stage: str) -> ConfigRecord:
     return record
 
 
-def config_values(config: SecAggConfig) -> dict[str, int | float]:
+def config_values(config: SecAggConfig) -> dict[str, int | float | bytes]:
     """The SecAgg numbers as record values (read back by `config_from`)."""
     return {"num-sites": config.num_sites, "threshold": config.threshold, "clipping-range": config.clipping_range,
-            "quantization-range": config.quantization_range}
+            "quantization-range": config.quantization_range, "round-nonce": config.round_nonce}
 
 
 def train_request(config: SecAggConfig, site_id: int) -> ConfigRecord:
@@ -130,7 +135,8 @@ def config_from(record: ConfigRecord) -> SecAggConfig:
     """The SecAgg numbers of `config_values` in a record (a train request, a site's kept state), validated."""
     return SecAggConfig(num_sites=_int(record, "num-sites"), threshold=_int(record, "threshold"),
                         clipping_range=_number(record, "clipping-range"),
-                        quantization_range=_int(record, "quantization-range"))
+                        quantization_range=_int(record, "quantization-range"),
+                        round_nonce=_bytes(record, "round-nonce"))
 
 
 def read_train_request(content: RecordDict) -> tuple[SecAggConfig, int]:
@@ -142,14 +148,15 @@ def read_train_request(content: RecordDict) -> tuple[SecAggConfig, int]:
 def public_keys_record(keys: PublicKeys) -> ConfigRecord:
     """Stage 1 reply."""
     return ConfigRecord({"stage": STAGE_KEYS, "site-id": keys.site_id, "encryption-key": keys.encryption_key,
-                         "masking-key": keys.masking_key, "weight": keys.weight})
+                         "masking-key": keys.masking_key, "weight": keys.weight, "signing-key": keys.signing_key,
+                         "seed-commitment": keys.seed_commitment})
 
 
 def read_public_keys(content: RecordDict) -> PublicKeys:
     """Stage 1 reply, read by the coordinator."""
     record = _record(content, STAGE_KEYS)
     return PublicKeys(_int(record, "site-id"), _bytes(record, "encryption-key"), _bytes(record, "masking-key"),
-                      _int(record, "weight"))
+                      _int(record, "weight"), _bytes(record, "signing-key"), _bytes(record, "seed-commitment"))
 
 
 def share_keys_request(keys: Mapping[int, PublicKeys]) -> ConfigRecord:
@@ -158,7 +165,9 @@ def share_keys_request(keys: Mapping[int, PublicKeys]) -> ConfigRecord:
     return ConfigRecord({"stage": STAGE_SHARE_KEYS, "sites": sites,
                          "encryption-keys": [keys[s].encryption_key for s in sites],
                          "masking-keys": [keys[s].masking_key for s in sites],
-                         "weights": [keys[s].weight for s in sites]})
+                         "weights": [keys[s].weight for s in sites],
+                         "signing-keys": [keys[s].signing_key for s in sites],
+                         "seed-commitments": [keys[s].seed_commitment for s in sites]})
 
 
 def read_share_keys_request(content: RecordDict) -> dict[int, PublicKeys]:
@@ -167,7 +176,10 @@ def read_share_keys_request(content: RecordDict) -> dict[int, PublicKeys]:
     encryption = _paired(record, "sites", "encryption-keys", _bytes_list)
     masking = _paired(record, "sites", "masking-keys", _bytes_list)
     weights = _paired(record, "sites", "weights", _ints)
-    return {site: PublicKeys(site, encryption[site], masking[site], weights[site]) for site in encryption}
+    signing = _paired(record, "sites", "signing-keys", _bytes_list)
+    commitments = _paired(record, "sites", "seed-commitments", _bytes_list)
+    return {site: PublicKeys(site, encryption[site], masking[site], weights[site], signing[site], commitments[site])
+            for site in encryption}
 
 
 def encrypted_shares_record(shares: EncryptedShares) -> ConfigRecord:
@@ -200,7 +212,8 @@ def masked_input_content(masked: MaskedInput) -> RecordDict:
     """Stage 3 reply: the masked vector and the names and shapes it stands for."""
     return RecordDict({
         SECAGG_RECORD: ConfigRecord({"stage": STAGE_MASKED_INPUT, "site-id": masked.site_id,
-                                     "layout": json.dumps([[n, list(s)] for n, s in masked.layout])}),
+                                     "layout": layout_json(masked.layout), "tag": masked.tag,
+                                     "complaints": list(masked.complaints)}),
         MASKED_RECORD: ArrayRecord({"vector": Array(masked.vector)}),
     })
 
@@ -213,7 +226,8 @@ def read_masked_input(content: RecordDict) -> MaskedInput:
         vector = content.array_records[MASKED_RECORD]["vector"].numpy()
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"secure aggregation: unreadable masked input ({type(exc).__name__}: {exc})") from exc
-    return MaskedInput(_int(record, "site-id"), layout, np.asarray(vector))
+    return MaskedInput(_int(record, "site-id"), layout, np.asarray(vector), _bytes(record, "tag"),
+                       tuple(_ints(record, "complaints")))
 
 
 def unmask_request(request: UnmaskRequest) -> ConfigRecord:
@@ -230,11 +244,13 @@ def read_unmask_request(content: RecordDict) -> UnmaskRequest:
 
 def unmask_shares_record(shares: UnmaskShares) -> ConfigRecord:
     """Stage 4 reply: shares of survivors' self-mask seeds and of dropouts' masking keys."""
+    survivors, dropouts = list(shares.self_mask_shares), list(shares.masking_key_shares)
     return ConfigRecord({
         "stage": STAGE_UNMASK, "site-id": shares.site_id,
-        "self-mask-sites": list(shares.self_mask_shares), "self-mask-shares": list(shares.self_mask_shares.values()),
-        "masking-key-sites": list(shares.masking_key_shares),
-        "masking-key-shares": list(shares.masking_key_shares.values()),
+        "self-mask-sites": survivors, "self-mask-shares": [shares.self_mask_shares[s] for s in survivors],
+        "self-mask-signatures": [shares.self_mask_signatures[s] for s in survivors],
+        "masking-key-sites": dropouts, "masking-key-shares": [shares.masking_key_shares[s] for s in dropouts],
+        "masking-key-signatures": [shares.masking_key_signatures[s] for s in dropouts],
     })
 
 
@@ -243,4 +259,6 @@ def read_unmask_shares(content: RecordDict) -> UnmaskShares:
     record = _record(content, STAGE_UNMASK)
     return UnmaskShares(_int(record, "site-id"),
                         _paired(record, "self-mask-sites", "self-mask-shares", _bytes_list),
-                        _paired(record, "masking-key-sites", "masking-key-shares", _bytes_list))
+                        _paired(record, "masking-key-sites", "masking-key-shares", _bytes_list),
+                        _paired(record, "self-mask-sites", "self-mask-signatures", _bytes_list),
+                        _paired(record, "masking-key-sites", "masking-key-signatures", _bytes_list))

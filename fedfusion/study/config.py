@@ -144,8 +144,8 @@ class StudyConfig:
     # ---- what the coordinator accepts from a site, and how it combines plain updates --------------
     # (coordinator/reply_validation.py, coordinator/robust_aggregation.py; docs/THREAT_MODEL.md "A hostile site")
     max_site_patients: int = 100_000
-    """The largest patient count (``num-examples``) a site may declare in a reply; a reply outside [1, this] is
-    rejected (it would otherwise buy the site any weight it likes in the patient-weighted mean)."""
+    """The largest patient count (``num-examples``, and the secure-aggregation weight) a site may declare; a reply
+    outside [1, this] is rejected and named (it would otherwise buy the site any weight it likes in the mean)."""
     max_update_norm: float = 1000.0
     """The largest L2 norm of a plain train reply's update (trained minus global weights, all arrays together); a
     reply beyond it is rejected like a dropout. Honest updates measured far below: about 7 at the default recipe

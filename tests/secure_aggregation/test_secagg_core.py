@@ -261,7 +261,9 @@ def test_bad_weight_share_or_non_finite_update_is_refused(weight: object) -> Non
 
 
 def test_sites_told_different_key_lists_get_masks_that_do_not_cancel() -> None:
-    """A coordinator that inflates site 3's weight for site 1 only (to shrink site 1's share) unmasks noise."""
+    """A coordinator that inflates site 3's weight for site 1 only (to shrink site 1's share) unmasks nothing: site 1
+    signs its shares and masked input under another round binding, so the others reject its shares and its input
+    is not accepted; without their shares of its masking key its pairwise masks cannot be removed."""
     config = SecAggConfig(num_sites=3, threshold=2, clipping_range=1.0)
     updates = make_updates(3, scale=0.05, seed=6)
     sites = {i: SecAggSite(i, config, w) for i, w in zip((1, 2, 3), (10, 20, 30), strict=True)}
@@ -272,9 +274,9 @@ def test_sites_told_different_key_lists_get_masks_that_do_not_cancel() -> None:
     routed = server.route_shares(shares)
     masked = [sites[i].masked_input(routed[i], updates[i - 1]) for i in sites]
     request = server.collect_masked_inputs(masked)
-    result = server.aggregate([sites[i].unmask(request) for i in sites])
-    error = max_error(result, plain_average(updates, [10, 20, 30], 1.0))
-    assert error > 0.5, f"forged round unmasked to within {error:.3g} of the true average"
+    assert request.survivors == (2, 3) and "not signed for this round" in server.rejected[1]
+    with pytest.raises(PrivacyError, match="0 shares for site 1, fewer than the threshold"):
+        server.aggregate([sites[i].unmask(request) for i in request.survivors])
 
 
 def test_shares_are_flowers_format() -> None:

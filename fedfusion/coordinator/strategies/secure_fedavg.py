@@ -10,6 +10,11 @@ what plain patient-weighted FedAvg of the same sites would give, within half a q
 Server-side optimizers therefore compose with secure aggregation by construction: they never need more than the
 securely aggregated mean.
 
+Every secure answer is checked before it counts (``secure_stages.RoundChecks``): a site announcing a weight above
+the study's ``max-site-patients``, sending masked words that are not the global model's uint32 vector, a masked
+input of an earlier round, an altered share or an unreadable stage message is dropped like a dropout and named in
+the log; the round's metrics count them (``secure-aggregation-rejected``).
+
 If too few sites stay (fewer than the threshold at any stage), the round fails safely: nothing is unmasked, the
 failure is logged, and the global model stays as it was for the next round (its sites' privacy spend for the
 round stays charged). Per-site metrics still reach the reply listener; the round's train metrics cover the sites
@@ -35,7 +40,7 @@ from numpy.typing import NDArray
 
 from fedfusion.coordinator.reply_validation import ReplyLimits
 from fedfusion.coordinator.robust_aggregation import RobustAggregation
-from fedfusion.coordinator.secure_stages import secure_round
+from fedfusion.coordinator.secure_stages import RoundChecks, secure_round
 from fedfusion.coordinator.server_optimizer import ServerOptimizer
 from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
     PatientWeightedFedAvg,
@@ -46,7 +51,7 @@ from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.privacy.distributed_noise import distributed_noise
-from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_SITES_KEY
+from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_REJECTED_KEY, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
 from fedfusion.secure_aggregation.integer_noise import DistributedNoise
 from fedfusion.secure_aggregation.wire_records import train_request
@@ -124,6 +129,8 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         self._grid: Grid | None = None
         self._stage_timeout = stage_timeout
         self.distributed = distributed
+        self._seen_inputs: set[bytes] = set()
+        """Digests of every masked input of this study so far (a replay in a later round is named)."""
         self._round: tuple[SecAggConfig, dict[int, int], ArrayRecord] | None = None
 
     def configure_train(
@@ -178,9 +185,17 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         if self._grid is None:
             raise RuntimeError("secure aggregation needs configure_train to run before aggregate_train")
         noise = None if self.distributed is None else self.distributed.noise
+        site_of_node = {node: site for site, node in node_of_site.items()}
+        checks = RoundChecks(
+            max_weight=self.reply_limits.max_patients,
+            layout=tuple((name, tuple(int(d) for d in array.shape)) for name, array in global_arrays.items()),
+            seen_inputs=self._seen_inputs,
+            site_names={site_of_node[m.metadata.src_node_id]: self._site_names.name(m) for m in replies
+                        if m.metadata.src_node_id in site_of_node},
+        )
         try:
             average = secure_round(self._grid, server_round, secagg, node_of_site, replies, self._stage_timeout,
-                                   noise)
+                                   checks, noise)
         except PrivacyError as exc:
             self._not_aggregated(server_round, f"secure aggregation failed safely ({exc})")
             return None, None
@@ -191,6 +206,7 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
         included = [m.content for m in replies if not m.has_error() and m.metadata.src_node_id in nodes]
         metrics = self.train_metrics_aggr_fn(included, self.weighted_by_key)
         metrics[SECURE_AGGREGATION_SITES_KEY] = len(average.sites)
+        metrics[SECURE_AGGREGATION_REJECTED_KEY] = len(average.rejected)
         if self._on_round_aggregated:
             self._on_round_aggregated(server_round, "train", scalar_metrics(metrics))
         return arrays, metrics
