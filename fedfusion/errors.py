@@ -26,6 +26,10 @@ class SlideError(DataError):
     """A whole-slide image cannot be opened or holds no usable tissue."""
 
 
+class VolumeError(DataError):
+    """A radiology volume (DICOM series or NIfTI file) or its mask cannot be read or does not fit the study."""
+
+
 class FeaturesNotPreparedError(DataError):
     """Slides of a site have no tile features in its feature cache: ``fedfusion site prepare`` was not run.
 
@@ -33,11 +37,11 @@ class FeaturesNotPreparedError(DataError):
     names the site, how many slides lack features, one of them and the exact command that prepares them.
     """
 
-    def __init__(self, site: str, slides: list[Path], command: str) -> None:
+    def __init__(self, site: str, slides: list[Path], command: str, kind: str = "slides") -> None:
         self.site = site
         self.slides = list(slides)
         self.command = command
-        super().__init__(f"site {site}: features not prepared for {len(self.slides)} slides (e.g. {self.slides[0]}): "
+        super().__init__(f"site {site}: features not prepared for {len(self.slides)} {kind} (e.g. {self.slides[0]}): "
                          f"run {command}")
 
 

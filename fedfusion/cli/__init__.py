@@ -67,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--patients", type=_int_list, default=None,
                        help="patients per site, comma-separated (default: differing sizes per site)")
+    synth.add_argument("--radiology", action="store_true",
+                       help="a radiogenomic cohort: a CT scan (DICOM series + NIfTI tumour mask) per patient instead "
+                            "of a slide, and the radiology + omics + clinical study schema")
     synth.set_defaults(handler=_synth)
 
     simulate = commands.add_parser(
@@ -128,7 +131,7 @@ def _synth(args: argparse.Namespace) -> int:
     from fedfusion.data.synthetic import generate_cohort
 
     path = generate_cohort(args.out, num_sites=args.sites, seed=args.seed, patients_per_site=args.patients,
-                           progress=print)
+                           progress=print, radiology=args.radiology)
     print(f"cohort ready: {path}")
     return 0
 

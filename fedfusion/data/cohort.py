@@ -17,6 +17,7 @@ import numpy.typing as npt
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.radiology.prepared_volumes import read_prepared_volumes
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.prepared_features import read_prepared_features
 from fedfusion.data.slides.tile_encoder import get_tile_encoder
@@ -60,6 +61,12 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
                                                        fallback_mpp=fallback_mpp, skip_bad=skip_bad,
                                                        encoder_file=encoder_file)
         notes.extend(slide_notes)
+    radiology: dict[str, npt.NDArray[np.float32]] = {}
+    if "radiology" in schema.modalities and schema.radiology is not None:
+        volume_cache = FeatureCache(cache_dir if cache_dir is not None else site_dir / CACHE_DIRNAME, read_only=True)
+        radiology, volume_notes = read_prepared_volumes(site_dir, entries, schema.radiology, volume_cache,
+                                                        skip_bad=skip_bad)
+        notes.extend(volume_notes)
 
     splits: dict[str, list[PatientRecord]] = {split: [] for split in SPLITS}
     for entry in entries:
@@ -71,7 +78,7 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
             omics=tuple(tables.layers[layer.name].sample_vector(entry.samples[layer.name], entry.patient_id)
                         if layer.name in entry.samples and layer.name in tables.layers else None
                         for layer in schema.omics),
-            clinical=row.covariates, labels=row.labels)
+            clinical=row.covariates, labels=row.labels, radiology=radiology.get(entry.patient_id))
         split = row.split or ("test" if is_test_patient(entry.patient_id, study.seed, study.test_fraction)
                               else "train")
         splits[split].append(record)
@@ -91,6 +98,8 @@ def _summary(cohort: SiteCohort, schema: StudySchema, split_rule: str) -> str:
              + (f", {len(cohort.validation)} validation" if cohort.validation else "") + f"; {split_rule})"]
     if "wsi" in schema.modalities:
         parts.append(f"{sum(1 for r in patients if r.tile_features is None)} without slide features")
+    if "radiology" in schema.modalities:
+        parts.append(f"{sum(1 for r in patients if r.radiology is None)} without radiology")
     for index, layer in enumerate(schema.omics):
         parts.append(f"{sum(1 for r in patients if r.omics[index] is None)} without {layer.name}")
     return "; ".join(parts)

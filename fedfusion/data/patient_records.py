@@ -63,6 +63,9 @@ class PatientRecord:
     """``[schema.clinical_dim]`` float32 covariates encoded with study-fixed constants."""
     labels: tuple[Label, ...]
     """One label per schema task, in schema order."""
+    radiology: npt.NDArray[np.float32] | None = None
+    """``[schema.radiology_dim]`` float32 scaled radiomics features (mean over the patient's volumes), None without a
+    usable volume or when the study fuses no radiology."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ warnings, as they would be when training with ``skip-bad``. Each slide is read u
 (``slide_limits``: implausible sizes are refused before reading; dark-background slides are refused by
 ``tiling``). A site with too few patients to train (``MIN_TRAIN_PATIENTS``) is an error, one with too few held-out
 patients for an evaluation reply (``MIN_EVAL_PATIENTS``) a warning.
+
+A study that fuses radiology also gets every volume and its mask read the way ``site prepare`` does (series checks,
+mask alignment, the study's crop and features): each unusable one is a one-line finding naming its patient and file.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.radiology.prepare import compute_volume, volume_owners
 from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import probe_slide
 from fedfusion.data.slides.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
 from fedfusion.data.tables.site_tables import SiteTables, read_site_tables
-from fedfusion.errors import SlideError
+from fedfusion.errors import SlideError, VolumeError
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.schema import StudySchema
+from fedfusion.study.schema import RadiologySpec, StudySchema
 
 SKIPPED = "skipped with --skip-bad (patient kept without this slide)"
 MIN_TRAIN_PATIENTS = 2
@@ -73,7 +77,8 @@ class SiteCheck:
 def site_inputs(schema: StudySchema) -> tuple[str, ...]:
     """The inputs a site check counts per patient: slides (when the study fuses them), each omics layer, clinical."""
     slides = ("slides",) if "wsi" in schema.modalities else ()
-    return (*slides, *(layer.name for layer in schema.omics), "clinical")
+    radiology = ("radiology",) if "radiology" in schema.modalities else ()
+    return (*slides, *(layer.name for layer in schema.omics), "clinical", *radiology)
 
 
 def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None = None, *,
@@ -100,6 +105,9 @@ def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None =
     lacking.update({layer.name: [e.patient_id for e in tables.entries if layer.name not in e.samples]
                     for layer in schema.omics})
     lacking["clinical"] = [e.patient_id for e in tables.entries if e.patient_id not in tables.clinical]
+    if "radiology" in schema.modalities and schema.radiology is not None:
+        lacking["radiology"] = [e.patient_id for e in tables.entries if not e.volumes]
+        _check_volumes(tables, schema.radiology, findings, skip_bad)
     if not findings.errors:
         _check_patient_counts(f"site {site_dir.name}", tables, findings)
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)
@@ -150,3 +158,17 @@ def _check_slides(tables: SiteTables, fallback_mpp: float | None, params: Tiling
                 else:
                     findings.error(f"patient {entry.patient_id}", str(error))
     return checked, unreadable
+
+
+def _check_volumes(tables: SiteTables, spec: RadiologySpec, findings: Findings, skip_bad: bool) -> None:
+    """Read every (volume, mask) of the manifest once as ``site prepare`` would; record each unusable one under its
+    patient (a warning with ``skip_bad``: the patient is kept, radiology masked)."""
+    for (volume, mask), patient in volume_owners(tables.entries).items():
+        try:
+            compute_volume(volume, mask, spec)
+        except VolumeError as error:
+            if skip_bad:
+                findings.warning(f"patient {patient}", f"{error}; skipped with --skip-bad (patient kept without "
+                                                       "this volume)")
+            else:
+                findings.error(f"patient {patient}", str(error))

@@ -3,7 +3,8 @@
 Inputs are one patient per row (the privacy unit): tile features ``[B, K, F]`` with a tile mask ``[B, K]``,
 omics ``[B, G]`` (``StudyConfig.omics_input_dim``: RNA-seq panel, copy-number panel and per-layer present flags,
 concatenated into one genomic input as in Pathomic Fusion), the modality-present mask ``[B, 3]`` (columns in
-``fedfusion.study.config.MODALITIES`` order), clinical covariates ``[B, C]``. Only the study's modalities get an
+``fedfusion.study.schema.MODALITIES`` order), clinical covariates ``[B, C]``, radiomics features ``[B, R]``
+(``schema.radiology_dim``; a small SNN branch like the clinical one). Only the study's modalities get an
 encoder, so single-modality baselines are this same class built with ``modalities = "wsi"`` or ``"omics"``.
 """
 
@@ -26,7 +27,8 @@ class MultimodalFusionModel(nn.Module):
     """Encodes each modality, fuses them per ``fusion`` and predicts one output per task (``head_sizes``)."""
 
     def __init__(self, *, modalities: tuple[str, ...], tile_feature_dim: int, omics_dim: int, clinical_dim: int,
-                 hidden_dim: int, fusion: str, head_sizes: tuple[int, ...], dropout: float) -> None:
+                 hidden_dim: int, fusion: str, head_sizes: tuple[int, ...], dropout: float,
+                 radiology_dim: int = 0) -> None:
         super().__init__()
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.modality_columns = [MODALITIES.index(m) for m in self.modalities]
@@ -34,15 +36,18 @@ class MultimodalFusionModel(nn.Module):
             "wsi": lambda: GatedAttentionMIL(tile_feature_dim, hidden_dim, dropout),
             "omics": lambda: SelfNormalizingNetwork(omics_dim, hidden_dim, dropout),
             "clinical": lambda: SelfNormalizingNetwork(clinical_dim, hidden_dim, dropout, depth=1),
+            "radiology": lambda: SelfNormalizingNetwork(radiology_dim, hidden_dim, dropout, depth=1),
         }
         self.encoders = nn.ModuleDict({m: encoders[m]() for m in self.modalities})
         self.fusion = build_fusion(fusion, len(self.modalities), hidden_dim, hidden_dim, dropout)
         self.heads = nn.ModuleList([nn.Linear(hidden_dim, size) for size in head_sizes])
 
     def forward(self, tiles: torch.Tensor, tile_mask: torch.Tensor, omics: torch.Tensor,
-                modality_mask: torch.Tensor, clinical: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                modality_mask: torch.Tensor, clinical: torch.Tensor,
+                radiology: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """One output per task, in schema order: hazard logits ``[B, time bins]`` or class logits ``[B, classes]``."""
-        inputs = {"wsi": (tiles, tile_mask), "omics": (omics,), "clinical": (clinical,)}
+        inputs = {"wsi": (tiles, tile_mask), "omics": (omics,), "clinical": (clinical,),
+                  "radiology": (radiology if radiology is not None else clinical.new_zeros(clinical.shape[0], 0),)}
         embeddings = [self.encoders[m](*inputs[m]) for m in self.modalities]
         fused = self.fusion(embeddings, modality_mask[:, self.modality_columns])
         return tuple(head(fused) for head in self.heads)
@@ -66,9 +71,10 @@ def _construct(study: StudyConfig) -> StudyModel:
     if study.model == "linear":
         return LinearSurvivalModel(modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
                                    omics_dim=study.spec.omics_input_dim, clinical_dim=study.spec.clinical_dim,
-                                   tasks=study.tasks)
+                                   tasks=study.tasks, radiology_dim=study.spec.radiology_dim)
     return MultimodalFusionModel(
         modalities=tuple(study.modality_set), tile_feature_dim=study.tile_feature_dim,
         omics_dim=study.spec.omics_input_dim, clinical_dim=study.spec.clinical_dim, hidden_dim=study.hidden_dim,
         fusion=study.fusion, head_sizes=tuple(task.num_outputs for task in study.tasks), dropout=study.dropout,
+        radiology_dim=study.spec.radiology_dim,
     )

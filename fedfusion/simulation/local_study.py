@@ -1,7 +1,8 @@
 """``fedfusion simulate``: a whole study on one machine, from cohort files to a results folder.
 
 Steps: classify the cohort folder (``cohort_folder``: a new or empty one gets a synthetic cohort, an existing one is
-only read); prepare each site's slide features (``fedfusion site prepare``'s step, into the site's feature cache)
+only read); prepare each site's slide features and, when the study fuses radiology, its volumes' radiomics features
+(``fedfusion site prepare``'s steps, into the site's feature cache)
 and load each site once, so the simulated sites only read caches; list the held-out patients per site
 (``<results>/held-out/<site>.csv``: simulation only, a deployed site's patient ids never leave it); write each
 simulated site's privacy policy (it follows the study); run the Flower app in Flower's simulation engine once per
@@ -34,8 +35,9 @@ from fedfusion.coordinator.run_recorder import MODEL_FILE, TRAINING_FILE, Traini
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import CohortSite, read_oracle
 from fedfusion.data.patient_records import SiteCohort
+from fedfusion.data.radiology.prepare import prepare_volume_features
 from fedfusion.data.slides.prepare import prepare_slide_features
-from fedfusion.errors import ConfigError
+from fedfusion.errors import ConfigError, DataError
 from fedfusion.simulation.baselines import BaselineReport, federated_report, run_baselines, training_seeds
 from fedfusion.simulation.cohort_folder import SimulationCohort, SiteChoice, open_cohort, plan_cohort
 from fedfusion.simulation.flower_engine import run_in_simulation_engine
@@ -163,6 +165,11 @@ def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
             summary = prepare_slide_features(site.site_dir, study, device=device, workers=os.cpu_count() or 1,
                                              progress=emit)
             emit(summary.describe())
+        if "radiology" in study.modality_set:
+            volumes = prepare_volume_features(site.site_dir, study, progress=emit)
+            emit(volumes.describe())
+            if not volumes.ok:
+                raise DataError(volumes.report())
         cohorts.append(_load_site(study, site, emit))
     return cohorts
 

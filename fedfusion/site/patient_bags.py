@@ -24,7 +24,8 @@ from fedfusion.study.schema import MODALITIES
 
 PatientItem = tuple[torch.Tensor, ...]
 """One patient: tiles ``[K, F]``, tile_mask ``[K]``, omics ``[G]`` (``genomic_input``), modality_mask ``[3]``,
-clinical ``[C]``, targets ``[tasks, 2]`` (``task_targets``)."""
+clinical ``[C]``, targets ``[tasks, 2]`` (``task_targets``), radiology ``[R]`` (``schema.radiology_dim``; zeros when
+the patient has no usable volume, its modality flag 0)."""
 
 
 class PatientBatch(NamedTuple):
@@ -36,10 +37,11 @@ class PatientBatch(NamedTuple):
     modality_mask: torch.Tensor
     clinical: torch.Tensor
     targets: torch.Tensor
+    radiology: torch.Tensor
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
         """The positional inputs of ``MultimodalFusionModel.forward``."""
-        return self.tiles, self.tile_mask, self.omics, self.modality_mask, self.clinical
+        return self.tiles, self.tile_mask, self.omics, self.modality_mask, self.clinical, self.radiology
 
     def to(self, device: torch.device) -> PatientBatch:
         """The same batch on ``device``."""
@@ -90,7 +92,10 @@ def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: i
     tile_mask[: len(tiles)] = True
     clinical_present = bool(np.all(np.isfinite(record.clinical)))
     omics_present = any(values is not None for values in record.omics)
-    present = {"wsi": len(tiles) > 0, "omics": omics_present, "clinical": clinical_present}
+    present = {"wsi": len(tiles) > 0, "omics": omics_present, "clinical": clinical_present,
+               "radiology": record.radiology is not None}
+    radiology = (np.zeros(study.spec.radiology_dim, dtype=np.float32) if record.radiology is None
+                 else np.asarray(record.radiology, dtype=np.float32))
     return (
         torch.from_numpy(padded),
         tile_mask,
@@ -98,6 +103,7 @@ def patient_item(record: PatientRecord, tiles: npt.NDArray[np.float32], slots: i
         torch.tensor([float(present[m]) for m in MODALITIES]),
         torch.as_tensor(np.nan_to_num(record.clinical, nan=0.0), dtype=torch.float32),
         targets,
+        torch.from_numpy(radiology),
     )
 
 
@@ -134,7 +140,8 @@ def check_record(record: PatientRecord, study: StudyConfig) -> None:
         raise DataError(f"patient '{record.patient_id}': {len(record.omics)} omics layers and {len(record.labels)} "
                         f"labels, the study declares {len(schema.omics)} and {len(schema.tasks)}")
     expected = [("tile_features", record.tile_features, 2, study.tile_feature_dim),
-                ("clinical", record.clinical, 1, schema.clinical_dim)]
+                ("clinical", record.clinical, 1, schema.clinical_dim),
+                ("radiology", record.radiology, 1, schema.radiology_dim)]
     expected += [(f"omics layer {layer.name}", values, 1, layer.width)
                  for values, layer in zip(record.omics, schema.omics, strict=True)]
     for name, array, ndim, width in expected:

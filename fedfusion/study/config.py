@@ -36,6 +36,8 @@ RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 
 SYNTHETIC_SCHEMA_FILE = Path(__file__).with_name("synthetic_schema.toml")
 """The synthetic cohort's schema: the worked example, and a study's schema when it names none."""
+RADIOGENOMICS_SCHEMA_FILE = Path(__file__).with_name("radiogenomics_schema.toml")
+"""The radiogenomic synthetic cohort's schema (``fedfusion synth --radiology``): CT radiomics + omics + clinical."""
 
 
 @cache

@@ -14,7 +14,11 @@ example; docs/SITE_DATA.md documents every key). It declares
   ``binary`` (label column, the values meaning positive and negative);
 - ``[[omics]]``: any number of omics layers, each with its own gene panel (inline, or a file beside the schema),
   units (``tpm``, ``counts``, ``log2``, ``normalized``, ``binary``, ``log2-ratio``), the manifest column naming a
-  patient's sample and the default table file name at a site.
+  patient's sample and the default table file name at a site;
+- ``[radiology]``: the radiology modality (``fedfusion.data.radiology``): the scan modality (``CT``, ``MR``,
+  ``PT``), the target voxel spacing, the crop (around the tumour mask, or the whole volume), the intensity
+  normalisation (CT: a fixed Hounsfield window; MR/PT: per-volume z-score) and the study-fixed radiomics feature
+  list, each feature with its own fixed centre and scale.
 
 Everything that shapes the model is fixed here (input sizes, normalisation constants, time bins), never computed
 from a site's patients, so it stays outside the privacy accounting. The schema travels inside the study's run
@@ -36,7 +40,7 @@ from typing import Any
 
 from fedfusion.errors import ConfigError
 
-MODALITIES = ("wsi", "omics", "clinical")
+MODALITIES = ("wsi", "omics", "clinical", "radiology")
 """Model branches, in the order of the model's modality mask."""
 COVARIATE_TYPES = ("numeric", "categorical", "binary")
 MISSING_RULES = ("refuse", "indicator")
@@ -48,6 +52,16 @@ sample; ``log2``: already logged, z-scored within the sample; ``normalized``: us
 given (mutation calls); ``log2-ratio``: copy-number log2 ratios, clipped to [-2, 2] and divided by 0.5."""
 SPLITS = ("train", "test", "validation")
 DAYS_PER_UNIT = {"days": 1.0, "months": 365.25 / 12, "years": 365.25}
+SCAN_MODALITIES = ("CT", "MR", "PT")
+"""DICOM Modality values a radiology study may declare."""
+RADIOLOGY_CROPS = ("mask", "volume")
+RADIOMICS_FEATURES = (
+    "shape:volume-ml", "shape:equivalent-radius-mm", "shape:surface-mm2", "shape:elongation", "shape:flatness",
+    "shape:roundness", "intensity:mean", "intensity:sd", "intensity:median", "intensity:skewness",
+    "intensity:kurtosis", "intensity:minimum", "intensity:maximum", "texture:gradient-mean", "texture:local-sd-mean",
+    "texture:log-mean", "texture:log-sd",
+)
+"""Radiomics features a study may list (computed by ``fedfusion.data.radiology.radiomics`` with SimpleITK)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,47 @@ class OmicsLayer:
 
 
 @dataclass(frozen=True)
+class RadiomicsFeature:
+    """One radiomics feature of the study's list and its study-fixed scaling."""
+
+    name: str
+    """One of ``RADIOMICS_FEATURES``."""
+    center: float = 0.0
+    scale: float = 1.0
+    """Model input = (value - center) / scale (after the optional log)."""
+    log: bool = False
+    """Use log(value + 1) (values must be >= 0)."""
+
+
+@dataclass(frozen=True)
+class RadiologySpec:
+    """The study's radiology modality: which scans, their geometry and intensity rules, the feature list."""
+
+    modality: str
+    """``CT``, ``MR`` or ``PT``: every series must carry this DICOM Modality."""
+    spacing: tuple[float, float, float]
+    """Target voxel spacing in mm (x, y, z): every volume is resampled to it."""
+    features: tuple[RadiomicsFeature, ...]
+    crop: str = "mask"
+    """``mask``: the tumour mask's bounding box plus ``margin`` (a mask per volume is required); ``volume``: the
+    whole volume (the mask, when given, still selects the voxels the features describe)."""
+    margin: float = 5.0
+    """mm around the mask's bounding box kept by ``crop = "mask"``."""
+    window: tuple[float, ...] = ()
+    """CT: the Hounsfield window (low, high) intensities are clipped to and mapped onto [0, 1]. MR/PT: empty (each
+    volume is z-scored over its own cropped region, never with statistics over the site's patients)."""
+    volume_column: str = "radiology"
+    """The manifest column naming each patient's volumes (';'-separated DICOM series folders or NIfTI files)."""
+    mask_column: str = "radiology_mask"
+    """The manifest column naming each volume's tumour mask (NIfTI label maps, in the same order)."""
+
+    @property
+    def width(self) -> int:
+        """Input columns of the radiology branch: one per feature."""
+        return len(self.features)
+
+
+@dataclass(frozen=True)
 class StudySchema:
     """A validated study schema (module doc)."""
 
@@ -158,6 +213,7 @@ class StudySchema:
     omics: tuple[OmicsLayer, ...] = ()
     split_column: str = ""
     name: str = ""
+    radiology: RadiologySpec | None = None
 
     def __post_init__(self) -> None:
         _validate(self, "study schema")
@@ -178,6 +234,11 @@ class StudySchema:
         """Width of the omics branch's input: every layer's panel, then (with 2+ layers) a present flag each."""
         total = sum(layer.width for layer in self.omics)
         return total + (len(self.omics) if len(self.omics) > 1 else 0)
+
+    @property
+    def radiology_dim(self) -> int:
+        """Width of the radiology branch's input (0 without a ``[radiology]`` section)."""
+        return self.radiology.width if self.radiology is not None else 0
 
     @property
     def survival_tasks(self) -> tuple[Task, ...]:
@@ -201,7 +262,10 @@ class StudySchema:
     # ---- serialisation ---------------------------------------------------------------------
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): what the run config carries and the study id hashes."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields_ = asdict(self)
+        if self.radiology is None:  # absent, so a schema without radiology keeps the JSON (and study id) it had
+            del fields_["radiology"]
+        return json.dumps(fields_, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> StudySchema:
@@ -218,9 +282,18 @@ def _schema_from_json(text: str) -> StudySchema:
             covariates=tuple(Covariate(**_tuples(c)) for c in raw["covariates"]),
             tasks=tuple(Task(**_tuples(t)) for t in raw["tasks"]),
             omics=tuple(OmicsLayer(**_tuples(o)) for o in raw["omics"]),
-            split_column=str(raw.get("split_column", "")), name=str(raw.get("name", "")))
+            split_column=str(raw.get("split_column", "")), name=str(raw.get("name", "")),
+            radiology=_radiology_from_json(raw.get("radiology")))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"study config 'schema': not a study schema ({type(exc).__name__}: {exc})") from exc
+
+
+def _radiology_from_json(raw: Mapping[str, Any] | None) -> RadiologySpec | None:
+    if raw is None:
+        return None
+    fields_ = _tuples(raw)
+    fields_["features"] = tuple(RadiomicsFeature(**f) for f in raw["features"])
+    return RadiologySpec(**fields_)
 
 
 def _tuples(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,6 +308,8 @@ _COVARIATE_KEYS = {"name", "type", "center", "scale", "range", "log", "levels", 
 _TASK_KEYS = {"name", "type", "weight", "time", "unit", "event", "event-meaning", "time-bins", "label", "classes",
               "positive", "negative"}
 _OMICS_KEYS = {"name", "units", "genes", "panel", "sample-column", "file"}
+_RADIOLOGY_KEYS = {"modality", "spacing", "crop", "margin", "window", "features", "volume-column", "mask-column"}
+_FEATURE_KEYS = {"name", "center", "scale", "log"}
 
 
 def load_schema(path: Path) -> StudySchema:
@@ -255,7 +330,7 @@ def load_schema(path: Path) -> StudySchema:
 def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
     """Validate parsed schema TOML (``path`` names the file in messages and anchors relative panel files)."""
     where = f"study schema {path}"
-    _keys(raw, {"study", "covariates", "tasks", "omics"}, where)
+    _keys(raw, {"study", "covariates", "tasks", "omics", "radiology"}, where)
     study = _table(raw.get("study", {}), f"{where}: [study]")
     _keys(study, _STUDY_KEYS, f"{where}: [study]")
     covariates = tuple(_covariate(c, f"{where}: covariates[{i}]")
@@ -264,13 +339,14 @@ def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
                   for i, t in enumerate(_array(raw.get("tasks", []), f"{where}: tasks")))
     omics = tuple(_omics(o, f"{where}: omics[{i}]", path.parent)
                   for i, o in enumerate(_array(raw.get("omics", []), f"{where}: omics")))
-    default_modalities = [m for m, present in (("wsi", False), ("omics", bool(omics)), ("clinical", bool(covariates)))
-                          if present]
+    radiology = _radiology(raw["radiology"], f"{where}: [radiology]") if "radiology" in raw else None
+    default_modalities = [m for m, present in (("wsi", False), ("omics", bool(omics)), ("clinical", bool(covariates)),
+                                               ("radiology", radiology is not None)) if present]
     modalities = _strings(study.get("modalities", default_modalities), f"{where}: [study] modalities")
     try:
         return StudySchema(modalities=modalities, covariates=covariates, tasks=tasks, omics=omics,
                            split_column=_str(study.get("split-column", ""), f"{where}: [study] split-column"),
-                           name=_str(study.get("name", ""), f"{where}: [study] name"))
+                           name=_str(study.get("name", ""), f"{where}: [study] name"), radiology=radiology)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("study schema", where, 1)) from exc
 
@@ -363,6 +439,31 @@ def _omics(raw: object, where: str, base: Path) -> OmicsLayer:
                       file=_str(table.get("file", name), f"{where} file"))
 
 
+def _radiology(raw: object, where: str) -> RadiologySpec:
+    table = _table(raw, where)
+    _keys(table, _RADIOLOGY_KEYS, where)
+    modality = _str(_required(table, "modality", where), f"{where} modality").upper()
+    if modality not in SCAN_MODALITIES:
+        raise ConfigError(f"{where} modality: must be one of {list(SCAN_MODALITIES)}, got {table['modality']!r}")
+    x, y, z = _numbers(_required(table, "spacing", where), f"{where} spacing", length=3)
+    features = []
+    for i, entry in enumerate(_array(_required(table, "features", where), f"{where} features")):
+        feature = _table(entry, f"{where} features[{i}]")
+        _keys(feature, _FEATURE_KEYS, f"{where} features[{i}]")
+        features.append(RadiomicsFeature(
+            name=_str(_required(feature, "name", f"{where} features[{i}]"), f"{where} features[{i}] name"),
+            center=_number(feature.get("center", 0.0), f"{where} features[{i}] center"),
+            scale=_number(feature.get("scale", 1.0), f"{where} features[{i}] scale"),
+            log=_bool(feature.get("log", False), f"{where} features[{i}] log")))
+    return RadiologySpec(
+        modality=modality, spacing=(x, y, z), features=tuple(features),
+        crop=_choice(table.get("crop", "mask"), RADIOLOGY_CROPS, f"{where} crop"),
+        margin=_number(table.get("margin", 5.0), f"{where} margin"),
+        window=_numbers(table["window"], f"{where} window", length=2) if "window" in table else (),
+        volume_column=_str(table.get("volume-column", "radiology"), f"{where} volume-column"),
+        mask_column=_str(table.get("mask-column", "radiology_mask"), f"{where} mask-column"))
+
+
 def _named(table: Mapping[str, Any], where: str) -> str:
     """``where`` with the entry's name, when it has one (for messages before the name is validated)."""
     name = table.get("name")
@@ -389,6 +490,10 @@ def _validate(schema: StudySchema, where: str) -> None:
         raise ConfigError(f"{where}: [study] modalities has 'clinical' but no [[covariates]] are declared")
     if "omics" in schema.modalities and not schema.omics:
         raise ConfigError(f"{where}: [study] modalities has 'omics' but no [[omics]] layers are declared")
+    if "radiology" in schema.modalities and schema.radiology is None:
+        raise ConfigError(f"{where}: [study] modalities has 'radiology' but no [radiology] section is declared")
+    if schema.radiology is not None:
+        _validate_radiology(schema.radiology, f"{where}: [radiology]")
     if not schema.tasks:
         raise ConfigError(f"{where}: declares no [[tasks]] (at least one endpoint)")
     if schema.split_column and schema.split_column in {"patient_id", *schema.label_columns}:
@@ -433,6 +538,32 @@ def _validate_covariate(c: Covariate, where: str) -> None:
                               f"{list(c.positive)} / {list(c.negative)}")
     if not math.isfinite(c.fill):
         raise ConfigError(f"{where}: fill must be a finite number")
+
+
+def _validate_radiology(r: RadiologySpec, where: str) -> None:
+    if r.modality not in SCAN_MODALITIES or r.crop not in RADIOLOGY_CROPS:
+        raise ConfigError(f"{where}: modality must be one of {list(SCAN_MODALITIES)} and crop one of "
+                          f"{list(RADIOLOGY_CROPS)}, got {r.modality!r}, {r.crop!r}")
+    if len(r.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in r.spacing):
+        raise ConfigError(f"{where}: spacing must be three numbers > 0 (mm), got {list(r.spacing)}")
+    if not (math.isfinite(r.margin) and r.margin >= 0):
+        raise ConfigError(f"{where}: margin must be a number >= 0 (mm), got {r.margin}")
+    if r.modality == "CT" and not (len(r.window) == 2 and r.window[1] > r.window[0]):
+        raise ConfigError(f"{where}: a CT study fixes its Hounsfield window: window = [low, high] with high > low, "
+                          f"got {list(r.window)}")
+    if r.modality != "CT" and r.window:
+        raise ConfigError(f"{where}: window applies to CT only ({r.modality} volumes are z-scored per volume)")
+    names = [f.name for f in r.features]
+    unknown = sorted(set(names) - set(RADIOMICS_FEATURES))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or unknown or duplicates:
+        raise ConfigError(f"{where}: features must list some of {list(RADIOMICS_FEATURES)} once each; unknown "
+                          f"{unknown}, duplicates {duplicates}")
+    for f in r.features:
+        if not (math.isfinite(f.center) and math.isfinite(f.scale) and f.scale > 0):
+            raise ConfigError(f"{where}: feature '{f.name}' needs a finite center and scale > 0")
+    if not r.volume_column or r.volume_column == r.mask_column:
+        raise ConfigError(f"{where}: volume-column and mask-column must be distinct non-empty names")
 
 
 def _validate_task(t: Task, where: str) -> None:

@@ -5,9 +5,11 @@ each slide's features into the site's feature cache (``DATA_DIR/.fedfusion-cache
 else is written). Slides already cached are skipped, so a run that was stopped continues where it was. The
 study's slide knobs (encoder, tile size, target mpp, max background, stain normalisation) come from
 ``--study-config`` (the study's config as TOML: ``fedfusion study defaults`` output, or the study app's
-``pyproject.toml``) and ``--set KEY=VALUE``; the defaults otherwise. The summary is printed last. Exit code 1
-when a slide failed without ``--skip-bad`` (a slide past ``--slide-time-limit`` fails), 2 for a configuration
-or data error, 130 after Ctrl-C, 0 otherwise.
+``pyproject.toml``) and ``--set KEY=VALUE``; the defaults otherwise. When the study's schema (``--schema FILE``, or
+the study config's) fuses radiology, every volume of the manifest gets its radiomics features too
+(``fedfusion.data.radiology.prepare``). The summary is printed last. Exit code 1 when a slide or volume failed
+without ``--skip-bad`` (a slide past ``--slide-time-limit`` fails), 2 for a configuration or data error, 130 after
+Ctrl-C, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any
 
 from fedfusion.cli.site.check import slide_time_limit
 from fedfusion.cli.study_options import parse_key_value
+from fedfusion.data.radiology.prepare import prepare_volume_features
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME
 from fedfusion.data.slides.prepare import SLIDE_SECONDS, SLIDE_STUDY_KEYS, prepare_slide_features
 from fedfusion.errors import ConfigError
 from fedfusion.site.node_context import DEFAULT_DEVICE
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.schema import load_schema
 
 INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -47,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="the study's config as TOML (`fedfusion study defaults` output, or the study app's "
                              "pyproject.toml); its slide keys (" + ", ".join(SLIDE_STUDY_KEYS) + ") decide the "
                              "features (default: the default study's)")
+    parser.add_argument("--schema", type=Path, default=None, metavar="FILE",
+                        help="the study schema (TOML); with a [radiology] section the radiology volumes are "
+                             "prepared too (default: the study config's schema)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study config key, after --study-config; repeatable")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -78,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     study = study_from_options(args.study_config, args.overrides)
     slide_seconds = slide_time_limit(args.slide_time_limit)
+    if args.schema is not None:
+        study = study.replace(schema=load_schema(args.schema).to_json())
     progress_to = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
     try:
         summary = prepare_slide_features(args.data_dir, study, cache_dir=args.cache_dir, device=args.device,
@@ -89,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: the slides finished so far are kept; run the same command again to continue",
               file=sys.stderr)
         return INTERRUPTED
-    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report(), flush=True)
-    return 0 if summary.ok else 1
+    if "radiology" not in study.modality_set:
+        print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report(), flush=True)
+        return 0 if summary.ok else 1
+    volumes = prepare_volume_features(args.data_dir, study, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
+                                      progress=lambda line: print(line, file=progress_to, flush=True))
+    print(json.dumps({**summary.to_dict(), "radiology": volumes.to_dict()}, indent=2) if args.json
+          else f"{summary.report()}\n{volumes.report()}", flush=True)
+    return 0 if summary.ok and volumes.ok else 1
 
 
 def study_from_options(study_config: Path | None, overrides: list[str]) -> StudyConfig:

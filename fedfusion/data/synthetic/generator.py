@@ -16,6 +16,15 @@ Layout (also the layout ``fedfusion.data.cohort.load_site_cohort`` reads at a re
     <out_dir>/<site>/copy_number.csv      log2 copy-number ratios, genes x samples, like the expression table
     <out_dir>/<site>/slides/<patient_id>.tiff   pyramidal tiled JPEG TIFF, 0.5 um/px at level 0 (resolution tags)
 
+With ``radiology=True`` (``fedfusion synth --radiology``) the cohort is radiogenomic: each patient gets a CT scan
+instead of a slide (``fedfusion.data.synthetic.radiology``: a planted tumour whose size follows the slides' risk
+part and whose texture follows the omics risk module, each site with its own scanner), the manifest names them in
+``radiology`` and ``radiology_mask``, and ``study.toml`` is ``fedfusion/study/radiogenomics_schema.toml``
+(radiology + omics + clinical)::
+
+    <out_dir>/<site>/radiology/<patient_id>/ct/slice-NNNN.dcm       one DICOM CT file per slice (pydicom)
+    <out_dir>/<site>/radiology/<patient_id>/tumour-mask.nii.gz      the tumour's NIfTI label map (nibabel)
+
 The planted signal is described in ``fedfusion.data.synthetic.patients``; how sites differ in
 ``fedfusion.data.synthetic.sites``. Everything is deterministic given the seed (each slide has its own random
 stream, so the process pool does not change the result). Every file is written atomically and ``cohort.json``
@@ -31,9 +40,11 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from fedfusion.atomic_io import atomic_write, atomic_write_text
@@ -43,9 +54,17 @@ from fedfusion.data.synthetic.expression import simulate_expression
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.patients import SUBTYPES, PatientTruth, simulate_patients
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
+from fedfusion.data.synthetic.radiology import (
+    SCAN_MISSING_RATE,
+    ScannerProfile,
+    draw_scanner,
+    render_ct,
+    write_ct_series,
+    write_nifti_mask,
+)
 from fedfusion.data.synthetic.sites import SiteProfile, draw_site_profiles
 from fedfusion.errors import ConfigError
-from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE
+from fedfusion.study.config import RADIOGENOMICS_SCHEMA_FILE, SYNTHETIC_SCHEMA_FILE
 
 GENERATOR_VERSION = "fedfusion-synthetic/3"
 SLIDE_MPP = 0.5
@@ -55,7 +74,8 @@ DEFAULT_SLIDE_SIZE_PX = 1280
 
 def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
                     patients_per_site: Sequence[int] | None = None, slide_size_px: int = DEFAULT_SLIDE_SIZE_PX,
-                    progress: Callable[[str], None] | None = None, workers: int | None = None) -> Path:
+                    progress: Callable[[str], None] | None = None, workers: int | None = None,
+                    radiology: bool = False) -> Path:
     """Write a synthetic cohort under ``out_dir`` (layout in the module docstring) and return ``out_dir``.
 
     If ``out_dir/cohort.json`` already records the same parameters nothing is regenerated; if it records other
@@ -72,7 +92,7 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     out_dir = Path(out_dir)
     params = {"generator": GENERATOR_VERSION, "num_sites": num_sites, "seed": seed,
               "patients_per_site": None if patients_per_site is None else [int(n) for n in patients_per_site],
-              "slide_size_px": slide_size_px}
+              "slide_size_px": slide_size_px, **({"radiology": True} if radiology else {})}
     report = progress or (lambda _msg: None)
     index_path = out_dir / COHORT_INDEX_FILE
     if index_path.is_file():
@@ -91,17 +111,29 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     profile_seed, *site_seeds = root_seed.spawn(num_sites + 1)
     profiles = draw_site_profiles(num_sites, None if patients_per_site is None else tuple(patients_per_site),
                                   np.random.default_rng(profile_seed))
-    atomic_write_text(out_dir / SCHEMA_FILE, SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema_file = RADIOGENOMICS_SCHEMA_FILE if radiology else SYNTHETIC_SCHEMA_FILE
+    atomic_write_text(out_dir / SCHEMA_FILE, schema_file.read_text(encoding="utf-8"))
     oracle_parts = []
     # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
     # does not re-import the caller's main module (a script without a __main__ guard still works).
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
         for profile, site_seed in zip(profiles, site_seeds, strict=True):
-            patients_seed, omics_seed, slides_seed, cnv_seed = site_seed.spawn(4)
+            patients_seed, omics_seed, slides_seed, cnv_seed, scans_seed = site_seed.spawn(5)
             truth = simulate_patients(profile, np.random.default_rng(patients_seed))
+            scans = _scan_plan(truth, scans_seed) if radiology else None
             oracle_parts.append(_write_site_tables(out_dir / profile.name, profile, truth,
-                                                   np.random.default_rng(omics_seed), np.random.default_rng(cnv_seed)))
+                                                   np.random.default_rng(omics_seed), np.random.default_rng(cnv_seed),
+                                                   scans))
+            if scans is not None:
+                jobs = [pool.submit(_render_and_write_scan, out_dir / profile.name, pid, float(truth.image_score[i]),
+                                    float(truth.omics_score[i]), scans.scanner, stream)
+                        for i, (pid, stream) in enumerate(zip(truth.patient_ids, scans.streams, strict=True))
+                        if scans.has_scan[i]]
+                for job in jobs:
+                    job.result()
+                report(f"{profile.name}: {profile.num_patients} patients, {len(jobs)} CT scans")
+                continue
             streams = slides_seed.spawn(len(truth.patient_ids))
             jobs = [pool.submit(_render_and_write, out_dir / profile.name / "slides" / f"{pid}.tiff",
                                 slide_size_px, float(truth.image_score[i]), profile, stream)
@@ -124,8 +156,24 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
     return out_dir
 
 
+@dataclass(frozen=True)
+class _ScanPlan:
+    """A radiogenomic site's scanner, which patients have a scan, and one random stream per patient."""
+
+    scanner: ScannerProfile
+    has_scan: npt.NDArray[np.bool_]
+    streams: list[np.random.SeedSequence]
+
+
+def _scan_plan(truth: PatientTruth, seed: np.random.SeedSequence) -> _ScanPlan:
+    rng = np.random.default_rng(seed)
+    scanner = draw_scanner(rng)
+    has_scan = rng.random(len(truth.patient_ids)) >= SCAN_MISSING_RATE
+    return _ScanPlan(scanner, has_scan, seed.spawn(len(truth.patient_ids)))
+
+
 def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth, rng: np.random.Generator,
-                       cnv_rng: np.random.Generator) -> pd.DataFrame:
+                       cnv_rng: np.random.Generator, scans: _ScanPlan | None = None) -> pd.DataFrame:
     """Write manifest, clinical, expression and copy-number tables of one site; return its oracle rows."""
     ids = truth.patient_ids
     sample_of = {int(i): f"{profile.name.upper()}-RNA-{k + 1:04d}"
@@ -133,10 +181,14 @@ def _write_site_tables(site_dir: Path, profile: SiteProfile, truth: PatientTruth
     cnv_of = {int(i): f"{profile.name.upper()}-CNV-{k + 1:04d}" for k, i in enumerate(np.flatnonzero(truth.has_cnv))}
     manifest = pd.DataFrame({
         "patient_id": ids,
-        "slides": [f"slides/{pid}.tiff" if truth.has_slide[i] else "" for i, pid in enumerate(ids)],
+        "slides": [f"slides/{pid}.tiff" if truth.has_slide[i] and scans is None else "" for i, pid in enumerate(ids)],
         "omics_sample": [sample_of.get(i, "") for i in range(len(ids))],
         "cnv_sample": [cnv_of.get(i, "") for i in range(len(ids))],
     })
+    if scans is not None:
+        manifest["radiology"] = [f"radiology/{pid}/ct" if scans.has_scan[i] else "" for i, pid in enumerate(ids)]
+        manifest["radiology_mask"] = [f"radiology/{pid}/tumour-mask.nii.gz" if scans.has_scan[i] else ""
+                                      for i, pid in enumerate(ids)]
     clinical = pd.DataFrame({
         "patient_id": ids,
         "age": truth.age.astype(int),
@@ -161,3 +213,13 @@ def _render_and_write(path: Path, size: int, image_score: float, profile: SitePr
     """Render one patient's slide and write it as a pyramidal TIFF (runs in a worker process)."""
     rgb = render_slide(size, image_score, profile, np.random.default_rng(stream))
     write_pyramid_tiff(path, rgb, SLIDE_MPP, SLIDE_LEVELS)
+
+
+def _render_and_write_scan(site_dir: Path, patient_id: str, image_score: float, omics_score: float,
+                           scanner: ScannerProfile, stream: np.random.SeedSequence) -> None:
+    """Render one patient's CT and write its DICOM series and NIfTI mask (runs in a worker process)."""
+    rng = np.random.default_rng(stream)
+    hu, mask = render_ct(image_score, omics_score, scanner, rng)
+    folder = site_dir / "radiology" / patient_id
+    write_ct_series(folder / "ct", hu, scanner, patient_id, int(rng.integers(2**31)))
+    write_nifti_mask(folder / "tumour-mask.nii.gz", mask, scanner)
