@@ -24,3 +24,10 @@ def real_slides() -> Path:
     if not REAL_SLIDES.is_dir():
         pytest.skip(f"real slides not available at {REAL_SLIDES}")
     return REAL_SLIDES
+
+
+@pytest.fixture(scope="session")
+def radiogenomic_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-site radiogenomic cohort (8 + 6 patients, a CT series + NIfTI mask each), read-only by convention."""
+    return generate_cohort(tmp_path_factory.mktemp("radiogenomic"), num_sites=2, seed=7, patients_per_site=(8, 6),
+                           radiology=True, workers=1)
