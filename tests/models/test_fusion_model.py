@@ -95,11 +95,12 @@ def test_build_model_seed_is_reproducible_and_leaves_global_rng_alone() -> None:
 def test_training_items_have_fixed_k_and_collated_structure() -> None:
     dataset = PatientBagDataset(records(6), BASE, seed=0)
     for index in range(len(dataset)):
-        tiles, tile_mask, omics, modality_mask, clinical, targets = dataset[index]
+        tiles, tile_mask, omics, modality_mask, clinical, targets, radiology = dataset[index]
         assert tiles.shape == (BASE.tiles_per_patient, 6) and tile_mask.shape == (BASE.tiles_per_patient,)
         n_tiles = len(dataset.patients[index].tile_features) if dataset.patients[index].tile_features is not None else 0
         assert int(tile_mask.sum()) == min(n_tiles, BASE.tiles_per_patient)
-        assert omics.shape == (5 + 3 + 2,) and modality_mask.shape == (3,) and clinical.shape == (2,)
+        assert omics.shape == (5 + 3 + 2,) and modality_mask.shape == (4,) and clinical.shape == (2,)
+        assert radiology.shape == (0,) and modality_mask[3] == 0  # this study declares no radiology
         assert targets.shape == (2, 2)  # (survival, subtype) x (bin or class, event)
         record = dataset.patients[index]
         assert int(targets[0, 0]) == int(np.digitize(record.labels[0].time, [12, 24, 36]))

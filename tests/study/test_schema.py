@@ -170,7 +170,7 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
     ({"omics.0.units": "fpkm"}, "units", r"omics\[0\] \('expression'\) units: must be one of \['tpm', 'counts', "
                                          r"'log2', 'normalized', 'binary', 'log2-ratio'\], got 'fpkm'"),
     ({"study.modalities": ["xray", "clinical"]}, "modalities",
-     r"\[study\] modalities must name some of \['wsi', 'omics', 'clinical'\], got \['xray', 'clinical'\]"),
+     r"\[study\] modalities must name some of \['wsi', 'omics', 'clinical', 'radiology'\], got \['xray', 'clinical'\]"),
     ({"study.modalities": []}, "modalities", r"\[study\] modalities must name some of"),
     ({"study.modalities": "clinical"}, "modalities", r"\[study\] modalities: must be a list of strings"),
     ({"covariates": []}, "covariates", r"\[study\] modalities has 'clinical' but no \[\[covariates\]\] are declared"),
