@@ -44,8 +44,8 @@ def read_prepared_volumes(site_dir: Path, entries: list[ManifestEntry], spec: Ra
         else:
             raise VolumeError(failure)
     if missing:
-        raise FeaturesNotPreparedError(site_dir.name, missing, shlex.join([*PREPARE_COMMAND.split(), str(site_dir)]),
-                                       kind="radiology volumes")
+        command = shlex.join([*PREPARE_COMMAND.split(), str(site_dir)]) + " --schema <the study's schema TOML>"
+        raise FeaturesNotPreparedError(site_dir.name, missing, command, kind="radiology volumes")
     inputs: dict[str, npt.NDArray[np.float32]] = {}
     for entry in entries:
         vectors = [scaled[pair] for pair in zip(entry.volumes, entry.masks, strict=True) if pair in scaled]

@@ -79,7 +79,7 @@ def test_a_patient_without_a_scan_is_kept_and_masked(site: Path) -> None:
 
 
 def test_training_refuses_volumes_not_prepared(site: Path) -> None:
-    with pytest.raises(FeaturesNotPreparedError, match=r"radiology volumes.*fedfusion site prepare"):
+    with pytest.raises(FeaturesNotPreparedError, match=r"radiology volumes.*fedfusion site prepare .* --schema"):
         load_site_cohort(site, radiology_study(site.parent))
 
 
