@@ -5,6 +5,7 @@ without a scan kept and masked, and no DICOM header value in any output."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -17,11 +18,11 @@ from radiology_site import header_values, radiology_study, set_tags
 from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import SCHEMA_FILE
-from fedfusion.data.radiology.prepare import prepare_volume_features
+from fedfusion.data.radiology.prepare import compute_volume, prepare_volume_features
 from fedfusion.data.site_check import check_site
 from fedfusion.errors import FeaturesNotPreparedError, VolumeError
 from fedfusion.site.patient_bags import collate_full_bags
-from fedfusion.study.schema import MODALITIES, load_schema
+from fedfusion.study.schema import MODALITIES, RadiomicsFeature, load_schema
 
 
 @pytest.fixture()
@@ -154,3 +155,18 @@ def test_mask_not_aligned_with_its_volume(site: Path) -> None:
     cohort = load_site_cohort(site, study, skip_bad=True)
     assert any(f"skipped volume of patient {patient}" in note for note in cohort.notes)
 
+
+
+def test_an_mr_volume_is_z_scored_over_its_own_crop(site: Path) -> None:
+    _, series, mask = _first_scan(site)
+    for path in series.iterdir():
+        set_tags(path, Modality="MR")
+    spec = radiology_study(site.parent).spec.radiology
+    assert spec is not None
+    mr = replace(spec, modality="MR", window=(), features=(RadiomicsFeature("intensity:mean"),))
+    whole = replace(mr, crop="volume", features=(RadiomicsFeature("intensity:mean"),))
+    tumour_mean = compute_volume(series, mask, mr)[0]
+    assert 0.3 < tumour_mean < 3.0  # the tumour is brighter than the rest of its crop, in that crop's sds
+    assert compute_volume(series, mask, whole)[0] > tumour_mean  # z-scored over the whole volume: more background
+    with pytest.raises(VolumeError, match="has modality MR, the study reads CT"):
+        compute_volume(series, mask, spec)
