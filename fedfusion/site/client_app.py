@@ -43,8 +43,7 @@ from fedfusion.site import secure_stages
 from fedfusion.site.egress_gate import release, withheld
 from fedfusion.site.node_context import resolve_site_context
 from fedfusion.site.site_privacy import SitePrivacy, load_site_policy, resolve_ledger_dir
-from fedfusion.site.site_round import SiteRound, SiteSession
-from fedfusion.study.run_config import StudyRun
+from fedfusion.site.site_round import SERVER_ROUND_RULE, SiteRound, SiteSession, study_run_at_site
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +74,17 @@ def secure_aggregation_stage(msg: Message, context: Context) -> Message:
 def answer(msg: Message, context: Context, handler: Handler) -> Message:
     """Resolve the message's session once, answer it with ``handler``, record the reply, then release it."""
     try:
-        run = StudyRun.from_run_config(context.run_config)
         site = resolve_site_context(context.node_config)
         ledger_dir = resolve_ledger_dir(context.node_config, site)
     except Exception:  # nowhere to record a reply: nothing may leave
-        logger.exception("site cannot resolve its study, facts or privacy folder; a %s message is answered "
+        logger.exception("site cannot resolve its facts or privacy folder; a %s message is answered "
                          "with nothing", msg.metadata.message_type)
         return withheld(msg)
     keep_payload = False
     try:
-        session = SiteSession(run, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
-        keep_payload = session.privacy.policy.keep_egress_payloads
+        privacy = SitePrivacy(ledger_dir, load_site_policy(context.node_config, site))
+        keep_payload = privacy.policy.keep_egress_payloads
+        session = SiteSession(study_run_at_site(context.run_config, site.name), site, privacy)
         content = handler(msg, context, session)
         content[SITE_RECORD_KEY] = ConfigRecord({SITE_NAME_KEY: site.name})
         reply = Message(content, reply_to=msg)
@@ -121,9 +120,17 @@ def _server_round(msg: Message, default: int) -> int:
     return value
 
 
+def _round_of(msg: Message, session: SiteSession) -> int:
+    """The instruction's ``server-round``; ``SiteRefusal`` (rule ``server-round``) if it is not an integer."""
+    try:
+        return _server_round(msg, default=0)
+    except ProtocolError as exc:
+        raise SiteRefusal(session.site.name, SERVER_ROUND_RULE, request="the request", detail=str(exc)) from exc
+
+
 def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     secure_stages.forget(context.state)
-    server_round = _server_round(msg, default=0)
+    server_round = _round_of(msg, session)
     answer = SiteRound(session).train(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
                                       server_round=server_round, run_id=msg.metadata.run_id,
                                       secure=secure_stages.secure_request(msg.content))
@@ -137,7 +144,7 @@ def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
 def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     metrics: dict[str, MetricRecordValues] = {
         **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
-                                      server_round=_server_round(msg, default=0), run_id=msg.metadata.run_id)}
+                                      server_round=_round_of(msg, session), run_id=msg.metadata.run_id)}
     return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
 
 

@@ -89,7 +89,7 @@ def test_a_study_within_the_policy_is_served_and_a_modality_outside_it_is_refuse
                                                                                   tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     policy = tmp_path / "policy.toml"
-    policy.write_text(POLICIES[site.name] + 'allowed-modalities = ["wsi", "omics"]\n')
+    policy.write_text(POLICIES[site.name] + 'allowed-modalities = ["wsi", "omics"]\nmin-eval-patients = 1\n')
     config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", policy)
     within = small_study(small_cohort, modalities="wsi,omics", noise_multiplier=0.8, max_grad_norm=2.0)
     assert not call_site("evaluate", within, config).has_error()

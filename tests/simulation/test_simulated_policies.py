@@ -43,7 +43,7 @@ def test_a_non_dp_study_is_accepted_by_the_simulated_policy_and_refused_by_the_d
 
 
 def test_a_dp_study_keeps_the_default_budget_and_relaxes_only_what_the_study_asks() -> None:
-    assert _same_rules(simulated_site_policy(StudyConfig()), SitePolicy())
+    assert _same_rules(simulated_site_policy(StudyConfig()), dataclasses.replace(SitePolicy(), min_eval_patients=1))
     study = StudyConfig(noise_multiplier=0.3, max_grad_norm=20.0)
     policy = simulated_site_policy(study)
     assert not policy.violations(study) and policy.max_epsilon == SitePolicy().max_epsilon and policy.dp_mandatory
