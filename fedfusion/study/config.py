@@ -81,7 +81,8 @@ class StudyConfig:
     test_fraction: float = 0.25
     seed: int = 0
     """The train/test split (a hash of patient id and seed): fixed, so every training seed is scored on the same
-    held-out patients."""
+    held-out patients. With ``test-fraction`` it splits the sites of ``fedfusion simulate`` (written into each
+    simulated site's policy); a deployed site splits by its own policy, never by these two keys."""
     training_seed: int = 0
     """Model initialisation, tile sampling and dropout (never DP noise, which each site draws from its OS)."""
     tile_size: int = 256
