@@ -86,6 +86,7 @@ def with_metric_noise(metrics: dict[str, float], patients: int, noise: float,
     if noise == 0:
         return dict(metrics)
     draw = rng if rng is not None else np.random.default_rng()
+    patients = max(patients, 1)  # an empty split's metrics are NaN anyway
     noisy: dict[str, float] = {}
     for key, value in metrics.items():
         if key.endswith(UNBOUNDED_METRICS):
