@@ -82,9 +82,9 @@ def answer(msg: Message, context: Context, handler: Handler) -> Message:
         return withheld(msg)
     keep_payload = False
     try:
-        privacy = SitePrivacy(ledger_dir, load_site_policy(context.node_config, site))
-        keep_payload = privacy.policy.keep_egress_payloads
-        session = SiteSession(study_run_at_site(context.run_config, site.name), site, privacy)
+        run = study_run_at_site(context.run_config, site.name)
+        session = SiteSession(run, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
+        keep_payload = session.privacy.policy.keep_egress_payloads
         content = handler(msg, context, session)
         content[SITE_RECORD_KEY] = ConfigRecord({SITE_NAME_KEY: site.name})
         reply = Message(content, reply_to=msg)
