@@ -22,6 +22,7 @@ from flwr.app.metadata import Metadata
 from fedfusion.data.cohort_index import SCHEMA_FILE, CohortSite
 from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.models.fusion_model import build_model
+from fedfusion.privacy.site_policy import SitePolicy, policy_to_toml
 from fedfusion.site.client_app import app
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.run_config import StudyRun
@@ -39,6 +40,10 @@ def small_study(cohort_dir: Path, *, modalities: str | None = None, **changes: A
                         batch_size=4, tiles_per_patient=4, noise_multiplier=1.0, target_epsilon=0.0).replace(**changes)
     return study if modalities is None else study.with_modalities(modalities.split(","))
 
+
+SMALL_COHORT_POLICY = SitePolicy(min_eval_patients=1)
+"""The built-in default policy, but evaluating on any number of held-out patients: the small test cohorts hold 2 to
+5 per site, which a real site's default (``min-eval-patients`` 20) refuses to evaluate on."""
 
 _PREPARED: dict[Path, Path] = {}
 """Site folder -> a feature cache prepared for it in this test session (copied into each test's cache folder)."""
@@ -63,13 +68,17 @@ def prepare_site(site: CohortSite, cache_dir: Path) -> Path:
 def deployed_node_config(site: CohortSite, cache_dir: Path, ledger_dir: Path,
                          policy_file: Path | None = None, *, prepared: bool = True) -> dict[str, str]:
     """The node config a site admin gives a deployed SuperNode for ``site``, its features prepared in
-    ``cache_dir/<site>`` first (``prepared=False``: an admin who skipped ``fedfusion site prepare``)."""
+    ``cache_dir/<site>`` first (``prepared=False``: an admin who skipped ``fedfusion site prepare``); without a
+    ``policy_file``, ``SMALL_COHORT_POLICY`` is written to ``cache_dir/<site>.policy.toml`` and named."""
     if prepared:
         prepare_site(site, cache_dir / site.name)
+    if policy_file is None:
+        policy_file = cache_dir / f"{site.name}.policy.toml"
+        policy_file.parent.mkdir(parents=True, exist_ok=True)
+        policy_file.write_text(policy_to_toml(SMALL_COHORT_POLICY), encoding="utf-8")
     config = {"site-name": site.name, "data-dir": str(site.site_dir), "cache-dir": str(cache_dir / site.name),
               "ledger-dir": str(ledger_dir), "device": "cpu"}
-    if policy_file is not None:
-        config["policy-file"] = str(policy_file)
+    config["policy-file"] = str(policy_file)
     return config
 
 

@@ -3,7 +3,7 @@
 Reads the site layout of docs/SITE_DATA.md (``manifest.csv``, ``clinical.csv``, one table per schema omics layer
 (``table_sources``) and the slides) as the study schema declares it. A patient lacking slides or an omics layer
 keeps it as None. The split is the schema's split column, or else a per-patient hash rule
-(``fedfusion.data.patient_split``).
+(``fedfusion.data.patient_split``): the study's seed and test fraction, or the site's own (``split``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_records import PatientRecord, SiteCohort
-from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.patient_split import PatientSplit
 from fedfusion.data.radiology.prepared_volumes import read_prepared_volumes
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.prepared_features import read_prepared_features
@@ -30,7 +30,7 @@ from fedfusion.study.schema import SPLITS, StudySchema
 def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None,
                      fallback_mpp: float | None = None, skip_bad: bool = False,
                      progress: Callable[[str], None] | None = None,
-                     encoder_file: Path | None = None) -> SiteCohort:
+                     encoder_file: Path | None = None, split: PatientSplit | None = None) -> SiteCohort:
     """Read one site's data, as the study's schema declares it, into patient records split into train and test.
 
     Slide features are only read, from the cache in ``cache_dir`` (default ``<site_dir>/.fedfusion-cache``) that
@@ -41,8 +41,10 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
     manifest patient without clinical labels is left out (a note) too. Other table problems always raise
     ``DataError`` naming the file and patient. ``encoder_file`` is the site's copy of a ``torchscript:`` or
     ``safetensors:`` study encoder (see ``fedfusion.data.slides.tile_encoder``). The split is the schema's split
-    column when it has one, else the hash rule (``fedfusion.data.patient_split``).
+    column when it has one (and ``split`` allows it), else the hash rule (``fedfusion.data.patient_split``) with
+    ``split``'s seed and test fraction (default: the study's; a deployed site passes its policy's).
     """
+    rule = split if split is not None else PatientSplit.of_study(study)
     site_dir = Path(site_dir)
     report = progress or (lambda _msg: None)
     schema = study.spec
@@ -79,12 +81,12 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
                         if layer.name in entry.samples and layer.name in tables.layers else None
                         for layer in schema.omics),
             clinical=row.covariates, labels=row.labels, radiology=radiology.get(entry.patient_id))
-        split = row.split or ("test" if is_test_patient(entry.patient_id, study.seed, study.test_fraction)
-                              else "train")
-        splits[split].append(record)
+        fixed = row.split if rule.use_split_column else None
+        splits[fixed or ("test" if rule.is_test(entry.patient_id) else "train")].append(record)
     cohort = SiteCohort(site=site_dir.name, train=splits["train"], test=splits["test"], notes=notes,
                         validation=splits["validation"])
-    notes.append(_summary(cohort, schema, "fixed split column" if schema.split_column else "hash split")
+    fixed_column = schema.split_column and rule.use_split_column
+    notes.append(_summary(cohort, schema, "fixed split column" if fixed_column else "hash split")
                  + (f"; features of {len(features)} slides read from the feature cache"
                     if "wsi" in schema.modalities else ""))
     report(f"site {site_dir.name}: {notes[-1]}")

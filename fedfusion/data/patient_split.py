@@ -1,8 +1,36 @@
-"""Train/test assignment of a patient by a hash of (patient id, study seed): no statistic of the site is used."""
+"""Train/test assignment of a patient by a hash of (patient id, split seed): no statistic of the site is used.
+
+A deployed site splits by its own policy (``fedfusion.privacy.site_policy``: ``split-seed``, ``test-fraction``,
+``use-split-column``), so the coordinator cannot move a site's held-out patients through the study's ``seed`` or
+``test-fraction``; those apply where one party holds every site (``fedfusion simulate`` writes them into each
+simulated site's policy, so its baselines score the same patients as the federation).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+
+from fedfusion.study.config import StudyConfig
+
+
+@dataclass(frozen=True)
+class PatientSplit:
+    """How a site splits its patients: the hash rule's seed and test fraction, and whether a schema split column
+    (the site's own column in its ``clinical.csv``) decides instead."""
+
+    seed: int
+    test_fraction: float
+    use_split_column: bool = True
+
+    @classmethod
+    def of_study(cls, study: StudyConfig) -> PatientSplit:
+        """The study's own split (its ``seed`` and ``test-fraction``): the one a simulation's researcher chooses."""
+        return cls(study.seed, study.test_fraction)
+
+    def is_test(self, patient_id: str) -> bool:
+        """True if the hash rule holds ``patient_id`` out."""
+        return is_test_patient(patient_id, self.seed, self.test_fraction)
 
 
 def is_test_patient(patient_id: str, seed: int, test_fraction: float) -> bool:

@@ -5,6 +5,13 @@ time-dependent AUC and the integrated Brier score at the task's bin edges (study
 distribution is estimated from the site's training patients, at the site). Classification and binary tasks:
 one-vs-rest AUC, MCC and balanced accuracy. The primary survival task's keys are unprefixed (``c-index``,
 ``concordant-pairs``, ...); every other task's keys are ``<task>-<metric>``. Only aggregates leave the site.
+
+``with_metric_noise`` adds the site policy's ``eval-metric-noise`` (b) to a reply's metrics: Laplace noise of scale
+b times one patient's share of each metric over the n held-out patients (1/n of its range for the metrics in
+[0, 1], 2/n for MCC, n - 1 pairs for the pair counts), drawn from the OS; results are clipped back into range. The
+mean loss is unbounded per patient, so no scale covers it: with noise on it is not sent. A deterrent calibrated to
+one patient's share, not a formal DP guarantee (one patient can move a C-index or AUC by more than 1/n when there
+are few comparable pairs).
 """
 
 from __future__ import annotations
@@ -64,6 +71,38 @@ def empty_metrics(schema: StudySchema) -> dict[str, float]:
                  ("ibs", nan)) if task.is_survival else (("auc", nan), ("mcc", nan), ("balanced-accuracy", nan))
         metrics.update({prefix + name: value for name, value in names})
     return metrics
+
+
+RATE_METRICS = ("c-index", "td-auc", "ibs", "auc", "balanced-accuracy")
+"""Metrics in [0, 1] (matched by the end of their key, so every task's and the personalized ones)."""
+UNBOUNDED_METRICS = ("loss",)
+"""Metrics no noise scale covers (a patient's loss is unbounded): not sent with ``eval-metric-noise``."""
+
+
+def with_metric_noise(metrics: dict[str, float], patients: int, noise: float,
+                      rng: np.random.Generator | None = None) -> dict[str, float]:
+    """``metrics`` with Laplace noise of scale ``noise`` x one patient's share of each (see the module docstring);
+    unchanged for ``noise`` 0. ``num-examples`` and flags stay exact; ``rng`` only for tests (default: the OS)."""
+    if noise == 0:
+        return dict(metrics)
+    draw = rng if rng is not None else np.random.default_rng()
+    patients = max(patients, 1)  # an empty split's metrics are NaN anyway
+    noisy: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key.endswith(UNBOUNDED_METRICS):
+            continue
+        if key.endswith((CONCORDANT_PAIRS_KEY, COMPARABLE_PAIRS_KEY)):
+            noisy[key] = max(0.0, value + float(draw.laplace(0.0, noise * max(patients - 1, 1))))
+        elif key.endswith("mcc"):
+            noisy[key] = float(np.clip(value + draw.laplace(0.0, noise * 2 / patients), -1.0, 1.0))
+        elif key.endswith(RATE_METRICS):
+            noisy[key] = float(np.clip(value + draw.laplace(0.0, noise / patients), 0.0, 1.0))
+        else:
+            noisy[key] = value  # num-examples, personalization-refused: counts and flags, not patient outcomes
+    for prefix in {key[: -len(CONCORDANT_PAIRS_KEY)] for key in noisy if key.endswith(CONCORDANT_PAIRS_KEY)}:
+        comparable = noisy.get(prefix + COMPARABLE_PAIRS_KEY, 0.0)
+        noisy[prefix + CONCORDANT_PAIRS_KEY] = min(noisy[prefix + CONCORDANT_PAIRS_KEY], comparable)
+    return noisy
 
 
 def survival_outcomes(patients: Sequence[PatientRecord],

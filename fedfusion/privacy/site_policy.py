@@ -14,6 +14,18 @@ when present). Every key is optional; a missing key takes the default below::
     allowed-fusions = ["kronecker", "concat"]
     keep-egress-payloads = false       # also keep a copy of every serialized outgoing message (audit)
     secure-aggregation-mandatory = false   # refuse studies, and train rounds, without secure aggregation
+    min-eval-patients = 20             # refuse an evaluation on fewer held-out patients
+    max-evaluations-per-round = 1      # evaluations of one study's round (the same model asked again is replayed)
+    max-evaluations-per-study = 200    # evaluations of one study (study id), counted beside the ledger
+    eval-metric-noise = 0.0            # Laplace noise on evaluate metrics, in units of one patient's share; 0 = off
+    split-seed = 0                     # the site's own train/test split: hash of (split-seed, patient id) ...
+    test-fraction = 0.25               # ... below test-fraction is held out (the study's seed and test-fraction
+                                       #     do not move it)
+    use-split-column = true            # a study schema's split column (the site's own clinical.csv column) applies
+
+The evaluation keys keep the site in control of what evaluation reveals (docs/THREAT_MODEL.md, "Evaluation under the
+site's control"): the coordinator cannot shrink the held-out set (the split is the site's), cannot evaluate on a
+handful of patients, and cannot ask for many evaluations of crafted models.
 
 The defaults are permissive enough for the synthetic cohorts' simulations (a default study spends its target
 epsilon of 8, the end-to-end test about 33); a hospital writes its own file. A non-DP round has infinite epsilon,
@@ -29,6 +41,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedfusion.data.patient_split import PatientSplit
 from fedfusion.errors import ConfigError, SiteRefusal
 from fedfusion.study.config import ACCOUNTANTS, FUSIONS, StudyConfig
 from fedfusion.study.schema import MODALITIES
@@ -54,8 +67,20 @@ class SitePolicy:
     allowed_fusions: tuple[str, ...] = FUSIONS
     keep_egress_payloads: bool = False
     secure_aggregation_mandatory: bool = False
+    min_eval_patients: int = 20
+    max_evaluations_per_round: int = 1
+    max_evaluations_per_study: int = 200
+    eval_metric_noise: float = 0.0
+    split_seed: int = 0
+    test_fraction: float = 0.25
+    use_split_column: bool = True
     source: str = "built-in default"
     """Where the policy came from (a file path or the built-in default); never sent."""
+
+    @property
+    def split(self) -> PatientSplit:
+        """The site's own train/test split (``split-seed``, ``test-fraction``, ``use-split-column``)."""
+        return PatientSplit(self.split_seed, self.test_fraction, self.use_split_column)
 
     def violations(self, study: StudyConfig) -> list[str]:
         """Each rule ``study`` breaks, as ``"rule 'name' (limit): study asks ..."`` (empty when acceptable).
@@ -140,6 +165,8 @@ def _typed(path: Path, key: str, value: Any, default: Any) -> Any:
     """``value`` as the type of the key's default; ``ConfigError`` naming the file and key otherwise."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -167,6 +194,13 @@ def _validate(path: Path, policy: SitePolicy) -> None:
         problems.append(f"'max-target-epsilon' must be >= 0 (inf allowed), got {policy.max_target_epsilon}")
     if not policy.max_grad_norm > 0:
         problems.append(f"'max-grad-norm' must be > 0, got {policy.max_grad_norm}")
+    for key in ("min-eval-patients", "max-evaluations-per-round", "max-evaluations-per-study"):
+        if getattr(policy, key.replace("-", "_")) < 0:
+            problems.append(f"'{key}' must be >= 0, got {getattr(policy, key.replace('-', '_'))}")
+    if not (math.isfinite(policy.eval_metric_noise) and policy.eval_metric_noise >= 0):
+        problems.append(f"'eval-metric-noise' must be a finite number >= 0 (0 = off), got {policy.eval_metric_noise}")
+    if not 0 < policy.test_fraction < 1:
+        problems.append(f"'test-fraction' must be in (0, 1), got {policy.test_fraction}")
     if set(policy.allowed_modalities) - set(MODALITIES):
         problems.append(f"'allowed-modalities' must name some of {MODALITIES}, got {list(policy.allowed_modalities)}")
     if set(policy.allowed_fusions) - set(FUSIONS):

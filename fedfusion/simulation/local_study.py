@@ -41,7 +41,12 @@ from fedfusion.errors import ConfigError, DataError
 from fedfusion.simulation.baselines import BaselineReport, federated_report, run_baselines, training_seeds
 from fedfusion.simulation.cohort_folder import SimulationCohort, SiteChoice, open_cohort, plan_cohort
 from fedfusion.simulation.flower_engine import run_in_simulation_engine
-from fedfusion.simulation.simulated_nodes import simulated_node_configs, simulated_nodes, write_site_policies
+from fedfusion.simulation.simulated_nodes import (
+    simulated_node_configs,
+    simulated_nodes,
+    site_split,
+    write_site_policies,
+)
 from fedfusion.site.node_context import DEFAULT_DEVICE
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.run_config import CoordinatorSettings, StudyRun
@@ -176,7 +181,7 @@ def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
 
 def _load_site(study: StudyConfig, site: CohortSite, emit: Callable[[str], None]) -> SiteCohort:
     started = time.monotonic()
-    loaded = load_site_cohort(site.site_dir, study)
+    loaded = load_site_cohort(site.site_dir, study, split=site_split(site, study))
     emit(f"{site.name}: {len(loaded.train)} training + {len(loaded.test)} held-out patients "
          f"({time.monotonic() - started:.1f} s)" + "".join(f"\n  note: {n}" for n in loaded.notes))
     return loaded

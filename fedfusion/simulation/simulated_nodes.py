@@ -11,6 +11,10 @@ In a simulation the researcher plays every site's admin, so a simulated site's p
 asks more (a non-DP study: ``dp-mandatory = false`` and ``max-epsilon = inf``; a lower noise multiplier, a larger
 clipping norm or delta). It is written to ``<results>/sites/<site>/privacy_policy.toml`` and named by the node
 config key ``policy-file``. A site folder's own ``privacy_policy.toml`` wins: then that file is named instead.
+The researcher also sets each site's split: a simulated site splits by the study's ``seed`` and ``test-fraction``
+(``split-seed``, ``test-fraction`` of its policy), and ``site_split`` gives the baselines the split each site
+actually uses (its own policy's when it has one), so they score the same held-out patients. The researcher holds
+every patient anyway, so a simulated site evaluates on any number of held-out patients (``min-eval-patients`` 1).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.cohort_index import CohortSite
-from fedfusion.privacy.site_policy import POLICY_FILE_NAME, SitePolicy, policy_to_toml
+from fedfusion.data.patient_split import PatientSplit
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME, SitePolicy, load_policy, policy_to_toml
 from fedfusion.site.node_context import SIMULATED_NODES_ENV
 from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
 from fedfusion.study.config import StudyConfig
@@ -43,13 +48,20 @@ POLICY_HEADER = ("# Written by `fedfusion simulate`: in a simulation the researc
 
 def simulated_site_policy(study: StudyConfig) -> SitePolicy:
     """The policy of a simulated site without its own: the built-in default, relaxed only where ``study`` asks more."""
-    default = SitePolicy()
+    default = dataclasses.replace(SitePolicy(), split_seed=study.seed, test_fraction=study.test_fraction,
+                                  min_eval_patients=1)
     if not study.dp:
         return dataclasses.replace(default, dp_mandatory=False, max_epsilon=math.inf, source="fedfusion simulate")
     return dataclasses.replace(
         default, min_noise_multiplier=min(default.min_noise_multiplier, study.noise_multiplier),
         max_grad_norm=max(default.max_grad_norm, study.max_grad_norm), delta=max(default.delta, study.delta),
         max_target_epsilon=max(default.max_target_epsilon, study.target_epsilon), source="fedfusion simulate")
+
+
+def site_split(site: CohortSite, study: StudyConfig) -> PatientSplit:
+    """The split ``site`` uses in a simulation of ``study``: its folder's own policy's, else the study's."""
+    own = site.site_dir / POLICY_FILE_NAME
+    return (load_policy(own) if own.is_file() else simulated_site_policy(study)).split
 
 
 def write_site_policies(study: StudyConfig, sites: Sequence[CohortSite], results_dir: Path,

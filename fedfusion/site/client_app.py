@@ -44,8 +44,7 @@ from fedfusion.site import secure_stages
 from fedfusion.site.egress_gate import release, withheld
 from fedfusion.site.node_context import resolve_site_context
 from fedfusion.site.site_privacy import SitePrivacy, load_site_policy, resolve_ledger_dir
-from fedfusion.site.site_round import SiteRound, SiteSession
-from fedfusion.study.run_config import StudyRun
+from fedfusion.site.site_round import SERVER_ROUND_RULE, SiteRound, SiteSession, study_run_at_site
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def answer(msg: Message, context: Context, handler: Handler) -> Message:
     keep_payload = False
     rule: str | None = None
     try:
-        run = StudyRun.from_run_config(context.run_config)
+        run = study_run_at_site(context.run_config, site.name)
         session = SiteSession(run, site, SitePrivacy(ledger_dir, load_site_policy(context.node_config, site)))
         keep_payload = session.privacy.policy.keep_egress_payloads
         content = handler(msg, context, session)
@@ -124,9 +123,17 @@ def _server_round(msg: Message, default: int) -> int:
     return value
 
 
+def _round_of(msg: Message, session: SiteSession) -> int:
+    """The instruction's ``server-round``; ``SiteRefusal`` (rule ``server-round``) if it is not an integer."""
+    try:
+        return _server_round(msg, default=0)
+    except ProtocolError as exc:
+        raise SiteRefusal(session.site.name, SERVER_ROUND_RULE, request="the request", detail=str(exc)) from exc
+
+
 def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     secure_stages.forget(context.state)
-    server_round = _server_round(msg, default=0)
+    server_round = _round_of(msg, session)
     answer = SiteRound(session).train(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
                                       server_round=server_round, run_id=msg.metadata.run_id,
                                       secure=secure_stages.secure_request(msg.content))
@@ -140,7 +147,7 @@ def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
 def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     metrics: dict[str, MetricRecordValues] = {
         **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
-                                      server_round=_server_round(msg, default=0), run_id=msg.metadata.run_id)}
+                                      server_round=_round_of(msg, session), run_id=msg.metadata.run_id)}
     return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
 
 

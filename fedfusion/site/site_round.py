@@ -18,6 +18,13 @@ In distributed DP (``dp-mode`` = distributed) a round is policy, charge (the cen
 the clipped gradient sum (``distributed_dp``), settle; it is only answered inside secure aggregation and never
 replayed (its noise is added at stage 3, so a second answer would be a second release).
 
+An evaluation is the site's to control (``SiteRound.evaluate``): policy, round number, the same model asked again
+gets the metrics already sent (``privacy/evaluation_log``), ``min-eval-patients`` on the site's own split (its
+policy's, never the study's seed or test fraction), counted against ``max-evaluations-per-round`` and
+``-per-study`` before anything is computed, then the metrics (``eval-metric-noise`` when set), recorded as answered.
+Every request is first checked for a valid study config and round number (``study_run_at_site``,
+``check_round``): a refusal names the rule, and nothing is charged or counted.
+
 The last round's evaluation personalizes the task heads when the study asks (``personalization``): the same order
 (replay, charge, train, store, settle) under the same ledger and policy; a refusal there costs only the
 ``personalized-*`` metrics, never the global model's.
@@ -42,12 +49,14 @@ import torch
 from numpy.typing import NDArray
 
 from fedfusion.errors import (
+    ConfigError,
     CorruptLedgerError,
     CorruptReplyError,
     FeaturesNotPreparedError,
     ProtocolError,
     SiteRefusal,
 )
+from fedfusion.evaluation.task_metrics import with_metric_noise
 from fedfusion.privacy.accounting import (
     epsilon_spent,
     history_delta,
@@ -57,6 +66,7 @@ from fedfusion.privacy.accounting import (
 )
 from fedfusion.privacy.calibration import site_calibration
 from fedfusion.privacy.distributed_noise import distributed_noise
+from fedfusion.privacy.evaluation_log import EvaluationLog
 from fedfusion.privacy.ledger import PrivacyLedger
 from fedfusion.privacy.site_policy import SECURE_AGGREGATION_RULE
 from fedfusion.protocol import (
@@ -75,7 +85,7 @@ from fedfusion.site.distributed_dp import check_threshold, clipped_gradient_sum
 from fedfusion.site.held_out_list import write_held_out_list
 from fedfusion.site.node_context import SiteContext, resolve_site_context
 from fedfusion.site.personalization import Personalization, PersonalizedStore, personalization_due
-from fedfusion.site.round_replay import RoundReplay, StoredReply
+from fedfusion.site.round_replay import RoundReplay, StoredReply, weights_digest
 from fedfusion.site.site_privacy import SitePrivacy, resolve_site_privacy
 from fedfusion.site.trainer import SiteTrainer
 from fedfusion.study.config import StudyConfig
@@ -91,6 +101,31 @@ DISTRIBUTED_DP_RULE = "rule 'distributed-dp': dp-mode = distributed needs a secu
 """The public reason of a refusal for a plain round of a distributed-DP study (the gradient sum has no noise)."""
 PREPARED_FEATURES_RULE = "rule 'prepared-features': features not prepared: run fedfusion site prepare"
 """The public reason of a refusal for slides without features in the site's cache (the paths stay in its log)."""
+SERVER_ROUND_RULE = "rule 'server-round': a round number must be an integer >= 1"
+"""The public reason of a refusal for a round number that is not an integer >= 1 (nothing is charged)."""
+STUDY_CONFIG_RULE = "rule 'valid-study-config'"
+"""Prefix of the public reason of a refusal for a study config that does not validate (followed by the problem,
+which names the key and the value the coordinator sent; nothing of the site)."""
+EVALUATION_LOG_RULE = "rule 'readable-evaluation-log': its evaluation log is unreadable, so its count is unknown"
+"""The public reason of a refusal for an unreadable evaluation log."""
+MIN_EVAL_PATIENTS_RULE = "rule 'min-eval-patients' ({}): too few held-out patients"
+"""The public reason of a refusal to evaluate on fewer held-out patients than the policy's minimum."""
+
+
+def study_run_at_site(run_config: Mapping[str, Any], site_name: str) -> StudyRun:
+    """The study of a message; ``SiteRefusal`` (rule ``valid-study-config``) when its config does not validate."""
+    try:
+        return StudyRun.from_run_config(run_config)
+    except ConfigError as exc:
+        raise SiteRefusal(site_name, f"{STUDY_CONFIG_RULE}: {exc}", request="the study") from exc
+
+
+def check_round(server_round: object, site_name: str) -> int:
+    """``server_round`` if it is an integer >= 1; ``SiteRefusal`` (rule ``server-round``) otherwise."""
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+        raise SiteRefusal(site_name, SERVER_ROUND_RULE, request="the request",
+                          detail=f"server-round = {server_round!r}")
+    return server_round
 
 
 @dataclass(frozen=True)
@@ -110,7 +145,7 @@ class SiteSession:
     def resolve(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> SiteSession:
         """The session of a message from Flower's run config (the study) and node config (the site's facts)."""
         site = resolve_site_context(node_config)
-        return cls(StudyRun.from_run_config(run_config), site, resolve_site_privacy(node_config, site))
+        return cls(study_run_at_site(run_config, site.name), site, resolve_site_privacy(node_config, site))
 
     def check_policy(self) -> None:
         """``SiteRefusal`` naming the site and every rule of its policy the study breaks."""
@@ -165,7 +200,7 @@ class SiteRound:
         """The site's trainer on its cohort (read from disk once per process)."""
         if self._trainer is None:
             study, site = self.session.study, self.session.site
-            cohort = load_cohort_once(site, study)
+            cohort = load_cohort_once(site, study, self.session.privacy.policy.split)
             write_held_out_list(self.session.privacy.ledger_dir, self.session.run.study_id, cohort)
             self._trainer = SiteTrainer(cohort, study, device=site.device)
         return self._trainer
@@ -175,6 +210,7 @@ class SiteRound:
         """Answer a train round from the global weights ``received`` (see the module docstring for the order)."""
         self.session.check_policy()
         site = self.session.site.name
+        check_round(server_round, site)
         if secure is None and self.session.privacy.policy.secure_aggregation_mandatory:
             raise SiteRefusal(site, f"{SECURE_AGGREGATION_RULE}: the coordinator asks plain aggregation",
                               request=f"round {server_round} under its privacy policy")
@@ -198,20 +234,37 @@ class SiteRound:
         return TrainAnswer(reply, replayed,
                            None if secure is None else secure_update(received, reply, secure, site))
 
-    def evaluate(self, received: dict[str, torch.Tensor], *, server_round: int = 0,
-                 run_id: int = 0) -> dict[str, float]:
+    def evaluate(self, received: dict[str, torch.Tensor], *, server_round: int, run_id: int = 0) -> dict[str, float]:
         """Aggregate metrics of ``received`` on the site's held-out patients (``num-examples``: their count); in
         the study's last round with ``personalization-epochs``, also those of the site's personalized model
-        (``personalized-*``; ``fedfusion.site.personalization``)."""
+        (``personalized-*``; ``fedfusion.site.personalization``). Refused (``SiteRefusal``) below the policy's
+        ``min-eval-patients`` or beyond its evaluation limits (see the module docstring for the order)."""
         self.session.check_policy()
+        site, policy = self.session.site.name, self.session.privacy.policy
+        check_round(server_round, site)
+        request = f"evaluation of round {server_round}"
+        study_id, digest = self.session.run.study_id, weights_digest(received)
+        log = EvaluationLog(self.session.privacy.ledger_dir, self.ledger.dataset)
         try:
+            answered = log.answered(study_id, server_round, digest)
+            if answered is not None:
+                logger.info("site %s repeats its evaluation of round %s of study %s", site, server_round, study_id)
+                return answered
             trainer = self.trainer
+            held_out = len(trainer.cohort.test)
+            if held_out < policy.min_eval_patients:
+                raise SiteRefusal(site, MIN_EVAL_PATIENTS_RULE.format(policy.min_eval_patients), request=request,
+                                  detail=f"{held_out} held-out patients")
+            counted = log.count(study_id, server_round, digest, policy)
+            metrics = trainer.evaluate(received, split="test")
+            if personalization_due(self.session.study, server_round):
+                metrics.update(self._personalized_metrics(received, server_round, run_id))
+            metrics = with_metric_noise(metrics, held_out, policy.eval_metric_noise)
+            log.answer(counted, metrics)
         except FeaturesNotPreparedError as exc:
-            raise SiteRefusal(self.session.site.name, PREPARED_FEATURES_RULE, request="evaluation",
-                              detail=str(exc)) from exc
-        metrics = trainer.evaluate(received, split="test")
-        if personalization_due(self.session.study, server_round):
-            metrics.update(self._personalized_metrics(received, server_round, run_id))
+            raise SiteRefusal(site, PREPARED_FEATURES_RULE, request=request, detail=str(exc)) from exc
+        except CorruptLedgerError as exc:
+            raise SiteRefusal(site, EVALUATION_LOG_RULE, request=request, detail=str(exc)) from exc
         return metrics
 
     def _personalized_metrics(self, received: dict[str, torch.Tensor], server_round: int,

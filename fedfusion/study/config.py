@@ -85,7 +85,8 @@ class StudyConfig:
     test_fraction: float = 0.25
     seed: int = 0
     """The train/test split (a hash of patient id and seed): fixed, so every training seed is scored on the same
-    held-out patients."""
+    held-out patients. With ``test-fraction`` it splits the sites of ``fedfusion simulate`` (written into each
+    simulated site's policy); a deployed site splits by its own policy, never by these two keys."""
     training_seed: int = 0
     """Model initialisation, tile sampling and dropout (never DP noise, which each site draws from its OS)."""
     tile_size: int = 256
@@ -238,10 +239,11 @@ class StudyConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"study config '{_key(name)}' must be > 0, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"study config 'learning-rate' must be > 0, got {self.learning_rate}")
-        if self.dp and (self.noise_multiplier <= 0 or self.max_grad_norm <= 0):
-            raise ConfigError("study config with dp = true needs 'noise-multiplier' > 0 and 'max-grad-norm' > 0")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"study config 'learning-rate' must be a finite number > 0, got {self.learning_rate}")
+        if self.dp and not all(math.isfinite(v) and v > 0 for v in (self.noise_multiplier, self.max_grad_norm)):
+            raise ConfigError("study config with dp = true needs 'noise-multiplier' and 'max-grad-norm' finite and "
+                              f"> 0, got {self.noise_multiplier} and {self.max_grad_norm}")
         if not 0 < self.delta < 1:
             raise ConfigError(f"study config 'delta' must be in (0, 1), got {self.delta}")
         if self.accountant not in ACCOUNTANTS:

@@ -52,7 +52,7 @@ def hostile_app(message: Message, context: Context) -> Message:
 def test_a_study_with_a_hostile_site_finishes_on_the_honest_sites(small_cohort: Path, tmp_path: Path) -> None:
     study = small_study(small_cohort, dp=False, num_server_rounds=2, min_sites=2, secure_aggregation="off")
     policy = tmp_path / "policy.toml"
-    policy.write_text("dp-mandatory = false\nmax-epsilon = inf\n")
+    policy.write_text("dp-mandatory = false\nmax-epsilon = inf\nmin-eval-patients = 1\n")
     sites = read_cohort_index(small_cohort).sites
     configs = {}
     for index in range(3):

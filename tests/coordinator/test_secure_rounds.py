@@ -41,7 +41,7 @@ def error_bound(num_sites: int) -> float:
     """Half a quantization step per site, times at most 2 for the weight the dropouts took away (these cohorts),
     plus float32 rounding."""
     return num_sites * SecAggConfig(num_sites=num_sites, threshold=num_sites).step + FLOAT32_SLACK
-NO_DP_POLICY = "dp-mandatory = false\nmax-epsilon = inf\n"
+NO_DP_POLICY = "dp-mandatory = false\nmax-epsilon = inf\nmin-eval-patients = 1\n"  # small cohorts: 2-5 held out
 
 
 def node_configs(cohort: Path, work: Path, tag: str, count: int,

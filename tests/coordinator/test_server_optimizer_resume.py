@@ -25,7 +25,7 @@ from fedfusion.study.config import StudyConfig
 from fedfusion.study.run_config import CoordinatorSettings, StudyRun
 
 pytestmark = pytest.mark.slow
-NO_DP_POLICY = "dp-mandatory = false\nmax-epsilon = inf\n"
+NO_DP_POLICY = "dp-mandatory = false\nmax-epsilon = inf\nmin-eval-patients = 1\n"  # small cohorts: 2-5 held out
 
 
 class CoordinatorStopped(Exception):

@@ -35,6 +35,7 @@ from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl,
 from fedfusion.deployment.processes import descendants
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE
 from fedfusion.privacy.ledger import LedgerRound, PrivacyLedger, ledgers_in
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import keygen
 
@@ -142,6 +143,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     work = tmp_path_factory.mktemp("deploy")
     cohort = generate_cohort(work / "cohort", num_sites=3, seed=3, patients_per_site=[24, 20, 20],
                              slide_size_px=1024)
+    for site in SITES:  # 4-6 held-out patients each: the default policy's min-eval-patients (20) would refuse
+        (cohort / site / POLICY_FILE_NAME).write_text("min-eval-patients = 1\n")
     gateway_port = _free_port()
     consortium = work / "consortium"
     init_consortium(consortium, "coordinator", ["127.0.0.1", "localhost"], list(SITES), port=gateway_port)

@@ -38,7 +38,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("egress-sim")
     cohort_dir = generate_cohort(work / "cohort", num_sites=2, seed=5, patients_per_site=[36, 28], slide_size_px=1024)
     for site in read_cohort_index(cohort_dir).sites:
-        (site.site_dir / POLICY_FILE_NAME).write_text("keep-egress-payloads = true\n")
+        (site.site_dir / POLICY_FILE_NAME).write_text("keep-egress-payloads = true\nmin-eval-patients = 1\n")
     simulate_study(small_study(cohort_dir, num_server_rounds=ROUNDS), results_dir=work / "results",
                    cohort_dir=cohort_dir, emit=lambda _: None)
     return cohort_dir

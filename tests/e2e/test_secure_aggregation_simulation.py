@@ -65,7 +65,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
                                  slide_size_px=1024)
     for site in read_cohort_index(cohort_dir).sites:
         (site.site_dir / POLICY_FILE_NAME).write_text(
-            "dp-mandatory = false\nmax-epsilon = inf\nkeep-egress-payloads = true\n")
+            "dp-mandatory = false\nmax-epsilon = inf\nkeep-egress-payloads = true\nmin-eval-patients = 1\n")
     simulate(cohort_dir, work / "secure")
     simulate(cohort_dir, work / "plain", "secure-aggregation=off")
     return cohort_dir, work / "secure", work / "plain"

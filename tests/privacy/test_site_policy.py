@@ -36,6 +36,10 @@ def test_policy_file_is_parsed_and_missing_keys_take_the_defaults(tmp_path: Path
     ("delta = 2\n", r"'delta' must be in \(0, 1\)"),
     ("allowed-fusions = ['sum']\n", "'allowed-fusions' must name some of"),
     ("max-epsilon = [\n", "not valid TOML"),
+    ("min-eval-patients = 2.5\n", "'min-eval-patients' must be like 20"),
+    ("max-evaluations-per-round = -1\n", "'max-evaluations-per-round' must be >= 0"),
+    ("eval-metric-noise = nan\n", "'eval-metric-noise' must be a finite number >= 0"),
+    ("test-fraction = 1.0\n", r"'test-fraction' must be in \(0, 1\)"),
 ])
 def test_bad_policy_files_are_rejected_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "policy.toml"
@@ -89,7 +93,7 @@ def test_a_study_within_the_policy_is_served_and_a_modality_outside_it_is_refuse
                                                                                   tmp_path: Path) -> None:
     site = read_cohort_index(small_cohort).sites[0]
     policy = tmp_path / "policy.toml"
-    policy.write_text(POLICIES[site.name] + 'allowed-modalities = ["wsi", "omics"]\n')
+    policy.write_text(POLICIES[site.name] + 'allowed-modalities = ["wsi", "omics"]\nmin-eval-patients = 1\n')
     config = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", policy)
     within = small_study(small_cohort, modalities="wsi,omics", noise_multiplier=0.8, max_grad_norm=2.0)
     assert not call_site("evaluate", within, config).has_error()

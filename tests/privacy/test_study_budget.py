@@ -42,7 +42,7 @@ def test_budget_derived_noise_never_exceeds_the_target_over_a_whole_study(small_
     study = small_study(small_cohort, num_server_rounds=3, target_epsilon=TARGET, noise_multiplier=0.1)
     sites = read_cohort_index(small_cohort).sites[:num_sites]
     policy = tmp_path / "policy.toml"
-    policy.write_text(f'accountant = "{accountant}"\n')  # the site's accountant calibrates and checks the budget
+    policy.write_text(f'accountant = "{accountant}"\nmin-eval-patients = 1\n')  # the site's accountant calibrates
     configs = {100 + i: deployed_node_config(site, tmp_path / "cache", tmp_path / f"ledger-{site.name}", policy)
                for i, site in enumerate(sites)}
     grid = LoopbackGrid(app, configs, study.to_run_config())

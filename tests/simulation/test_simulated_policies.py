@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from fedfusion.data.cohort_index import CohortSite, find_sites
+from fedfusion.data.patient_split import PatientSplit
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME, SitePolicy, load_policy, policy_to_toml
 from fedfusion.simulation.simulated_nodes import (
     NON_DP_NOTE,
     simulated_node_configs,
     simulated_nodes,
     simulated_site_policy,
+    site_split,
     write_site_policies,
 )
 from fedfusion.site.node_context import resolve_site_context
@@ -43,7 +45,7 @@ def test_a_non_dp_study_is_accepted_by_the_simulated_policy_and_refused_by_the_d
 
 
 def test_a_dp_study_keeps_the_default_budget_and_relaxes_only_what_the_study_asks() -> None:
-    assert _same_rules(simulated_site_policy(StudyConfig()), SitePolicy())
+    assert _same_rules(simulated_site_policy(StudyConfig()), dataclasses.replace(SitePolicy(), min_eval_patients=1))
     study = StudyConfig(noise_multiplier=0.3, max_grad_norm=20.0)
     policy = simulated_site_policy(study)
     assert not policy.violations(study) and policy.max_epsilon == SitePolicy().max_epsilon and policy.dp_mandatory
@@ -69,3 +71,14 @@ def test_policies_are_written_per_site_and_named_in_node_config_but_a_site_folde
             node = {"partition-id": partition}
             assert load_site_policy(node, resolve_site_context(node)).dp_mandatory is expected_dp_mandatory
     assert list(own_site.site_dir.iterdir()) == [own_site.site_dir / POLICY_FILE_NAME]  # nothing written there
+
+
+def test_simulated_sites_split_by_the_study_and_the_baselines_use_each_sites_actual_split(small_cohort: Path,
+                                                                                         tmp_path: Path) -> None:
+    study = StudyConfig(seed=3, test_fraction=0.4)
+    site = find_sites(small_cohort)[0]
+    assert simulated_site_policy(study).split == PatientSplit(3, 0.4) == site_split(site, study)
+    own_site = CohortSite("own", tmp_path / "own")
+    own_site.site_dir.mkdir()
+    (own_site.site_dir / POLICY_FILE_NAME).write_text("split-seed = 7\nuse-split-column = false\n")
+    assert site_split(own_site, study) == PatientSplit(7, 0.25, use_split_column=False)

@@ -10,6 +10,7 @@ import pytest
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.errors import ConfigError, SlideError
+from fedfusion.privacy.site_policy import SitePolicy
 from fedfusion.simulation.simulated_nodes import simulated_node_configs, simulated_nodes
 from fedfusion.site.cohort_memo import load_cohort_once
 from fedfusion.site.node_context import SIMULATED_NODES_ENV, resolve_site_context
@@ -32,10 +33,10 @@ def test_node_config_skip_bad_reaches_the_loader(small_cohort: Path, tmp_path: P
     assert not strict.skip_bad
     prepare_slide_features(site_dir, study, cache_dir=tmp_path / "cache", device="cpu")  # stops at the victim
     with pytest.raises(SlideError, match=f"slide {victim}: file is truncated or corrupt"):
-        load_cohort_once(strict, study)
+        load_cohort_once(strict, study, SitePolicy().split)
     lenient = resolve_site_context(_node_config(site_dir, small_cohort, tmp_path / "cache", **{"skip-bad": "true"}))
     assert prepare_slide_features(site_dir, study, cache_dir=tmp_path / "cache", device="cpu", skip_bad=True).ok
-    cohort = load_cohort_once(lenient, study)
+    cohort = load_cohort_once(lenient, study, SitePolicy().split)
     assert any(n.startswith(f"skipped slide of patient {victim.stem}: slide {victim}") for n in cohort.notes)
     assert sum(r.omics[1] is not None for r in cohort.train + cohort.test) >= 8  # the copy-number layer
     assert capfd.readouterr().err == "", "progress bars must stay silent when stderr is not a terminal"

@@ -4,12 +4,13 @@ weights at the site."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from flower_site import call_site, deployed_node_config, small_study
+from flower_site import SMALL_COHORT_POLICY, call_site, deployed_node_config, small_study
 
 from fedfusion.data.cohort_index import CohortSite, read_cohort_index
 from fedfusion.models.fusion_model import build_model
@@ -87,7 +88,7 @@ def test_personalization_over_the_site_budget_is_refused_and_the_global_metrics_
         small_cohort: Path, tmp_path: Path) -> None:
     site = _site(small_cohort)
     study = small_study(small_cohort, num_server_rounds=1, personalization_epochs=1)
-    metrics = _evaluate(study, site, tmp_path, server_round=1, policy=SitePolicy(max_epsilon=0.01))
+    metrics = _evaluate(study, site, tmp_path, server_round=1, policy=replace(SMALL_COHORT_POLICY, max_epsilon=0.01))
     assert metrics[PERSONALIZATION_REFUSED_KEY] == 1.0 and "c-index" in metrics
     assert not any(key.startswith("personalized-") for key in metrics)
     assert _ledger(site, tmp_path).rounds() == [] and not (tmp_path / "ledger" / PERSONALIZED_DIR).exists()

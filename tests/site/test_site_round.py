@@ -42,7 +42,8 @@ class ObservedTrainer(SiteTrainer):
     """A real trainer that notes the ledger's entries of the round as training starts, and can be killed there."""
 
     def __init__(self, session: SiteSession, ledger: PrivacyLedger, *, killed: bool = False) -> None:
-        super().__init__(load_cohort_once(session.site, session.study), session.study, device="cpu")
+        super().__init__(load_cohort_once(session.site, session.study, session.privacy.policy.split), session.study,
+                         device="cpu")
         self.ledger = ledger
         self.killed = killed
         self.seen: list[list[str]] = []

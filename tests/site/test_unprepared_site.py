@@ -24,7 +24,7 @@ def test_a_round_without_prepared_features_is_refused_naming_the_fix_and_no_path
     with caplog.at_level(logging.WARNING):
         train = call_site("train", study, config, server_round=1)
         evaluate = call_site("evaluate", study, config, server_round=1)
-    for reply, request in ((train, "round 1"), (evaluate, "evaluation")):
+    for reply, request in ((train, "round 1"), (evaluate, "evaluation of round 1")):
         assert reply.has_error() and reply.error.code == SITE_REFUSAL_CODE
         assert reply.error.reason == f"site {site.name} refuses {request}: {PREPARED_FEATURES_RULE}"
         assert "features not prepared: run fedfusion site prepare" in reply.error.reason

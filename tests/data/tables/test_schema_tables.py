@@ -14,6 +14,7 @@ from fedfusion.cli import main
 from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_records import ClassLabel, SurvivalLabel
+from fedfusion.data.patient_split import PatientSplit
 from fedfusion.data.tables.clinical import clinical_columns, parse_clinical
 from fedfusion.data.tables.omics import parse_omics_layer
 from fedfusion.data.tables.table_sources import TableSource
@@ -394,6 +395,12 @@ def test_clinical_only_study_checks_and_loads(tmp_path: Path, capsys: pytest.Cap
     assert p1.tile_features is None and p1.omics == ()
     assert p1.clinical.shape == (11,) and p1.labels == (SurvivalLabel(400.0, 1), ClassLabel(1), ClassLabel(0))
     assert "5 patients (3 train, 1 test, 1 validation; fixed split column)" in cohort.notes[-1]
+    # The site's policy decides whether the column applies; the coordinator's seed and fraction never move it.
+    moved = StudyConfig(schema=schema.to_json(), seed=9, test_fraction=0.9)
+    assert [r.patient_id for r in load_site_cohort(site, moved, split=PatientSplit(0, 0.25)).test] == ["P2"]
+    own = load_site_cohort(site, moved, split=PatientSplit(0, 0.5, use_split_column=False))
+    assert [r.patient_id for r in own.test] == [p for p in ("P1", "P2", "P3", "P4", "P5")
+                                                if PatientSplit(0, 0.5).is_test(p)] and not own.validation
 
 
 def test_omics_study_checks_and_loads_every_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
