@@ -34,8 +34,12 @@ Flower internals used:
 - ``flwr.serverapp.strategy.fedtrimmedavg.trim_mean`` and ``flwr.serverapp.strategy.multikrum.select_multikrum``:
   the coordinate-wise trimmed mean of ``FedTrimmedAvg`` and the (Multi-)Krum selection of ``Krum``/``MultiKrum``,
   which the coordinator's robust aggregation applies to the sites' updates.
+- ``flwr.supernode.fleet_http_client.FleetHttpClient``, ``flwr.supernode.node_auth_http_interceptor`` and
+  ``flwr.proto.fleet_pb2.DeactivateNodeRequest``: a site marks its node offline after a crash, as its SuperNode
+  does when it stops cleanly.
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
-  path and the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``).
+  path, the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``) and its node-id line
+  (``flwr.supernode.start_client_internal``).
 
 Heavy internals (the simulation engine, the Runtime and Control API clients, the FAB builder) are imported inside
 the functions that use them, so importing this module costs little more than ``flwr.app``.
@@ -109,6 +113,7 @@ __all__ = [
     "PINNED_FLOWER_VERSION",
     "SUPEREXEC_AUTH_METHODS",
     "SUPERLINK_HEALTH_PATH",
+    "SUPERNODE_ID_LOG_TEXT",
     "SYSTEM_TIME_TOLERANCE",
     "AcquiredTask",
     "ClientAppCallable",
@@ -120,6 +125,7 @@ __all__ = [
     "build_fab",
     "check_flower_version",
     "control_api_client",
+    "deactivate_supernode",
     "empty_run",
     "fleet_request_signer",
     "flower_console_handlers",
@@ -335,6 +341,28 @@ def control_api_client(address: str, root_certificates: bytes) -> ControlHttpCli
     )
 
 
+def deactivate_supernode(superlink: str, root_certificates: Path, private_key: Path, node_id: int) -> None:
+    """Tell the SuperLink (through the Fleet API, signed with the site's key) that node ``node_id`` is offline, as a
+    SuperNode does when it stops cleanly. Until then the SuperLink refuses the same key's next activation (Flower's
+    305) for up to two heartbeat intervals (60 s). Raises ``httpx.HTTPError`` when refused or unreachable.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    key = load_ssh_private_key(private_key.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{private_key} is not an EC private key")
+    with FleetHttpClient.from_server_address(
+            superlink, insecure=False, root_certificates=str(root_certificates),
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                          NodeAuthHttpInterceptor(key, key.public_key())]) as client:
+        client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
+
+
 def list_nodes(client: ControlHttpClient) -> list[FlowerNode]:
     """Every SuperNode the SuperLink knows, unregistered ones included (``ListNodes``)."""
     from flwr.proto.control_pb2 import ListNodesRequest
@@ -445,3 +473,6 @@ CONNECTION_LOST_LOG_TEXT = "Connection attempt failed"
 """In the SuperNode's log line before each retry (``flwr.supercore.retry.http_retry``)."""
 CONNECTION_BACK_LOG_TEXT = "Connection successful after"
 """In the SuperNode's log line when a try succeeds after failed ones (``flwr.supercore.retry.http_retry``)."""
+SUPERNODE_ID_LOG_TEXT = "SuperNode ID: "
+"""Before the node id in the SuperNode's log once the SuperLink activated it
+(``flwr.supernode.start_client_internal``)."""

@@ -244,6 +244,18 @@ def test_control_api_internals() -> None:
     assert isinstance(flower("flwr.supercore.constant", "NodeStatus").UNREGISTERED, str)
 
 
+def test_fleet_deactivation_internals() -> None:
+    client_class = flower("flwr.supernode.fleet_http_client", "FleetHttpClient")
+    assert {"server_address", "insecure", "root_certificates", "interceptors"} <= parameters(
+        client_class.from_server_address)
+    assert callable(client_class.DeactivateNode) and callable(client_class.__enter__)
+    interceptor = flower("flwr.supernode.node_auth_http_interceptor", "NodeAuthHttpInterceptor")
+    assert {"private_key", "public_key"} <= parameters(interceptor)
+    assert flower("flwr.proto.fleet_pb2", "DeactivateNodeRequest")(node_id=2**64 - 1).node_id == 2**64 - 1
+    supernode = inspect.getsource(importlib.import_module("flwr.supernode.start_client_internal"))
+    assert f'"{flower_compat.SUPERNODE_ID_LOG_TEXT}%s", node_id' in supernode
+
+
 def test_control_calls_build_flowers_requests() -> None:
     control = importlib.import_module("flwr.proto.control_pb2")
     unregistered = flower("flwr.supercore.constant", "NodeStatus").UNREGISTERED

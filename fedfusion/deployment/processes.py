@@ -1,19 +1,24 @@
 """Start and stop the Flower daemons a fedfusion daemon supervises, with Flower's environment set right.
 
-Each child runs in its own process group (a SuperLink starts a SuperExec, a SuperExec starts app processes), so
-stopping it by its PID's group, and the groups of its descendants, stops its children too; nothing is ever
-stopped by name.
+Each child runs under ``fedfusion.deployment.supervisor``, in its own process group: the supervisor stops the
+child and everything the child started (a SuperLink starts a SuperExec, a SuperExec starts app processes) when the
+child exits, when asked to, and when the daemon dies, SIGKILL included. Stopping escalates to SIGKILL on the
+process groups of the supervisor and of its descendants; nothing is ever stopped by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from fedfusion.errors import ConfigError
 
 STOP_TIMEOUT_S = 20.0
 
@@ -43,23 +48,46 @@ def flower_script(name: str) -> str:
 
 
 def start_process(command: Sequence[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``command`` in a new process group, appending its output to ``log_file``."""
+    """Start ``command`` under a supervisor (``fedfusion.deployment.supervisor``) in a new process group, appending
+    its output to ``log_file``; the returned process is the supervisor, whose exit code is the command's.
+
+    The supervisor gets SIGTERM when the thread calling this ends (the kernel's parent-death signal): call it from
+    the daemon's main thread, or from a thread that lives as long as the process should.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    supervised = [sys.executable, "-m", "fedfusion.deployment.supervisor", "--parent-pid", str(os.getpid()), "--",
+                  *command]
     with log_file.open("ab") as out:
-        return subprocess.Popen(list(command), env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(supervised, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
 
+def check_port_free(host: str, port: int, option: str) -> None:
+    """:class:`ConfigError` naming the port and ``option`` (the setting that chose it) when ``host:port`` cannot be
+    listened on, e.g. because another process serves there."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {host}:{port} is in use by another process (set by {option}); stop that "
+                                  f"process or choose another port") from exc
+            raise ConfigError(f"cannot listen on {host}:{port} (set by {option}): {exc.strerror}") from exc
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the process groups of ``process`` and of its descendants; SIGKILL them after ``timeout`` seconds;
-    return the exit code.
+    """SIGTERM ``process`` (a supervisor from :func:`start_process`: it stops its command and all the command
+    started); SIGKILL the process groups of ``process`` and of its descendants after ``timeout`` seconds; return the
+    exit code.
 
     The descendants' groups count because Flower starts some children in sessions of their own (the SuperLink's
-    SuperExec and, under it, a running ServerApp), which would outlive the SuperLink's group.
+    SuperExec and, under it, a running ServerApp), which would outlive the supervisor's group.
     """
     groups = {process.pid} | _groups_of(descendants(process.pid))
     if process.poll() is None:
-        _signal_groups(groups, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

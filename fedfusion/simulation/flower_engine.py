@@ -4,8 +4,10 @@ This does what Flower's own ``flower-simulation`` process does for ``flwr run . 
 writes the app's ``pyproject.toml`` with the study's run config (``fedfusion.study.flower_app``), then starts the
 ServerApp and the simulated SuperNodes with Flower's engine, so every ClientApp sees the study in
 ``context.run_config``. It avoids the detached local SuperLink that ``flwr run`` leaves behind (a researcher's run
-must not leave processes running). Starting the engine in this process relies on Flower internals, so it is done
-by the seam (``fedfusion.flower_compat.run_simulation_in_process``).
+must not leave processes running). For the same reason Ray is shut down before this returns, and the Ray processes
+still running then (workers finish after their raylet) are waited for and stopped: this process adopts them as a
+child subreaper (``fedfusion.deployment.process_guard``). Starting the engine in this process relies on Flower
+internals, so it is done by the seam (``fedfusion.flower_compat.run_simulation_in_process``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fedfusion.deployment.process_guard import no_new_descendants
 from fedfusion.flower_compat import run_simulation_in_process
 from fedfusion.study.flower_app import CLIENT_APP, SERVER_APP, write_flower_app
 from fedfusion.study.run_config import StudyRun
+
+RAY_EXIT_GRACE_S = 5.0
+"""How long Ray's processes may take to exit after ``ray.shutdown()`` before they are stopped."""
 
 
 def run_in_simulation_engine(study_run: StudyRun, num_sites: int, app_dir: Path) -> None:
@@ -33,5 +39,12 @@ def run_in_simulation_engine(study_run: StudyRun, num_sites: int, app_dir: Path)
         "client_resources": {"num_cpus": 1, "num_gpus": gpus_per_site},
         "init_args": {"num_cpus": cpus, "num_gpus": 1 if gpus_per_site else 0},
     }
-    run_simulation_in_process(server_app_attr=SERVER_APP, client_app_attr=CLIENT_APP, num_supernodes=num_sites,
-                              backend_config=backend_config, app_dir=app_dir, run_config=study_run.to_run_config())
+    import ray
+
+    with no_new_descendants(RAY_EXIT_GRACE_S):
+        try:
+            run_simulation_in_process(server_app_attr=SERVER_APP, client_app_attr=CLIENT_APP,
+                                      num_supernodes=num_sites, backend_config=backend_config, app_dir=app_dir,
+                                      run_config=study_run.to_run_config())
+        finally:
+            ray.shutdown()  # Flower's engine does too when it ends normally; a no-op then

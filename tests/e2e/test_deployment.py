@@ -34,6 +34,7 @@ from fedfusion.deployment.coordinator.state import DAEMON_FILE
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl, pem_of
 from fedfusion.deployment.processes import descendants
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE
+from fedfusion.flower_compat import SUPERNODE_ID_LOG_TEXT
 from fedfusion.privacy.ledger import LedgerRound, PrivacyLedger, ledgers_in
 from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.provisioning.consortium import init_consortium
@@ -76,6 +77,8 @@ class Deployment:
     cohort: Path
     study_hash: str
     runtime_ports: dict[str, int]
+    superlink_port: int = 0
+    """The coordinator's SuperLink port (kept across its restarts)."""
     stranger: subprocess.Popen[bytes] | None = None
     """A site daemon with a key the coordinator never registered, started with the others."""
 
@@ -92,19 +95,21 @@ class Deployment:
 
     def start_coordinator(self) -> None:
         """Start `fedfusion coordinator run` on this deployment's state folder and wait until it serves."""
+        self.superlink_port = self.superlink_port or _free_port()
         self.coordinator = self.start("coordinator", "coordinator", "run", "--consortium-dir", str(self.consortium),
                                       "--state-dir", str(self.coordinator_state), "--host", "127.0.0.1",
-                                      "--superlink-port", str(_free_port()))
+                                      "--superlink-port", str(self.superlink_port))
         process = self.coordinator
         daemon_file = self.coordinator_state / DAEMON_FILE
         _wait_for(lambda: (daemon_file.is_file() and json.loads(daemon_file.read_text())["pid"] == process.pid)
                   or process.poll() is not None, "the coordinator")
         assert process.poll() is None, (self.work / "coordinator.out").read_text()
 
-    def site_args(self, site: str, bundle: Path | None = None) -> list[str]:
-        """`fedfusion site run` arguments for a site (its own bundle unless another is given)."""
+    def site_args(self, site: str, bundle: Path | None = None, runtime_port: int | None = None) -> list[str]:
+        """`fedfusion site run` arguments for a site (its own bundle unless another is given; a free runtime port
+        unless one is given)."""
         state = self.work / "sites" / site
-        self.runtime_ports[site] = _free_port()
+        self.runtime_ports[site] = runtime_port or _free_port()
         return ["site", "run", str(bundle or self.consortium / "sites" / site), "--state-dir", str(state),
                 "--data-dir", str(self.cohort / site),
                 "--cache-dir", str(state / "cache"), "--ledger-dir", str(state / "ledger"), "--device", "cpu",
@@ -248,6 +253,77 @@ def test_site_with_an_unregistered_key_is_refused(deployment: Deployment) -> Non
     assert "Failed to activate" in (deployment.work / "sites" / "stranger" / "logs" / "supernode.log").read_text()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _sigkill_and_wait_for_the_tree(process: subprocess.Popen[bytes], what: str) -> list[int]:
+    """SIGKILL only the daemon ``process`` (no clean-up code runs); its whole tree must be gone within 10 s."""
+    tree = [process.pid, *descendants(process.pid)]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    killed_at = time.monotonic()
+    deadline = killed_at + 10
+    while (left := [pid for pid in tree if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"{what}: processes of its tree still running 10 s after SIGKILL: {left}"
+    print(f"{what}: {len(tree)} processes gone {time.monotonic() - killed_at:.1f} s after SIGKILL")
+    return tree
+
+
+def _restart_site_and_wait_online(deployment: Deployment, site: str, name: str) -> str:
+    """Start ``site``'s daemon again on its state folder and runtime port; wait until its new SuperNode is activated
+    (Flower logs the node id); return the daemon's log."""
+    state = deployment.work / "sites" / site
+    supernode_log = state / "logs" / "supernode.log"
+    activations = supernode_log.read_text().count(SUPERNODE_ID_LOG_TEXT)
+    started = time.monotonic()
+    deployment.sites[site] = restarted = deployment.start(
+        name, *deployment.site_args(site, runtime_port=deployment.runtime_ports[site]))
+    _wait_for(lambda: supernode_log.read_text().count(SUPERNODE_ID_LOG_TEXT) > activations
+              or restarted.poll() is not None, f"{name}'s SuperNode to activate", 60)
+    site_log = (state / "logs" / "site.log").read_text()
+    assert restarted.poll() is None, site_log[-3000:] + supernode_log.read_text()[-3000:]
+    print(f"{name}: online {time.monotonic() - started:.1f} s after its start")
+    return site_log
+
+
+def test_killed_site_daemon_leaves_nothing_and_restarts_at_once(deployment: Deployment) -> None:
+    """kill -9 of `fedfusion site run`: its tree is gone within 10 s, and a restart on the same state folder and
+    runtime port comes online at once (before, the orphaned SuperNode held the port). Then the whole tree killed at
+    once (as systemd or the OOM killer may): the restart marks the old node offline at the coordinator, which would
+    otherwise refuse the key for up to a minute (Flower's 305)."""
+    site = "site-a"
+    tree = _sigkill_and_wait_for_the_tree(deployment.sites[site], "site-a's daemon")
+    assert len(tree) >= 5  # the daemon, two supervisors, the SuperNode, the launcher
+    site_log = _restart_site_and_wait_online(deployment, site, "site-a-restarted")
+    assert "the previous site daemon of site-a on" in site_log
+    assert "did not stop cleanly; none of its processes is left" in site_log
+    assert "of the previous daemon is already offline" in site_log  # its SuperNode said goodbye on SIGTERM
+
+    daemon = deployment.sites[site]
+    tree = [daemon.pid, *descendants(daemon.pid)]
+    for pid in reversed(tree):  # leaves first: no process runs any clean-up, the SuperNode stays online there
+        os.kill(pid, signal.SIGKILL)
+    daemon.wait(timeout=30)
+    site_log = _restart_site_and_wait_online(deployment, site, "site-a-restarted-again")
+    assert "of the previous daemon marked offline at the coordinator" in site_log
+    control = deployment.control()
+    try:
+        _wait_for(lambda: {n.name: n.status for n in control.nodes()}.get(site) == "online", "site-a online", 30)
+    finally:
+        control.close()
+    # a second daemon on the same runtime port is refused, with the port named, before anything starts
+    clash = deployment.run(*deployment.site_args("clash", deployment.consortium / "sites" / "site-b",
+                                                 runtime_port=deployment.runtime_ports[site]), timeout=120)
+    assert clash.returncode == 2
+    assert f"port 127.0.0.1:{deployment.runtime_ports[site]} is in use by another process (set by --runtime-port)" \
+        in clash.stderr
+
+
 def test_study_runs_on_three_site_daemons(deployment: Deployment) -> None:
     started = time.monotonic()
     result = deployment.run("study", "start", "--state-dir", str(deployment.coordinator_state), "--study-id", "s1")
@@ -281,30 +357,6 @@ def test_site_refuses_an_unapproved_app(deployment: Deployment) -> None:
         assert APPROVED_APPS_FILE in log
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _kill_process_groups(root: int) -> list[int]:
-    """SIGKILL every process group of ``root``'s process tree (found by PID, never by name); return the pids."""
-    tree = [root, *descendants(root)]
-    groups = set()
-    for pid in tree:
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            continue
-    for pgid in groups - {os.getpgid(0)}:
-        os.killpg(pgid, signal.SIGKILL)
-    for pid in tree:  # a child that had moved to a group of its own outside the tree's groups
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    return tree
-
-
 def _completed_round(results: Path) -> int:
     try:
         return int(json.loads((results / "checkpoint" / "state.json").read_text())["completed_round"])
@@ -313,7 +365,8 @@ def _completed_round(results: Path) -> int:
 
 
 def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deployment) -> None:
-    """SIGKILL the whole coordinator after round 1 of 3; a restart resumes at round 2 with the same site daemons."""
+    """SIGKILL the coordinator daemon (only it) after round 1 of 3: its SuperLink, SuperExec and ServerApp are gone
+    within 10 s; a restart on the same state folder and ports resumes at round 2 with the same site daemons."""
     state = deployment.coordinator_state
     prepared = deployment.run("study", "prepare", "--state-dir", str(state), "--study-id", "s3", "--rounds", "3",
                               "--round-timeout", "240", *STUDY)  # a lost message fails the test in minutes
@@ -328,10 +381,8 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
     try:
         _wait_for(lambda: _completed_round(results) >= 1 or follower.poll() is not None, "round 1's checkpoint", 600)
         assert _completed_round(results) == 1, (deployment.work / "follower-s3.out").read_text()[-3000:]
-        killed = _kill_process_groups(deployment.coordinator.pid)
-        deployment.coordinator.wait(timeout=30)
-        assert len(killed) >= 3  # the daemon, the SuperLink, its SuperExec (and the ServerApp)
-        _wait_for(lambda: not any(_alive(pid) for pid in killed), "the killed coordinator's processes", 30)
+        killed = _sigkill_and_wait_for_the_tree(deployment.coordinator, "the coordinator")
+        assert len(killed) >= 5  # the daemon, its supervisor, the SuperLink, its SuperExec, the ServerApp
         # the operator's follower sees its run end with the coordinator and leaves the study to the restart
         assert follower.wait(timeout=120) == 1
         assert json.loads(study_file.read_text())["status"] == "running"

@@ -10,6 +10,9 @@ In the foreground, until SIGTERM/SIGINT:
    (``study_resume.py``; they resume at the round after their checkpoint), unless ``resume_studies`` is off.
 On SIGTERM the gateway stops, then the resubmissions, then the SuperLink (and its SuperExec); the exit code is 0.
 If the SuperLink dies, the gateway stops and the exit code is 1.
+The SuperLink and the resubmissions run under ``fedfusion.deployment.supervisor``: they, the SuperExec and its
+ServerApps stop when the daemon dies, SIGKILL included. ``processes.json`` in the state folder (``pid_file.py``) lets
+the next start stop whatever a killed daemon left; a port another process holds is named with its option.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from fedfusion.deployment.coordinator.state import (
 from fedfusion.deployment.coordinator.study_resume import StudyResumer
 from fedfusion.deployment.coordinator.study_state import interrupted_studies
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl
-from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
+from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
+from fedfusion.deployment.processes import check_port_free, flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
 from fedfusion.provisioning.consortium import COORDINATOR_DIR, SUPERLINK_CERT_FILE, SUPERLINK_KEY_FILE
 from fedfusion.provisioning.registry import REGISTRY_FILE, load_registry
@@ -83,6 +87,10 @@ def run_coordinator(options: CoordinatorOptions) -> int:
         if not path.is_file():
             raise ConfigError(f"coordinator TLS file {path} is missing (made by `fedfusion provision init`)")
     port = options.port if options.port is not None else registry.coordinator_port
+    stop_predecessor(options.state_dir, "coordinator")
+    check_port_free("127.0.0.1", options.superlink_port, "--superlink-port")
+    check_port_free(options.host, port, "--port" if options.port is not None else
+                    f"--port, default: the registry's coordinator port in {options.consortium_dir / REGISTRY_FILE}")
     lifecycle = _Lifecycle()
     lifecycle.handle_signals()  # from here on SIGTERM means: stop what has started, in order
     tls = make_loopback_tls(paths.loopback_dir)
@@ -94,6 +102,7 @@ def run_coordinator(options: CoordinatorOptions) -> int:
          str(paths.database), "--host", "127.0.0.1", "--port", str(options.superlink_port),
          "--disable-runtime-dependency-installation"],
         paths.logs_dir / "superlink.log", flower_env(paths.flwr_home))
+    record_processes(options.state_dir, {"superlink": superlink.pid})
     logger.info("SuperLink (pid %d) on %s, database %s", superlink.pid, superlink_address, paths.database)
     try:
         _wait_until_healthy(f"https://{superlink_address}", tls.ca_file, superlink.poll, lifecycle.stop)
@@ -129,6 +138,7 @@ def run_coordinator(options: CoordinatorOptions) -> int:
         lifecycle.stop.set()
         clear_daemon_info(paths)
         code = stop_process(superlink)
+        clear_processes(options.state_dir)
         logger.info("SuperLink stopped (exit code %d)", code)
     return 1 if lifecycle.superlink_died.is_set() else 0
 

@@ -11,12 +11,18 @@ If either exits, the other is stopped; the exit code is the SuperNode's (1 for e
 e.g. 305 when the site's key is not registered at the coordinator, is in supernode.log), or 0 after SIGTERM.
 A coordinator that is down or restarting is not an exit: the SuperNode retries forever (``connection_watch.py``
 logs when the link is lost and back).
+
+Both run under ``fedfusion.deployment.supervisor``, so they and the ClientApps they started stop when the daemon
+dies, SIGKILL included; ``processes.json`` in the state folder (``pid_file.py``) lets the next start stop anything
+a killed daemon left and tell the coordinator that the old SuperNode is offline (else it refuses the same key for up
+to a minute: Flower's 305).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import signal
 import sys
@@ -26,10 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from fedfusion.deployment.processes import flower_env, flower_script, start_process, stop_process
+import httpx
+
+from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
+from fedfusion.deployment.processes import check_port_free, flower_env, flower_script, start_process, stop_process
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.site.connection_watch import ConnectionWatch
 from fedfusion.errors import ConfigError
+from fedfusion.flower_compat import SUPERNODE_ID_LOG_TEXT, deactivate_supernode
 from fedfusion.provisioning.key_files import write_private
 from fedfusion.provisioning.site_bundle import SITE_TOML_FILE
 
@@ -100,13 +110,17 @@ def run_site(options: SiteOptions) -> int:
         logger.warning("site %s approves no app yet (%s): every app will be refused; approve one with "
                        "`fedfusion site approve HASH`", bundle.site_name, options.approved_apps)
     node_config = {**options.node_config, "site-name": bundle.site_name}
+    superlink = options.superlink or bundle.superlink
+    logs = options.state_dir / "logs"
+    if stop_predecessor(options.state_dir, f"site daemon of {bundle.site_name}") is not None:
+        _mark_offline(bundle, superlink, logs / "supernode.log")
+    check_port_free("127.0.0.1", options.runtime_port, "--runtime-port")
     secret_file = options.state_dir / SUPEREXEC_SECRET_FILE
     write_private(secret_file, secrets.token_bytes(32))  # fresh at every start; read by the two children only
     env = flower_env(options.state_dir / "flwr-home")
-    logs = options.state_dir / "logs"
     runtime_address = f"127.0.0.1:{options.runtime_port}"
     supernode = start_process(
-        [flower_script("flower-supernode"), "--superlink", options.superlink or bundle.superlink,
+        [flower_script("flower-supernode"), "--superlink", superlink,
          "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
          str(bundle.private_key), "--node-config", node_config_arg(node_config), "--isolation", "process",
          "--superexec-auth-secret-file", str(secret_file), "--host", "127.0.0.1", "--port", str(options.runtime_port)],
@@ -116,8 +130,9 @@ def run_site(options: SiteOptions) -> int:
          "--approved-apps", str(options.approved_apps), "--site-name", bundle.site_name,
          "--superexec-auth-secret-file", str(secret_file), "--parent-pid", str(supernode.pid)],
         logs / "site-exec.log", env)
+    record_processes(options.state_dir, {"supernode": supernode.pid, "site-exec": site_exec.pid})
     logger.info("site %s: SuperNode (pid %d) dialing %s; SuperExec (pid %d); logs in %s", bundle.site_name,
-                supernode.pid, options.superlink or bundle.superlink, site_exec.pid, logs)
+                supernode.pid, superlink, site_exec.pid, logs)
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -127,7 +142,7 @@ def run_site(options: SiteOptions) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    connection = ConnectionWatch(bundle.site_name, options.superlink or bundle.superlink, logs / "supernode.log")
+    connection = ConnectionWatch(bundle.site_name, superlink, logs / "supernode.log")
     try:
         while not stopping.wait(SUPERVISE_INTERVAL_S):
             connection.poll()
@@ -137,6 +152,7 @@ def run_site(options: SiteOptions) -> int:
         supernode_code = supernode.poll()
         stop_process(site_exec)
         stop_process(supernode)
+        clear_processes(options.state_dir)
     if stopping.is_set():
         return 0
     code = supernode_code or 1  # a daemon that ends on its own failed, even when Flower says 0
@@ -144,3 +160,27 @@ def run_site(options: SiteOptions) -> int:
                  "and the coordinator reachable? See %s", bundle.site_name,
                  "the SuperNode" if supernode_code is not None else "the SuperExec", supernode_code, logs)
     return code
+
+
+def _mark_offline(bundle: SiteBundle, superlink: str, supernode_log: Path) -> None:
+    """Tell the coordinator that the SuperNode of a killed predecessor is offline (the last node id it logged), so
+    that the new SuperNode can activate now rather than after the old one's heartbeat runs out."""
+    try:
+        ids = re.findall(re.escape(SUPERNODE_ID_LOG_TEXT) + r"(\d+)", supernode_log.read_text(errors="replace"))
+    except FileNotFoundError:
+        ids = []
+    if not ids:
+        return
+    try:
+        deactivate_supernode(superlink, bundle.root_certificates, bundle.private_key, int(ids[-1]))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == httpx.codes.PRECONDITION_FAILED:  # its SuperNode had time to say goodbye
+            logger.info("site %s: node %s of the previous daemon is already offline", bundle.site_name, ids[-1])
+        else:  # 401: the key changed since (rotated)
+            logger.info("site %s: node %s of the previous daemon not marked offline (HTTP %d)", bundle.site_name,
+                        ids[-1], exc.response.status_code)
+        return
+    except (httpx.HTTPError, ValueError) as exc:  # the coordinator is down: the SuperNode will retry anyway
+        logger.info("site %s: node %s of the previous daemon not marked offline (%s)", bundle.site_name, ids[-1], exc)
+        return
+    logger.info("site %s: node %s of the previous daemon marked offline at the coordinator", bundle.site_name, ids[-1])
