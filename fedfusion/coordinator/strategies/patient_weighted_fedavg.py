@@ -63,6 +63,8 @@ class SiteReply:
     metrics: dict[str, float]
 
 
+MAX_REASON = 500
+"""An error reply's reason is logged up to this many characters (it is the site's, or Flower's, text)."""
 ReplyListener = Callable[[SiteReply], None]
 Checked = TypeVar("Checked")
 RoundListener = Callable[[int, str, dict[str, float]], None]
@@ -222,6 +224,11 @@ class PatientWeightedFedAvg(FedAvg):
 
     def _report(self, server_round: int, phase: str, replies: list[Message],
                 rejected: list[Message] | None = None) -> None:
+        """Log every error reply with its site and reason; give each site's numbers to the results listener."""
+        for msg in replies:
+            if msg.has_error():
+                logger.warning("round %s: site %s answered the %s message with an error: %s", server_round,
+                               self._site_names.name(msg), phase, msg.error.reason[:MAX_REASON])
         if self._on_site_reply is None:
             return
         invalid = {id(msg) for msg in rejected or []}
