@@ -3,7 +3,7 @@ named on the command line (``python benchmarks/run.py data_pipeline``).
 
 Each benchmark runs in its own child process with the glibc allocator settings the product runs with: the
 ``MALLOC_*`` lines of ``deploy/fedfusion.env`` (the environment file of every fedfusion service, also exported by
-``scripts/setup-env`` for ``scripts/simulate``). Freed memory is kept instead of returned to the OS; with the
+``scripts/simulate``). Freed memory is kept instead of returned to the OS; with the
 default allocator, large per-step tensors are re-faulted every step, which made big training steps 2-6x slower.
 Nothing else is tuned: torch thread counts are the product's own (its defaults; one thread per slide worker in
 the data path). The settings are printed and recorded in each result file. Benchmarks are timings, not tests: nothing is
