@@ -11,9 +11,15 @@ before timing):
   cache write;
 - ``pipeline-no-encoder``: the same up to the normalised tiles (no encoder, no cache), to separate the data path
   from the encoder's cost;
-- ``cached``: the pipeline again on the warm cache (hash + load).
+- ``cached``: the pipeline again on the warm cache (hash + load);
+- ``pipeline-resnet18``: the same pipeline with the ``resnet18`` encoder (``safetensors:resnet18:<sha>``, random
+  weights from a fixed seed written to a temporary file: nothing downloaded);
+- ``encoder-alone-resnet18``: that encoder alone on the same (normalised) tiles, loaded into memory from a
+  ``.npy`` file per slide (written beforehand, in the page cache), in the same batches and with the same one torch
+  thread per process as the pipeline.
 
-Repetitions alternate in order; medians are reported. Writes ``benchmarks/results/data_pipeline.json`` and a
+Repetitions alternate in order; medians are reported, with the load average (``os.getloadavg``) before and after
+the run, since the machine may be shared. Writes ``benchmarks/results/data_pipeline.json`` and a
 line in ``benchmarks/results/README.md``.
 """
 
@@ -34,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import openslide
+import torch
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,8 +49,10 @@ from dp_overhead import record_summary
 
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.slides.feature_cache import FeatureCache
-from fedfusion.data.slides.slide_features import extract_slide_features, slide_tiles
-from fedfusion.data.slides.tiling import TilingParams, plan_tiles
+from fedfusion.data.slides.slide_features import ENCODE_BATCH, extract_slide_features, slide_tiles
+from fedfusion.data.slides.slide_hash_index import file_sha256
+from fedfusion.data.slides.tile_encoder import SAFETENSORS_PREFIX, ResNet18Encoder, get_tile_encoder
+from fedfusion.data.slides.tiling import TilePlan, TilingParams, batched, plan_tiles
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.synthetic.sites import draw_site_profiles
@@ -52,8 +62,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SLIDES = 12
 SLIDE_PX = 1536
 WORKERS = 2
-REPETITIONS = 9
+REPETITIONS = 5
 ENCODER = StudyConfig.encoder
+RESNET_SEED = 0
 PARAMS = TilingParams.from_study(StudyConfig())
 
 
@@ -78,15 +89,39 @@ def raw_read(path: Path, coords: list[tuple[int, int]], level: int, size: int) -
     return len(coords)
 
 
-def pipeline(path: Path, cache_dir: str) -> int:
+def write_resnet18(folder: Path) -> tuple[str, Path]:
+    """A ``resnet18`` safetensors file with seeded random weights; return its study encoder name and path."""
+    torch.manual_seed(RESNET_SEED)
+    path = folder / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in ResNet18Encoder().state_dict().items()}, str(path))
+    return f"{SAFETENSORS_PREFIX}{ResNet18Encoder.name}:{file_sha256(path)}", path
+
+
+def write_tiles(plan: TilePlan, path: Path) -> str:
+    """The plan's normalised tiles as one ``.npy`` array (what the encoder-alone run encodes); return its path."""
+    np.save(path, np.stack(list(slide_tiles(plan))))
+    return str(path)
+
+
+def pipeline(path: Path, cache_dir: str, encoder: str = ENCODER, encoder_file: Path | None = None) -> int:
     """The cached extraction path of one slide; return the tile count."""
     cache = FeatureCache(Path(cache_dir))
-    key = cache.key(path, ENCODER, PARAMS, None)
+    key = cache.key(path, encoder, PARAMS, None)
     features = cache.load(key)
     if features is None:
-        features = extract_slide_features(path, PARAMS, ENCODER)
+        features = extract_slide_features(path, PARAMS, encoder, encoder_file=encoder_file)
         cache.store(key, features)
     return len(features)
+
+
+def encoder_alone(tiles_file: str, encoder: str, encoder_file: Path) -> int:
+    """Encode one slide's tiles from memory, in the pipeline's batches on one torch thread; return the tile count."""
+    tiles = np.load(tiles_file)
+    model = get_tile_encoder(encoder, "cpu", encoder_file)
+    torch.set_num_threads(1)
+    for batch in batched(tiles, ENCODE_BATCH):
+        model.encode(batch)
+    return len(tiles)
 
 
 def pipeline_no_encoder(path: Path) -> int:
@@ -103,22 +138,32 @@ def timed(pool: ProcessPoolExecutor, job: Callable[..., int], *per_slide: list[A
 
 def main() -> None:
     """Measure, print and record throughputs and ratios."""
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_slides(Path(tmp))
+        resnet, resnet_file = write_resnet18(Path(tmp))
         plans = [plan_tiles(p, PARAMS) for p in paths]
         tiles = sum(len(plan.coords) for plan in plans)
+        tile_files = [write_tiles(plan, Path(tmp) / f"tiles-{i:02d}.npy") for i, plan in enumerate(plans)]
         raw_args = [paths, [[(int(x), int(y)) for x, y in plan.coords] for plan in plans],
                     [plan.level for plan in plans], [plan.read_size for plan in plans]]
+        resnets, resnet_files = [resnet] * len(paths), [resnet_file] * len(paths)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=WORKERS, mp_context=context) as pool:
             timed(pool, pipeline, paths[:WORKERS], [str(Path(tmp) / "warm-up")] * WORKERS)
+            timed(pool, encoder_alone, tile_files[:WORKERS], resnets[:WORKERS], resnet_files[:WORKERS])
             samples: dict[str, list[float]] = {"raw-read": [], "pipeline": [], "pipeline-no-encoder": [],
-                                               "cached": []}
+                                               "cached": [], "pipeline-resnet18": [], "encoder-alone-resnet18": []}
             for rep in range(REPETITIONS):
                 cache_dirs = [str(Path(tmp) / f"cache-{rep}")] * len(paths)
+                resnet_dirs = [str(Path(tmp) / f"cache-resnet18-{rep}")] * len(paths)
                 runs = [("raw-read", lambda: timed(pool, raw_read, *raw_args)),
                         ("pipeline-no-encoder", lambda: timed(pool, pipeline_no_encoder, paths)),
-                        ("pipeline", lambda dirs=cache_dirs: timed(pool, pipeline, paths, dirs))]
+                        ("pipeline", lambda dirs=cache_dirs: timed(pool, pipeline, paths, dirs)),
+                        ("encoder-alone-resnet18",
+                         lambda: timed(pool, encoder_alone, tile_files, resnets, resnet_files)),
+                        ("pipeline-resnet18",
+                         lambda dirs=resnet_dirs: timed(pool, pipeline, paths, dirs, resnets, resnet_files))]
                 for name, run in runs if rep % 2 == 0 else list(reversed(runs)):
                     samples[name].append(run())
                 samples["cached"].append(timed(pool, pipeline, paths, cache_dirs))
@@ -126,22 +171,31 @@ def main() -> None:
     throughput = {name: tiles / seconds for name, seconds in medians.items()}
     ratios = {"pipeline_over_raw": throughput["pipeline"] / throughput["raw-read"],
               "no_encoder_over_raw": throughput["pipeline-no-encoder"] / throughput["raw-read"],
-              "cached_speedup": medians["pipeline"] / medians["cached"]}
+              "cached_speedup": medians["pipeline"] / medians["cached"],
+              "resnet18_pipeline_over_encoder_alone": (throughput["pipeline-resnet18"]
+                                                       / throughput["encoder-alone-resnet18"])}
+    load_after = os.getloadavg()
     result = {
         "benchmark": "data_pipeline",
         "setup": {"slides": SLIDES, "slide_px": SLIDE_PX, "tiles": tiles, "workers": WORKERS,
                   "tile_size": PARAMS.tile_size, "target_mpp": PARAMS.target_mpp,
                   "stain_normalization": PARAMS.stain_normalization, "encoder": ENCODER,
-                  "repetitions": REPETITIONS},
+                  "repetitions": REPETITIONS, "resnet18_seed": RESNET_SEED, "encode_batch": ENCODE_BATCH},
         "median_seconds": medians, "tiles_per_second": throughput, "samples_seconds": samples, "ratios": ratios,
         "environment": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
-                        "openslide": openslide.__version__},
+                        "openslide": openslide.__version__, "torch": torch.__version__,
+                        "load_average_before": load_before, "load_average_after": load_after,
+                        **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
     }
     atomic_write_text(RESULTS / "data_pipeline.json", json.dumps(result, indent=2) + "\n")
     line = (f"{tiles} tiles of {SLIDES} slides, {WORKERS} workers: pipeline **{ratios['pipeline_over_raw']:.2f}x** "
             f"raw read_region throughput with the random-conv encoder ({throughput['pipeline']:.0f} vs "
             f"{throughput['raw-read']:.0f} tiles/s), {ratios['no_encoder_over_raw']:.2f}x without encoder; "
-            f"cached run **{ratios['cached_speedup']:.0f}x** faster than cold -> "
+            f"cached run **{ratios['cached_speedup']:.0f}x** faster than cold; "
+            f"resnet18 encoder: pipeline **{ratios['resnet18_pipeline_over_encoder_alone']:.2f}x** the encoder "
+            f"alone on the same tiles in memory ({throughput['pipeline-resnet18']:.1f} vs "
+            f"{throughput['encoder-alone-resnet18']:.1f} tiles/s; raw read {throughput['raw-read']:.0f} tiles/s); "
+            f"CPU, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after -> "
             "[data_pipeline.json](data_pipeline.json)")
     print(line)
     record_summary("data_pipeline", line)

@@ -1,10 +1,12 @@
 """Run every benchmark module in ``benchmarks/`` (the one command: ``python benchmarks/run.py``), or only those
 named on the command line (``python benchmarks/run.py data_pipeline``).
 
-Each benchmark runs in its own child process with glibc's allocator told to keep freed memory instead of
-returning it to the OS (``MALLOC_MMAP_MAX_=0``, high trim threshold and top pad): with the default
-allocator, large per-step tensors are re-faulted every step, which made big training steps 2-6x slower.
-The settings are printed and recorded in each result file. Benchmarks are timings, not tests: nothing is
+Each benchmark runs in its own child process with the glibc allocator settings the product runs with: the
+``MALLOC_*`` lines of ``deploy/fedfusion.env`` (the environment file of every fedfusion service, also exported by
+``scripts/simulate``). Freed memory is kept instead of returned to the OS; with the
+default allocator, large per-step tensors are re-faulted every step, which made big training steps 2-6x slower.
+Nothing else is tuned: torch thread counts are the product's own (its defaults; one thread per slide worker in
+the data path). The settings are printed and recorded in each result file. Benchmarks are timings, not tests: nothing is
 asserted about absolute time.
 """
 
@@ -16,11 +18,13 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
-MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30),
-    "MALLOC_TOP_PAD_": str(2**30),
-}
+PRODUCT_ENV_FILE = BENCHMARKS.parent / "deploy" / "fedfusion.env"
+
+
+def product_malloc_env() -> dict[str, str]:
+    """The ``MALLOC_*`` settings of ``deploy/fedfusion.env``, which every fedfusion service runs with."""
+    lines = PRODUCT_ENV_FILE.read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if line.startswith("MALLOC_"))
 
 
 def benchmark_modules() -> list[Path]:
@@ -35,8 +39,10 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"unknown benchmarks {unknown}; known: {[m.stem for m in modules]}")
         return 2
-    env = {**os.environ, **MALLOC_ENV}
-    print("benchmark child processes get: " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()))
+    malloc = product_malloc_env()
+    env = {**os.environ, **malloc}
+    print(f"benchmark child processes get the product's ({PRODUCT_ENV_FILE.name}): "
+          + " ".join(f"{k}={v}" for k, v in malloc.items()))
     failed = []
     for module in (m for m in modules if not names or m.stem in names):
         print(f"== {module.stem}", flush=True)

@@ -14,6 +14,9 @@ weights, and each site points its node config key ``encoder-file`` at its local 
 here (``ARCHITECTURES``): no code comes with the file, only tensors. The site's copy (node config
 ``encoder-file``) is hash-checked like a TorchScript file, then every tensor the architecture needs must be in
 it with the right shape (no more, no fewer); the module is frozen and in eval mode. Nothing is ever downloaded.
+``resnet18`` is torchvision's ResNet-18 written in plain torch with the same state-dict names, so a torchvision or
+timm ``resnet18`` checkpoint saved as safetensors loads as is: its classifier head (``fc.*``) is ignored, and
+BatchNorm's ``num_batches_tracked`` counters may be present or not (they do not change eval-mode outputs).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from fedfusion.errors import ConfigError
 
 TORCHSCRIPT_PREFIX = "torchscript:"
 SAFETENSORS_PREFIX = "safetensors:"
+BN_COUNTER = "num_batches_tracked"
+"""BatchNorm's training-step counter: optional in a weights file (eval-mode outputs do not depend on it)."""
 RANDOM_CONV_SEED = 20240601
 """Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
 
@@ -44,12 +49,20 @@ class TileEncoder(nn.Module):
 
     name: str
     feature_dim: int
+    ignored_prefixes: tuple[str, ...] = ()
+    """Tensor-name prefixes a weights file may hold that this architecture does not use (a classifier head)."""
 
     @torch.no_grad()
     def encode(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
+        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features.
+
+        On a CUDA device the batch is copied from pinned memory without blocking the host.
+        """
         device = next(self.buffers()).device
-        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.ascontiguousarray(tiles))
+        if device.type == "cuda":
+            pixels = pixels.pin_memory()
+        batch = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
         features: torch.Tensor = self(batch)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
@@ -136,10 +149,74 @@ class _ResidualBlock(nn.Module):
         return (out + shortcut).relu()
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""The input normalisation torchvision's and timm's ImageNet ResNets were trained with."""
+
+
+class ResNet18Encoder(TileEncoder):
+    """``resnet18``: torchvision's ResNet-18 up to global average pooling, 512 features per tile.
+
+    Only an architecture (weights from ``safetensors:resnet18:<sha>``); module and tensor names are torchvision's
+    (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``, ...). Takes RGB in [0, 255], scales it to
+    [0, 1] and normalises it with the ImageNet mean and standard deviation, as torchvision's weights expect.
+    """
+
+    name = "resnet18"
+    feature_dim = 512
+    ignored_prefixes = ("fc.",)
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = _resnet_layer(64, 64, stride=1)
+        self.layer2 = _resnet_layer(64, 128, stride=2)
+        self.layer3 = _resnet_layer(128, 256, stride=2)
+        self.layer4 = _resnet_layer(256, 512, stride=2)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` float RGB in [0, 255] -> ``[batch, 512]`` features."""
+        x = self.maxpool(self.bn1(self.conv1((rgb - self.mean) / self.std)).relu())
+        pooled: torch.Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x)))).mean(dim=(2, 3))
+        return pooled
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: two 3x3 conv + BatchNorm, shortcut ``downsample`` (1x1 conv + BN) if needed."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = (None if stride == 1 and in_channels == out_channels else
+                           nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual block output."""
+        out: torch.Tensor = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+        shortcut: torch.Tensor = x if self.downsample is None else self.downsample(x)
+        return (out + shortcut).relu()
+
+
+def _resnet_layer(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """A ResNet-18 stage: two basic blocks, the first one changing width and stride."""
+    return nn.Sequential(_BasicBlock(in_channels, out_channels, stride), _BasicBlock(out_channels, out_channels, 1))
+
+
 ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
 """Registered tile encoders by name (the study's ``encoder`` key)."""
 ARCHITECTURES: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder,
-                                                       SmallResNetEncoder.name: SmallResNetEncoder}
+                                                       SmallResNetEncoder.name: SmallResNetEncoder,
+                                                       ResNet18Encoder.name: ResNet18Encoder}
 """Architectures a ``safetensors:<arch>:<sha256>`` encoder can name; the weights come from the site's file."""
 
 
@@ -193,18 +270,19 @@ def _load_safetensors(name: str, encoder_file: Path | None) -> TileEncoder:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"tile encoder file {path}: not a safetensors file ({exc})") from exc
     encoder = ARCHITECTURES[arch]()
+    tensors = {key: value for key, value in tensors.items() if not key.startswith(encoder.ignored_prefixes)}
     expected_shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
-    missing = sorted(set(expected_shapes) - set(tensors))
+    missing = sorted(key for key in set(expected_shapes) - set(tensors) if not key.endswith(BN_COUNTER))
     if missing:
         raise ConfigError(f"tile encoder file {path}: architecture '{arch}' needs tensors it lacks: {missing}")
     unexpected = sorted(set(tensors) - set(expected_shapes))
     if unexpected:
         raise ConfigError(f"tile encoder file {path}: tensors {unexpected} are not part of architecture '{arch}'")
     for key, shape in expected_shapes.items():
-        if tuple(tensors[key].shape) != shape:
+        if key in tensors and tuple(tensors[key].shape) != shape:
             raise ConfigError(f"tile encoder file {path}: tensor '{key}' has shape {list(tensors[key].shape)}, "
                               f"architecture '{arch}' expects {list(shape)}")
-    encoder.load_state_dict(tensors)
+    encoder.load_state_dict(tensors, strict=False)  # every tensor is checked above; BN counters may be absent
     encoder.name = name
     return encoder
 
