@@ -228,7 +228,7 @@ class PatientWeightedFedAvg(FedAvg):
         for msg in replies:
             if msg.has_error():
                 logger.warning("round %s: site %s answered the %s message with an error: %s", server_round,
-                               self._site_names.name(msg), phase, msg.error.reason[:MAX_REASON])
+                               self._site_names.name(msg), phase, (msg.error.reason or '')[:MAX_REASON])
         if self._on_site_reply is None:
             return
         invalid = {id(msg) for msg in rejected or []}
