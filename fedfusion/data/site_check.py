@@ -21,7 +21,7 @@ from typing import Any
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.patient_split import is_test_patient
-from fedfusion.data.radiology.prepare import compute_volume, volume_owners
+from fedfusion.data.radiology.prepare import check_volume, volume_owners
 from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import probe_slide
 from fedfusion.data.slides.tiling import TilingParams, check_reaches_target, plan_tiles, require_tissue
@@ -165,7 +165,7 @@ def _check_volumes(tables: SiteTables, spec: RadiologySpec, findings: Findings, 
     patient (a warning with ``skip_bad``: the patient is kept, radiology masked)."""
     for (volume, mask), patient in volume_owners(tables.entries).items():
         try:
-            compute_volume(volume, mask, spec)
+            check_volume(volume, mask, spec)
         except VolumeError as error:
             if skip_bad:
                 findings.warning(f"patient {patient}", f"{error}; skipped with --skip-bad (patient kept without "

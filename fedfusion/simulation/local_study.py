@@ -171,7 +171,7 @@ def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
                                              progress=emit)
             emit(summary.describe())
         if "radiology" in study.modality_set:
-            volumes = prepare_volume_features(site.site_dir, study, progress=emit)
+            volumes = prepare_volume_features(site.site_dir, study, progress=emit, device=device)
             emit(volumes.describe())
             if not volumes.ok:
                 raise DataError(volumes.report())

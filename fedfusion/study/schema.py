@@ -18,7 +18,8 @@ example; docs/SITE_DATA.md documents every key). It declares
 - ``[radiology]``: the radiology modality (``fedfusion.data.radiology``): the scan modality (``CT``, ``MR``,
   ``PT``), the target voxel spacing, the crop (around the tumour mask, or the whole volume), the intensity
   normalisation (CT: a fixed Hounsfield window; MR/PT: per-volume z-score) and the study-fixed radiomics feature
-  list, each feature with its own fixed centre and scale.
+  list, each feature with its own fixed centre and scale; or instead of radiomics (``encoder``) a frozen small
+  3-D CNN applied to the crop resampled to a study-fixed voxel grid (``input-shape``).
 
 Everything that shapes the model is fixed here (input sizes, normalisation constants, time bins), never computed
 from a site's patients, so it stays outside the privacy accounting. The schema travels inside the study's run
@@ -62,6 +63,15 @@ RADIOMICS_FEATURES = (
     "texture:log-mean", "texture:log-sd",
 )
 """Radiomics features a study may list (computed by ``fedfusion.data.radiology.radiomics`` with SimpleITK)."""
+RADIOMICS = "radiomics"
+CNN3D = "cnn3d"
+"""The frozen small 3-D CNN of ``fedfusion.data.radiology.volume_encoder`` (seeded weights: a baseline only)."""
+CNN3D_WIDTH = 32
+"""Features of ``cnn3d``: its last block's channels, globally average-pooled."""
+VOLUME_SAFETENSORS_PREFIX = f"safetensors:{CNN3D}:"
+MIN_CNN_VOXELS, MAX_CNN_VOXELS = 8, 128
+"""Bounds of each ``input-shape`` entry: the CNN halves the grid three times; 128^3 floats is 8 MiB a volume."""
+"""``safetensors:cnn3d:<sha256>``: the ``cnn3d`` architecture with weights from the site's hash-checked file."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,8 @@ class RadiologySpec:
     """``CT``, ``MR`` or ``PT``: every series must carry this DICOM Modality."""
     spacing: tuple[float, float, float]
     """Target voxel spacing in mm (x, y, z): every volume is resampled to it."""
-    features: tuple[RadiomicsFeature, ...]
+    features: tuple[RadiomicsFeature, ...] = ()
+    """``encoder = "radiomics"``: the study-fixed feature list (empty for a CNN encoder)."""
     crop: str = "mask"
     """``mask``: the tumour mask's bounding box plus ``margin`` (a mask per volume is required); ``volume``: the
     whole volume (the mask, when given, still selects the voxels the features describe)."""
@@ -196,11 +207,17 @@ class RadiologySpec:
     """The manifest column naming each patient's volumes (';'-separated DICOM series folders or NIfTI files)."""
     mask_column: str = "radiology_mask"
     """The manifest column naming each volume's tumour mask (NIfTI label maps, in the same order)."""
+    encoder: str = RADIOMICS
+    """``radiomics`` (the ``features`` list), ``cnn3d`` (a frozen small 3-D CNN with fixed seeded weights: a
+    baseline only) or ``safetensors:cnn3d:<sha256>`` (the same CNN with the weights of the site's copy of that
+    file)."""
+    input_shape: tuple[int, int, int] = (32, 32, 32)
+    """CNN encoders: the voxel grid (x, y, z) the normalised crop is resampled to."""
 
     @property
     def width(self) -> int:
-        """Input columns of the radiology branch: one per feature."""
-        return len(self.features)
+        """Input columns of the radiology branch: one per radiomics feature, or the CNN's pooled channels."""
+        return len(self.features) if self.encoder == RADIOMICS else CNN3D_WIDTH
 
 
 @dataclass(frozen=True)
@@ -308,7 +325,8 @@ _COVARIATE_KEYS = {"name", "type", "center", "scale", "range", "log", "levels", 
 _TASK_KEYS = {"name", "type", "weight", "time", "unit", "event", "event-meaning", "time-bins", "label", "classes",
               "positive", "negative"}
 _OMICS_KEYS = {"name", "units", "genes", "panel", "sample-column", "file"}
-_RADIOLOGY_KEYS = {"modality", "spacing", "crop", "margin", "window", "features", "volume-column", "mask-column"}
+_RADIOLOGY_KEYS = {"modality", "spacing", "crop", "margin", "window", "features", "volume-column", "mask-column",
+                   "encoder", "input-shape"}
 _FEATURE_KEYS = {"name", "center", "scale", "log"}
 
 
@@ -446,8 +464,10 @@ def _radiology(raw: object, where: str) -> RadiologySpec:
     if modality not in SCAN_MODALITIES:
         raise ConfigError(f"{where} modality: must be one of {list(SCAN_MODALITIES)}, got {table['modality']!r}")
     x, y, z = _numbers(_required(table, "spacing", where), f"{where} spacing", length=3)
+    encoder = _str(table.get("encoder", RADIOMICS), f"{where} encoder")
     features = []
-    for i, entry in enumerate(_array(_required(table, "features", where), f"{where} features")):
+    listed = _required(table, "features", where) if encoder == RADIOMICS else table.get("features", [])
+    for i, entry in enumerate(_array(listed, f"{where} features")):
         feature = _table(entry, f"{where} features[{i}]")
         _keys(feature, _FEATURE_KEYS, f"{where} features[{i}]")
         features.append(RadiomicsFeature(
@@ -461,7 +481,15 @@ def _radiology(raw: object, where: str) -> RadiologySpec:
         margin=_number(table.get("margin", 5.0), f"{where} margin"),
         window=_numbers(table["window"], f"{where} window", length=2) if "window" in table else (),
         volume_column=_str(table.get("volume-column", "radiology"), f"{where} volume-column"),
-        mask_column=_str(table.get("mask-column", "radiology_mask"), f"{where} mask-column"))
+        mask_column=_str(table.get("mask-column", "radiology_mask"), f"{where} mask-column"), encoder=encoder,
+        input_shape=_shape(table.get("input-shape", [32, 32, 32]), f"{where} input-shape"))
+
+
+def _shape(raw: object, where: str) -> tuple[int, int, int]:
+    x, y, z = _numbers(raw, where, length=3)
+    if not all(v == int(v) for v in (x, y, z)):
+        raise ConfigError(f"{where}: must be three whole numbers of voxels, got {[x, y, z]}")
+    return int(x), int(y), int(z)
 
 
 def _named(table: Mapping[str, Any], where: str) -> str:
@@ -553,6 +581,9 @@ def _validate_radiology(r: RadiologySpec, where: str) -> None:
                           f"got {list(r.window)}")
     if r.modality != "CT" and r.window:
         raise ConfigError(f"{where}: window applies to CT only ({r.modality} volumes are z-scored per volume)")
+    if r.encoder != RADIOMICS:
+        _validate_volume_encoder(r, where)
+        return
     names = [f.name for f in r.features]
     unknown = sorted(set(names) - set(RADIOMICS_FEATURES))
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -564,6 +595,20 @@ def _validate_radiology(r: RadiologySpec, where: str) -> None:
             raise ConfigError(f"{where}: feature '{f.name}' needs a finite center and scale > 0")
     if not r.volume_column or r.volume_column == r.mask_column:
         raise ConfigError(f"{where}: volume-column and mask-column must be distinct non-empty names")
+
+
+def _validate_volume_encoder(r: RadiologySpec, where: str) -> None:
+    sha = r.encoder.removeprefix(VOLUME_SAFETENSORS_PREFIX)
+    if r.encoder != CNN3D and not (r.encoder.startswith(VOLUME_SAFETENSORS_PREFIX) and len(sha) == 64
+                                   and all(c in "0123456789abcdefABCDEF" for c in sha)):
+        raise ConfigError(f"{where}: encoder must be '{RADIOMICS}', '{CNN3D}' or '{VOLUME_SAFETENSORS_PREFIX}<sha256 "
+                          f"of the weights file>', got {r.encoder!r}")
+    if r.features:
+        raise ConfigError(f"{where}: features apply to encoder = '{RADIOMICS}' only; encoder '{r.encoder}' gives "
+                          f"{CNN3D_WIDTH} features of its own")
+    if len(r.input_shape) != 3 or not all(MIN_CNN_VOXELS <= n <= MAX_CNN_VOXELS for n in r.input_shape):
+        raise ConfigError(f"{where}: input-shape must be three voxel counts from {MIN_CNN_VOXELS} to "
+                          f"{MAX_CNN_VOXELS}, got {list(r.input_shape)}")
 
 
 def _validate_task(t: Task, where: str) -> None:

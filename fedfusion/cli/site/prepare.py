@@ -7,7 +7,8 @@ study's slide knobs (encoder, tile size, target mpp, max background, stain norma
 ``--study-config`` (the study's config as TOML: ``fedfusion study defaults`` output, or the study app's
 ``pyproject.toml``) and ``--set KEY=VALUE``; the defaults otherwise. When the study's schema (``--schema FILE``, or
 the study config's) fuses radiology, every volume of the manifest gets its radiomics features too
-(``fedfusion.data.radiology.prepare``). The summary is printed last. Exit code 1 when a slide or volume failed
+(``fedfusion.data.radiology.prepare``; a CNN encoder's weights file from ``--volume-encoder-file``). The
+summary is printed last. Exit code 1 when a slide or volume failed
 without ``--skip-bad`` (a slide past ``--slide-time-limit`` fails), 2 for a configuration or data error, 130 after
 Ctrl-C, 0 otherwise.
 """
@@ -69,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "daemon's --fallback-mpp)")
     parser.add_argument("--encoder-file", type=Path, default=None, metavar="FILE",
                         help="this site's copy of a torchscript: or safetensors: study encoder")
+    parser.add_argument("--volume-encoder-file", type=Path, default=None, metavar="FILE",
+                        help="this site's copy of the weights of a [radiology] encoder = "
+                             "\"safetensors:cnn3d:<sha256>\"")
     parser.add_argument("--skip-bad", action="store_true",
                         help="go on past unusable slides (each reported; training with skip-bad = true leaves "
                              "them out) instead of stopping at the first")
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report(), flush=True)
         return 0 if summary.ok else 1
     volumes = prepare_volume_features(args.data_dir, study, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                                      progress=lambda line: print(line, file=progress_to, flush=True))
+                                      progress=lambda line: print(line, file=progress_to, flush=True),
+                                      device=args.device, encoder_file=args.volume_encoder_file)
     print(json.dumps({**summary.to_dict(), "radiology": volumes.to_dict()}, indent=2) if args.json
           else f"{summary.report()}\n{volumes.report()}", flush=True)
     return 0 if summary.ok and volumes.ok else 1

@@ -1,9 +1,10 @@
-"""A site's radiology preprocessing, ahead of any study: the radiomics features of every volume in its manifest.
+"""A site's radiology preprocessing, ahead of any study: the features of every volume in its manifest.
 
 ``fedfusion site prepare`` runs this after the slides when the study fuses radiology. For each distinct volume of
 ``manifest.csv`` (with its mask): the cache key (``volume_key``), then, unless the cache holds it, reading
-(``volume_reader``), the features (``radiomics``) and an atomic write into the site's feature cache. A volume that
-cannot be used gets a failure entry naming the file and the problem, so training says what was wrong with it;
+(``volume_reader``), the features (``radiomics``, or the study's CNN ``volume_encoder``) and an atomic write
+into the site's feature cache. A volume that cannot be used gets a failure entry naming the file and the problem,
+so training says what was wrong with it;
 without ``skip_bad`` the run stops at the first. Volumes are small, so they are read one at a time (SimpleITK's
 filters use the machine's threads).
 """
@@ -18,19 +19,24 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import SimpleITK as sitk
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.progress import progress_bar
-from fedfusion.data.radiology.radiomics import volume_features
+from fedfusion.data.radiology.radiomics import normalised_region, volume_features
+from fedfusion.data.radiology.volume_encoder import cnn_features, get_volume_encoder
 from fedfusion.data.radiology.volume_key import volume_key
 from fedfusion.data.radiology.volume_reader import read_mask, read_volume
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.tables.manifest import MANIFEST_FILE, ManifestEntry, parse_manifest
+from fedfusion.devices import resolve_device
 from fedfusion.errors import DataError, VolumeError
 from fedfusion.study.config import StudyConfig
-from fedfusion.study.schema import RadiologySpec
+from fedfusion.study.schema import RADIOMICS, RadiologySpec
 
 SKIPPED = "skipped with --skip-bad (patient kept without this volume)"
+Featurizer = Callable[[sitk.Image, sitk.Image | None, str], npt.NDArray[np.float32]]
+"""(read volume, its mask or None, the volume's name for messages) -> its unscaled features."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,10 @@ class VolumePrepareSummary:
 
 
 def prepare_volume_features(site_dir: Path, study: StudyConfig, *, cache_dir: Path | None = None,
-                            skip_bad: bool = False,
-                            progress: Callable[[str], None] | None = None) -> VolumePrepareSummary:
-    """Compute the radiomics features of every volume of ``site_dir``'s manifest that the cache lacks."""
+                            skip_bad: bool = False, progress: Callable[[str], None] | None = None,
+                            device: str = "auto", encoder_file: Path | None = None) -> VolumePrepareSummary:
+    """Compute the features (radiomics, or the study's CNN encoder on ``device`` with the site's ``encoder_file``)
+    of every volume of ``site_dir``'s manifest that the cache lacks; a bad encoder file fails before any work."""
     started = time.monotonic()
     site_dir = Path(site_dir)
     spec = study.spec.radiology
@@ -98,6 +105,7 @@ def prepare_volume_features(site_dir: Path, study: StudyConfig, *, cache_dir: Pa
         raise DataError("the study declares no [radiology] section: there are no volumes to prepare")
     report = progress or (lambda _msg: None)
     owners = volume_owners(_manifest(site_dir, study))
+    features_of = volume_featurizer(spec, device, encoder_file)
     cache_dir = Path(cache_dir) if cache_dir is not None else site_dir / CACHE_DIRNAME
     cache = FeatureCache(cache_dir)
     report(f"preparing radiology features of site {site_dir.name}: {len(owners)} volumes, cache {cache_dir}")
@@ -111,7 +119,7 @@ def prepare_volume_features(site_dir: Path, study: StudyConfig, *, cache_dir: Pa
                 cached += 1
                 continue
             try:
-                features = compute_volume(volume, mask, spec)
+                features = compute_volume(volume, mask, spec, features_of)
             except VolumeError as error:
                 cache.store_failure(key, str(error))
                 failures.append(VolumeFailure(patient, volume, str(error)))
@@ -125,11 +133,32 @@ def prepare_volume_features(site_dir: Path, study: StudyConfig, *, cache_dir: Pa
                                 seconds=time.monotonic() - started)
 
 
-def compute_volume(volume: Path, mask: Path | None, spec: RadiologySpec) -> npt.NDArray[np.float32]:
-    """One volume's unscaled features (``radiomics.volume_features``) from its files; ``VolumeError`` naming them."""
+def volume_featurizer(spec: RadiologySpec, device: str = "cpu", encoder_file: Path | None = None) -> Featurizer:
+    """The study's features of one read volume: radiomics, or its CNN encoder (``volume_encoder``) on ``device``."""
+    if spec.encoder == RADIOMICS:
+        return lambda image, mask, where: volume_features(image, mask, spec, where)
+    encoder = get_volume_encoder(spec.encoder, str(resolve_device(device)), encoder_file)
+    return lambda image, mask, where: cnn_features(encoder, image, mask, spec, where)
+
+
+def compute_volume(volume: Path, mask: Path | None, spec: RadiologySpec,
+                   features_of: Featurizer | None = None) -> npt.NDArray[np.float32]:
+    """One volume's unscaled features from its files (``features_of``, default ``volume_featurizer(spec)``);
+    ``VolumeError`` naming them."""
+    image, label = _read(volume, mask, spec)
+    return (features_of or volume_featurizer(spec))(image, label, f"volume {volume}")
+
+
+def check_volume(volume: Path, mask: Path | None, spec: RadiologySpec) -> None:
+    """Read a volume and its mask and take the study's crop, as ``compute_volume`` does: ``VolumeError`` naming the
+    file when it cannot be used (every feature option fails only there)."""
+    image, label = _read(volume, mask, spec)
+    normalised_region(image, label, spec, f"volume {volume}")
+
+
+def _read(volume: Path, mask: Path | None, spec: RadiologySpec) -> tuple[sitk.Image, sitk.Image | None]:
     image = read_volume(volume, spec.modality)
-    label = read_mask(mask, image, volume) if mask is not None else None
-    return volume_features(image, label, spec, f"volume {volume}")
+    return image, read_mask(mask, image, volume) if mask is not None else None
 
 
 def volume_owners(entries: list[ManifestEntry]) -> dict[tuple[Path, Path | None], str]:

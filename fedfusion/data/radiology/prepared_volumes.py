@@ -3,7 +3,8 @@
 The training side of ``prepare.py``: every (volume, mask) of the manifest must have an entry in the cache. A
 volume whose preparation failed is a ``VolumeError`` with the message recorded then (or, with ``skip_bad``, a note
 and its patient kept without it); a volume without any entry makes the load fail with ``FeaturesNotPreparedError``
-naming ``fedfusion site prepare``. A patient's input is the mean of its volumes' scaled features (``radiomics``).
+naming ``fedfusion site prepare``. A patient's input is the mean of its volumes' scaled features (``radiomics``;
+a CNN encoder's features are used as they are).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fedfusion.data.slides.feature_cache import FeatureCache
 from fedfusion.data.slides.prepare import PREPARE_COMMAND
 from fedfusion.data.tables.manifest import ManifestEntry
 from fedfusion.errors import FeaturesNotPreparedError, VolumeError
-from fedfusion.study.schema import RadiologySpec
+from fedfusion.study.schema import RADIOMICS, RadiologySpec
 
 
 def read_prepared_volumes(site_dir: Path, entries: list[ManifestEntry], spec: RadiologySpec, cache: FeatureCache,
@@ -34,7 +35,7 @@ def read_prepared_volumes(site_dir: Path, entries: list[ManifestEntry], spec: Ra
         key = volume_key(volume, mask, spec)
         cached = cache.load(key)
         if cached is not None and cached.shape == (1, spec.width):
-            scaled[(volume, mask)] = scale_features(cached[0], spec)
+            scaled[(volume, mask)] = scale_features(cached[0], spec) if spec.encoder == RADIOMICS else cached[0]
             continue
         failure = cache.failure(key)
         if failure is None:

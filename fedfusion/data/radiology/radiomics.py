@@ -32,6 +32,15 @@ def volume_features(image: sitk.Image, mask: sitk.Image | None, spec: RadiologyS
                     where: str) -> npt.NDArray[np.float32]:
     """The unscaled features of ``spec.features`` (in order) of ``image`` inside ``mask`` (the whole volume when
     None); ``where`` names the volume in a ``VolumeError``."""
+    image, mask = normalised_region(image, mask, spec, where)
+    values = _FeatureMaps(image, mask)
+    return np.asarray([values.get(f.name) for f in spec.features], dtype=np.float32)
+
+
+def normalised_region(image: sitk.Image, mask: sitk.Image | None, spec: RadiologySpec,
+                      where: str) -> tuple[sitk.Image, sitk.Image]:
+    """The study's crop of ``image`` and its mask (all ones when None), resampled to the study's spacing, the
+    intensities normalised; ``VolumeError`` naming ``where`` when the mask is needed and absent, or vanishes."""
     if mask is None:
         if spec.crop == "mask":
             raise VolumeError(f"{where}: the study crops around the tumour mask but the volume has none")
@@ -42,9 +51,7 @@ def volume_features(image: sitk.Image, mask: sitk.Image | None, spec: RadiologyS
     mask = _resample(mask, spec.spacing, sitk.sitkNearestNeighbor)
     if not np.any(sitk.GetArrayViewFromImage(mask)):
         raise VolumeError(f"{where}: the tumour mask covers no voxel at the study's spacing {list(spec.spacing)} mm")
-    image = _normalise(image, spec)
-    values = _FeatureMaps(image, mask)
-    return np.asarray([values.get(f.name) for f in spec.features], dtype=np.float32)
+    return _normalise(image, spec), mask
 
 
 def scale_features(raw: npt.NDArray[np.float32], spec: RadiologySpec) -> npt.NDArray[np.float32]:

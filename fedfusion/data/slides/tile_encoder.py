@@ -28,18 +28,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from fedfusion.data.slides.slide_hash_index import file_sha256
+from fedfusion.data.encoder_weights import checked_encoder_file, load_safetensors_weights
 from fedfusion.errors import ConfigError
 
 TORCHSCRIPT_PREFIX = "torchscript:"
 SAFETENSORS_PREFIX = "safetensors:"
-BN_COUNTER = "num_batches_tracked"
-"""BatchNorm's training-step counter: optional in a weights file (eval-mode outputs do not depend on it)."""
 RANDOM_CONV_SEED = 20240601
 """Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
 
@@ -264,46 +260,15 @@ def _load_safetensors(name: str, encoder_file: Path | None) -> TileEncoder:
     if arch not in ARCHITECTURES or not expected:
         raise ConfigError(f"study config 'encoder' '{name}': expected '{SAFETENSORS_PREFIX}<architecture>:<sha256>' "
                           f"with an architecture in {sorted(ARCHITECTURES)}")
-    path = _checked_encoder_file(name, expected, encoder_file, "safetensors")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"tile encoder file {path}: not a safetensors file ({exc})") from exc
+    path = checked_encoder_file(name, expected, encoder_file, "safetensors")
     encoder = ARCHITECTURES[arch]()
-    tensors = {key: value for key, value in tensors.items() if not key.startswith(encoder.ignored_prefixes)}
-    expected_shapes = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
-    missing = sorted(key for key in set(expected_shapes) - set(tensors) if not key.endswith(BN_COUNTER))
-    if missing:
-        raise ConfigError(f"tile encoder file {path}: architecture '{arch}' needs tensors it lacks: {missing}")
-    unexpected = sorted(set(tensors) - set(expected_shapes))
-    if unexpected:
-        raise ConfigError(f"tile encoder file {path}: tensors {unexpected} are not part of architecture '{arch}'")
-    for key, shape in expected_shapes.items():
-        if key in tensors and tuple(tensors[key].shape) != shape:
-            raise ConfigError(f"tile encoder file {path}: tensor '{key}' has shape {list(tensors[key].shape)}, "
-                              f"architecture '{arch}' expects {list(shape)}")
-    encoder.load_state_dict(tensors, strict=False)  # every tensor is checked above; BN counters may be absent
+    load_safetensors_weights(encoder, path, arch, ignored_prefixes=encoder.ignored_prefixes)
     encoder.name = name
     return encoder
 
 
-def _checked_encoder_file(name: str, expected: str, encoder_file: Path | None, kind: str) -> Path:
-    """The site's encoder file after checking it exists and its sha256 is the one the study names."""
-    if encoder_file is None:
-        raise ConfigError(f"the study uses tile encoder '{name}': set this site's node config 'encoder-file' to "
-                          f"its local copy of that {kind} file")
-    path = Path(encoder_file)
-    if not path.is_file():
-        raise ConfigError(f"tile encoder file {path}: does not exist")
-    actual = file_sha256(path)
-    if actual != expected.lower():
-        raise ConfigError(f"tile encoder file {path}: sha256 {actual} is not the study's {expected.lower()}; "
-                          "every site must use the same encoder file")
-    return path
-
-
 def _load_torchscript(name: str, encoder_file: Path | None) -> TorchScriptEncoder:
-    encoder_file = _checked_encoder_file(name, name.removeprefix(TORCHSCRIPT_PREFIX), encoder_file, "TorchScript")
+    encoder_file = checked_encoder_file(name, name.removeprefix(TORCHSCRIPT_PREFIX), encoder_file, "TorchScript")
     try:
         # torch.jit.load has no annotations in torch, so strict mypy refuses the call without this ignore.
         module = torch.jit.load(str(encoder_file), map_location="cpu")  # type: ignore[no-untyped-call]
