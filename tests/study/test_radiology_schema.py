@@ -37,6 +37,9 @@ def test_a_schema_without_radiology_keeps_its_json() -> None:
     ({"features": [{"name": "intensity:mean", "scale": 0.0}]}, "needs a finite center and scale > 0"),
     ({"crop": "box"}, "crop: must be one of"),
     ({"modality": "MR"}, "window applies to CT only"),
+    ({"encoder": "cnn3d"}, "features apply to encoder = 'radiomics' only"),
+    ({"encoder": "resnet", "features": None}, "encoder must be 'radiomics', 'cnn3d' or 'safetensors:cnn3d:"),
+    ({"encoder": "cnn3d", "features": None, "input-shape": [4, 32, 32]}, "input-shape must be three voxel counts"),
 ])
 def test_bad_radiology_sections_name_the_file_and_key(change: dict, message: str) -> None:
     raw = _raw()
