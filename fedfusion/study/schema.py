@@ -69,9 +69,9 @@ CNN3D = "cnn3d"
 CNN3D_WIDTH = 32
 """Features of ``cnn3d``: its last block's channels, globally average-pooled."""
 VOLUME_SAFETENSORS_PREFIX = f"safetensors:{CNN3D}:"
+"""``safetensors:cnn3d:<sha256>``: the ``cnn3d`` architecture with weights from the site's hash-checked file."""
 MIN_CNN_VOXELS, MAX_CNN_VOXELS = 8, 128
 """Bounds of each ``input-shape`` entry: the CNN halves the grid three times; 128^3 floats is 8 MiB a volume."""
-"""``safetensors:cnn3d:<sha256>``: the ``cnn3d`` architecture with weights from the site's hash-checked file."""
 
 
 @dataclass(frozen=True)
@@ -581,6 +581,8 @@ def _validate_radiology(r: RadiologySpec, where: str) -> None:
                           f"got {list(r.window)}")
     if r.modality != "CT" and r.window:
         raise ConfigError(f"{where}: window applies to CT only ({r.modality} volumes are z-scored per volume)")
+    if not r.volume_column or r.volume_column == r.mask_column:
+        raise ConfigError(f"{where}: volume-column and mask-column must be distinct non-empty names")
     if r.encoder != RADIOMICS:
         _validate_volume_encoder(r, where)
         return
@@ -593,8 +595,6 @@ def _validate_radiology(r: RadiologySpec, where: str) -> None:
     for f in r.features:
         if not (math.isfinite(f.center) and math.isfinite(f.scale) and f.scale > 0):
             raise ConfigError(f"{where}: feature '{f.name}' needs a finite center and scale > 0")
-    if not r.volume_column or r.volume_column == r.mask_column:
-        raise ConfigError(f"{where}: volume-column and mask-column must be distinct non-empty names")
 
 
 def _validate_volume_encoder(r: RadiologySpec, where: str) -> None:
