@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.data.findings import Findings
-from fedfusion.data.patient_split import is_test_patient
+from fedfusion.data.patient_split import PatientSplit
 from fedfusion.data.radiology.prepare import check_volume, volume_owners
 from fedfusion.data.slides.slide_limits import ReadBudget
 from fedfusion.data.slides.slide_reader import probe_slide
@@ -83,14 +83,16 @@ def site_inputs(schema: StudySchema) -> tuple[str, ...]:
 
 def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None = None, *,
                params: TilingParams | None = None, skip_bad: bool = False,
-               slide_seconds: float | None = CHECK_SLIDE_SECONDS) -> SiteCheck:
+               slide_seconds: float | None = CHECK_SLIDE_SECONDS, split: PatientSplit | None = None,
+               min_eval_patients: int = MIN_EVAL_PATIENTS) -> SiteCheck:
     """Validate the site folder ``site_dir`` against the study ``schema`` (tables, cross-references, every slide)
     and collect all problems.
 
     ``params`` are the study's tiling knobs (target resolution, tile size, background rule) the slides must meet;
     by default those of a default ``StudyConfig``. ``slide_seconds`` limits the time one slide may take (None: no
     limit); a slide past it is a problem naming the slide. Patients are counted per split as training would split
-    them (the schema's split column, else the default study's hash rule).
+    them with ``split`` (the site policy's; default: the default policy's, i.e. the default study's hash rule and the
+    schema's split column), against ``min_eval_patients`` held out (the site policy's ``min-eval-patients``).
     """
     if params is None:
         params = TilingParams.from_study(StudyConfig())
@@ -109,7 +111,8 @@ def check_site(site_dir: Path, schema: StudySchema, fallback_mpp: float | None =
         lacking["radiology"] = [e.patient_id for e in tables.entries if not e.volumes]
         _check_volumes(tables, schema.radiology, findings, skip_bad)
     if not findings.errors:
-        _check_patient_counts(f"site {site_dir.name}", tables, findings)
+        _check_patient_counts(f"site {site_dir.name}", tables, findings,
+                              split or PatientSplit.of_study(StudyConfig()), min_eval_patients)
     return SiteCheck(site_dir, [e.patient_id for e in tables.entries], lacking, checked, unreadable, findings)
 
 
@@ -123,18 +126,18 @@ def check_slide(path: Path, fallback_mpp: float | None, params: TilingParams,
     require_tissue(plan_tiles(path, params, fallback_mpp, budget))
 
 
-def _check_patient_counts(where: str, tables: SiteTables, findings: Findings) -> None:
-    """An error below ``MIN_TRAIN_PATIENTS`` training patients, a warning below ``MIN_EVAL_PATIENTS`` held out."""
-    study = StudyConfig()
-    splits = [row.split or ("test" if is_test_patient(row.patient_id, study.seed, study.test_fraction)
-                            else "train")
+def _check_patient_counts(where: str, tables: SiteTables, findings: Findings, split: PatientSplit,
+                          min_eval_patients: int) -> None:
+    """An error below ``MIN_TRAIN_PATIENTS`` training patients, a warning below ``min_eval_patients`` held out."""
+    splits = [(row.split if split.use_split_column else None) or ("test" if split.is_test(row.patient_id)
+                                                                   else "train")
               for row in (tables.clinical[e.patient_id] for e in tables.entries if e.patient_id in tables.clinical)]
     train, test = splits.count("train"), splits.count("test")
     counts = f"{len(splits)} usable patients, {train} for training and {test} held out"
     if train < MIN_TRAIN_PATIENTS:
         findings.error(where, f"{counts}: a site needs at least {MIN_TRAIN_PATIENTS} training patients to train")
-    if test < MIN_EVAL_PATIENTS:
-        findings.warning(where, f"{counts}: fewer than {MIN_EVAL_PATIENTS} held out (the site policy's default "
+    if test < min_eval_patients:
+        findings.warning(where, f"{counts}: fewer than {min_eval_patients} held out (the site policy's "
                                 "min-eval-patients), so its evaluation replies would be refused")
 
 

@@ -3,7 +3,8 @@
 With DATA_DIR: per-modality counts, patients lacking a modality, and every error and warning (each naming the file
 or patient); ``--json`` prints the same as JSON; ``--skip-bad`` reports what training with ``skip-bad`` would skip
 as warnings; ``--slide-time-limit`` bounds the time one slide may take and ``--allow-non-brightfield`` accepts
-dark-background (fluorescence) slides, as a study with ``allow-non-brightfield = true`` does. With ``--bundle``: the
+dark-background (fluorescence) slides, as a study with ``allow-non-brightfield = true`` does; patients are counted
+per split by the site's privacy policy (``--policy``, else the one beside the data). With ``--bundle``: the
 site's certificates and key, the coordinator's reachability and the clock skew
 (``fedfusion.deployment.site.connectivity``). Exit code 1 when there are errors, 0 otherwise.
 """
@@ -20,6 +21,7 @@ from fedfusion.data.site_check import CHECK_SLIDE_SECONDS, SiteCheck, check_site
 from fedfusion.data.slides.tiling import TilingParams
 from fedfusion.deployment.site.connectivity import check_connection
 from fedfusion.errors import ConfigError
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME, load_policy
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.schema import load_schema
 
@@ -57,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--slide-time-limit", type=float, default=CHECK_SLIDE_SECONDS, metavar="SECONDS",
                         help="most seconds one slide may take to check, 0 for no limit; progress lines go to "
                              "standard error on long reads (default: %(default)s)")
+    parser.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                        help=f"the site's privacy policy, whose split (split-seed, test-fraction, use-split-column) "
+                             f"and min-eval-patients the patient counts follow (default: DATA_DIR/{POLICY_FILE_NAME} "
+                             "if present, else the built-in policy)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
@@ -96,8 +102,11 @@ def _check_data(args: argparse.Namespace) -> bool:
     schema = load_schema(schema_file)
     params = TilingParams.from_study(StudyConfig(target_mpp=args.target_mpp,
                                                  allow_non_brightfield=args.allow_non_brightfield))
+    beside_data = args.data_dir / POLICY_FILE_NAME
+    policy = load_policy(args.policy or (beside_data if beside_data.is_file() else None))
     result = check_site(args.data_dir, schema, args.fallback_mpp, params=params, skip_bad=args.skip_bad,
-                        slide_seconds=slide_time_limit(args.slide_time_limit))
+                        slide_seconds=slide_time_limit(args.slide_time_limit), split=policy.split,
+                        min_eval_patients=policy.min_eval_patients)
     if schema_file == SYNTHETIC_SCHEMA_FILE:
         result.findings.warning("study schema", f"none given and {beside} is absent: checked against the synthetic "
                                                 "cohort's schema (pass --schema with your study's)")

@@ -19,6 +19,7 @@ from fedfusion.data.tables.clinical import clinical_columns, parse_clinical
 from fedfusion.data.tables.omics import parse_omics_layer
 from fedfusion.data.tables.table_sources import TableSource
 from fedfusion.errors import DataError
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.schema import OmicsLayer, StudySchema, load_schema
 
@@ -430,3 +431,18 @@ def test_site_check_refuses_a_site_too_small_to_train(tmp_path: Path, capsys: py
     site = _site(tmp_path, _csv(rows))
     code, out = _check(capsys, str(site), "--schema", str(schema_file))
     assert code == 1 and f"  - site {site.name}: {expected}" in out, out
+
+
+def test_site_check_counts_patients_by_the_sites_own_policy(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The site's privacy policy beside its data, not the default study, decides the split and the minimum."""
+    schema_file = _schema(tmp_path)[0]
+    site = _site(tmp_path, _csv())
+    (site / POLICY_FILE_NAME).write_text("split-seed = 3\ntest-fraction = 0.6\nuse-split-column = false\n"
+                                         "min-eval-patients = 5\n")
+    split = PatientSplit(seed=3, test_fraction=0.6, use_split_column=False)
+    held_out = sum(split.is_test(row[0]) for row in ROWS)
+    assert 0 < held_out < 4  # the hash rule holds some of the five out, and leaves at least two to train
+    code, out = _check(capsys, str(site), "--schema", str(schema_file))
+    assert code == 0, out
+    assert f"5 usable patients, {5 - held_out} for training and {held_out} held out: fewer than 5 held out" in out
