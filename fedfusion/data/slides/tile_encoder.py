@@ -126,22 +126,27 @@ class SmallResNetEncoder(TileEncoder):
 
 
 class _ResidualBlock(nn.Module):
-    """Two 3x3 conv + BatchNorm layers with an identity (or 1x1 projection) shortcut."""
+    """Two 3x3 conv + BatchNorm layers with an identity shortcut, or a 1x1 conv + BatchNorm projection when the width or
+    stride changes (torchvision's ``BasicBlock``). ``projection_name`` is the projection's state-dict name:
+    ``shortcut`` in ``small-resnet-v1``, torchvision's ``downsample`` in ``resnet18``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, projection_name: str = "shortcut") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels else
-                         nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(out_channels)))
+        self.projection_name = projection_name
+        setattr(self, projection_name,
+                None if stride == 1 and in_channels == out_channels else
+                nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                              nn.BatchNorm2d(out_channels)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual block output."""
         out: torch.Tensor = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
-        shortcut: torch.Tensor = self.shortcut(x)
+        projection: nn.Module | None = getattr(self, self.projection_name)
+        shortcut: torch.Tensor = x if projection is None else projection(x)
         return (out + shortcut).relu()
 
 
@@ -183,29 +188,10 @@ class ResNet18Encoder(TileEncoder):
         return pooled
 
 
-class _BasicBlock(nn.Module):
-    """torchvision's ``BasicBlock``: two 3x3 conv + BatchNorm, shortcut ``downsample`` (1x1 conv + BN) if needed."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = (None if stride == 1 and in_channels == out_channels else
-                           nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                         nn.BatchNorm2d(out_channels)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual block output."""
-        out: torch.Tensor = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
-        shortcut: torch.Tensor = x if self.downsample is None else self.downsample(x)
-        return (out + shortcut).relu()
-
-
 def _resnet_layer(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """A ResNet-18 stage: two basic blocks, the first one changing width and stride."""
-    return nn.Sequential(_BasicBlock(in_channels, out_channels, stride), _BasicBlock(out_channels, out_channels, 1))
+    return nn.Sequential(_ResidualBlock(in_channels, out_channels, stride, "downsample"),
+                         _ResidualBlock(out_channels, out_channels, 1, "downsample"))
 
 
 ENCODERS: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: RandomConvEncoder}
