@@ -44,8 +44,7 @@ def clipped_gradient_sum(trainer: SiteTrainer, weights: dict[str, torch.Tensor],
     patients = trainer.cohort.train
     rng = rng if rng is not None else os_seeded_generator()
     sampled = np.flatnonzero(rng.random(len(patients)) < study.sample_rate)
-    with trainer.seeded(seed):
-        model = trainer.load_model(weights).train()
+    with trainer.seeded(seed), trainer.leased(weights) as model:
         sums = {name: torch.zeros_like(tensor, dtype=torch.float64) for name, tensor in model.state_dict().items()}
         parameters = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         per_patient = GradSampleModule(model, batch_first=True, loss_reduction="sum")
@@ -66,6 +65,7 @@ def clipped_gradient_sum(trainer: SiteTrainer, weights: dict[str, torch.Tensor],
             factors = torch.clamp(study.max_grad_norm / (norms + CLIP_EPSILON), max=1.0)
             for name, grad in grads.items():
                 sums[name] += torch.einsum("b,b...->...", factors, grad.double())
+        per_patient.to_standard_module()  # hooks removed: the leased model is kept for the next round
     return {name: total.cpu().numpy() for name, total in sums.items()}, len(sampled)
 
 

@@ -44,8 +44,10 @@ class PatientBatch(NamedTuple):
         return self.tiles, self.tile_mask, self.omics, self.modality_mask, self.clinical, self.radiology
 
     def to(self, device: torch.device) -> PatientBatch:
-        """The same batch on ``device``."""
-        return PatientBatch(*(t.to(device) for t in self))
+        """The same batch on ``device``; to a GPU from pinned host memory, without blocking the host."""
+        if device.type != "cuda":
+            return PatientBatch(*(t.to(device) for t in self))
+        return PatientBatch(*(t.pin_memory().to(device, non_blocking=True) for t in self))
 
 
 class PatientBagDataset(Dataset[PatientItem]):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from fedfusion.data.patient_records import PatientRecord, SiteCohort
 from fedfusion.devices import resolve_device
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.evaluation.task_metrics import empty_metrics, task_metrics
-from fedfusion.models.fusion_model import StudyModel, build_model
+from fedfusion.models.fusion_model import StudyModel
 from fedfusion.models.survival_loss import batch_loss, patient_loss, risk_score
 from fedfusion.privacy.accounting import AccountantHistory, epsilon_spent, validated_history
 from fedfusion.privacy.dp_sgd import GRAD_SAMPLE_MODE, make_private
@@ -35,6 +35,7 @@ from fedfusion.protocol import (
     WEIGHT_KEY,
 )
 from fedfusion.site.gradient_terms import GradientTerms
+from fedfusion.site.model_cache import leased_model
 from fedfusion.site.patient_bags import PatientBagDataset, PatientBatch, check_record, collate_full_bags
 from fedfusion.study.config import StudyConfig
 
@@ -93,14 +94,14 @@ class SiteTrainer:
             raise DataError(f"site '{self.cohort.site}' has no training patients")
         history = validated_history(accountant_history)
         sigma = self._noise_multiplier(noise_multiplier)
-        with self.seeded(seed):
-            model: nn.Module = self.load_model(weights).train()
+        with self.seeded(seed), self.leased(weights) as model:
             for name, parameter in model.named_parameters():
                 parameter.requires_grad_(name.startswith(train_only))
             sampling_seed = seed if not self.study.dp else (secrets.randbits(63) if dp_seed is None else dp_seed)
             loader = DataLoader(PatientBagDataset(self.cohort.train, self.study, seed=seed),
                                 batch_size=self.study.batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(sampling_seed))
+                                generator=torch.Generator().manual_seed(sampling_seed),
+                                pin_memory=self.device.type == "cuda")
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                          lr=self.study.learning_rate)
             GradientTerms.of(self.study).attach(optimizer)  # FedProx, ridge, lasso: after DP privatization
@@ -134,7 +135,8 @@ class SiteTrainer:
             train_seconds = time.perf_counter() - started
             if private is not None:
                 history = private.history()
-                model = private.release()
+                private.release()  # the leased module itself, its Opacus hooks removed
+            state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         epsilon = epsilon_spent(self.study.accountant, history, self.study.delta) if self.study.dp else 0.0
         accounted = sum(entry[2] for entry in history) if self.study.dp else steps
         metrics = {
@@ -147,7 +149,6 @@ class SiteTrainer:
             "total-steps": float(accounted),
             "train-seconds": train_seconds,
         }
-        state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         return TrainOutcome(state, len(self.cohort.train), metrics, history)
 
     def evaluate(self, weights: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
@@ -177,10 +178,10 @@ class SiteTrainer:
     def _infer(self, weights: dict[str, torch.Tensor],
                patients: Sequence[PatientRecord]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Each task's outputs and the per-patient losses (CPU) for ``patients``, in eval mode."""
-        model = self.load_model(weights).eval()
         outputs: list[tuple[torch.Tensor, ...]] = []
         losses: list[torch.Tensor] = []
-        with torch.no_grad():
+        with self.leased(weights) as model, torch.no_grad():
+            model.eval()
             for start in range(0, len(patients), INFERENCE_BATCH_PATIENTS):
                 chunk = patients[start : start + INFERENCE_BATCH_PATIENTS]
                 batch = collate_full_bags(chunk, self.study).to(self.device)
@@ -198,15 +199,10 @@ class SiteTrainer:
                               "calibrated noise multiplier, and none was given")
         return self.study.noise_multiplier
 
-    def load_model(self, weights: dict[str, torch.Tensor]) -> StudyModel:
-        """The study's model holding ``weights``, on the site's device; ``ConfigError`` if they do not fit."""
-        model = build_model(self.study)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise ConfigError(f"site '{self.cohort.site}': received weights do not fit the study's model: {exc}"
-                              ) from exc
-        return model.to(self.device)
+    def leased(self, weights: Mapping[str, torch.Tensor]) -> AbstractContextManager[StudyModel]:
+        """The study's model holding ``weights`` on the site's device, kept there between rounds of this process
+        (``model_cache``: in training mode, every parameter trainable); ``ConfigError`` if the weights do not fit."""
+        return leased_model(self.study, self.device, weights, self.cohort.site)
 
     @contextmanager
     def seeded(self, seed: int) -> Iterator[None]:
