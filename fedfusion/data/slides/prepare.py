@@ -4,7 +4,8 @@
 change); a training round only reads the cache (``prepared_features``) and refuses when features are missing.
 For each slide of ``manifest.csv``: the cheap file checks, the cache key (content hash + encoder + tiling knobs),
 then, unless the cache already holds it, tiling, stain normalisation and the encoder, in ``workers`` spawned
-processes (one slide per task) on the chosen device. Each finished slide is written into the cache at once and
+processes (one slide per task) on the CPU; on a GPU, one encoder in this process fed by ``workers`` spawned reader
+processes (``device_extraction``). Each finished slide is written into the cache at once and
 atomically, so a killed run leaves no partial entry and a rerun extracts only what is missing. A worker exits
 when the preparing process dies, even by SIGKILL. Without ``skip_bad`` the run stops at the first unusable slide
 (the slides already running finish and are kept); with it, every bad slide is reported and the rest proceed.
@@ -34,6 +35,7 @@ import numpy.typing as npt
 
 from fedfusion.data.findings import Findings
 from fedfusion.data.progress import progress_bar
+from fedfusion.data.slides.device_extraction import encode_slides
 from fedfusion.data.slides.feature_cache import CACHE_DIRNAME, FeatureCache
 from fedfusion.data.slides.slide_features import extract_slide_features
 from fedfusion.data.slides.slide_limits import ReadBudget
@@ -287,6 +289,12 @@ def _extract_jobs(jobs: list[_SlideJob], owners: dict[Path, str], cache: Feature
             tally.tiles += len(result)
             return True
 
+        if device.startswith("cuda"):  # one encoder on the GPU, reading in worker processes
+            encode_slides([job.path for job in jobs], params, encoder, device, readers=min(workers, len(jobs)),
+                          done=lambda index, result: done(jobs[index], result), fallback_mpp=fallback_mpp,
+                          encoder_file=encoder_file, slide_seconds=slide_seconds, reader_setup=_exit_with_parent,
+                          setup_args=(os.getpid(),))
+            return
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
                 if not done(job, _extract_one(job.path, params, encoder, device, fallback_mpp, encoder_file, 1,

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,21 @@ RANDOM_CONV_SEED = 20240601
 """Seed of the fixed weights of ``random-conv-v1``; part of the encoder's identity, never the study seed."""
 
 
+class EncodingBatch(NamedTuple):
+    """A batch being encoded: its features (on a GPU: pinned host memory still being filled) and when they are."""
+
+    features: torch.Tensor
+    ready: torch.cuda.Event | None
+    """Recorded after the copy back to the host on a CUDA device; None on the CPU (already computed)."""
+
+    def result(self) -> npt.NDArray[np.float32]:
+        """``[batch, feature_dim]`` float32 features, waiting for the device if needed."""
+        if self.ready is None:
+            return self.features.numpy().astype(np.float32, copy=False)
+        self.ready.synchronize()
+        return self.features.numpy().copy()  # the pinned block goes back to torch's pool
+
+
 class TileEncoder(nn.Module):
     """Base of the registered tile encoders: ``encode`` maps uint8 tiles to float32 features."""
 
@@ -48,19 +64,27 @@ class TileEncoder(nn.Module):
     ignored_prefixes: tuple[str, ...] = ()
     """Tensor-name prefixes a weights file may hold that this architecture does not use (a classifier head)."""
 
-    @torch.no_grad()
     def encode(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features.
+        """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
+        return self.start_encoding(tiles).result()
 
-        On a CUDA device the batch is copied from pinned memory without blocking the host.
+    @torch.no_grad()
+    def start_encoding(self, tiles: npt.NDArray[np.uint8]) -> EncodingBatch:
+        """Encode ``[batch, h, w, 3]`` uint8 RGB tiles; on a CUDA device return once the work is queued.
+
+        On a CUDA device the batch is copied from pinned host memory without blocking the host, and the features
+        come back into pinned memory the same way, so the caller can prepare the next batch meanwhile.
         """
         device = next(self.buffers()).device
         pixels = torch.from_numpy(np.ascontiguousarray(tiles))
-        if device.type == "cuda":
-            pixels = pixels.pin_memory()
-        batch = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        features: torch.Tensor = self(batch)
-        return features.cpu().numpy().astype(np.float32, copy=False)
+        if device.type != "cuda":
+            return EncodingBatch(self(pixels.permute(0, 3, 1, 2).float()), None)
+        features: torch.Tensor = self(pixels.pin_memory().to(device, non_blocking=True).permute(0, 3, 1, 2).float())
+        host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(features, non_blocking=True)
+        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
+        ready.record()
+        return EncodingBatch(host, ready)
 
 
 class RandomConvEncoder(TileEncoder):
