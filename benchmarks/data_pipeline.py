@@ -21,6 +21,16 @@ before timing):
 Repetitions alternate in order; medians are reported, with the load average (``os.getloadavg``) before and after
 the run, since the machine may be shared. Writes ``benchmarks/results/data_pipeline.json`` and a
 line in ``benchmarks/results/README.md``.
+
+When torch sees a CUDA device, the GPU figures follow (``--gpu-only``: only them, into ``data_pipeline_gpu.json``
+and their own README line), on the same slides each extracted ``GPU_REPEAT`` times:
+
+- ``gpu-pipeline-resnet18``: what ``site prepare`` does on a GPU (``device_extraction``): reader processes (as
+  many as ``site prepare --workers`` defaults to, the CPU count) read the tiles, the benchmark's process encodes
+  them with ``resnet18`` on the GPU and writes each slide into a cache; starting the readers is included;
+- ``gpu-encoder-alone-resnet18``: the encoder alone on the GPU on the same tiles in memory, in the same batches,
+  one batch in flight as in the pipeline;
+- ``gpu-reader-start``: the pipeline on one slide (mostly starting the reader processes), to see the fixed cost.
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import openslide
 import torch
 from safetensors.torch import save_file
@@ -48,14 +60,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dp_overhead import record_summary
 
 from fedfusion.atomic_io import atomic_write_text
+from fedfusion.data.slides.device_extraction import encode_slides
 from fedfusion.data.slides.feature_cache import FeatureCache
-from fedfusion.data.slides.slide_features import ENCODE_BATCH, extract_slide_features, slide_tiles
+from fedfusion.data.slides.slide_features import DEVICE_BATCH, ENCODE_BATCH, extract_slide_features, slide_tiles
 from fedfusion.data.slides.slide_hash_index import file_sha256
-from fedfusion.data.slides.tile_encoder import SAFETENSORS_PREFIX, ResNet18Encoder, get_tile_encoder
+from fedfusion.data.slides.tile_encoder import (
+    SAFETENSORS_PREFIX,
+    EncodingBatch,
+    ResNet18Encoder,
+    get_tile_encoder,
+)
 from fedfusion.data.slides.tiling import TilePlan, TilingParams, batched, plan_tiles
 from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.data.synthetic.sites import draw_site_profiles
+from fedfusion.errors import SlideError
 from fedfusion.study.config import StudyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,6 +84,11 @@ WORKERS = 2
 REPETITIONS = 5
 ENCODER = StudyConfig.encoder
 RESNET_SEED = 0
+GPU_REPEAT = 100
+"""Times each slide is extracted in the GPU runs: enough tiles to keep a GPU busy for seconds."""
+GPU_REPETITIONS = 3
+GPU_READERS = os.cpu_count() or 1
+"""Reader processes of the GPU pipeline: ``site prepare --workers``' default."""
 PARAMS = TilingParams.from_study(StudyConfig())
 
 
@@ -136,9 +160,94 @@ def timed(pool: ProcessPoolExecutor, job: Callable[..., int], *per_slide: list[A
     return time.perf_counter() - start
 
 
+def gpu_pipeline(paths: list[Path], encoder: str, encoder_file: Path, cache_dir: Path) -> float:
+    """Wall seconds of the GPU extraction path on ``paths`` (readers started, slides encoded and cached)."""
+    cache = FeatureCache(cache_dir)
+
+    def store(index: int, result: npt.NDArray[np.float32] | SlideError) -> bool:
+        if isinstance(result, SlideError):
+            raise result
+        cache.store(cache.key(paths[index], encoder, PARAMS, None), result)
+        return True
+
+    start = time.perf_counter()
+    encode_slides(paths, PARAMS, encoder, "cuda", readers=GPU_READERS, done=store, encoder_file=encoder_file)
+    return time.perf_counter() - start
+
+
+def gpu_encoder_alone(slide_tiles_in_memory: list[npt.NDArray[np.uint8]], encoder: str, encoder_file: Path) -> float:
+    """Wall seconds to encode the tiles ``GPU_REPEAT`` times on the GPU, one batch in flight, as the pipeline does."""
+    model = get_tile_encoder(encoder, "cuda", encoder_file)
+    start = time.perf_counter()
+    in_flight: EncodingBatch | None = None
+    for _ in range(GPU_REPEAT):
+        for tiles in slide_tiles_in_memory:
+            for batch in batched(tiles, DEVICE_BATCH):
+                started = model.start_encoding(batch)
+                if in_flight is not None:
+                    in_flight.result()
+                in_flight = started
+    if in_flight is not None:
+        in_flight.result()
+    return time.perf_counter() - start
+
+
+def gpu_figures(folder: Path, paths: list[Path], tile_files: list[str], tiles: int, encoder: str,
+                encoder_file: Path) -> dict[str, Any]:
+    """The GPU pipeline vs the encoder alone on the GPU (medians of ``GPU_REPETITIONS``), and the readers' start."""
+    repeated = paths * GPU_REPEAT
+    in_memory = [np.load(f) for f in tile_files]
+    gpu_pipeline(paths[:1], encoder, encoder_file, folder / "gpu-warm-up")  # CUDA context, cuDNN algorithms
+    gpu_encoder_alone(in_memory[:1], encoder, encoder_file)
+    samples: dict[str, list[float]] = {"gpu-pipeline-resnet18": [], "gpu-encoder-alone-resnet18": [],
+                                       "gpu-reader-start": []}
+    for rep in range(GPU_REPETITIONS):
+        runs: list[tuple[str, Callable[[], float]]] = [
+            ("gpu-pipeline-resnet18", partial(gpu_pipeline, repeated, encoder, encoder_file, folder / f"gpu-{rep}")),
+            ("gpu-encoder-alone-resnet18", partial(gpu_encoder_alone, in_memory, encoder, encoder_file))]
+        for name, run in runs if rep % 2 == 0 else list(reversed(runs)):
+            samples[name].append(run())
+        samples["gpu-reader-start"].append(gpu_pipeline(paths[:1], encoder, encoder_file, folder / f"gpu-one-{rep}"))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    throughput = {name: tiles * GPU_REPEAT / medians[name]
+                  for name in ("gpu-pipeline-resnet18", "gpu-encoder-alone-resnet18")}
+    return {"device": torch.cuda.get_device_name(0), "readers": GPU_READERS, "repeat": GPU_REPEAT,
+            "tiles": tiles * GPU_REPEAT, "device_batch": DEVICE_BATCH, "median_seconds": medians,
+            "tiles_per_second": throughput, "samples_seconds": samples,
+            "pipeline_over_encoder_alone": (throughput["gpu-pipeline-resnet18"]
+                                            / throughput["gpu-encoder-alone-resnet18"])}
+
+
+def gpu_line(gpu: dict[str, Any]) -> str:
+    """The README line of the GPU figures."""
+    rates = gpu["tiles_per_second"]
+    return (f"GPU ({gpu['device']}), resnet18, {gpu['tiles']} tiles, {gpu['readers']} reader processes: pipeline "
+            f"**{gpu['pipeline_over_encoder_alone']:.2f}x** the encoder alone on the same tiles in memory "
+            f"({rates['gpu-pipeline-resnet18']:.0f} vs {rates['gpu-encoder-alone-resnet18']:.0f} tiles/s; starting "
+            f"the readers and one slide {gpu['median_seconds']['gpu-reader-start']:.1f} s)")
+
+
+def main_gpu_only() -> None:
+    """Only the GPU figures (for a short session on a GPU machine): ``data_pipeline_gpu.json``, a README line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_slides(Path(tmp))
+        resnet, resnet_file = write_resnet18(Path(tmp))
+        plans = [plan_tiles(p, PARAMS) for p in paths]
+        tiles = sum(len(plan.coords) for plan in plans)
+        tile_files = [write_tiles(plan, Path(tmp) / f"tiles-{i:02d}.npy") for i, plan in enumerate(plans)]
+        gpu = gpu_figures(Path(tmp), paths, tile_files, tiles, resnet, resnet_file)
+    gpu["environment"] = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                          **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    atomic_write_text(RESULTS / "data_pipeline_gpu.json", json.dumps(gpu, indent=2) + "\n")
+    line = gpu_line(gpu) + " -> [data_pipeline_gpu.json](data_pipeline_gpu.json)"
+    print(line)
+    record_summary("data_pipeline_gpu", line)
+
+
 def main() -> None:
-    """Measure, print and record throughputs and ratios."""
+    """Measure, print and record throughputs and ratios (and the GPU figures when there is a GPU)."""
     load_before = os.getloadavg()
+    gpu: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_slides(Path(tmp))
         resnet, resnet_file = write_resnet18(Path(tmp))
@@ -167,6 +276,8 @@ def main() -> None:
                 for name, run in runs if rep % 2 == 0 else list(reversed(runs)):
                     samples[name].append(run())
                 samples["cached"].append(timed(pool, pipeline, paths, cache_dirs))
+        if torch.cuda.is_available():
+            gpu = gpu_figures(Path(tmp), paths, tile_files, tiles, resnet, resnet_file)
     medians = {name: statistics.median(values) for name, values in samples.items()}
     throughput = {name: tiles / seconds for name, seconds in medians.items()}
     ratios = {"pipeline_over_raw": throughput["pipeline"] / throughput["raw-read"],
@@ -186,6 +297,7 @@ def main() -> None:
                         "openslide": openslide.__version__, "torch": torch.__version__,
                         "load_average_before": load_before, "load_average_after": load_after,
                         **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
+        "gpu": gpu,
     }
     atomic_write_text(RESULTS / "data_pipeline.json", json.dumps(result, indent=2) + "\n")
     line = (f"{tiles} tiles of {SLIDES} slides, {WORKERS} workers: pipeline **{ratios['pipeline_over_raw']:.2f}x** "
@@ -195,11 +307,11 @@ def main() -> None:
             f"resnet18 encoder: pipeline **{ratios['resnet18_pipeline_over_encoder_alone']:.2f}x** the encoder "
             f"alone on the same tiles in memory ({throughput['pipeline-resnet18']:.1f} vs "
             f"{throughput['encoder-alone-resnet18']:.1f} tiles/s; raw read {throughput['raw-read']:.0f} tiles/s); "
-            f"CPU, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after -> "
-            "[data_pipeline.json](data_pipeline.json)")
+            f"CPU, load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+            + ("" if gpu is None else f"; {gpu_line(gpu)}") + " -> [data_pipeline.json](data_pipeline.json)")
     print(line)
     record_summary("data_pipeline", line)
 
 
 if __name__ == "__main__":
-    main()
+    main_gpu_only() if "--gpu-only" in sys.argv[1:] else main()
