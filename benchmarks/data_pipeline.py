@@ -229,6 +229,8 @@ def gpu_line(gpu: dict[str, Any]) -> str:
 
 def main_gpu_only() -> None:
     """Only the GPU figures (for a short session on a GPU machine): ``data_pipeline_gpu.json``, a README line."""
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (torch.cuda.is_available() is False): no GPU figures to measure")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_slides(Path(tmp))
         resnet, resnet_file = write_resnet18(Path(tmp))

@@ -14,10 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from flower_site import SMALL_COHORT_POLICY, deployed_node_config, small_study
 from safetensors.torch import save_file
 
-from fedfusion.data.cohort_index import read_cohort_index
+from fedfusion.data.cohort_index import SCHEMA_FILE, CohortSite, read_cohort_index
 from fedfusion.data.findings import Findings
 from fedfusion.data.slides.feature_cache import FeatureCache
 from fedfusion.data.slides.prepare import prepare_slide_features, slide_owners
@@ -28,11 +27,14 @@ from fedfusion.data.synthetic.histology import render_slide
 from fedfusion.data.synthetic.sites import draw_site_profiles
 from fedfusion.data.tables.manifest import MANIFEST_FILE, parse_manifest
 from fedfusion.models.fusion_model import build_model
+from fedfusion.privacy.site_policy import SitePolicy
 from fedfusion.site import model_cache
 from fedfusion.site.node_context import resolve_site_context
 from fedfusion.site.site_privacy import SitePrivacy
 from fedfusion.site.site_round import SiteRound, SiteSession
+from fedfusion.study.config import StudyConfig
 from fedfusion.study.run_config import StudyRun
+from fedfusion.study.schema import load_schema
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -62,33 +64,48 @@ def test_resnet18_encodes_tiles_on_the_gpu_as_on_the_cpu(tmp_path: Path) -> None
     assert_close(gpu.encode(tiles), get_tile_encoder(name, "cpu", weights).encode(tiles))
 
 
-def test_prepare_on_the_gpu_gives_the_cpu_features(small_cohort: Path, tmp_path: Path) -> None:
-    site = read_cohort_index(small_cohort).sites[0]
-    study = small_study(small_cohort)
-    caches = {device: tmp_path / device for device in ("cuda", "cpu")}
-    for device, cache_dir in caches.items():
-        summary = prepare_slide_features(site.site_dir, study, cache_dir=cache_dir, device=device, workers=2)
-        assert summary.ok and summary.extracted == summary.slides > 1, summary.report()
-        assert summary.device.startswith(device)
+@pytest.fixture(scope="module")
+def site(small_cohort: Path) -> CohortSite:
+    return read_cohort_index(small_cohort).sites[0]
+
+
+@pytest.fixture(scope="module")
+def study(small_cohort: Path) -> StudyConfig:
+    """A small DP study on the cohort's schema (Flower's test helpers are not needed here)."""
+    return StudyConfig(schema=load_schema(small_cohort / SCHEMA_FILE).to_json(), hidden_dim=8, local_epochs=1,
+                       batch_size=4, tiles_per_patient=4, noise_multiplier=1.0, target_epsilon=0.0)
+
+
+@pytest.fixture(scope="module")
+def gpu_cache(site: CohortSite, study: StudyConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site's slides prepared on the GPU (reader processes feeding one encoder)."""
+    cache_dir = tmp_path_factory.mktemp("gpu-cache")
+    summary = prepare_slide_features(site.site_dir, study, cache_dir=cache_dir, device="cuda", workers=2)
+    assert summary.ok and summary.extracted == summary.slides > 1, summary.report()
+    assert summary.device.startswith("cuda")
+    return cache_dir
+
+
+def test_prepare_on_the_gpu_gives_the_cpu_features(site: CohortSite, study: StudyConfig, gpu_cache: Path,
+                                                   tmp_path: Path) -> None:
+    summary = prepare_slide_features(site.site_dir, study, cache_dir=tmp_path, device="cpu", workers=2)
+    assert summary.ok and summary.extracted == summary.slides, summary.report()
     params = TilingParams.from_study(study)
-    findings = Findings()
-    slides = slide_owners(parse_manifest(site.site_dir / MANIFEST_FILE, findings, study.spec))
-    gpu, cpu = FeatureCache(caches["cuda"]), FeatureCache(caches["cpu"])
-    for slide in slides:
+    gpu, cpu = FeatureCache(gpu_cache), FeatureCache(tmp_path)
+    for slide in slide_owners(parse_manifest(site.site_dir / MANIFEST_FILE, Findings(), study.spec)):
         key = gpu.key(slide, study.encoder, params, None)
         gpu_features, cpu_features = gpu.load(key), cpu.load(key)
         assert gpu_features is not None and cpu_features is not None
         assert_close(gpu_features, cpu_features)
 
 
-def test_a_dp_round_trains_and_evaluates_on_the_gpu_and_the_model_stays_there(small_cohort: Path,
-                                                                              tmp_path: Path) -> None:
-    site = read_cohort_index(small_cohort).sites[0]
-    study = small_study(small_cohort)
+def test_a_dp_round_trains_and_evaluates_on_the_gpu_and_the_model_stays_there(
+        site: CohortSite, study: StudyConfig, gpu_cache: Path, tmp_path: Path) -> None:
     assert study.dp
-    node_config = {**deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger"), "device": "cuda"}
+    node_config = {"site-name": site.name, "data-dir": str(site.site_dir), "cache-dir": str(gpu_cache),
+                   "ledger-dir": str(tmp_path / "ledger"), "device": "cuda"}
     session = SiteSession(StudyRun.of(study), resolve_site_context(node_config),
-                          SitePrivacy(tmp_path / "ledger", SMALL_COHORT_POLICY))
+                          SitePrivacy(tmp_path / "ledger", SitePolicy(min_eval_patients=1)))
     model_cache.clear()
     weights = build_model(study, seed=study.training_seed).state_dict()
     kept = []

@@ -83,7 +83,7 @@ class TileEncoder(nn.Module):
         host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(features, non_blocking=True)
         ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # unannotated in torch
-        ready.record()
+        ready.record(torch.cuda.current_stream(device))
         return EncodingBatch(host, ready)
 
 
