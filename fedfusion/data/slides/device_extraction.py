@@ -76,6 +76,8 @@ def encode_slides(slides: Sequence[Path], params: TilingParams, encoder_name: st
                 process.terminate()
         for process in processes:
             process.join()
+        todo.cancel_join_thread()  # jobs no reader will take must not hold this process at exit
+        todo.close()
 
 
 def _encode_batches(slides: Sequence[Path], start_encoding: Callable[[npt.NDArray[np.uint8]], EncodingBatch],

@@ -2,6 +2,8 @@
 
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,20 +55,28 @@ def test_reader_processes_give_the_features_of_the_cpu_path(slides: list[Path]) 
     assert not multiprocessing.active_children()
 
 
-def test_a_stop_ends_the_readers(slides: list[Path]) -> None:
-    handed: list[int] = []
-
-    def done(index: int, _result: SlideResult) -> bool:
-        handed.append(index)
-        return False
-
-    encode_slides(slides * 3, PARAMS, "random-conv-v1", "cpu", readers=1, done=done)
-    assert len(handed) == 1
-    assert not multiprocessing.active_children()
-
-
 def test_a_reader_that_dies_is_an_error_not_a_hang(slides: list[Path]) -> None:
     with pytest.raises(DataError, match=r"tile reader process died \(exit code 3"):
         encode_slides(slides, PARAMS, "random-conv-v1", "cpu", readers=1, done=lambda _i, _r: True,
                       reader_setup=os._exit, setup_args=(3,))
     assert not multiprocessing.active_children()
+
+
+def test_a_stop_with_many_slides_left_lets_the_process_exit(slides: list[Path], tmp_path: Path) -> None:
+    """The first slide handed on stops the run; the jobs no reader took (more than a pipe holds) must not keep the
+    preparing process from exiting."""
+    script = tmp_path / "stop_early.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from fedfusion.data.slides.device_extraction import encode_slides\n"
+        "from fedfusion.data.slides.tiling import TilingParams\n"
+        "if __name__ == '__main__':\n"
+        f"    params = TilingParams(**{PARAMS.__dict__!r})\n"
+        "    handed = []\n"
+        f"    encode_slides([Path({str(slides[2])!r})] * 20000, params, 'random-conv-v1', 'cpu', readers=1,\n"
+        "                  done=lambda index, _result: handed.append(index) is not None)\n"
+        "    print(handed)\n", encoding="utf-8")
+    checkout = str(Path(__file__).resolve().parents[3])
+    done = subprocess.run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": checkout}, timeout=120,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.split() == ["[0]"], done.stderr
