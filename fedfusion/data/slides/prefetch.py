@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,7 +20,7 @@ _POLL_S = 0.1
 """How often a reader blocked on a full queue checks whether the consumer has stopped."""
 
 
-def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+def prefetched(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """``items`` in order, produced up to ``depth`` ahead of the consumer by a daemon reader thread."""
     slots: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
