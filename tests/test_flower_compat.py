@@ -158,6 +158,7 @@ def test_clientapp_task_internals() -> None:
 
 
 def test_task_error_reply_is_run_clientapps() -> None:
+    flower_compat.set_task_identity(task_id=1, run_id=2, node_id=3)
     message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7, message_type="train")
     reply, details = flower_compat.task_error_reply(message, ValueError("no such app"))
     assert details == "<class 'ValueError'>:<'no such app'>"
