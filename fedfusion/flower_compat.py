@@ -24,11 +24,12 @@ Flower internals used:
   before it reads a body as ``flwr.superlink.routers.fleet.node_auth`` checks them after.
 - ``flwr.simulation.run_simulation._run_simulation`` (with ``flwr.common.constant``, ``flwr.supercore.constant``,
   ``flwr.supercore.telemetry`` and ``flwr.server.superlink.linkstate.utils``): the simulation engine in this process.
-- ``flwr.supernode.runtime.run_clientapp`` (``pull_task_input``, ``push_message``, ``push_task_output``; the steps
-  of ``run_clientapp``), ``flwr.cli.install.install_from_fab``, ``flwr.clientapp.utils.get_load_client_app_fn``,
-  ``flwr.supercore.heartbeat``, ``flwr.common.constant`` (``ErrorCode``,
-  ``SubStatus``) and ``flwr.supercore.runtime.tracing``: a ClientApp task as ``flwr-clientapp`` runs it, done by the
-  site's long-lived worker one task after another, with the site's app approval before the FAB is installed.
+- ``flwr.supernode.runtime.run_clientapp`` (``push_message``, ``push_task_output``, and the steps of
+  ``pull_task_input`` with ``flwr.supercore.inflatable``, ``flwr.common.serde`` and a shorter backoff),
+  ``flwr.cli.install.install_from_fab``, ``flwr.clientapp.utils.get_load_client_app_fn``, ``flwr.supercore.heartbeat``,
+  ``flwr.common.constant`` (``ErrorCode``, ``SubStatus``) and ``flwr.supercore.runtime.tracing``: a ClientApp task as
+  ``flwr-clientapp`` runs it, done by the site's long-lived worker one task after another, with the site's app
+  approval before the FAB is installed.
 - ``flwr.supercore.runtime``, ``.interceptors``, ``.retry``, ``.auth``, ``.app_utils``, ``.constant.TaskType`` and
   ``flwr.proto.runtime_pb2``: a SuperExec's client of the SuperNode's Runtime API.
 - ``flwr.supercore.control``, ``flwr.proto.control_pb2``, ``flwr.supercore.constant.NodeStatus`` and
@@ -115,6 +116,7 @@ __all__ = [
     "FLEET_METHODS",
     "FLOWER_LOGGER",
     "PINNED_FLOWER_VERSION",
+    "PULL_BACKOFF_S",
     "SUPEREXEC_AUTH_METHODS",
     "SUPERLINK_HEALTH_PATH",
     "SUPERNODE_ID_LOG_TEXT",
@@ -292,12 +294,36 @@ def start_task_heartbeat(client: RuntimeHttpClient) -> Callable[[], None]:
     return stop
 
 
-def pull_task_input(client: RuntimeHttpClient) -> TaskInput:
-    """The task's message, context, run and FAB (``run_clientapp.pull_task_input``, which also sets the task
-    identity)."""
-    from flwr.supernode.runtime.run_clientapp import pull_task_input as pull
+PULL_BACKOFF_S = (0.02, 0.5)
+"""First and longest wait between two tries to pull a message's object that the SuperNode does not hold yet (Flower's
+defaults, 1 s and 10 s, cost 1-3 s per message once a worker asks as soon as a task exists)."""
 
-    message, context, run, fab = pull(client)
+
+def pull_task_input(client: RuntimeHttpClient) -> TaskInput:
+    """The task's message, context, run and FAB, as ``run_clientapp.pull_task_input`` pulls them (and sets the
+    task identity), with a shorter backoff (`PULL_BACKOFF_S`) while the SuperNode is still fetching the message."""
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+
+    response = client.PullTaskInput(PullTaskInputRequest())
+    set_task_identity(task_id=response.task_id, run_id=response.run.run_id, node_id=response.context.node_id)
+    context, run, fab = context_from_proto(response.context), run_from_proto(response.run), fab_from_proto(response.fab)
+    messages = client.PullMessages(PullAppMessagesRequest())
+    if not messages.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), messages.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1],
+        max_tries_per_object=None)  # more, shorter tries: bounded by Flower's time limit only
+    message.metadata.__dict__["_message_id"] = tree.object_id  # not part of the deflated message, as Flower does
     return TaskInput(message=message, context=context, fab_id=str(run.fab_id), fab_version=str(run.fab_version),
                      fab_hash=str(fab.hash_str), fab=bytes(fab.content))
 

@@ -143,7 +143,18 @@ def test_clientapp_task_internals() -> None:
                  "ErrorCode.CLIENT_APP_RAISED_EXCEPTION", "ErrorCode.LOAD_CLIENT_APP_EXCEPTION",
                  'str(type(ex)) + ":<\'" + str(ex) + "\'>"'):
         assert step in source, step
-    assert parameters(module.pull_task_input) == {"client"}
+    pull_source = inspect.getsource(module.pull_task_input)  # the seam's pull_task_input does these steps
+    for step in ("client.PullTaskInput(PullTaskInputRequest())", "TaskIdentity.task_id = res.task_id",
+                 "TaskIdentity.run_id = res.run.run_id", "TaskIdentity.node_id = res.context.node_id",
+                 "context_from_proto(res.context)", "run_from_proto(res.run)", "fab_from_proto(res.fab)",
+                 "client.PullMessages(", "object_tree = pull_msg_res.message_object_trees[0]",
+                 "pull_and_inflate_object_from_tree(", "make_pull_object_fn_protobuf(client.PullObject, node, run_id)",
+                 "make_confirm_message_received_fn_protobuf(",
+                 'message.metadata.__dict__["_message_id"] = object_tree.object_id'):
+        assert step in pull_source, step
+    assert {"initial_backoff", "backoff_cap", "max_tries_per_object", "return_type"} <= parameters(
+        flower("flwr.supercore.inflatable.inflatable_utils", "pull_and_inflate_object_from_tree"))
+    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.PULL_BACKOFF_S[0]
     assert parameters(module.push_message) == {"client", "message", "context"}
     assert parameters(module.push_task_output) == {"client", "context", "sub_status", "details"}
     assert {"fab_file", "skip_prompt"} <= parameters(flower("flwr.cli.install", "install_from_fab"))
