@@ -24,8 +24,12 @@ Flower internals used:
   before it reads a body as ``flwr.superlink.routers.fleet.node_auth`` checks them after.
 - ``flwr.simulation.run_simulation._run_simulation`` (with ``flwr.common.constant``, ``flwr.supercore.constant``,
   ``flwr.supercore.telemetry`` and ``flwr.server.superlink.linkstate.utils``): the simulation engine in this process.
-- ``flwr.supernode.runtime.run_clientapp`` (``run_clientapp`` and its module global ``install_from_fab``): the
-  ClientApp process, with the site's app approval in front of the FAB install.
+- ``flwr.supernode.runtime.run_clientapp`` (``push_message``, ``push_task_output``, and the steps of
+  ``pull_task_input`` with ``flwr.supercore.inflatable``, ``flwr.common.serde`` and a shorter backoff),
+  ``flwr.cli.install.install_from_fab``, ``flwr.clientapp.utils.get_load_client_app_fn``, ``flwr.supercore.heartbeat``,
+  ``flwr.common.constant`` (``ErrorCode``, ``SubStatus``) and ``flwr.supercore.runtime.tracing``: a ClientApp task as
+  ``flwr-clientapp`` runs it, done by the site's long-lived worker one task after another, with the site's app
+  approval before the FAB is installed.
 - ``flwr.supercore.runtime``, ``.interceptors``, ``.retry``, ``.auth``, ``.app_utils``, ``.constant.TaskType`` and
   ``flwr.proto.runtime_pb2``: a SuperExec's client of the SuperNode's Runtime API.
 - ``flwr.supercore.control``, ``flwr.proto.control_pb2``, ``flwr.supercore.constant.NodeStatus`` and
@@ -100,6 +104,7 @@ from flwr.supercore.task_identity import TaskIdentity as _TaskIdentity  # noqa: 
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.clientapp import ClientApp
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -111,36 +116,44 @@ __all__ = [
     "FLEET_METHODS",
     "FLOWER_LOGGER",
     "PINNED_FLOWER_VERSION",
+    "PULL_BACKOFF_S",
     "SUPEREXEC_AUTH_METHODS",
     "SUPERLINK_HEALTH_PATH",
     "SUPERNODE_ID_LOG_TEXT",
     "SYSTEM_TIME_TOLERANCE",
     "AcquiredTask",
     "ClientAppCallable",
-    "FabInstaller",
     "FlowerNode",
     "FlowerVersionError",
     "Run",
+    "TaskInput",
     "acquire_client_app_task",
     "build_fab",
     "check_flower_version",
+    "clientapp_runtime_client",
     "control_api_client",
     "deactivate_supernode",
     "empty_run",
     "fleet_request_signer",
     "flower_console_handlers",
+    "install_fab",
     "list_nodes",
+    "load_client_app",
     "load_superexec_auth_secret",
     "message_from_bytes",
     "message_to_bytes",
     "multikrum_selection",
     "public_key_to_pem",
+    "pull_task_input",
+    "push_reply",
+    "push_task_output",
     "register_node",
-    "run_clientapp_with_installer",
     "run_simulation_in_process",
     "runtime_api_client",
     "set_task_identity",
     "start_parent_process_monitor",
+    "start_task_heartbeat",
+    "task_error_reply",
     "trimmed_mean",
     "unregister_node",
 ]
@@ -230,30 +243,137 @@ def run_simulation_in_process(server_app_attr: str, client_app_attr: str, num_su
     )
 
 
-# ---- The ClientApp process (flwr.supernode.runtime.run_clientapp, flwr.clientapp.typing) ---------------------------
+# ---- The ClientApp task (flwr.supernode.runtime.run_clientapp's steps, flwr.clientapp.utils) ----------------------
 
 ClientAppCallable = _ClientAppCallable
 """What a ClientApp mod's ``call_next`` is: ``(Message, Context) -> Message`` (``flwr.clientapp.typing``)."""
 
-FabInstaller = Callable[..., Path]
-"""Flower's ``flwr.cli.install.install_from_fab(fab_file, install_dir=None, skip_prompt=False) -> Path``."""
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What a ClientApp task pulls from the SuperNode: the message, the node's context and the run's FAB."""
+
+    message: Message
+    context: Context
+    fab_id: str
+    fab_version: str
+    fab_hash: str
+    """The FAB's hash as the SuperNode names it (where Flower finds the installed app); a site checks its own."""
+    fab: bytes
 
 
-def run_clientapp_with_installer(installer_wrapper: Callable[[FabInstaller], FabInstaller], *,
-                                 runtime_api_address: str, token: str, parent_pid: int | None) -> None:
-    """Run one ClientApp task as ``flwr-clientapp`` does, with Flower's FAB installer replaced by
-    ``installer_wrapper(install_from_fab)``.
+def clientapp_runtime_client(runtime_api_address: str, token: str) -> RuntimeHttpClient:
+    """A client of the SuperNode's Runtime API for one ClientApp task, built as ``run_clientapp`` builds it: tracing,
+    version header (``flwr-clientapp``), the task's token, Flower's HTTP retries; loopback, no TLS. Close it."""
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.runtime.tracing import RuntimeTracingInterceptor
 
-    ``flwr.supernode.runtime.run_clientapp.run_clientapp`` installs the task's FAB with the module global
-    ``install_from_fab`` before it imports any app code; that global is replaced here (the only monkeypatch of
-    Flower in fedfusion). The Runtime API is on loopback without TLS, and the app's dependencies are never installed.
-    """
-    import flwr.supernode.runtime.run_clientapp as flower_clientapp
+    return RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeTracingInterceptor(), RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
 
-    install: FabInstaller = flower_clientapp.install_from_fab  # type: ignore[attr-defined]  # imported, not exported
-    flower_clientapp.install_from_fab = installer_wrapper(install)  # type: ignore[attr-defined]
-    flower_clientapp.run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True,
-                                   certificates=None, parent_pid=parent_pid, runtime_dependency_install=False)
+
+def start_task_heartbeat(client: RuntimeHttpClient) -> Callable[[], None]:
+    """Start the task's heartbeat to the SuperNode, as ``run_clientapp`` does (``HeartbeatSender`` with
+    ``make_task_heartbeat_fn_http``; it raises SIGINT in this process when the SuperNode ends the task); return the
+    function that stops it."""
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+
+    sender = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    sender.start()
+
+    def stop() -> None:
+        if sender.is_running:
+            sender.stop()
+
+    return stop
+
+
+PULL_BACKOFF_S = (0.02, 0.5)
+"""First and longest wait between two tries to pull a message's object that the SuperNode does not hold yet (Flower's
+defaults, 1 s and 10 s, cost 1-3 s per message once a worker asks as soon as a task exists)."""
+
+
+def pull_task_input(client: RuntimeHttpClient) -> TaskInput:
+    """The task's message, context, run and FAB, as ``run_clientapp.pull_task_input`` pulls them (and sets the
+    task identity), with a shorter backoff (`PULL_BACKOFF_S`) while the SuperNode is still fetching the message."""
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+
+    response = client.PullTaskInput(PullTaskInputRequest())
+    set_task_identity(task_id=response.task_id, run_id=response.run.run_id, node_id=response.context.node_id)
+    context, run, fab = context_from_proto(response.context), run_from_proto(response.run), fab_from_proto(response.fab)
+    messages = client.PullMessages(PullAppMessagesRequest())
+    if not messages.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), messages.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1],
+        max_tries_per_object=None)  # more, shorter tries: bounded by Flower's time limit only
+    message.metadata.__dict__["_message_id"] = tree.object_id  # not part of the deflated message, as Flower does
+    return TaskInput(message=message, context=context, fab_id=str(run.fab_id), fab_version=str(run.fab_version),
+                     fab_hash=str(fab.hash_str), fab=bytes(fab.content))
+
+
+def install_fab(fab: bytes) -> Path:
+    """Unpack a FAB into ``$FLWR_HOME/apps`` as ``run_clientapp`` does (``flwr.cli.install.install_from_fab``, no
+    prompt; an app already there is kept); return its folder. Check the FAB's approval first."""
+    from flwr.cli.install import install_from_fab
+
+    return Path(install_from_fab(fab, skip_prompt=True))
+
+
+def load_client_app(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
+    """Import the installed app's ClientApp as ``run_clientapp`` does (``get_load_client_app_fn`` of
+    ``flwr.clientapp.utils``, multi-app); raises ``LoadClientAppError`` (an ``Exception``) when it cannot."""
+    from flwr.clientapp.utils import get_load_client_app_fn
+
+    return get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(fab_id, fab_version, fab_hash)
+
+
+def task_error_reply(message: Message, error: Exception) -> tuple[Message, str]:
+    """The error reply ``run_clientapp`` sends when a task raises, and the failure details it reports with the
+    task's output: ``<class ...>:<'text'>`` with ``CLIENT_APP_RAISED_EXCEPTION``, or a fixed text with
+    ``LOAD_CLIENT_APP_EXCEPTION`` when the ClientApp could not be loaded."""
+    from flwr.app import Error
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.common.constant import ErrorCode
+
+    if isinstance(error, LoadClientAppError):
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+        reason = "An exception was raised when attempting to load `ClientApp`"
+    else:
+        code, reason = ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(type(error)) + ":<'" + str(error) + "'>"
+    return Message(Error(code=code, reason=reason), reply_to=message), reason
+
+
+def push_reply(client: RuntimeHttpClient, reply: Message, context: Context) -> None:
+    """Send the task's reply to the SuperNode (``run_clientapp.push_message``)."""
+    from flwr.supernode.runtime.run_clientapp import push_message
+
+    push_message(client, reply, context)
+
+
+def push_task_output(client: RuntimeHttpClient, context: Context | None, failure: str | None) -> None:
+    """End the task at the SuperNode with the node's context (its ``state`` kept for the next task) and the status
+    ``COMPLETED``, or ``FAILED`` with ``failure`` (``run_clientapp.push_task_output``; an HTTP error is logged)."""
+    from flwr.common.constant import SubStatus
+    from flwr.supernode.runtime.run_clientapp import push_task_output as push
+
+    push(client, context, SubStatus.COMPLETED if failure is None else SubStatus.FAILED, failure or "")
 
 
 # ---- A SuperExec's Runtime API client (flwr.supercore.runtime and friends) -----------------------------------------

@@ -133,34 +133,60 @@ def test_run_simulation_internals() -> None:
 # ---- the ClientApp process ------------------------------------------------------------------------------------------
 
 
-def test_run_clientapp_internals() -> None:
+def test_clientapp_task_internals() -> None:
+    """The steps of Flower's ``run_clientapp`` that the site worker runs one task after another."""
     module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    assert {"runtime_api_address", "token", "insecure", "certificates", "parent_pid",
-            "runtime_dependency_install"} <= parameters(module.run_clientapp)
-    install = module.install_from_fab  # the module global the seam replaces
-    assert install is flower("flwr.cli.install", "install_from_fab")
-    assert next(iter(inspect.signature(install).parameters)) == "fab_file"
-    assert "install_from_fab(" in inspect.getsource(module.run_clientapp)  # called through the module global
+    source = inspect.getsource(module.run_clientapp)
+    for step in ("pull_task_input(client)", "install_from_fab(fab.content, skip_prompt=True)",
+                 "get_load_client_app_fn(", "push_message(client, reply_message, context)", "push_task_output(",
+                 "HeartbeatSender(make_task_heartbeat_fn_http(client))", "RuntimeTokenHttpInterceptor(token)",
+                 "ErrorCode.CLIENT_APP_RAISED_EXCEPTION", "ErrorCode.LOAD_CLIENT_APP_EXCEPTION",
+                 'str(type(ex)) + ":<\'" + str(ex) + "\'>"'):
+        assert step in source, step
+    pull_source = inspect.getsource(module.pull_task_input)  # the seam's pull_task_input does these steps
+    for step in ("client.PullTaskInput(PullTaskInputRequest())", "TaskIdentity.task_id = res.task_id",
+                 "TaskIdentity.run_id = res.run.run_id", "TaskIdentity.node_id = res.context.node_id",
+                 "context_from_proto(res.context)", "run_from_proto(res.run)", "fab_from_proto(res.fab)",
+                 "client.PullMessages(", "object_tree = pull_msg_res.message_object_trees[0]",
+                 "pull_and_inflate_object_from_tree(", "make_pull_object_fn_protobuf(client.PullObject, node, run_id)",
+                 "make_confirm_message_received_fn_protobuf(",
+                 'message.metadata.__dict__["_message_id"] = object_tree.object_id'):
+        assert step in pull_source, step
+    assert {"initial_backoff", "backoff_cap", "max_tries_per_object", "return_type"} <= parameters(
+        flower("flwr.supercore.inflatable.inflatable_utils", "pull_and_inflate_object_from_tree"))
+    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.PULL_BACKOFF_S[0]
+    assert parameters(module.push_message) == {"client", "message", "context"}
+    assert parameters(module.push_task_output) == {"client", "context", "sub_status", "details"}
+    assert {"fab_file", "skip_prompt"} <= parameters(flower("flwr.cli.install", "install_from_fab"))
+    assert parameters(flower("flwr.clientapp.utils", "get_load_client_app_fn")) == {"default_app_ref", "app_path",
+                                                                                    "multi_app"}
+    assert {"token"} <= parameters(flower("flwr.supercore.interceptors", "RuntimeTokenHttpInterceptor"))
+    sub_status = flower("flwr.common.constant", "SubStatus")
+    assert (sub_status.COMPLETED, sub_status.FAILED) == ("completed", "failed")
     from flwr.clientapp.typing import ClientAppCallable
 
     assert flower_compat.ClientAppCallable == ClientAppCallable
 
 
-def test_run_clientapp_with_installer_swaps_only_the_installer(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    calls: dict[str, Any] = {}
-    monkeypatch.setattr(module, "install_from_fab", original := lambda *a, **k: Path("."))
-    monkeypatch.setattr(module, "run_clientapp", lambda **kwargs: calls.update(kwargs))
+def test_task_error_reply_is_run_clientapps() -> None:
+    flower_compat.set_task_identity(task_id=1, run_id=2, node_id=3)
+    message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7, message_type="train")
+    reply, details = flower_compat.task_error_reply(message, ValueError("no such app"))
+    assert details == "<class 'ValueError'>:<'no such app'>"
+    error_code = flower("flwr.common.constant", "ErrorCode")
+    assert reply.has_error() and reply.error.code == error_code.CLIENT_APP_RAISED_EXCEPTION
+    assert reply.error.reason == details
+    load_error = flower("flwr.clientapp.client_app", "LoadClientAppError")("detail stays here")
+    reply, details = flower_compat.task_error_reply(message, load_error)
+    assert reply.error.code == error_code.LOAD_CLIENT_APP_EXCEPTION and "detail" not in details
 
-    def wrapper(install: flower_compat.FabInstaller) -> flower_compat.FabInstaller:
-        calls["wrapped"] = install
-        return lambda *a, **k: install(*a, **k)
 
-    flower_compat.run_clientapp_with_installer(wrapper, runtime_api_address="127.0.0.1:1", token="t", parent_pid=9)
-    assert calls.pop("wrapped") is original
-    assert module.install_from_fab is not original
-    assert calls == {"runtime_api_address": "127.0.0.1:1", "token": "t", "insecure": True, "certificates": None,
-                     "parent_pid": 9, "runtime_dependency_install": False}
+def test_clientapp_runtime_client_is_built_and_closed() -> None:
+    client = flower_compat.clientapp_runtime_client("127.0.0.1:1", "token")
+    try:
+        assert isinstance(client, flower("flwr.supercore.runtime", "RuntimeHttpClient"))
+    finally:
+        client.close()
 
 
 # ---- the SuperExec's Runtime API client -----------------------------------------------------------------------------

@@ -2,6 +2,6 @@
 
 Coordinator: ``coordinator`` (daemon) -> ``fleet_gateway`` (the only network-facing port) -> the loopback
 SuperLink; ``registry_sync`` keeps its registered keys equal to the consortium registry; ``study`` submits.
-Site: ``site_daemon`` -> ``flower-supernode`` + ``site_exec`` -> ``app_gate`` (checks ``app_approval``) ->
-Flower's ClientApp process -> ``fedfusion.site.client_app``.
+Site: ``site_daemon`` -> ``flower-supernode`` + ``site_exec`` -> one ``site_worker`` per run (checks
+``app_approval`` for every task) -> ``fedfusion.site.client_app``.
 """

@@ -425,6 +425,57 @@ def test_killed_coordinator_restarts_and_resumes_the_study(deployment: Deploymen
         assert f"has not approved app sha256:{fab_hash}" not in log
 
 
+def _site_workers(deployment: Deployment, site: str) -> set[int]:
+    """PIDs of the site workers running under ``site``'s daemon."""
+    found = set()
+    for pid in descendants(deployment.sites[site].pid):
+        try:
+            if b"fedfusion.deployment.site.site_worker" in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_killed_site_worker_mid_round_is_replaced_and_each_round_charged_once(deployment: Deployment) -> None:
+    """SIGKILL site-b's worker (only it) as soon as it has charged the round of a 1-round study, while it trains: the
+    SuperNode answers that message with Flower's crash error once its token expires (a minute), the run's next task
+    (the evaluation) starts a new worker, and the study finishes with the round charged once in every site's
+    ledger."""
+    state, site = deployment.coordinator_state, "site-b"
+    prepared = deployment.run("study", "prepare", "--state-dir", str(state), "--study-id", "s4", "--rounds", "1",
+                              "--round-timeout", "240", *STUDY)
+    assert prepared.returncode == 0, prepared.stderr
+    fab_hash = prepared.stdout.split("app sha256 ")[1].split()[0]
+    for name in SITES:
+        assert deployment.run("site", "approve", fab_hash, "--state-dir",
+                              str(deployment.work / "sites" / name)).returncode == 0
+    ledger_dir = deployment.work / "sites" / site / "ledger"
+    earlier = _site_workers(deployment, site)  # idle workers of earlier studies' runs
+    follower = deployment.start("follower-s4", "study", "start", "--state-dir", str(state), "--study-id", "s4")
+    try:
+        deadline = time.monotonic() + 600
+        while not any(_entries(ledger, "s4", 1) for ledger in ledgers_in(ledger_dir)):
+            assert follower.poll() is None and time.monotonic() < deadline, "site-b never charged round 1 of s4"
+            time.sleep(0.05)
+        [worker] = _site_workers(deployment, site) - earlier
+        os.kill(worker, signal.SIGKILL)
+        assert follower.wait(timeout=600) == 0, (deployment.work / "follower-s4.out").read_text()[-3000:]
+    finally:
+        _stop(follower)
+    exec_log = (deployment.work / "sites" / site / "logs" / "site-exec.log").read_text()
+    assert f"site worker (pid {worker}) exited with code -9" in exec_log
+    assert len(_site_workers(deployment, site) - earlier) == 1  # its replacement, which evaluated
+    results = Path(json.loads((state / "studies" / "s4" / "study.json").read_text())["results_dir"])
+    sites = pd.read_csv(results / "site_metrics.csv")
+    trained = set(sites[sites["phase"] == "train"]["site"])  # Flower's error reply is named by its node id
+    assert site not in trained and set(SITES) - {site} <= trained  # left out of the round's aggregate
+    assert site in set(sites[sites["phase"] == "evaluate"]["site"])
+    for name in SITES:
+        [ledger] = ledgers_in(deployment.work / "sites" / name / "ledger")
+        assert len(_entries(ledger, "s4", 1)) == 1, name
+
+
 def test_rotating_and_revoking_are_applied_by_the_running_coordinator(deployment: Deployment) -> None:
     rotated = deployment.run("provision", "rotate", str(deployment.consortium), "site-b")
     assert rotated.returncode == 0, rotated.stderr

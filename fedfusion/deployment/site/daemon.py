@@ -4,7 +4,7 @@ Two processes in the foreground until SIGTERM/SIGINT:
 1. ``flower-supernode`` dialing the coordinator with TLS (the bundle's ``ca.crt``) and the site's key, with the
    site's node config (data, cache, ledger, policy, device), ``--isolation process`` and its Runtime
    API on 127.0.0.1 only; it opens no port to the network;
-2. the site's SuperExec (``fedfusion.deployment.site.site_exec``), which starts each ClientApp through the app gate;
+2. the site's SuperExec (``fedfusion.deployment.site.site_exec``), which hands each ClientApp task to its run's worker;
    it proves itself to the SuperNode with Flower's SuperExec HMAC (a secret made fresh at every start), so no
    other local process can take the site's tasks.
 If either exits, the other is stopped; the exit code is the SuperNode's (1 for every Flower error; Flower's own code,
