@@ -1,0 +1,51 @@
+"""The site's SuperNode launcher: Flower's own ``flower-supernode`` entry, run after the site's waits are installed."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedfusion.cli import main as fedfusion_main
+from fedfusion.deployment.site import supernode_launch
+from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, launch_command
+
+
+def test_the_launcher_runs_flowers_supernode_entry_with_the_arguments_after_the_separator() -> None:
+    done = subprocess.run(launch_command(0.5, ["--help"]), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: flower-supernode")  # Flower's own parser read "--help"
+    assert "--superlink" in done.stdout and "--isolation" in done.stdout
+
+
+def test_the_waits_are_installed_before_flowers_entry_runs(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    loop = importlib.import_module("flwr.supernode.start_client_internal")
+    monkeypatch.setattr(loop, "time", loop.time)  # both restored after the test
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as ended:
+        supernode_launch.main(["--pull-interval", "0.05", "--", "--help"])
+    assert ended.value.code == 0 and "usage: flower-supernode" in capsys.readouterr().out
+    assert sys.argv == ["flower-supernode", "--help"]
+    started = time.monotonic()
+    loop.time.sleep(3)  # the loop's wait after an empty pull
+    loop.time.sleep(0.5)  # and while a reply is not ready
+    assert time.monotonic() - started < 1.0  # Flower's own: 3.5 s
+
+
+@pytest.mark.parametrize("value", ["0.01", "4", "soon"])
+def test_a_pull_interval_out_of_range_is_refused_naming_the_option(value: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--pull-interval", value, "--", "--help"],
+                 ["site", "run", "bundle", "--state-dir", "s", "--data-dir", "d", "--pull-interval", value]):
+        with pytest.raises(SystemExit) as refused:
+            (supernode_launch.main if argv[0] == "--pull-interval" else fedfusion_main)(argv)
+        assert refused.value.code == 2
+        assert "argument --pull-interval: --pull-interval must be" in capsys.readouterr().err
+
+
+def test_the_default_pull_interval_is_shorter_than_flowers_and_within_the_accepted_range() -> None:
+    assert supernode_launch.pull_interval(str(DEFAULT_PULL_INTERVAL_S)) == DEFAULT_PULL_INTERVAL_S < 3
