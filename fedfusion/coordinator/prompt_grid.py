@@ -12,12 +12,14 @@ to come, for quick ones), and a long training is asked about at most 10 times a 
 It also logs, on Flower's logger (so the line reaches ``flwr log`` and ``fedfusion study start``), one line per
 message pushed and one per reply pulled::
 
-    grid sent type=<message type> node=<destination node> round=<group id> message=<message id> at=<epoch s>
-    grid received type=<message type> node=<source node> round=<group id> message=<id it replies to> at=<epoch s>
+    grid sent type=<message type> node=<destination node> round=<round> message=<message id> at=<epoch s>
+    grid received type=<message type> node=<source node> round=<round> message=<id it answers> at=<epoch s>
 
-``at`` is ``time.time()`` once the push returned (the message is at the SuperLink) or the pull returned (the reply is
-here). `parse_grid_line` reads such a line back (``benchmarks/deployment_overhead.py`` times each message with them).
-`prompt` wraps only Flower's HTTP grid: a simulation keeps its in-memory grid (which pulls every 0.1 s) unchanged.
+The round is the message's ``server-round`` (its config record; ``-`` without one), a reply's that of the message it
+answers. ``at`` is ``time.time()`` once the push returned (the message is at the SuperLink) or the pull returned (the
+reply is here). `parse_grid_line` reads such a line back (``benchmarks/deployment_overhead.py`` times each message
+with them). `prompt` wraps only Flower's HTTP grid: a simulation keeps its in-memory grid (which pulls every 0.1 s)
+unchanged.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedfusion.flower_compat import FLOWER_LOGGER, FlowerNodeInfo, Run, is_superlink_grid
+from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
 
 FIRST_PULL_DELAY_S = 0.01
 """The wait after the first pull that left replies missing."""
 MAX_PULL_DELAY_S = 0.1
 """The longest wait between two pulls (Flower's own: 3 s)."""
 SENT, RECEIVED = "sent", "received"
+NO_ROUND = "-"
 _LINE = re.compile(r"grid (?P<event>sent|received) type=(?P<type>\S+) node=(?P<node>\d+) round=(?P<round>\S*) "
                    r"message=(?P<message>\S*) at=(?P<at>\d+(?:\.\d+)?)")
 
@@ -51,6 +55,7 @@ class GridEvent:
     message_type: str
     node: int
     round: str
+    """The study's round (``-`` when the message named none)."""
     message_id: str
     """The message's id (for a reply: the id of the message it answers)."""
     at: float
@@ -75,6 +80,8 @@ class PromptGrid(Grid):
 
     def __init__(self, inner: Grid) -> None:
         self.inner = inner
+        self._rounds: dict[str, str] = {}
+        """The round of each message sent and not answered yet, by message id."""
 
     def set_run(self, run: Run) -> None:
         """Set the inner grid's run."""
@@ -105,7 +112,8 @@ class PromptGrid(Grid):
         at = time.time()
         for message, message_id in zip(messages, ids, strict=False):
             if message_id:
-                _log(SENT, message, message.metadata.dst_node_id, message_id, at)
+                self._rounds[message_id] = _server_round(message)
+                _log(SENT, message, message.metadata.dst_node_id, self._rounds[message_id], message_id, at)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -113,7 +121,8 @@ class PromptGrid(Grid):
         replies = list(self.inner.pull_messages(message_ids))
         at = time.time()
         for reply in replies:
-            _log(RECEIVED, reply, reply.metadata.src_node_id, reply.metadata.reply_to_message_id, at)
+            answered = reply.metadata.reply_to_message_id
+            _log(RECEIVED, reply, reply.metadata.src_node_id, self._rounds.pop(answered, NO_ROUND), answered, at)
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -135,6 +144,13 @@ class PromptGrid(Grid):
         return replies
 
 
-def _log(event: str, message: Message, node: int, message_id: str, at: float) -> None:
+def _server_round(message: Message) -> str:
+    """The ``server-round`` of an instruction's config record, as text; `NO_ROUND` without one."""
+    config = message.content.config_records.get(CONFIG_RECORD)
+    value = None if config is None else config.get(SERVER_ROUND_KEY)
+    return NO_ROUND if value is None else str(value)
+
+
+def _log(event: str, message: Message, node: int, server_round: str, message_id: str, at: float) -> None:
     FLOWER_LOGGER.log(INFO, "grid %s type=%s node=%d round=%s message=%s at=%.3f", event,
-                      message.metadata.message_type, node, message.metadata.group_id, message_id, at)
+                      message.metadata.message_type, node, server_round, message_id, at)

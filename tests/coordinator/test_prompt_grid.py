@@ -24,6 +24,7 @@ from fedfusion.coordinator.prompt_grid import (
     prompt,
 )
 from fedfusion.flower_compat import FLOWER_LOGGER
+from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
 from fedfusion.simulation.in_process_grid import InProcessGrid, set_message_id
 
 
@@ -73,7 +74,8 @@ def grid_lines() -> Iterator[list[str]]:
 
 
 def messages(grid: SlowNodes, server_round: int) -> list[Message]:
-    return [Message(RecordDict(), node, "train", group_id=str(server_round)) for node in grid.get_node_ids()]
+    return [Message(RecordDict({CONFIG_RECORD: ConfigRecord({SERVER_ROUND_KEY: server_round})}), node, "train")
+            for node in grid.get_node_ids()]
 
 
 def test_replies_are_pulled_as_they_come_and_each_message_and_reply_is_logged(grid_lines: list[str]) -> None:
@@ -93,6 +95,7 @@ def test_replies_are_pulled_as_they_come_and_each_message_and_reply_is_logged(gr
     for node, event in sent.items():
         assert (event.message_type, event.round) == ("train", "3")
         assert received[node].message_id == event.message_id  # the reply names the message it answers
+        assert received[node].round == "3"  # the round of the message it answers
         assert received[node].at >= event.at
     assert received[13].at - sent[13].at >= 0.4 - 0.01
 
