@@ -10,7 +10,9 @@ start-up per message (deployment starts a fresh ClientApp process for each messa
 evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
-lines; the sites run ``fedfusion site run``'s default ``--pull-interval``.
+lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval`` and the privacy policy
+``fedfusion simulate`` wrote for their simulated twins (the study's split; evaluation on any number of held-out
+patients), so both evaluate the same patients.
 Every server binds to 127.0.0.1; every process started here is stopped by PID.
 """
 
@@ -33,7 +35,9 @@ import fedfusion
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.coordinator.state import DAEMON_FILE
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.provisioning.consortium import init_consortium
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dp_overhead import record_summary
@@ -78,6 +82,9 @@ def _overheads(stamps: dict[int, float], site_metrics: Path) -> dict[str, list[f
     sites = pd.read_csv(site_metrics)
     train = sites[sites["phase"] == "train"].groupby("round")["train-seconds"].max()
     rounds = sorted(r for r in stamps if r - 1 in stamps)
+    if not rounds:
+        raise RuntimeError(f"no two consecutive rounds ended with an 'evaluate federation' line (ended: "
+                           f"{sorted(stamps)}); see {site_metrics.parent}")
     wall = [stamps[r] - stamps[r - 1] for r in rounds]
     return {"rounds": rounds, "round_seconds": wall, "max_site_train_seconds": [float(train[r]) for r in rounds],
             "overhead_seconds": [w - float(train[r]) for w, r in zip(wall, rounds, strict=True)]}
@@ -98,6 +105,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _simulated_twin_policy(work: Path, site: str) -> Path:
+    """The privacy policy ``fedfusion simulate`` wrote for ``site`` (the study's split, evaluation on any number of
+    held-out patients): a deployed site runs with its simulated twin's, so both evaluate the same patients."""
+    policy = work / "sim-results" / SIMULATED_SITES_DIR / site / POLICY_FILE_NAME
+    if not policy.is_file():
+        raise RuntimeError(f"{policy} is missing: run the simulation first")
+    return policy
 
 
 def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str, list[float]], dict[str, object]]:
@@ -128,7 +144,7 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str
             start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
                   "--data-dir", str(cohort / site), "--cache-dir",
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
-                  "--runtime-port", str(_free_port()))
+                  "--runtime-port", str(_free_port()), "--policy-file", str(_simulated_twin_policy(work, site)))
         stamps, output = _round_end_times(
             _fedfusion("study", "start", "--state-dir", str(state), "--study-id", "bench", "--rounds", str(ROUNDS),
                        "--set", "min-sites=3", *STUDY), env, work)
