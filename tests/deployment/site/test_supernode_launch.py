@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 import time
 
@@ -14,21 +13,18 @@ from fedfusion.deployment.site import supernode_launch
 from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, launch_command
 
 
-def test_the_launcher_runs_flowers_supernode_entry_with_the_arguments_after_the_separator() -> None:
-    done = subprocess.run(launch_command(0.5, ["--help"]), capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: flower-supernode")  # Flower's own parser read "--help"
-    assert "--superlink" in done.stdout and "--isolation" in done.stdout
-
-
-def test_the_waits_are_installed_before_flowers_entry_runs(monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_launch_command_runs_flowers_supernode_entry_after_installing_the_waits(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     loop = importlib.import_module("flwr.supernode.start_client_internal")
     monkeypatch.setattr(loop, "time", loop.time)  # both restored after the test
     monkeypatch.setattr(sys, "argv", list(sys.argv))
+    command = launch_command(0.05, ["--help"])
+    assert command[:3] == [sys.executable, "-m", supernode_launch.__name__]
     with pytest.raises(SystemExit) as ended:
-        supernode_launch.main(["--pull-interval", "0.05", "--", "--help"])
-    assert ended.value.code == 0 and "usage: flower-supernode" in capsys.readouterr().out
+        supernode_launch.main(command[3:])  # what `python -m` runs, in this process
+    assert ended.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: flower-supernode") and "--superlink" in out  # Flower's own parser read "--help"
     assert sys.argv == ["flower-supernode", "--help"]
     started = time.monotonic()
     loop.time.sleep(3)  # the loop's wait after an empty pull
