@@ -8,6 +8,11 @@ rounds (round 1, which includes start-up, is left out); its overhead is that min
 a site reported for the round (sites train in parallel). Overhead therefore includes message transport, process
 start-up per message (deployment starts a fresh ClientApp process for each message), model (de)serialisation and
 evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
+It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
+queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
+lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval`` and the privacy policy
+``fedfusion simulate`` wrote for their simulated twins (the study's split; evaluation on any number of held-out
+patients), so both evaluate the same patients.
 Every server binds to 127.0.0.1; every process started here is stopped by PID.
 """
 
@@ -30,10 +35,13 @@ import fedfusion
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.synthetic import generate_cohort
 from fedfusion.deployment.coordinator.state import DAEMON_FILE
+from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.provisioning.consortium import init_consortium
+from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dp_overhead import record_summary
+from message_timeline import format_timeline, message_timeline, node_ids, site_spans
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = ("site-a", "site-b", "site-c")
@@ -74,6 +82,9 @@ def _overheads(stamps: dict[int, float], site_metrics: Path) -> dict[str, list[f
     sites = pd.read_csv(site_metrics)
     train = sites[sites["phase"] == "train"].groupby("round")["train-seconds"].max()
     rounds = sorted(r for r in stamps if r - 1 in stamps)
+    if not rounds:
+        raise RuntimeError(f"no two consecutive rounds ended with an 'evaluate federation' line (ended: "
+                           f"{sorted(stamps)}); see {site_metrics.parent}")
     wall = [stamps[r] - stamps[r - 1] for r in rounds]
     return {"rounds": rounds, "round_seconds": wall, "max_site_train_seconds": [float(train[r]) for r in rounds],
             "overhead_seconds": [w - float(train[r]) for w, r in zip(wall, rounds, strict=True)]}
@@ -96,7 +107,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list[float]]:
+def _simulated_twin_policy(work: Path, site: str) -> Path:
+    """The privacy policy ``fedfusion simulate`` wrote for ``site`` (the study's split, evaluation on any number of
+    held-out patients): a deployed site runs with its simulated twin's, so both evaluate the same patients."""
+    policy = work / "sim-results" / SIMULATED_SITES_DIR / site / POLICY_FILE_NAME
+    if not policy.is_file():
+        raise RuntimeError(f"{policy} is missing: run the simulation first")
+    return policy
+
+
+def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str, list[float]], dict[str, object]]:
     port = _free_port()
     consortium, state = work / "consortium", work / "coordinator"
     init_consortium(consortium, "coordinator", ["127.0.0.1"], list(SITES), port=port)
@@ -124,15 +144,26 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> dict[str, list
             start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
                   "--data-dir", str(cohort / site), "--cache-dir",
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
-                  "--runtime-port", str(_free_port()))
+                  "--runtime-port", str(_free_port()), "--policy-file", str(_simulated_twin_policy(work, site)))
         stamps, output = _round_end_times(
             _fedfusion("study", "start", "--state-dir", str(state), "--study-id", "bench", "--rounds", str(ROUNDS),
                        "--set", "min-sites=3", *STUDY), env, work)
         results = Path(re.search(r"results in (\S+)", output).group(1))  # type: ignore[union-attr]
-        return _overheads(stamps, results / "site_metrics.csv")
+        overheads = _overheads(stamps, results / "site_metrics.csv")
+        return overheads, _timeline(output, work / "sites", overheads["rounds"])
     finally:
         for process in reversed(started):
             _stop(process)
+
+
+def _timeline(coordinator_output: str, sites_dir: Path, rounds: list[float]) -> dict[str, object]:
+    """Each deployed message's time, per message type (``message_timeline.py``), from the study's and sites' logs."""
+    site_of_node, spans = {}, {}
+    for site in SITES:
+        logs = sites_dir / site / "logs"
+        site_of_node.update(dict.fromkeys(node_ids((logs / "supernode.log").read_text(errors="replace")), site))
+        spans[site] = site_spans("".join(f.read_text(errors="replace") for f in sorted(logs.rglob("*.log"))))
+    return message_timeline(coordinator_output.splitlines(), site_of_node, spans, [int(r) for r in rounds])
 
 
 def main() -> None:
@@ -144,17 +175,19 @@ def main() -> None:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "FLWR_HOME": str(work / "flwr-home"), "RAY_TMPDIR": str(work / "ray")}
         simulation = _simulation(work, cohort, env)
-        deployment = _deployment(work, cohort, env)
+        deployment, timeline = _deployment(work, cohort, env)
     mean = {name: sum(r["overhead_seconds"]) / len(r["overhead_seconds"])
             for name, r in (("simulation", simulation), ("deployment", deployment))}
     ratio = mean["deployment"] / mean["simulation"]
     result = {"sites": len(SITES), "rounds": ROUNDS, "patients_per_site": [24, 20, 20], "study": STUDY,
               "simulation": simulation, "deployment": deployment,
               "mean_overhead_seconds": mean, "deployment_over_simulation": ratio,
-              "cpus": os.cpu_count()}
+              "deployment_message_timeline": timeline, "cpus": os.cpu_count()}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "deployment_overhead.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print(f"deployed messages, rounds {deployment['rounds']} (seconds, mean over rounds and sites):")
+    print(format_timeline(timeline))
     record_summary("deployment_overhead",
                    f"coordination overhead per round (round wall time - longest site training), 3 sites x "
                    f"{ROUNDS} rounds: deployment {mean['deployment']:.1f} s vs simulation "

@@ -41,6 +41,11 @@ Flower internals used:
 - ``flwr.supernode.fleet_http_client.FleetHttpClient``, ``flwr.supernode.node_auth_http_interceptor`` and
   ``flwr.proto.fleet_pb2.DeactivateNodeRequest``: a site marks its node offline after a crash, as its SuperNode
   does when it stops cleanly.
+- ``flwr.supernode.start_client_internal`` (its module global ``time``): the SuperNode's loop, whose fixed waits
+  (3 s after an empty pull from the SuperLink, 0.5 s while a reply or its objects are not ready yet) a site
+  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion).
+- ``flwr.superlink.grid.http_grid.HttpGrid``: the grid a deployed ServerApp gets (it pulls replies every 3 s), which
+  the coordinator wraps (``is_superlink_grid``); ``flwr.proto.node_pb2.NodeInfo``: what ``Grid.get_nodes`` yields.
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
   path, the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``) and its node-id line
   (``flwr.supernode.start_client_internal``).
@@ -56,6 +61,7 @@ import binascii
 import datetime
 import importlib.metadata
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +101,7 @@ from flwr.common.constant import TIMESTAMP_HEADER as _TIMESTAMP_HEADER  # noqa: 
 from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # noqa: E402
 from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
+from flwr.proto.node_pb2 import NodeInfo as _NodeInfo  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER as _PUBLIC_KEY_HEADER  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_SIGNATURE_HEADER as _SIGNATURE_HEADER  # noqa: E402
 from flwr.supercore.logger import FLOWER_LOGGER as _FLOWER_LOGGER  # noqa: E402
@@ -105,6 +112,7 @@ from flwr.supercore.task_identity import TaskIdentity as _TaskIdentity  # noqa: 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -119,11 +127,14 @@ __all__ = [
     "PULL_BACKOFF_S",
     "SUPEREXEC_AUTH_METHODS",
     "SUPERLINK_HEALTH_PATH",
+    "SUPERNODE_IDLE_PULL_WAIT_S",
     "SUPERNODE_ID_LOG_TEXT",
+    "SUPERNODE_LOCAL_WAIT_S",
     "SYSTEM_TIME_TOLERANCE",
     "AcquiredTask",
     "ClientAppCallable",
     "FlowerNode",
+    "FlowerNodeInfo",
     "FlowerVersionError",
     "Run",
     "TaskInput",
@@ -137,6 +148,7 @@ __all__ = [
     "fleet_request_signer",
     "flower_console_handlers",
     "install_fab",
+    "is_superlink_grid",
     "list_nodes",
     "load_client_app",
     "load_superexec_auth_secret",
@@ -151,6 +163,7 @@ __all__ = [
     "run_simulation_in_process",
     "runtime_api_client",
     "set_task_identity",
+    "shorten_supernode_waits",
     "start_parent_process_monitor",
     "start_task_heartbeat",
     "task_error_reply",
@@ -596,3 +609,58 @@ CONNECTION_BACK_LOG_TEXT = "Connection successful after"
 SUPERNODE_ID_LOG_TEXT = "SuperNode ID: "
 """Before the node id in the SuperNode's log once the SuperLink activated it
 (``flwr.supernode.start_client_internal``)."""
+
+
+# ---- The SuperNode's waits (flwr.supernode.start_client_internal) and the ServerApp's grid (flwr.superlink.grid) ----
+
+SUPERNODE_IDLE_PULL_WAIT_S = 3
+"""Flower's SuperNode waits this long after a pull from the SuperLink that brought no message (``time.sleep(3)``
+in ``start_client_internal``): a message sent to an idle site waits 1.5 s on average before it is even pulled."""
+SUPERNODE_LOCAL_WAIT_S = 0.5
+"""Flower's SuperNode checks this often whether the reply to the message in hand, or an object of it, is in its
+own state yet (``time.sleep(0.5)`` in ``_push_messages``): a local check, without the network."""
+
+FlowerNodeInfo = _NodeInfo
+"""What ``Grid.get_nodes`` yields (``flwr.proto.node_pb2.NodeInfo``)."""
+
+
+class _ShortenedWaits:
+    """The ``time`` module as ``start_client_internal`` sees it once shortened: ``sleep`` of one of Flower's fixed
+    waits sleeps the site's wait instead; everything else is the time module's."""
+
+    def __init__(self, waits: Mapping[float, float]) -> None:
+        self._waits = dict(waits)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep the site's wait for Flower's wait ``seconds`` (any other duration unchanged)."""
+        time.sleep(self._waits.get(seconds, seconds))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def shorten_supernode_waits(idle_pull_s: float, local_s: float) -> None:
+    """Make this process's SuperNode loop wait ``idle_pull_s`` after an empty pull from the SuperLink (Flower: 3 s)
+    and ``local_s`` between checks for a reply or an object in its own state (Flower: 0.5 s).
+
+    Flower 1.41 hard-codes both as ``time.sleep(3)`` and ``time.sleep(0.5)`` in
+    ``flwr.supernode.start_client_internal``, with no option. The module's global ``time`` is replaced by a view of
+    the time module whose ``sleep`` maps those two durations (the one monkeypatch of Flower in fedfusion;
+    ``tests/test_flower_compat.py`` fails when the loop's sleeps change). Call it
+    before the SuperNode starts (``fedfusion.deployment.site.supernode_launch``); calling it again replaces the
+    waits.
+    """
+    if idle_pull_s <= 0 or local_s <= 0:
+        raise ValueError(f"SuperNode waits must be positive, got {idle_pull_s} and {local_s}")
+    import flwr.supernode.start_client_internal as supernode_loop
+
+    supernode_loop.time = _ShortenedWaits(  # type: ignore[assignment,attr-defined]
+        {SUPERNODE_IDLE_PULL_WAIT_S: idle_pull_s, SUPERNODE_LOCAL_WAIT_S: local_s})
+
+
+def is_superlink_grid(grid: Grid) -> bool:
+    """Whether ``grid`` is the one a deployed ServerApp gets from the SuperLink (``flwr.superlink.grid.HttpGrid``,
+    which sleeps 3 s between pulls for replies), not a simulation's in-memory grid or an in-process test grid."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    return isinstance(grid, HttpGrid)

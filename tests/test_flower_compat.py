@@ -7,12 +7,16 @@ pin is checked too. Nothing here starts a process or a simulation.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import inspect
 import logging
 import re
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -416,3 +420,51 @@ def test_fleet_request_signer_accepts_what_a_supernode_sends_and_nothing_else() 
     later = datetime.datetime.fromisoformat(headers[time_header]) + datetime.timedelta(hours=1)
     assert flower_compat.fleet_request_signer(headers, now=later) is None  # an old signature
     assert flower_compat.fleet_request_signer({}) is None
+
+
+# ---- the SuperNode's waits and the ServerApp's grid -----------------------------------------------------------------
+
+
+def sleeps_in(function: Callable[..., Any]) -> list[Any]:
+    """The arguments of every ``time.sleep(...)`` call in ``function``'s source, in order."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return [ast.literal_eval(node.args[0]) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "time.sleep"]
+
+
+def test_the_supernode_loop_still_waits_where_the_seam_shortens_it() -> None:
+    module = importlib.import_module("flwr.supernode.start_client_internal")
+    assert sleeps_in(module.start_client_internal) == [flower_compat.SUPERNODE_IDLE_PULL_WAIT_S]
+    assert sleeps_in(module._push_messages) == [flower_compat.SUPERNODE_LOCAL_WAIT_S] * 2
+    assert sorted(sleeps_in(module)) == [flower_compat.SUPERNODE_LOCAL_WAIT_S] * 2 + [
+        flower_compat.SUPERNODE_IDLE_PULL_WAIT_S]  # no other wait in the loop's module
+    assert re.search(r"^import time$", inspect.getsource(module), re.MULTILINE)  # the module global replaced
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="flower-supernode")
+    assert script.value == "flwr.supernode.cli:flower_supernode"  # what the site's launcher runs
+    assert "start_client_internal(" in inspect.getsource(script.load())
+
+
+def test_shorten_supernode_waits_maps_only_flowers_two_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module("flwr.supernode.start_client_internal")
+    monkeypatch.setattr(module, "time", module.time)  # restored after the test
+    flower_compat.shorten_supernode_waits(0.01, 0.002)
+    started = time.monotonic()
+    module.time.sleep(3)
+    module.time.sleep(0.5)
+    assert time.monotonic() - started < 1.0  # Flower's own waits: 3.5 s
+    started = time.monotonic()
+    module.time.sleep(0.2)
+    assert time.monotonic() - started >= 0.2  # another duration is not touched
+    assert module.time.monotonic is time.monotonic and abs(module.time.time() - time.time()) < 1
+    with pytest.raises(ValueError, match="positive"):
+        flower_compat.shorten_supernode_waits(0, 0.1)
+
+
+def test_the_deployed_serverapp_gets_flowers_http_grid_which_pulls_every_3_seconds() -> None:
+    http_grid = flower("flwr.superlink.grid.http_grid", "HttpGrid")
+    assert "HttpGrid(" in inspect.getsource(importlib.import_module("flwr.superlink.runtime.run_serverapp"))
+    assert sleeps_in(http_grid.send_and_receive) == [3]
+    assert flower_compat.is_superlink_grid(http_grid(token="t"))
+    in_memory_grid = flower("flwr.superlink.grid", "InMemoryGrid")  # the simulation's
+    assert not flower_compat.is_superlink_grid(in_memory_grid.__new__(in_memory_grid))
+    assert flower_compat.FlowerNodeInfo is flower("flwr.serverapp.grid.grid", "NodeInfo")  # what get_nodes yields

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedfusion.coordinator.checkpoint import Checkpoint, CoordinatorCheckpoint
 from fedfusion.coordinator.progress_log import emit_progress
+from fedfusion.coordinator.prompt_grid import prompt
 from fedfusion.coordinator.reply_validation import ReplyLimits
 from fedfusion.coordinator.resumed_rounds import run_rounds
 from fedfusion.coordinator.robust_aggregation import RobustAggregation
@@ -34,6 +35,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the study's rounds and write its results folder."""
+    grid = prompt(grid)  # deployed: replies pulled promptly, each message's times logged; a simulation's unchanged
     run = StudyRun.from_run_config(context.run_config)
     study, settings = run.study, run.coordinator
     results_dir = Path(settings.results_dir) if settings.results_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
@@ -154,5 +155,5 @@ def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDic
 def _secure_stage(msg: Message, context: Context, session: SiteSession) -> RecordDict:
     session.check_policy()
     study = session.study
-    noise = distributed_noise(study) if study.dp_mode == "distributed" else None
+    noise = partial(distributed_noise, study) if study.dp_mode == "distributed" else None  # masked input only
     return secure_stages.answer_stage(msg, context.state, session.site.name, _server_round(msg, default=-1), noise)

@@ -12,7 +12,7 @@ round cannot be replayed at a site.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -69,11 +69,13 @@ def keep_round(state: RecordDict, secure: SecureUpdate, run_id: int, server_roun
 
 
 def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: int,
-                 noise: DistributedNoise | None = None) -> RecordDict:
+                 noise: Callable[[], DistributedNoise] | None = None) -> RecordDict:
     """Answer stage 2, 3 or 4 of round ``server_round`` kept in ``state``; forget it after stage 4 or any failure.
 
     With ``noise`` (a distributed-DP study) the kept update is the clipped gradient sum, which stage 3 turns into
-    noisy integer words before masking (``distributed_dp.masked_noisy_sum``).
+    noisy integer words before masking (``distributed_dp.masked_noisy_sum``); ``noise()`` gives the study's numbers
+    and is called at that stage only (calibrating a ``target-epsilon`` takes seconds in a fresh process). A stage
+    reads only ``state`` and the message: never the cohort, never torch.
     """
     saved = state.config_records.get(STATE_RECORD)
     if saved is None or (saved[RUN_ID_KEY], saved[SERVER_ROUND_KEY]) != (str(msg.metadata.run_id), server_round):
@@ -90,7 +92,7 @@ def answer_stage(msg: Message, state: RecordDict, site_name: str, server_round: 
             update = {name: array.numpy() for name, array in state.array_records[UPDATE_RECORD].items()}
             ciphertexts = read_masked_input_request(msg.content)
             masked = (secagg.masked_input(ciphertexts, update) if noise is None
-                      else masked_noisy_sum(secagg, ciphertexts, update, noise))
+                      else masked_noisy_sum(secagg, ciphertexts, update, noise()))
             del state[UPDATE_RECORD]
             reply = masked_input_content(masked)
         elif stage == STAGE_UNMASK:

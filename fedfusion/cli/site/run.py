@@ -10,6 +10,12 @@ from pathlib import Path
 
 from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.deployment.site.daemon import DEFAULT_RUNTIME_PORT, SiteOptions, run_site
+from fedfusion.deployment.site.supernode_launch import (
+    DEFAULT_PULL_INTERVAL_S,
+    MAX_PULL_INTERVAL_S,
+    MIN_PULL_INTERVAL_S,
+    pull_interval,
+)
 from fedfusion.site.site_privacy import LEDGER_DIR_KEY, POLICY_FILE_KEY
 
 NODE_CONFIG_OPTIONS = {
@@ -45,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "its own (default: %(default)s)")
     parser.add_argument("--superlink", default=None, metavar="HOST:PORT",
                         help="override the coordinator address of site.toml")
+    parser.add_argument("--pull-interval", type=pull_interval, default=DEFAULT_PULL_INTERVAL_S, metavar="SECONDS",
+                        help="seconds the SuperNode waits after asking the coordinator for a message and getting "
+                             "none: 1/SECONDS requests per second while idle; a message waits SECONDS/2 on average "
+                             f"(default: %(default)s; Flower's own: 3; from {MIN_PULL_INTERVAL_S} to "
+                             f"{MAX_PULL_INTERVAL_S})")
     parser.set_defaults(handler=run)
 
 
@@ -54,4 +65,5 @@ def run(args: argparse.Namespace) -> int:
     node_config = {key: str(Path(value).resolve()) if isinstance(value, Path) else str(value)
                    for option, key in NODE_CONFIG_OPTIONS.items() if (value := getattr(args, option)) is not None}
     return run_site(SiteOptions(bundle_dir=args.bundle_dir.resolve(), state_dir=args.state_dir.resolve(),
-                                node_config=node_config, runtime_port=args.runtime_port, superlink=args.superlink))
+                                node_config=node_config, runtime_port=args.runtime_port, superlink=args.superlink,
+                                pull_interval=args.pull_interval))

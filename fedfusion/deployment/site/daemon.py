@@ -35,9 +35,10 @@ from types import FrameType
 import httpx
 
 from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
-from fedfusion.deployment.processes import check_port_free, flower_env, flower_script, start_process, stop_process
+from fedfusion.deployment.processes import check_port_free, flower_env, start_process, stop_process
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.site.connection_watch import ConnectionWatch
+from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, launch_command
 from fedfusion.errors import ConfigError
 from fedfusion.flower_compat import SUPERNODE_ID_LOG_TEXT, deactivate_supernode
 from fedfusion.provisioning.key_files import write_private
@@ -90,6 +91,8 @@ class SiteOptions:
     runtime_port: int = DEFAULT_RUNTIME_PORT
     superlink: str | None = None
     """Override of the bundle's coordinator address."""
+    pull_interval: float = DEFAULT_PULL_INTERVAL_S
+    """Seconds the SuperNode waits after a pull that brought no message (``supernode_launch``; Flower's own: 3)."""
 
     @property
     def approved_apps(self) -> Path:
@@ -119,11 +122,10 @@ def run_site(options: SiteOptions) -> int:
     write_private(secret_file, secrets.token_bytes(32))  # fresh at every start; read by the two children only
     env = flower_env(options.state_dir / "flwr-home")
     runtime_address = f"127.0.0.1:{options.runtime_port}"
-    supernode = start_process(
-        [flower_script("flower-supernode"), "--superlink", superlink,
-         "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
-         str(bundle.private_key), "--node-config", node_config_arg(node_config), "--isolation", "process",
-         "--superexec-auth-secret-file", str(secret_file), "--host", "127.0.0.1", "--port", str(options.runtime_port)],
+    supernode = start_process(launch_command(options.pull_interval, [
+        "--superlink", superlink, "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
+        str(bundle.private_key), "--node-config", node_config_arg(node_config), "--isolation", "process",
+        "--superexec-auth-secret-file", str(secret_file), "--host", "127.0.0.1", "--port", str(options.runtime_port)]),
         logs / "supernode.log", env)
     site_exec = start_process(
         [sys.executable, "-m", "fedfusion.deployment.site.site_exec", "--runtime-api-address", runtime_address,

@@ -1,0 +1,156 @@
+"""`PromptGrid`: the deployed ServerApp's grid, pulling replies promptly and logging when each message left and each
+reply came back.
+
+Flower 1.41 hands a deployed ServerApp an HTTP grid on the SuperLink's ServerAppIo (Runtime) API that sleeps 3 s
+between pulls for replies: every message round trip (train, each secure-aggregation stage, evaluate) waited 1.5 s on
+average after its last reply had arrived. That API is on the coordinator's own host (loopback), so asking often costs
+little. `PromptGrid` delegates everything to Flower's grid and replaces only ``send_and_receive``: it pulls right
+after the push, then waits `FIRST_PULL_DELAY_S` and doubles the wait after every pull that left replies missing, up
+to `MAX_PULL_DELAY_S`. A reply is noticed at most `MAX_PULL_DELAY_S` after it arrived (and at most as late as it took
+to come, for quick ones), and a long training is asked about at most 10 times a second.
+
+It also logs, on Flower's logger (so the line reaches ``flwr log`` and ``fedfusion study start``), one line per
+message pushed and one per reply pulled::
+
+    grid sent type=<message type> node=<destination node> round=<round> message=<message id> at=<epoch s>
+    grid received type=<message type> node=<source node> round=<round> message=<id it answers> at=<epoch s>
+
+The round is the message's ``server-round`` (its config record; ``-`` without one), a reply's that of the message it
+answers. ``at`` is ``time.time()`` once the push returned (the message is at the SuperLink) or the pull returned (the
+reply is here). `parse_grid_line` reads such a line back (``benchmarks/deployment_overhead.py`` times each message
+with them). `prompt` wraps only Flower's HTTP grid: a simulation keeps its in-memory grid (which pulls every 0.1 s)
+unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import INFO
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedfusion.flower_compat import FLOWER_LOGGER, FlowerNodeInfo, Run, is_superlink_grid
+from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
+
+FIRST_PULL_DELAY_S = 0.01
+"""The wait after the first pull that left replies missing."""
+MAX_PULL_DELAY_S = 0.1
+"""The longest wait between two pulls (Flower's own: 3 s)."""
+SENT, RECEIVED = "sent", "received"
+NO_ROUND = "-"
+_LINE = re.compile(r"grid (?P<event>sent|received) type=(?P<type>\S+) node=(?P<node>\d+) round=(?P<round>\S*) "
+                   r"message=(?P<message>\S*) at=(?P<at>\d+(?:\.\d+)?)")
+
+
+@dataclass(frozen=True)
+class GridEvent:
+    """One logged message or reply: whether it was sent or received, its type, its site's node, round and time."""
+
+    event: str
+    message_type: str
+    node: int
+    round: str
+    """The study's round (``-`` when the message named none)."""
+    message_id: str
+    """The message's id (for a reply: the id of the message it answers)."""
+    at: float
+
+
+def parse_grid_line(line: str) -> GridEvent | None:
+    """The event a ``grid sent`` / ``grid received`` line logs (anywhere in ``line``), or None for any other line."""
+    match = _LINE.search(line)
+    if match is None:
+        return None
+    return GridEvent(match["event"], match["type"], int(match["node"]), match["round"], match["message"],
+                     float(match["at"]))
+
+
+def prompt(grid: Grid) -> Grid:
+    """A `PromptGrid` over a deployed ServerApp's grid; any other grid (a simulation's, a test's) unchanged."""
+    return PromptGrid(grid) if is_superlink_grid(grid) else grid
+
+
+class PromptGrid(Grid):
+    """``inner`` with replies pulled promptly and every message and reply logged (see the module docstring)."""
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+        self._rounds: dict[str, str] = {}
+        """The round of each message sent and not answered yet, by message id."""
+
+    def set_run(self, run: Run) -> None:
+        """Set the inner grid's run."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """The inner grid's run."""
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        """The inner grid's new message."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The connected nodes, as the inner grid lists them."""
+        return self.inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[FlowerNodeInfo]:
+        """The connected nodes' information, as the inner grid gives it."""
+        return self.inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push through the inner grid; log each message it took (its id is empty or None otherwise)."""
+        messages = list(messages)
+        ids = list(self.inner.push_messages(messages))
+        at = time.time()
+        for message, message_id in zip(messages, ids, strict=False):
+            if message_id:
+                self._rounds[message_id] = _server_round(message)
+                _log(SENT, message, message.metadata.dst_node_id, self._rounds[message_id], message_id, at)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull through the inner grid; log each reply."""
+        replies = list(self.inner.pull_messages(message_ids))
+        at = time.time()
+        for reply in replies:
+            answered = reply.metadata.reply_to_message_id
+            _log(RECEIVED, reply, reply.metadata.src_node_id, self._rounds.pop(answered, NO_ROUND), answered, at)
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``, then pull until every one is answered or ``timeout`` seconds passed (None: no limit);
+        return the replies that came."""
+        pending = {message_id for message_id in self.push_messages(messages) if message_id}
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        delay = FIRST_PULL_DELAY_S
+        while pending:
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, MAX_PULL_DELAY_S)
+        return replies
+
+
+def _server_round(message: Message) -> str:
+    """The ``server-round`` of an instruction's config record, as text; `NO_ROUND` without one."""
+    config = message.content.config_records.get(CONFIG_RECORD)
+    value = None if config is None else config.get(SERVER_ROUND_KEY)
+    return NO_ROUND if value is None else str(value)
+
+
+def _log(event: str, message: Message, node: int, server_round: str, message_id: str, at: float) -> None:
+    FLOWER_LOGGER.log(INFO, "grid %s type=%s node=%d round=%s message=%s at=%.3f", event,
+                      message.metadata.message_type, node, server_round, message_id, at)

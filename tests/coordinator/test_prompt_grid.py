@@ -1,0 +1,129 @@
+"""The deployed ServerApp's grid: replies pulled promptly, every message and reply logged with its time.
+
+The inner grid is an in-process grid whose nodes answer after a delay of their own (a reply "arrives" at the
+SuperLink then), so the pulls that wait for it are real.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedfusion.coordinator.prompt_grid import (
+    MAX_PULL_DELAY_S,
+    RECEIVED,
+    SENT,
+    GridEvent,
+    PromptGrid,
+    parse_grid_line,
+    prompt,
+)
+from fedfusion.flower_compat import FLOWER_LOGGER
+from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
+from fedfusion.simulation.in_process_grid import InProcessGrid, set_message_id
+
+
+class SlowNodes(InProcessGrid):
+    """Node ``n`` answers ``delays[n]`` seconds after a message is pushed (None: never)."""
+
+    def __init__(self, delays: dict[int, float | None]) -> None:
+        super().__init__()
+        self.delays = delays
+        self.due: dict[str, tuple[float, Message]] = {}
+        self.pulls = 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.delays)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            set_message_id(message, uuid.uuid4().hex)
+            ids.append(message.metadata.message_id)
+            if (delay := self.delays[message.metadata.dst_node_id]) is not None:
+                reply = Message(RecordDict({"answer": ConfigRecord({"node": message.metadata.dst_node_id})}),
+                                reply_to=message)
+                self.due[message.metadata.message_id] = (time.monotonic() + delay, reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        now = time.monotonic()
+        ready = [i for i in message_ids if i in self.due and self.due[i][0] <= now]
+        return [self.due.pop(i)[1] for i in ready]
+
+
+@pytest.fixture
+def grid_lines() -> Iterator[list[str]]:
+    """The lines logged on Flower's logger during the test."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(level=logging.INFO)
+    FLOWER_LOGGER.addHandler(handler)
+    yield lines
+    FLOWER_LOGGER.removeHandler(handler)
+
+
+def messages(grid: SlowNodes, server_round: int) -> list[Message]:
+    return [Message(RecordDict({CONFIG_RECORD: ConfigRecord({SERVER_ROUND_KEY: server_round})}), node, "train")
+            for node in grid.get_node_ids()]
+
+
+def test_replies_are_pulled_as_they_come_and_each_message_and_reply_is_logged(grid_lines: list[str]) -> None:
+    inner = SlowNodes({11: 0.05, 12: 0.2, 13: 0.4})
+    grid = PromptGrid(inner)
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(messages(inner, 3), timeout=60))
+    elapsed = time.monotonic() - started
+    assert sorted(r.content.config_records["answer"]["node"] for r in replies) == [11, 12, 13]
+    assert elapsed < 2.0, f"{elapsed:.2f} s for replies due within 0.4 s (Flower's grid pulls every 3 s)"
+    assert inner.pulls <= 0.4 / MAX_PULL_DELAY_S + 10  # doubling waits, then one pull per MAX_PULL_DELAY_S
+
+    events = [event for line in grid_lines if (event := parse_grid_line(line)) is not None]
+    sent = {e.node: e for e in events if e.event == SENT}
+    received = {e.node: e for e in events if e.event == RECEIVED}
+    assert set(sent) == set(received) == {11, 12, 13} and len(events) == 6
+    for node, event in sent.items():
+        assert (event.message_type, event.round) == ("train", "3")
+        assert received[node].message_id == event.message_id  # the reply names the message it answers
+        assert received[node].round == "3"  # the round of the message it answers
+        assert received[node].at >= event.at
+    assert received[13].at - sent[13].at >= 0.4 - 0.01
+
+
+def test_a_node_that_never_answers_costs_the_timeout_not_more() -> None:
+    inner = SlowNodes({11: 0.0, 12: None})
+    started = time.monotonic()
+    replies = list(PromptGrid(inner).send_and_receive(messages(inner, 1), timeout=0.5))
+    elapsed = time.monotonic() - started
+    assert [r.metadata.src_node_id for r in replies] == [11]
+    assert 0.5 <= elapsed < 2.0
+
+
+def test_only_flowers_http_grid_is_wrapped_and_everything_else_is_delegated() -> None:
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    deployed = HttpGrid(token="t")
+    assert isinstance(prompt(deployed), PromptGrid) and prompt(deployed).inner is deployed  # type: ignore[attr-defined]
+    inner = SlowNodes({21: 0.0})
+    assert prompt(inner) is inner  # a simulation's or a test's grid is left as it is
+    grid = PromptGrid(inner)
+    assert grid.run is inner.run and list(grid.get_node_ids()) == [21]
+    assert [node.node_id for node in grid.get_nodes()] == [21]
+    message = grid.create_message(RecordDict(), "evaluate", 21, "2")
+    assert (message.metadata.dst_node_id, message.metadata.group_id) == (21, "2")
+
+
+def test_a_grid_line_round_trips_and_other_lines_are_ignored() -> None:
+    line = "INFO :      grid received type=query.secagg node=42 round=7 message=ab12 at=1700000000.125"
+    assert parse_grid_line(line) == GridEvent(RECEIVED, "query.secagg", 42, "7", "ab12", 1700000000.125)
+    assert parse_grid_line("INFO :      [round 2/3] evaluate federation") is None
