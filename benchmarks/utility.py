@@ -15,7 +15,7 @@ aggregation "auto" = on with 3 or more sites) with ``SEEDS`` training seeds on t
   centralized non-private (trained to convergence), single-modality centralized, each site alone under the same
   DP recipe;
 - ``federated DP, distributed``: DP-FedSGD with the noise added in shares under secure aggregation, same target
-  epsilon (``dp-mode = distributed``, 40 rounds);
+  epsilon (``DP_RECIPES["distributed"]``: every training patient in each of 20 rounds);
 - ``federated non-private`` (on GBSG2 with ``--baselines``: each site alone without DP);
 - the other model (linear on the synthetic cohort, fusion on GBSG2) under the default DP recipe.
 
@@ -50,7 +50,7 @@ from fedfusion.atomic_io import atomic_write_text
 from fedfusion.data.cohort_index import SCHEMA_FILE
 from fedfusion.simulation.baselines import BaselineRow
 from fedfusion.simulation.local_study import simulate_study
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import DP_RECIPES, StudyConfig
 from fedfusion.study.schema import load_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,9 +67,9 @@ class Arm:
     baselines: bool = False
 
 
-DISTRIBUTED = {"dp_mode": "distributed", "num_server_rounds": 40}
-"""Distributed DP's recipe: one DP-SGD step of the federation per round, so more rounds (sample-rate 0.3 and the
-server's step size 1.0 are the defaults)."""
+DISTRIBUTED = DP_RECIPES["distributed"]
+"""Distributed DP's recipe (``--dp-recipe distributed``, the default of ``scripts/simulate``): one DP gradient step
+of the federation per round over every site's training patients, 20 rounds, server step 2.0."""
 LINEAR = {"model": "linear"}
 """The small-cohort model (``models/linear_survival.py``)."""
 ARMS: dict[str, tuple[Arm, ...]] = {

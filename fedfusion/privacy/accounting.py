@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # (scikit-learn's dependency)
 
 from fedfusion.errors import PrivacyError
 
@@ -39,8 +41,18 @@ def epsilon_spent(mechanism: str, history: Sequence[Sequence[float]], delta: flo
     """Cumulative epsilon at ``delta`` of all steps in ``history`` (0.0 for an empty history)."""
     if not history:
         return 0.0
-    with np.errstate(divide="ignore"):  # PRV takes log(0) on its grid's edge by design; the result is finite
+    # PRV takes log(0) on its grid's edge by design; the result is finite. One BLAS thread: in a busy process (the
+    # simulation's ServerApp thread on a loaded machine) OpenBLAS' threaded dot products of the PRV grid were seen to
+    # spin in exec_blas for many minutes (gdb), holding the coordinator's distributed-DP calibration; alone they take
+    # well under a second.
+    with np.errstate(divide="ignore"), _blas().limit(limits=1, user_api="blas"):
         return float(restore_accountant(mechanism, history).get_epsilon(delta=delta))
+
+
+@cache
+def _blas() -> Any:
+    """The process' thread pools, found once (finding them walks every loaded library: slow with torch loaded)."""
+    return ThreadpoolController()
 
 
 def planned_round(noise_multiplier: float, num_patients: int, batch_size: int, local_epochs: int) -> AccountantHistory:

@@ -12,7 +12,8 @@ per-patient prediction leaves a site.) The table compares it with
   (``central_training``: the epoch count is chosen on a validation split of the pooled training patients, never on
   the held-out ones, then the model is trained again on all of them),
 - each site's model trained alone with the study's own recipe (DP included) for as many rounds and epochs as the
-  federation,
+  federation (beside a distributed-DP federation, whose recipe has no local training, the local-DP recipe:
+  ``fedfusion.study.config.local_dp_recipe``),
 - the oracle risk planted by the synthetic generator (the best achievable C-index).
 
 Each model is trained with every training seed (``training_seeds``: the study's ``training-seed`` and the next
@@ -41,7 +42,7 @@ from fedfusion.simulation.central_training import MAX_EPOCHS, train_to_convergen
 from fedfusion.simulation.held_out_stats import BOOTSTRAP_RESAMPLES, Difference, HeldOutPatients, Summary
 from fedfusion.simulation.outcomes import known_outcome, survival_outcomes
 from fedfusion.site.trainer import SiteTrainer
-from fedfusion.study.config import StudyConfig
+from fedfusion.study.config import StudyConfig, local_dp_recipe
 
 Risks = npt.NDArray[np.float64]
 Weights = Mapping[str, torch.Tensor]
@@ -161,7 +162,8 @@ def run_baselines(
     emit: Callable[[str], None] = print,
 ) -> BaselineReport:
     """Train every baseline with each training seed (one per federated final model) and compare on the same
-    held-out patients. ``central_epochs`` caps the centralized models' epochs (default ``MAX_EPOCHS``)."""
+    held-out patients. ``central_epochs`` caps the centralized models' epochs (default ``MAX_EPOCHS``). Each site
+    alone trains under the local-DP recipe (``local_dp_recipe``), also beside a distributed-DP federation."""
     seeds = training_seeds(study, len(final_models))
     pooled = _pooled(cohorts)
     max_epochs = central_epochs or MAX_EPOCHS
@@ -179,10 +181,11 @@ def run_baselines(
                                   modalities, len(pooled.train),
                                   tuple(_risks(pooled, model_study, m.weights) for m in models)))
     recipe = "DP" if study.dp else "non-private"
+    alone = local_dp_recipe(study)
     for cohort in cohorts:
-        emit(f"baseline: {cohort.site} alone ({study.num_server_rounds} rounds x {study.local_epochs} epochs, "
+        emit(f"baseline: {cohort.site} alone ({alone.num_server_rounds} rounds x {alone.local_epochs} epochs, "
              f"{recipe})")
-        risks = tuple(_risks(pooled, study, _train_like_federation(cohort, study.replace(training_seed=s)))
+        risks = tuple(_risks(pooled, alone, _train_like_federation(cohort, alone.replace(training_seed=s)))
                       for s in seeds)
         scores.append(ModelScores(f"{cohort.site} alone", f"own data only, {recipe}", _modalities(study),
                                   len(cohort.train), risks))

@@ -156,9 +156,12 @@ def _run_federation(run: StudyRun, folder: Path, cohort: SimulationCohort, num_s
 
 def _privacy_line(study: StudyConfig) -> str:
     """How a DP study protects its patients, as the start line says it."""
-    budget = (f"target epsilon {study.target_epsilon:g} per site at delta {study.delta:g} (each site derives its noise)"
+    distributed = study.dp_mode == "distributed"
+    derived = "one study-wide noise, shared inside secure aggregation" if distributed else "each site derives its noise"
+    budget = (f"target epsilon {study.target_epsilon:g} per site at delta {study.delta:g} ({derived})"
               if study.target_epsilon else f"DP noise {study.noise_multiplier}")
-    return f"{budget}, clip {study.max_grad_norm}"
+    mode = f"distributed DP at sample rate {study.sample_rate:g}, " if distributed else ""
+    return f"{mode}{budget}, clip {study.max_grad_norm}"
 
 
 def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,

@@ -31,6 +31,15 @@ SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 DP_MODES = ("local", "distributed")
 AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 """How a plain round combines the sites' updates (``fedfusion.coordinator.robust_aggregation``)."""
+DP_RECIPES: dict[str, dict[str, Any]] = {
+    "local": {},
+    "distributed": {"dp_mode": "distributed", "sample_rate": 1.0, "num_server_rounds": 20,
+                    "server_learning_rate": 2.0},
+}
+"""Named DP recipes (``--dp-recipe``): study keys set beneath the user's own. 'local' is the defaults below (local
+DP-SGD at every site). 'distributed' is distributed DP's recipe measured best (docs/DP_RECIPE.md): every site's
+training patients in each round (DP full-batch gradient descent of the federation), 20 rounds, server step 2.0;
+the default of ``scripts/simulate``, opt-in elsewhere (its trust assumption: docs/THREAT_MODEL.md)."""
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
 
@@ -128,8 +137,9 @@ class StudyConfig:
     """'local': each site runs DP-SGD on its own update; 'distributed' (opt-in): one round is one DP-SGD step of the
     whole federation, each site adds an integer noise share to its clipped gradient sum inside secure aggregation,
     and the coordinator's server optimizer steps on the noisy gradient (``server-learning-rate`` is the step size).
-    The best private recipe measured (docs/DP_RECIPE.md: about 40 rounds), under the trust assumption of
-    docs/THREAT_MODEL.md; every round needs at least ``distributed-dp-tolerance`` + 2 sites through SecAgg+."""
+    The best private recipe measured (``DP_RECIPES["distributed"]``, ``--dp-recipe distributed``), under the trust
+    assumption of docs/THREAT_MODEL.md; every round needs at least ``distributed-dp-tolerance`` + 2 sites through
+    SecAgg+."""
     sample_rate: float = 0.3
     """Distributed mode: probability with which every site Poisson-samples each training patient every round
     (study-wide, so that every site's accounting entry is the same)."""
@@ -346,6 +356,15 @@ class StudyConfig:
             raise ConfigError(f"study config 'aggregation' = {self.aggregation} needs 'min-sites' >= "
                               f"{needed[self.aggregation]} (median: 3; trimmed-mean: 1 / trim-fraction, to cut at "
                               f"least one site per end; krum: 2 * byzantine-sites + 3), got {self.min_sites}")
+
+
+def local_dp_recipe(study: StudyConfig) -> StudyConfig:
+    """How a site trains alone beside ``study``: a distributed-DP study (which has no local-DP recipe of its own) with
+    the keys of the DP recipes back at their defaults, the local-DP recipe; any other study as it is."""
+    if study.dp_mode != "distributed":
+        return study
+    keys = {key for recipe in DP_RECIPES.values() for key in recipe}
+    return study.replace(**{f.name: f.default for f in fields(StudyConfig) if f.name in keys})
 
 
 def _key(name: str) -> str:
