@@ -37,7 +37,9 @@ SITE_TIMELINE = re.compile(r"timeline task=(?P<task>\d+) run=(?P<run>\d+) type=(
 SECAGG_STAGES = (STAGE_SHARE_KEYS, STAGE_MASKED_INPUT, STAGE_UNMASK)
 SEGMENTS = ("queue_wait", "process_start", "pull", "handler", "reply")
 CLOCK_SLACK_S = 0.05
-"""A site may acquire a message a little before the coordinator's push call returned (its objects still uploading)."""
+"""Slack for the clocks of the processes (all on one host). A span is matched from the coordinator's push start
+(``at`` of its ``sent`` line) to the reply's arrival, by the site's ``acquired`` and ``handled``: the coordinator may
+get the reply before the worker has ended the task (``pushed``)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _span_of(message: GridEvent, reply: GridEvent, spans: list[SiteSpan], site: 
     """The site's first unused span of the message's type that lies inside its round trip."""
     for index, span in enumerate(spans):
         if ((str(site), index) not in used and span.message_type == message.message_type
-                and message.at - CLOCK_SLACK_S <= span.acquired and span.pushed <= reply.at + CLOCK_SLACK_S):
+                and message.at - CLOCK_SLACK_S <= span.acquired and span.handled <= reply.at + CLOCK_SLACK_S):
             used.add((str(site), index))
             return span
     return None

@@ -59,6 +59,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import importlib.metadata
 import logging
 import time
@@ -123,13 +124,16 @@ __all__ = [
     "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
     "FLOWER_LOGGER",
+    "OBJECT_PULLERS",
     "PINNED_FLOWER_VERSION",
     "PULL_BACKOFF_S",
+    "SERVERAPP_GRID_MODULE",
     "SUPEREXEC_AUTH_METHODS",
     "SUPERLINK_HEALTH_PATH",
     "SUPERNODE_IDLE_PULL_WAIT_S",
     "SUPERNODE_ID_LOG_TEXT",
     "SUPERNODE_LOCAL_WAIT_S",
+    "SUPERNODE_LOOP_MODULE",
     "SYSTEM_TIME_TOLERANCE",
     "AcquiredTask",
     "ClientAppCallable",
@@ -163,6 +167,7 @@ __all__ = [
     "run_simulation_in_process",
     "runtime_api_client",
     "set_task_identity",
+    "shorten_object_pull_backoff",
     "shorten_supernode_waits",
     "start_parent_process_monitor",
     "start_task_heartbeat",
@@ -656,6 +661,34 @@ def shorten_supernode_waits(idle_pull_s: float, local_s: float) -> None:
 
     supernode_loop.time = _ShortenedWaits(  # type: ignore[assignment,attr-defined]
         {SUPERNODE_IDLE_PULL_WAIT_S: idle_pull_s, SUPERNODE_LOCAL_WAIT_S: local_s})
+
+
+SUPERNODE_LOOP_MODULE = "flwr.supernode.start_client_internal"
+"""The SuperNode's loop: a site pulls the coordinator's message (and its objects) here."""
+SERVERAPP_GRID_MODULE = "flwr.superlink.grid.http_grid"
+"""The deployed ServerApp's grid: the coordinator pulls a site's reply (and its objects) here."""
+OBJECT_PULLERS = (SUPERNODE_LOOP_MODULE, SERVERAPP_GRID_MODULE)
+"""The modules whose ``pull_objects`` `shorten_object_pull_backoff` replaces."""
+
+
+def shorten_object_pull_backoff(module_name: str) -> None:
+    """Make ``module_name`` (one of `OBJECT_PULLERS`) retry an object that is not uploaded yet after
+    `PULL_BACKOFF_S` (first and longest wait) instead of Flower's 1 s, doubling to 10 s.
+
+    Flower's SuperLink hands out a message as soon as its sender announced it, before the sender has uploaded its
+    objects (the arrays, the records). Measured: the SuperNode, and the ServerApp's grid pulling a reply, asked for
+    an object too early almost every time, and then waited 1 s (a train message's model 1 s and then 2 s more).
+    Flower passes no backoff to these calls; the module's global ``pull_objects`` is replaced by Flower's own with
+    the shorter backoff and no limit on the number of tries (Flower's limit on the total time, 2 h, still holds).
+    ``tests/test_flower_compat.py`` fails when these modules stop calling ``pull_objects`` without a backoff.
+    """
+    if module_name not in OBJECT_PULLERS:
+        raise ValueError(f"{module_name} is not one of the modules whose object pulls fedfusion shortens")
+    from flwr.supercore.inflatable.inflatable_utils import pull_objects
+
+    module = importlib.import_module(module_name)
+    module.pull_objects = functools.partial(  # type: ignore[attr-defined]
+        pull_objects, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1], max_tries_per_object=None)
 
 
 def is_superlink_grid(grid: Grid) -> bool:

@@ -468,3 +468,29 @@ def test_the_deployed_serverapp_gets_flowers_http_grid_which_pulls_every_3_secon
     in_memory_grid = flower("flwr.superlink.grid", "InMemoryGrid")  # the simulation's
     assert not flower_compat.is_superlink_grid(in_memory_grid.__new__(in_memory_grid))
     assert flower_compat.FlowerNodeInfo is flower("flwr.serverapp.grid.grid", "NodeInfo")  # what get_nodes yields
+
+
+@pytest.mark.parametrize("module_name", flower_compat.OBJECT_PULLERS)
+def test_object_pulls_are_shortened_where_flower_calls_pull_objects_without_a_backoff(
+        module_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(module_name)
+    flowers = flower("flwr.supercore.inflatable.inflatable_utils", "pull_objects")
+    monkeypatch.setattr(module, "pull_objects", module.pull_objects)  # restored after the test
+    assert module.pull_objects is flowers  # the module's global, imported by name
+    calls = [node for node in ast.walk(ast.parse(inspect.getsource(module)))
+             if isinstance(node, ast.Call) and ast.unparse(node.func) == "pull_objects"]
+    assert len(calls) == 1 and not {"initial_backoff", "backoff_cap"} & {k.arg for k in calls[0].keywords}
+    assert {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= parameters(flowers)
+    flower_compat.shorten_object_pull_backoff(module_name)
+    tries: list[float] = []
+
+    def pull(object_id: str) -> bytes:  # unavailable twice, as while its sender is still uploading it
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise flower("flwr.supercore.inflatable.inflatable_utils", "ObjectUnavailableError")(object_id)
+        return b"content"
+
+    assert module.pull_objects(["id"], pull_object_fn=pull) == {"id": b"content"}
+    assert tries[-1] - tries[0] < 1.0  # Flower's own: 1 s, then 2 s
+    with pytest.raises(ValueError, match="not one of"):
+        flower_compat.shorten_object_pull_backoff("flwr.serverapp.grid.grid")

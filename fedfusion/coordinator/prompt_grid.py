@@ -16,10 +16,15 @@ message pushed and one per reply pulled::
     grid received type=<message type> node=<source node> round=<round> message=<id it answers> at=<epoch s>
 
 The round is the message's ``server-round`` (its config record; ``-`` without one), a reply's that of the message it
-answers. ``at`` is ``time.time()`` once the push returned (the message is at the SuperLink) or the pull returned (the
-reply is here). `parse_grid_line` reads such a line back (``benchmarks/deployment_overhead.py`` times each message
-with them). `prompt` wraps only Flower's HTTP grid: a simulation keeps its in-memory grid (which pulls every 0.1 s)
-unchanged.
+answers. ``at`` is ``time.time()`` when the push began (a site may take its message before the push has returned:
+the SuperLink lists it before its objects, and the push uploads every destination's objects in turn) or once the pull
+returned (the reply is here). `parse_grid_line` reads such a line back (``benchmarks/deployment_overhead.py`` times
+each message with them). `prompt` wraps only Flower's HTTP grid: a simulation keeps its in-memory grid (which pulls
+every 0.1 s) unchanged.
+
+A reply is listed by the SuperLink as soon as its site announced it, before the site has uploaded its objects; Flower's
+grid then retried a missing object after 1 s, and almost every reply cost that second. `prompt` shortens that
+backoff in this process (``fedfusion.flower_compat.shorten_object_pull_backoff``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from logging import INFO
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedfusion.flower_compat import FLOWER_LOGGER, FlowerNodeInfo, Run, is_superlink_grid
+from fedfusion.flower_compat import (
+    FLOWER_LOGGER,
+    SERVERAPP_GRID_MODULE,
+    FlowerNodeInfo,
+    Run,
+    is_superlink_grid,
+    shorten_object_pull_backoff,
+)
 from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
 
 FIRST_PULL_DELAY_S = 0.01
@@ -71,8 +83,12 @@ def parse_grid_line(line: str) -> GridEvent | None:
 
 
 def prompt(grid: Grid) -> Grid:
-    """A `PromptGrid` over a deployed ServerApp's grid; any other grid (a simulation's, a test's) unchanged."""
-    return PromptGrid(grid) if is_superlink_grid(grid) else grid
+    """A `PromptGrid` over a deployed ServerApp's grid, its reply objects pulled with a short backoff; any other grid
+    (a simulation's, a test's) unchanged."""
+    if not is_superlink_grid(grid):
+        return grid
+    shorten_object_pull_backoff(SERVERAPP_GRID_MODULE)
+    return PromptGrid(grid)
 
 
 class PromptGrid(Grid):
@@ -108,8 +124,8 @@ class PromptGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push through the inner grid; log each message it took (its id is empty or None otherwise)."""
         messages = list(messages)
+        at = time.time()  # before: a site may take its message while the push still uploads the others' objects
         ids = list(self.inner.push_messages(messages))
-        at = time.time()
         for message, message_id in zip(messages, ids, strict=False):
             if message_id:
                 self._rounds[message_id] = _server_round(message)

@@ -109,11 +109,13 @@ def test_a_node_that_never_answers_costs_the_timeout_not_more() -> None:
     assert 0.5 <= elapsed < 2.0
 
 
-def test_only_flowers_http_grid_is_wrapped_and_everything_else_is_delegated() -> None:
-    from flwr.superlink.grid.http_grid import HttpGrid
+def test_only_flowers_http_grid_is_wrapped_and_everything_else_is_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.superlink.grid import http_grid
 
-    deployed = HttpGrid(token="t")
+    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)  # restored after the test
+    deployed = http_grid.HttpGrid(token="t")
     assert isinstance(prompt(deployed), PromptGrid) and prompt(deployed).inner is deployed  # type: ignore[attr-defined]
+    assert http_grid.pull_objects.keywords["initial_backoff"] < 1  # reply objects: Flower's first retry after 1 s
     inner = SlowNodes({21: 0.0})
     assert prompt(inner) is inner  # a simulation's or a test's grid is left as it is
     grid = PromptGrid(inner)

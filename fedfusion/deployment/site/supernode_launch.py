@@ -7,7 +7,9 @@ sent to an idle site therefore waits 1.5 s on average (up to 3 s) before the sit
 for the slowest site at each of its messages: five per site in a secure-aggregation round (train, three stages,
 evaluate). This launcher shortens both waits (``fedfusion.flower_compat.shorten_supernode_waits``: the pull interval
 to ``--pull-interval``, the local check to `LOCAL_WAIT_S`) and then runs the function of Flower's own
-``flower-supernode`` console script with the arguments after ``--``: everything else is Flower's.
+``flower-supernode`` console script with the arguments after ``--``: everything else is Flower's. It also shortens
+the SuperNode's backoff while it pulls a message's objects that the coordinator is still uploading
+(``fedfusion.flower_compat.shorten_object_pull_backoff``: Flower's first retry after 1 s cost a train message 1-3 s).
 
 The default pull interval, `DEFAULT_PULL_INTERVAL_S` (0.2 s), is 5 pull requests per second from each idle site to
 the coordinator's gateway (Flower's own: 0.33 per second), each checked by the gateway (one signature) and answered
@@ -25,7 +27,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from fedfusion.flower_compat import shorten_supernode_waits
+from fedfusion.flower_compat import SUPERNODE_LOOP_MODULE, shorten_object_pull_backoff, shorten_supernode_waits
 
 DEFAULT_PULL_INTERVAL_S = 0.2
 """Seconds a site's SuperNode waits after a pull that brought no message (Flower's own: 3)."""
@@ -67,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     arguments = args.supernode_arguments[1:] if args.supernode_arguments[:1] == ["--"] else args.supernode_arguments
     shorten_supernode_waits(args.pull_interval, LOCAL_WAIT_S)
+    shorten_object_pull_backoff(SUPERNODE_LOOP_MODULE)
     (script,) = importlib.metadata.entry_points(group="console_scripts", name=FLOWER_SUPERNODE_SCRIPT)
     sys.argv = [FLOWER_SUPERNODE_SCRIPT, *arguments]  # Flower's entry reads its arguments from sys.argv
     raise SystemExit(script.load()())
