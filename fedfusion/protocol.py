@@ -99,3 +99,12 @@ SITE_REFUSAL_CODE = 3002
 """The site refuses under one of its rules; the reason is fixed text naming the site and the rule."""
 EGRESS_ERROR_CODE = 3003
 """The site could not record its reply in its egress record, so the reply was withheld."""
+
+# A deployed message's arrays packed into one (fedfusion.array_packing).
+
+PACKED_ARRAY_KEY = "packed"
+"""The one Array of a packed ArrayRecord: every array's raw bytes, one after another."""
+PACKED_LAYOUT_SUFFIX = ".packed-layout"
+"""A packed ArrayRecord ``<name>`` comes with the ConfigRecord ``<name>.packed-layout``."""
+PACKED_LAYOUT_KEY = "layout"
+"""The layout record's one key: JSON ``[[array name, dtype, shape], ...]`` in packing order."""

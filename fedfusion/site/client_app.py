@@ -26,6 +26,7 @@ from functools import partial
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedfusion.array_packing import packing_mod
 from fedfusion.errors import PrivacyError, ProtocolError, SiteRefusal
 from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.protocol import (
@@ -49,7 +50,7 @@ from fedfusion.site.site_round import SERVER_ROUND_RULE, SiteRound, SiteSession,
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[packing_mod])  # a deployed coordinator's arrays come packed
 
 Handler = Callable[[Message, Context, SiteSession], RecordDict]
 """A message's answer from the session it was resolved into (``context.state`` holds a secure round's state)."""
