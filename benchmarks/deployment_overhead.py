@@ -5,9 +5,9 @@ with ``fedfusion simulate`` and with a real ``fedfusion coordinator run`` + thre
 on loopback (each site's slide features prepared first with ``fedfusion site prepare``, as a site admin does).
 A round's wall time is the time between the coordinator's "evaluate federation" progress lines of consecutive
 rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local training time
-a site reported for the round (sites train in parallel). Overhead therefore includes message transport, process
-start-up per message (deployment starts a fresh ClientApp process for each message), model (de)serialisation and
-evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
+a site reported for the round (sites train in parallel). Overhead therefore includes message transport (each
+object one request through the gateway), handing each message to the site's long-lived worker, model
+(de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
 lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval`` and the privacy policy
@@ -191,8 +191,8 @@ def main() -> None:
     record_summary("deployment_overhead",
                    f"coordination overhead per round (round wall time - longest site training), 3 sites x "
                    f"{ROUNDS} rounds: deployment {mean['deployment']:.1f} s vs simulation "
-                   f"{mean['simulation']:.1f} s = **{ratio:.1f}x** (deployment starts a ClientApp process per "
-                   f"message; TLS + gateway on loopback) -> [deployment_overhead.json](deployment_overhead.json)")
+                   f"{mean['simulation']:.1f} s = **{ratio:.1f}x** (a long-lived worker per site, arrays packed; "
+                   f"TLS + gateway on loopback) -> [deployment_overhead.json](deployment_overhead.json)")
 
 
 if __name__ == "__main__":
