@@ -16,7 +16,8 @@ from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, 
 def test_the_launch_command_runs_flowers_supernode_entry_after_installing_the_waits(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     loop = importlib.import_module("flwr.supernode.start_client_internal")
-    monkeypatch.setattr(loop, "time", loop.time)  # both restored after the test
+    monkeypatch.setattr(loop, "time", loop.time)  # all three restored after the test
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     command = launch_command(0.05, ["--help"])
     assert command[:3] == [sys.executable, "-m", supernode_launch.__name__]
