@@ -227,16 +227,21 @@ def gpu_line(gpu: dict[str, Any]) -> str:
             f"the readers and one slide {gpu['median_seconds']['gpu-reader-start']:.1f} s)")
 
 
+def write_inputs(folder: Path) -> tuple[list[Path], list[TilePlan], int, list[Path], str, Path]:
+    """The benchmark's slides, their tile plans, tile count and in-memory tile files, and the resnet18 encoder."""
+    paths = write_slides(folder)
+    resnet, resnet_file = write_resnet18(folder)
+    plans = [plan_tiles(p, PARAMS) for p in paths]
+    tile_files = [write_tiles(plan, folder / f"tiles-{i:02d}.npy") for i, plan in enumerate(plans)]
+    return paths, plans, sum(len(plan.coords) for plan in plans), tile_files, resnet, resnet_file
+
+
 def main_gpu_only() -> None:
     """Only the GPU figures (for a short session on a GPU machine): ``data_pipeline_gpu.json``, a README line."""
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device (torch.cuda.is_available() is False): no GPU figures to measure")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_slides(Path(tmp))
-        resnet, resnet_file = write_resnet18(Path(tmp))
-        plans = [plan_tiles(p, PARAMS) for p in paths]
-        tiles = sum(len(plan.coords) for plan in plans)
-        tile_files = [write_tiles(plan, Path(tmp) / f"tiles-{i:02d}.npy") for i, plan in enumerate(plans)]
+        paths, _, tiles, tile_files, resnet, resnet_file = write_inputs(Path(tmp))
         gpu = gpu_figures(Path(tmp), paths, tile_files, tiles, resnet, resnet_file)
     gpu["environment"] = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
                           **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
@@ -251,11 +256,7 @@ def main() -> None:
     load_before = os.getloadavg()
     gpu: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_slides(Path(tmp))
-        resnet, resnet_file = write_resnet18(Path(tmp))
-        plans = [plan_tiles(p, PARAMS) for p in paths]
-        tiles = sum(len(plan.coords) for plan in plans)
-        tile_files = [write_tiles(plan, Path(tmp) / f"tiles-{i:02d}.npy") for i, plan in enumerate(plans)]
+        paths, plans, tiles, tile_files, resnet, resnet_file = write_inputs(Path(tmp))
         raw_args = [paths, [[(int(x), int(y)) for x, y in plan.coords] for plan in plans],
                     [plan.level for plan in plans], [plan.read_size for plan in plans]]
         resnets, resnet_files = [resnet] * len(paths), [resnet_file] * len(paths)
