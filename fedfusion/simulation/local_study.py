@@ -104,7 +104,7 @@ def simulate_study(
         if saved is not None:
             emit(f"{folder} holds this study after round {saved.completed_round} of {saved.num_rounds}: "
                  + ("nothing left to train" if saved.finished else "resuming"))
-    cohorts = _prepare_sites(study, cohort, device, emit)
+    cohorts = prepare_sites(study, cohort, device, emit)
     _write_held_out_ids(results_dir, cohorts)
 
     final_models = []
@@ -164,8 +164,8 @@ def _privacy_line(study: StudyConfig) -> str:
     return f"{mode}{budget}, clip {study.max_grad_norm}"
 
 
-def _prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
-                   emit: Callable[[str], None]) -> list[SiteCohort]:
+def prepare_sites(study: StudyConfig, cohort: SimulationCohort, device: str,
+                  emit: Callable[[str], None]) -> list[SiteCohort]:
     """Prepare each site's slide features (as its admin would, on ``device``), then load the site once."""
     cohorts = []
     for site in cohort.sites:

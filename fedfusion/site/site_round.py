@@ -293,7 +293,7 @@ class SiteRound:
         planned = planned_round(sigma, patients, study.batch_size, study.local_epochs) if study.dp else None
         charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
                                     policy=self.session.privacy.policy, study_id=self.replies.study_id, budget=budget)
-        outcome = trainer.train(received, accountant_history=charge.prior, seed=_round_seed(study, server_round),
+        outcome = trainer.train(received, accountant_history=charge.prior, seed=round_seed(study, server_round),
                                 noise_multiplier=sigma)
         reply = StoredReply(outcome.weights, outcome.num_patients, outcome.metrics)
         self.replies.store(server_round, received, reply)  # before settling: a kill after this point replays
@@ -319,7 +319,7 @@ class SiteRound:
         charge = self.ledger.charge(run_id=run_id, server_round=server_round, planned=planned,
                                     policy=self.session.privacy.policy, study_id=self.replies.study_id, budget=budget)
         started = time.perf_counter()
-        gradient_sum, _ = clipped_gradient_sum(trainer, received, seed=_round_seed(study, server_round))
+        gradient_sum, _ = clipped_gradient_sum(trainer, received, seed=round_seed(study, server_round))
         seconds = time.perf_counter() - started
         self.ledger.settle(charge, planned)
         history = merged_history([*charge.prior, *planned])
@@ -337,7 +337,7 @@ class SiteRound:
                            secure=SecureUpdate(SecAggSite(secure.site_id, secure.config, num_patients), gradient_sum))
 
 
-def _round_seed(study: StudyConfig, server_round: int) -> int:
+def round_seed(study: StudyConfig, server_round: int) -> int:
     """Tile sampling and dropout of a round (never DP noise or Poisson sampling, which come from the OS)."""
     return study.training_seed * 100_003 + server_round
 
