@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # (scikit-learn's dependency)
 
 from fedfusion.errors import PrivacyError
+from fedfusion.privacy.rdp_memo import memoize_step_rdp
 
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant
 
 AccountantHistory = list[tuple[float, float, int]]
+EPSILONS_KEPT = 64
+"""Epsilon answers kept per process (``epsilon_spent``), each keyed by its mechanism, exact history and delta."""
 
 
 def restore_accountant(mechanism: str, history: Sequence[Sequence[float]]) -> IAccountant:
     """A fresh ``mechanism`` ("prv" or "rdp") accountant holding ``history`` (validated)."""
     from opacus.accountants import create_accountant  # Opacus loads torch: only when epsilon is computed
 
+    memoize_step_rdp()
     accountant = create_accountant(mechanism=mechanism)
     accountant.load_state_dict({"history": validated_history(history), "mechanism": accountant.mechanism()})
     return accountant
@@ -38,7 +42,17 @@ def history_of(accountant: IAccountant) -> AccountantHistory:
 
 
 def epsilon_spent(mechanism: str, history: Sequence[Sequence[float]], delta: float) -> float:
-    """Cumulative epsilon at ``delta`` of all steps in ``history`` (0.0 for an empty history)."""
+    """Cumulative epsilon at ``delta`` of all steps in ``history`` (0.0 for an empty history).
+
+    A pure function of its arguments, so each answer is kept (``EPSILONS_KEPT``): a round asks the same epsilon up
+    to three times (the ledger's limit, the study's target, the reply's metric) and the PRV accountant takes
+    0.05-0.5 s per answer (more as steps add up).
+    """
+    return _epsilon_of(mechanism, tuple(validated_history(history)), float(delta))
+
+
+@lru_cache(maxsize=EPSILONS_KEPT)
+def _epsilon_of(mechanism: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     if not history:
         return 0.0
     # PRV takes log(0) on its grid's edge by design; the result is finite. One BLAS thread: in a busy process (the

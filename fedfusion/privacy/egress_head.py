@@ -10,6 +10,7 @@ also pins a head outside the site's folder.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def write_head_file(path: Path, head: EgressHead) -> None:
     atomic_write_text(Path(path), f"{head}\n")
 
 
-def check_head(record: Path, line_hashes: list[str], pinned: EgressHead, source: str) -> int:
+def check_head(record: Path, line_hashes: Sequence[str], pinned: EgressHead, source: str) -> int:
     """The entry count at which ``pinned`` (from ``source``) is found in the record whose lines hash to
     ``line_hashes``; ``PrivacyError`` saying how the record falls short (deleted, emptied, cut, rewritten)."""
     pin = f"{source} pins {pinned}"

@@ -30,9 +30,10 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from flwr.app import Message
@@ -99,7 +100,7 @@ class EgressRecord:
         with open(self.path, "ab+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             handle.seek(0)
-            hashes = [_sha256(line) for line in self._lines(handle.read())]
+            hashes = LineHashes(self._lines(handle.read()))
             if self.head_file.exists():
                 check_head(self.path, hashes, read_head_file(self.head_file), f"its head file {self.head_file}")
             full = {"seq": len(hashes), "time": datetime.now(UTC).isoformat(),
@@ -159,3 +160,30 @@ class EgressRecord:
 
 def _sha256(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
+
+
+class LineHashes(Sequence[str]):
+    """The sha256 of each of ``lines``, each computed when first asked: an append needs the last line's and the
+    one its head file pins (the same one, unless the record was cut), not the whole record's (it grows for as
+    long as the site runs studies)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+        self._hashes: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = range(len(self))[index]  # IndexError beyond the end, as a list's
+        if position not in self._hashes:
+            self._hashes[position] = _sha256(self._lines[position])
+        return self._hashes[position]

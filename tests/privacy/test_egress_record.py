@@ -12,7 +12,8 @@ from flower_site import call_site, deployed_node_config, small_study
 from fedfusion.cli import main
 from fedfusion.data.cohort_index import read_cohort_index
 from fedfusion.errors import PrivacyError
-from fedfusion.privacy.egress_record import EGRESS_FILE, GENESIS, EgressRecord, serialize
+from fedfusion.privacy import egress_record
+from fedfusion.privacy.egress_record import EGRESS_FILE, GENESIS, EgressRecord, LineHashes, serialize
 
 
 def _record(tmp_path: Path, count: int = 3) -> EgressRecord:
@@ -79,3 +80,16 @@ def test_a_reply_that_cannot_be_recorded_is_withheld(small_cohort: Path, tmp_pat
                       deployed_node_config(site, tmp_path / "cache", blocked))
     assert reply.has_error() and reply.error.code == 3003 and not reply.has_content()
     assert reply.error.reason == "site egress record unavailable; reply withheld"
+
+
+def test_line_hashes_are_computed_as_asked_and_equal_the_whole_records(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    record = _record(tmp_path, count=5)
+    lines = record.path.read_bytes().split(b"\n")[:-1]
+    hashed: list[bytes] = []
+    monkeypatch.setattr(egress_record, "_sha256", lambda line: hashed.append(line) or hashlib.sha256(line).hexdigest())
+    hashes = LineHashes(lines)
+    assert hashes[-1] == hashes[4] == hashlib.sha256(lines[-1]).hexdigest() and hashed == [lines[-1]]  # an append's
+    assert list(hashes) == hashes[:] == record.line_hashes() and hashes.index(hashes[2]) == 2
+    with pytest.raises(IndexError):
+        hashes[5]
