@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from study_schemas import patient, study_with
 from fedfusion.data.patient_records import SiteCohort
 from fedfusion.errors import PrivacyError
 from fedfusion.models.fusion_model import build_model
-from fedfusion.privacy.accounting import epsilon_spent, restore_accountant
+from fedfusion.privacy.accounting import PRV_GRID_LIMIT, epsilon_spent, prv_grid_points, restore_accountant
 from fedfusion.site.trainer import SiteTrainer
 
 STUDY = study_with(genes=4, hidden_dim=4, tile_feature_dim=3, tiles_per_patient=2, batch_size=4,
@@ -70,3 +72,25 @@ def test_same_module_can_be_made_private_every_round() -> None:
         model.load_state_dict(trainer.train(model.state_dict(), seed=round_).weights)
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
     assert torch.isfinite(torch.cat([p.flatten() for p in model.parameters()])).all()
+
+
+def test_a_history_whose_prv_grid_is_too_large_is_accounted_with_rdp() -> None:
+    """Noise 0.3 at sample rate 1.0 over 100 steps: Opacus' PRV grid would hold 5 million points (about 800 MB at its
+    peak); the site answers with the RDP accountant's epsilon instead, an upper bound, without that grid."""
+    tiny_noise = [(0.3, 1.0, 100)]
+    assert prv_grid_points(tiny_noise, 1e-5) > PRV_GRID_LIMIT
+    rdp = float(restore_accountant("rdp", tiny_noise).get_epsilon(delta=1e-5))
+    assert epsilon_spent("prv", tiny_noise, 1e-5) == rdp
+    # A study's usual history stays with PRV, the tighter of the two.
+    usual = [(1.0, 0.2, 50)]
+    assert prv_grid_points(usual, 1e-5) < PRV_GRID_LIMIT / 10
+    prv = float(restore_accountant("prv", usual).get_epsilon(delta=1e-5))
+    assert epsilon_spent("prv", usual, 1e-5) == prv < float(restore_accountant("rdp", usual).get_epsilon(delta=1e-5))
+
+
+def test_a_tiny_noise_multiplier_cannot_exhaust_the_sites_memory() -> None:
+    """Noise 0.001 (a hostile or mistaken study): PRV would ask for hundreds of GiB; the answer comes from RDP."""
+    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    epsilon = epsilon_spent("prv", [(0.001, 0.2, 50)], 1e-5)
+    assert epsilon > 1000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before < 500_000  # KiB
