@@ -42,6 +42,20 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
             "PATH": path if path.split(os.pathsep)[0] == bin_dir else f"{bin_dir}{os.pathsep}{path}"}
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""What torch (intra-op), OpenMP and the BLAS libraries read at start for their compute-thread count."""
+
+
+def thread_limits(threads: int | None) -> dict[str, str]:
+    """The environment that caps a process's compute threads at ``threads`` (empty for None: the libraries' own
+    default, one per core); ``ConfigError`` below 1."""
+    if threads is None:
+        return {}
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    return dict.fromkeys(THREAD_VARIABLES, str(threads))
+
+
 def flower_script(name: str) -> str:
     """The path of a Flower console script installed beside this interpreter."""
     return str(Path(sys.executable).parent / name)

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "none: 1/SECONDS requests per second while idle; a message waits SECONDS/2 on average "
                              f"(default: %(default)s; Flower's own: 3; from {MIN_PULL_INTERVAL_S} to "
                              f"{MAX_PULL_INTERVAL_S})")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="compute threads of the site's worker (torch, OpenMP, BLAS; default: one per core); "
+                             "when several site daemons share one host, give each its share of the cores")
     parser.set_defaults(handler=run)
 
 
@@ -66,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
                    for option, key in NODE_CONFIG_OPTIONS.items() if (value := getattr(args, option)) is not None}
     return run_site(SiteOptions(bundle_dir=args.bundle_dir.resolve(), state_dir=args.state_dir.resolve(),
                                 node_config=node_config, runtime_port=args.runtime_port, superlink=args.superlink,
-                                pull_interval=args.pull_interval))
+                                pull_interval=args.pull_interval, threads=args.threads))

@@ -35,7 +35,7 @@ from types import FrameType
 import httpx
 
 from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
-from fedfusion.deployment.processes import check_port_free, flower_env, start_process, stop_process
+from fedfusion.deployment.processes import check_port_free, flower_env, start_process, stop_process, thread_limits
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.site.connection_watch import ConnectionWatch
 from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, launch_command
@@ -93,6 +93,9 @@ class SiteOptions:
     """Override of the bundle's coordinator address."""
     pull_interval: float = DEFAULT_PULL_INTERVAL_S
     """Seconds the SuperNode waits after a pull that brought no message (``supernode_launch``; Flower's own: 3)."""
+    threads: int | None = None
+    """Compute threads of the site's worker (torch, OpenMP, BLAS); None: one per core. Several site daemons sharing
+    one host (a test bed) each take a share, as Flower's simulation gives each site one CPU."""
 
     @property
     def approved_apps(self) -> Path:
@@ -121,6 +124,7 @@ def run_site(options: SiteOptions) -> int:
     secret_file = options.state_dir / SUPEREXEC_SECRET_FILE
     write_private(secret_file, secrets.token_bytes(32))  # fresh at every start; read by the two children only
     env = flower_env(options.state_dir / "flwr-home")
+    worker_env = {**env, **thread_limits(options.threads)}  # checked before anything starts
     runtime_address = f"127.0.0.1:{options.runtime_port}"
     supernode = start_process(launch_command(options.pull_interval, [
         "--superlink", superlink, "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
@@ -131,7 +135,7 @@ def run_site(options: SiteOptions) -> int:
         [sys.executable, "-m", "fedfusion.deployment.site.site_exec", "--runtime-api-address", runtime_address,
          "--approved-apps", str(options.approved_apps), "--site-name", bundle.site_name,
          "--superexec-auth-secret-file", str(secret_file), "--parent-pid", str(supernode.pid)],
-        logs / "site-exec.log", env)
+        logs / "site-exec.log", worker_env)
     record_processes(options.state_dir, {"supernode": supernode.pid, "site-exec": site_exec.pid})
     logger.info("site %s: SuperNode (pid %d) dialing %s; SuperExec (pid %d); logs in %s", bundle.site_name,
                 supernode.pid, superlink, site_exec.pid, logs)
