@@ -19,6 +19,9 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 PRODUCT_ENV_FILE = BENCHMARKS.parent / "deploy" / "fedfusion.env"
+NOT_BENCHMARKS = frozenset({"message_timeline", "distributed_dp_sweep"})
+"""Modules here that are not benchmarks: a benchmark's helper (the deployment timeline) and a tuning tool (the
+in-process distributed-DP sweep, which needs a cohort folder: docs/DP_RECIPE.md)."""
 
 
 def product_malloc_env() -> dict[str, str]:
@@ -28,8 +31,9 @@ def product_malloc_env() -> dict[str, str]:
 
 
 def benchmark_modules() -> list[Path]:
-    """All benchmark scripts: every ``*.py`` here except this runner and private modules."""
-    return sorted(p for p in BENCHMARKS.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
+    """All benchmark scripts: every ``*.py`` here except this runner, private modules and ``NOT_BENCHMARKS``."""
+    return sorted(p for p in BENCHMARKS.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_")
+                  and p.stem not in NOT_BENCHMARKS)
 
 
 def main(names: list[str]) -> int:
