@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import UnsupportedAlgorithm
+from google.protobuf.message import DecodeError as _DecodeError  # type: ignore[import-untyped]  # (Flower's dependency)
 
 from fedfusion.errors import FedfusionError
 
@@ -97,12 +98,14 @@ check_flower_version(importlib.metadata.version("flwr"))
 # The pin is checked before any Flower internal is imported: a different release fails with the message above.
 from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable as _ClientAppCallable  # noqa: E402
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE as _MAX_ARRAY_CHUNK_SIZE  # noqa: E402
 from flwr.common.constant import SYSTEM_TIME_TOLERANCE as _SYSTEM_TIME_TOLERANCE  # noqa: E402
 from flwr.common.constant import TIMESTAMP_HEADER as _TIMESTAMP_HEADER  # noqa: E402
 from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # noqa: E402
-from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
+from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto  # noqa: E402  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
 from flwr.proto.node_pb2 import NodeInfo as _NodeInfo  # noqa: E402
+from flwr.proto.recorddict_pb2 import RecordDict as _ProtoRecordDict  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER as _PUBLIC_KEY_HEADER  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_SIGNATURE_HEADER as _SIGNATURE_HEADER  # noqa: E402
 from flwr.supercore.logger import FLOWER_LOGGER as _FLOWER_LOGGER  # noqa: E402
@@ -124,6 +127,7 @@ __all__ = [
     "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
     "FLOWER_LOGGER",
+    "MAX_ARRAY_CHUNK_BYTES",
     "OBJECT_PULLERS",
     "PINNED_FLOWER_VERSION",
     "PULL_BACKOFF_S",
@@ -163,6 +167,8 @@ __all__ = [
     "pull_task_input",
     "push_reply",
     "push_task_output",
+    "recorddict_from_bytes",
+    "recorddict_to_bytes",
     "register_node",
     "run_simulation_in_process",
     "runtime_api_client",
@@ -199,6 +205,26 @@ def message_to_bytes(message: Message) -> bytes:
 def message_from_bytes(payload: bytes) -> Message:
     """The Message the receiver rebuilds from `message_to_bytes` (``flwr.common.serde.message_from_proto``)."""
     return message_from_proto(_ProtoMessage.FromString(payload))
+
+
+def recorddict_to_bytes(content: RecordDict) -> bytes:
+    """A message's content serialized as Flower puts it in a Message on the wire
+    (``flwr.common.serde.recorddict_to_proto``): every record, array and value, in order."""
+    return bytes(recorddict_to_proto(content).SerializeToString())
+
+
+def recorddict_from_bytes(payload: bytes) -> RecordDict:
+    """The RecordDict `recorddict_to_bytes` serialized; ``ValueError`` when ``payload`` is not one."""
+    try:
+        proto = _ProtoRecordDict.FromString(payload)
+    except _DecodeError as exc:
+        raise ValueError(f"not a serialized RecordDict: {exc}") from None
+    return recorddict_from_proto(proto)
+
+
+MAX_ARRAY_CHUNK_BYTES: int = _MAX_ARRAY_CHUNK_SIZE
+"""Flower sends an Array as chunks of at most this many bytes, each its own object and request
+(``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``, 5 MiB): the largest object a SuperNode pushes or pulls."""
 
 
 # ---- Run and task identity (flwr.supercore.run, flwr.supercore.task_identity) --------------------------------------

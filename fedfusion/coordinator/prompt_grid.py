@@ -25,8 +25,9 @@ every 0.1 s) unchanged.
 A reply is listed by the SuperLink as soon as its site announced it, before the site has uploaded its objects; Flower's
 grid then retried a missing object after 1 s, and almost every reply cost that second. `prompt` shortens that
 backoff in this process (``fedfusion.flower_compat.shorten_object_pull_backoff``). It also packs each message's
-arrays into one (``fedfusion.array_packing``; the site's ClientApp unpacks them) and unpacks each reply's: a model of
-20 arrays was 44 objects, each pulled by the site with its own request through the gateway.
+whole content into one record (``fedfusion.array_packing``; the site's ClientApp unpacks it and packs its reply) and
+unpacks each reply's: three objects per message, where each record, array and chunk was one, each pulled by the site
+with its own request through the gateway.
 """
 
 from __future__ import annotations
@@ -125,22 +126,23 @@ class PromptGrid(Grid):
         return self.inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Push through the inner grid, each message's arrays packed (``fedfusion.array_packing``); log each message it
-    took (its id is empty or None otherwise)."""
+        """Push through the inner grid, each message's content packed (``fedfusion.array_packing``); log each message
+        it took (its id is empty or None otherwise)."""
         messages = list(messages)
+        rounds = [_server_round(message) for message in messages]
         for message in messages:
             if message.has_content():
                 message.content = pack(message.content)
         at = time.time()  # before: a site may take its message while the push still uploads the others' objects
         ids = list(self.inner.push_messages(messages))
-        for message, message_id in zip(messages, ids, strict=False):
+        for message, server_round, message_id in zip(messages, rounds, ids, strict=False):
             if message_id:
-                self._rounds[message_id] = _server_round(message)
-                _log(SENT, message, message.metadata.dst_node_id, self._rounds[message_id], message_id, at)
+                self._rounds[message_id] = server_round
+                _log(SENT, message, message.metadata.dst_node_id, server_round, message_id, at)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull through the inner grid; log each reply and unpack its arrays."""
+        """Pull through the inner grid; log each reply and unpack its content."""
         replies = list(self.inner.pull_messages(message_ids))
         at = time.time()
         for reply in replies:
@@ -171,7 +173,7 @@ class PromptGrid(Grid):
 
 def _server_round(message: Message) -> str:
     """The ``server-round`` of an instruction's config record, as text; `NO_ROUND` without one."""
-    config = message.content.config_records.get(CONFIG_RECORD)
+    config = message.content.config_records.get(CONFIG_RECORD) if message.has_content() else None
     value = None if config is None else config.get(SERVER_ROUND_KEY)
     return NO_ROUND if value is None else str(value)
 
