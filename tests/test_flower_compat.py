@@ -177,7 +177,7 @@ def test_clientapp_task_internals() -> None:
         assert step in pull_source, step
     assert {"initial_backoff", "backoff_cap", "max_tries_per_object", "return_type"} <= parameters(
         flower("flwr.supercore.inflatable.inflatable_utils", "pull_and_inflate_object_from_tree"))
-    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.PULL_BACKOFF_S[0]
+    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.LOCAL_PULL_BACKOFF_S[0]
     assert parameters(module.push_message) == {"client", "message", "context"}
     assert parameters(module.push_task_output) == {"client", "context", "sub_status", "details"}
     assert {"fab_file", "skip_prompt"} <= parameters(flower("flwr.cli.install", "install_from_fab"))
