@@ -99,6 +99,9 @@ SITE_REFUSAL_CODE = 3002
 """The site refuses under one of its rules; the reason is fixed text naming the site and the rule."""
 EGRESS_ERROR_CODE = 3003
 """The site could not record its reply in its egress record, so the reply was withheld."""
+UNREADABLE_REPLY_CODE = 3004
+"""Given by the coordinator's grid to a reply whose packed content it cannot read (``fedfusion.array_packing``): the
+reply counts as its site's failure, named, instead of ending the ServerApp."""
 
 # A deployed message's whole content packed into one record (fedfusion.array_packing).
 
