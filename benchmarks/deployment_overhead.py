@@ -6,8 +6,9 @@ on loopback (each site's slide features prepared first with ``fedfusion site pre
 A round's wall time is the time between the coordinator's "evaluate federation" progress lines of consecutive
 rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local training time
 a site reported for the round (sites train in parallel). Overhead therefore includes message transport (each
-object one request through the gateway), handing each message to the site's long-lived worker, model
-(de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``.
+object, three per message, one request through the gateway), handing each message to the site's long-lived worker,
+model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``
+(with the host's load average at the end).
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
 lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval`` and the privacy policy
@@ -182,7 +183,8 @@ def main() -> None:
     result = {"sites": len(SITES), "rounds": ROUNDS, "patients_per_site": [24, 20, 20], "study": STUDY,
               "simulation": simulation, "deployment": deployment,
               "mean_overhead_seconds": mean, "deployment_over_simulation": ratio,
-              "deployment_message_timeline": timeline, "cpus": os.cpu_count()}
+              "deployment_message_timeline": timeline, "cpus": os.cpu_count(),
+              "load_average_1_5_15_min": list(os.getloadavg())}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "deployment_overhead.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -191,8 +193,9 @@ def main() -> None:
     record_summary("deployment_overhead",
                    f"coordination overhead per round (round wall time - longest site training), 3 sites x "
                    f"{ROUNDS} rounds: deployment {mean['deployment']:.1f} s vs simulation "
-                   f"{mean['simulation']:.1f} s = **{ratio:.1f}x** (a long-lived worker per site, arrays packed; "
-                   f"TLS + gateway on loopback) -> [deployment_overhead.json](deployment_overhead.json)")
+                   f"{mean['simulation']:.1f} s = **{ratio:.1f}x** (a long-lived worker per site, each message's "
+                   f"content packed into one record; TLS + gateway on loopback) -> "
+                   f"[deployment_overhead.json](deployment_overhead.json)")
 
 
 if __name__ == "__main__":

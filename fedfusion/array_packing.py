@@ -1,62 +1,67 @@
-"""A deployed message's ArrayRecords packed into one Array each: one object on the wire instead of two per array.
+"""A deployed message's whole content packed into one record: three objects on the wire, whatever it holds.
 
-Flower sends every Array of a message as its own object (plus one per chunk), and a deployed SuperNode pulls each
-object with its own request through the coordinator's gateway (TLS, a signature check, the SuperLink's database):
-measured on a busy 2-core host, a model of 20 arrays was 44 objects and 53 requests, 3 s per train or evaluate
-message. `pack` replaces each ArrayRecord of more than one array by one with a single uint8 Array (the arrays' raw
-bytes, one after another) and a ConfigRecord ``<name>.packed-layout`` (names, dtypes, shapes, as JSON); `unpack`
-restores the same records, arrays bit for bit. The coordinator's grid packs what it sends and unpacks what it gets
+Flower sends a message as a tree of objects (the message, its RecordDict, every record, every Array, every 5 MiB
+chunk of an Array), and a deployed SuperNode pulls or pushes each object with its own request through the
+coordinator's gateway (TLS, a signature check, the SuperLink's database), two at a time. Measured on a busy 2-core
+host: 5.6 objects per message and 4.8 per reply (a train message 8), each request 0.1-0.25 s, about half of every
+secure-aggregation stage's round trip. `pack` serializes the whole RecordDict as Flower does on the wire
+(``fedfusion.flower_compat.recorddict_to_bytes``: every record, array and value, in order) into one ConfigRecord
+`PACKED_RECORD`: the message, its RecordDict and that record, three objects. Content larger than Flower's array chunk
+(``MAX_ARRAY_CHUNK_BYTES``, 5 MiB; a model of more than about a million parameters) goes into one uint8 Array
+instead, which Flower cuts into chunks, so no request grows beyond what Flower sends today. `unpack` restores the
+same records, arrays bit for bit. The coordinator's grid packs what it sends and unpacks what it gets
 (``fedfusion.coordinator.prompt_grid``, deployment only); the site's ClientApp mod `packing_mod` unpacks an
 instruction and packs the reply of a packed one. A simulation sends nothing packed, so nothing changes there.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedfusion.errors import ProtocolError
-from fedfusion.flower_compat import ClientAppCallable
-from fedfusion.protocol import PACKED_ARRAY_KEY, PACKED_LAYOUT_KEY, PACKED_LAYOUT_SUFFIX
+from fedfusion.flower_compat import (
+    MAX_ARRAY_CHUNK_BYTES,
+    ClientAppCallable,
+    recorddict_from_bytes,
+    recorddict_to_bytes,
+)
+from fedfusion.protocol import PACKED_CONTENT_KEY, PACKED_RECORD
 
 
 def is_packed(content: RecordDict) -> bool:
-    """Whether ``content`` holds a packed ArrayRecord."""
-    return any(name.endswith(PACKED_LAYOUT_SUFFIX) for name in content.config_records)
+    """Whether ``content`` is a packed content (its one record is `PACKED_RECORD`)."""
+    return list(content.keys()) == [PACKED_RECORD]
 
 
 def pack(content: RecordDict) -> RecordDict:
-    """``content`` with each ArrayRecord of more than one array packed (see the module docstring)."""
-    packed = RecordDict()
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord) and len(record) > 1:
-            arrays = {key: array.numpy() for key, array in record.items()}  # tobytes(): C order
-            layout = [[key, a.dtype.str, list(a.shape)] for key, a in arrays.items()]
-            data = np.frombuffer(b"".join(a.tobytes() for a in arrays.values()), dtype=np.uint8)
-            packed[name] = ArrayRecord({PACKED_ARRAY_KEY: Array(data)})
-            packed[name + PACKED_LAYOUT_SUFFIX] = ConfigRecord({PACKED_LAYOUT_KEY: json.dumps(layout)})
-        else:
-            packed[name] = record
-    return packed
+    """``content`` as one record (see the module docstring)."""
+    payload = recorddict_to_bytes(content)
+    if len(payload) <= MAX_ARRAY_CHUNK_BYTES:
+        return RecordDict({PACKED_RECORD: ConfigRecord({PACKED_CONTENT_KEY: payload})})
+    return RecordDict({PACKED_RECORD: ArrayRecord({PACKED_CONTENT_KEY: Array(np.frombuffer(payload, np.uint8))})})
 
 
 def unpack(content: RecordDict) -> RecordDict:
-    """``content`` with every packed ArrayRecord restored; :class:`ProtocolError` when one does not match its
-    layout."""
-    layouts = {name.removesuffix(PACKED_LAYOUT_SUFFIX): record for name, record in content.config_records.items()
-               if name.endswith(PACKED_LAYOUT_SUFFIX)}
-    unpacked = RecordDict()
-    for name, record in content.items():
-        if name.endswith(PACKED_LAYOUT_SUFFIX) and name.removesuffix(PACKED_LAYOUT_SUFFIX) in content.array_records:
-            continue
-        if name in layouts and isinstance(record, ArrayRecord):
-            unpacked[name] = _restored(name, record, layouts[name])
+    """The content `pack` packed into ``content``; anything not packed unchanged; :class:`ProtocolError` when the
+    packed record cannot be read."""
+    if not is_packed(content):
+        return content
+    record = content[PACKED_RECORD]
+    try:
+        if isinstance(record, ArrayRecord):
+            data = record[PACKED_CONTENT_KEY].numpy()
+            if data.dtype != np.uint8 or data.ndim != 1:
+                raise ValueError(f"its array is {data.dtype} of shape {data.shape}, not a uint8 vector")
+            payload = data.tobytes()
         else:
-            unpacked[name] = record
-    return unpacked
+            value = record[PACKED_CONTENT_KEY]
+            if not isinstance(value, bytes):
+                raise ValueError(f"its '{PACKED_CONTENT_KEY}' is {type(value).__name__}, not bytes")
+            payload = value
+        return recorddict_from_bytes(payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"the packed record {PACKED_RECORD!r} cannot be read: {exc}") from None
 
 
 def packing_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -68,23 +73,3 @@ def packing_mod(message: Message, context: Context, call_next: ClientAppCallable
     if reply.has_content():
         reply.content = pack(reply.content)
     return reply
-
-
-def _restored(name: str, record: ArrayRecord, layout_record: ConfigRecord) -> ArrayRecord:
-    try:
-        layout: list[Any] = json.loads(str(layout_record[PACKED_LAYOUT_KEY]))
-        data = record[PACKED_ARRAY_KEY].numpy()
-        arrays, offset = {}, 0
-        for key, dtype, shape in layout:
-            kind = np.dtype(dtype)
-            size = kind.itemsize * int(np.prod(shape, dtype=np.int64))
-            if offset + size > data.size:
-                raise ValueError("the packed data is shorter than its layout")
-            chunk = data[offset:offset + size].tobytes()
-            arrays[str(key)] = Array(np.frombuffer(chunk, dtype=kind).reshape(tuple(shape)))
-            offset += size
-        if offset != data.size:
-            raise ValueError("the packed data is longer than its layout")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"the packed array record {name!r} does not match its layout: {exc}") from None
-    return ArrayRecord(arrays)

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import UnsupportedAlgorithm
+from google.protobuf.message import DecodeError as _DecodeError  # type: ignore[import-untyped]  # (Flower's dependency)
 
 from fedfusion.errors import FedfusionError
 
@@ -97,12 +98,14 @@ check_flower_version(importlib.metadata.version("flwr"))
 # The pin is checked before any Flower internal is imported: a different release fails with the message above.
 from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp.typing import ClientAppCallable as _ClientAppCallable  # noqa: E402
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE as _MAX_ARRAY_CHUNK_SIZE  # noqa: E402
 from flwr.common.constant import SYSTEM_TIME_TOLERANCE as _SYSTEM_TIME_TOLERANCE  # noqa: E402
 from flwr.common.constant import TIMESTAMP_HEADER as _TIMESTAMP_HEADER  # noqa: E402
 from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # noqa: E402
-from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
+from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto  # noqa: E402  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
 from flwr.proto.node_pb2 import NodeInfo as _NodeInfo  # noqa: E402
+from flwr.proto.recorddict_pb2 import RecordDict as _ProtoRecordDict  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_PUBLIC_KEY_HEADER as _PUBLIC_KEY_HEADER  # noqa: E402
 from flwr.supercore.constant import FLEET_HTTP_SIGNATURE_HEADER as _SIGNATURE_HEADER  # noqa: E402
 from flwr.supercore.logger import FLOWER_LOGGER as _FLOWER_LOGGER  # noqa: E402
@@ -124,6 +127,8 @@ __all__ = [
     "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
     "FLOWER_LOGGER",
+    "LOCAL_PULL_BACKOFF_S",
+    "MAX_ARRAY_CHUNK_BYTES",
     "OBJECT_PULLERS",
     "PINNED_FLOWER_VERSION",
     "PULL_BACKOFF_S",
@@ -163,6 +168,8 @@ __all__ = [
     "pull_task_input",
     "push_reply",
     "push_task_output",
+    "recorddict_from_bytes",
+    "recorddict_to_bytes",
     "register_node",
     "run_simulation_in_process",
     "runtime_api_client",
@@ -199,6 +206,26 @@ def message_to_bytes(message: Message) -> bytes:
 def message_from_bytes(payload: bytes) -> Message:
     """The Message the receiver rebuilds from `message_to_bytes` (``flwr.common.serde.message_from_proto``)."""
     return message_from_proto(_ProtoMessage.FromString(payload))
+
+
+def recorddict_to_bytes(content: RecordDict) -> bytes:
+    """A message's content serialized as Flower puts it in a Message on the wire
+    (``flwr.common.serde.recorddict_to_proto``): every record, array and value, in order."""
+    return bytes(recorddict_to_proto(content).SerializeToString())
+
+
+def recorddict_from_bytes(payload: bytes) -> RecordDict:
+    """The RecordDict `recorddict_to_bytes` serialized; ``ValueError`` when ``payload`` is not one."""
+    try:
+        proto = _ProtoRecordDict.FromString(payload)
+    except _DecodeError as exc:
+        raise ValueError(f"not a serialized RecordDict: {exc}") from None
+    return recorddict_from_proto(proto)
+
+
+MAX_ARRAY_CHUNK_BYTES: int = _MAX_ARRAY_CHUNK_SIZE
+"""Flower sends an Array as chunks of at most this many bytes, each its own object and request
+(``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``, 5 MiB): the largest object a SuperNode pushes or pulls."""
 
 
 # ---- Run and task identity (flwr.supercore.run, flwr.supercore.task_identity) --------------------------------------
@@ -312,14 +339,20 @@ def start_task_heartbeat(client: RuntimeHttpClient) -> Callable[[], None]:
     return stop
 
 
-PULL_BACKOFF_S = (0.02, 0.5)
-"""First and longest wait between two tries to pull a message's object that the SuperNode does not hold yet (Flower's
-defaults, 1 s and 10 s, cost 1-3 s per message once a worker asks as soon as a task exists)."""
+PULL_BACKOFF_S = (0.02, 0.1)
+"""First and longest wait between two tries to pull, over the network, an object its sender has not uploaded yet (the
+SuperNode pulling the coordinator's message, the ServerApp's grid a site's reply). Flower's 1 s doubling to 10 s cost
+1-3 s per message; doubling up to 0.5 s still noticed an object that came after 0.3 s up to 0.3 s late."""
+LOCAL_PULL_BACKOFF_S = (0.01, 0.05)
+"""The same for a site worker pulling its task's message from its own SuperNode (loopback, an in-memory lookup there):
+the worker asks as soon as the task exists, while the SuperNode still fetches the message from the coordinator
+(0.3-0.6 s on a busy host), and notices it within 50 ms (measured with a cap of 0.5 s: up to 0.35 s late)."""
 
 
 def pull_task_input(client: RuntimeHttpClient) -> TaskInput:
     """The task's message, context, run and FAB, as ``run_clientapp.pull_task_input`` pulls them (and sets the
-    task identity), with a shorter backoff (`PULL_BACKOFF_S`) while the SuperNode is still fetching the message."""
+    task identity), with a shorter backoff (`LOCAL_PULL_BACKOFF_S`) while the SuperNode is still fetching the
+    message."""
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node
     from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
@@ -339,7 +372,7 @@ def pull_task_input(client: RuntimeHttpClient) -> TaskInput:
     message = pull_and_inflate_object_from_tree(
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1],
+        return_type=Message, initial_backoff=LOCAL_PULL_BACKOFF_S[0], backoff_cap=LOCAL_PULL_BACKOFF_S[1],
         max_tries_per_object=None)  # more, shorter tries: bounded by Flower's time limit only
     message.metadata.__dict__["_message_id"] = tree.object_id  # not part of the deflated message, as Flower does
     return TaskInput(message=message, context=context, fab_id=str(run.fab_id), fab_version=str(run.fab_version),

@@ -99,12 +99,14 @@ SITE_REFUSAL_CODE = 3002
 """The site refuses under one of its rules; the reason is fixed text naming the site and the rule."""
 EGRESS_ERROR_CODE = 3003
 """The site could not record its reply in its egress record, so the reply was withheld."""
+UNREADABLE_REPLY_CODE = 3004
+"""Given by the coordinator's grid to a reply whose packed content it cannot read (``fedfusion.array_packing``): the
+reply counts as its site's failure, named, instead of ending the ServerApp."""
 
-# A deployed message's arrays packed into one (fedfusion.array_packing).
+# A deployed message's whole content packed into one record (fedfusion.array_packing).
 
-PACKED_ARRAY_KEY = "packed"
-"""The one Array of a packed ArrayRecord: every array's raw bytes, one after another."""
-PACKED_LAYOUT_SUFFIX = ".packed-layout"
-"""A packed ArrayRecord ``<name>`` comes with the ConfigRecord ``<name>.packed-layout``."""
-PACKED_LAYOUT_KEY = "layout"
-"""The layout record's one key: JSON ``[[array name, dtype, shape], ...]`` in packing order."""
+PACKED_RECORD = "fedfusion.packed"
+"""The one record of a packed content: a ConfigRecord, or an ArrayRecord when the content is larger than one
+array chunk of Flower's."""
+PACKED_CONTENT_KEY = "content"
+"""The packed record's one value: the serialized RecordDict (bytes, or a uint8 Array of them)."""

@@ -1,16 +1,15 @@
-"""`fedfusion.array_packing`: arrays packed into one and restored bit for bit; a bad layout is a clear error."""
+"""`fedfusion.array_packing`: a content packed into one record and restored bit for bit; a bad one is a clear error."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 
+from fedfusion import array_packing
 from fedfusion.array_packing import is_packed, pack, packing_mod, unpack
 from fedfusion.errors import ProtocolError
-from fedfusion.protocol import ARRAYS_RECORD, CONFIG_RECORD, PACKED_LAYOUT_KEY, PACKED_LAYOUT_SUFFIX
+from fedfusion.protocol import ARRAYS_RECORD, CONFIG_RECORD, PACKED_CONTENT_KEY, PACKED_RECORD
 
 
 def model_content() -> RecordDict:
@@ -19,16 +18,11 @@ def model_content() -> RecordDict:
               "steps": np.array(7, dtype=np.int64), "empty": np.zeros((0, 2), dtype=np.float32)}
     return RecordDict({ARRAYS_RECORD: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
                        "one": ArrayRecord({"vector": Array(np.ones(3))}),
-                       CONFIG_RECORD: ConfigRecord({"server-round": 2}), "metrics": MetricRecord({"x": 1.0})})
+                       CONFIG_RECORD: ConfigRecord({"server-round": 2, "nonce": b"\x00\xff", "sites": [3, 1]}),
+                       "metrics": MetricRecord({"x": 1.5, "n": 4})})
 
 
-def test_a_model_packs_into_one_array_and_unpacks_bit_for_bit() -> None:
-    content = model_content()
-    packed = pack(content)
-    assert is_packed(packed) and not is_packed(content)
-    assert list(packed[ARRAYS_RECORD].keys()) == ["packed"]
-    assert packed["one"] is content["one"] and packed[CONFIG_RECORD] is content[CONFIG_RECORD]  # left as they are
-    restored = unpack(packed)
+def assert_same(restored: RecordDict, content: RecordDict) -> None:
     assert list(restored.keys()) == list(content.keys())
     for name in (ARRAYS_RECORD, "one"):
         assert list(restored[name].keys()) == list(content[name].keys())
@@ -36,19 +30,33 @@ def test_a_model_packs_into_one_array_and_unpacks_bit_for_bit() -> None:
             got = restored[name][key].numpy()
             assert got.dtype == array.numpy().dtype and got.shape == array.numpy().shape
             assert got.tobytes() == array.numpy().tobytes()
-    assert unpack(content) == content  # nothing packed: unchanged
+    assert dict(restored[CONFIG_RECORD]) == dict(content[CONFIG_RECORD])
+    assert dict(restored["metrics"]) == dict(content["metrics"])
 
 
-def test_a_layout_that_does_not_match_is_a_protocol_error_naming_the_record() -> None:
-    packed = pack(model_content())
-    layout = json.loads(str(packed[ARRAYS_RECORD + PACKED_LAYOUT_SUFFIX][PACKED_LAYOUT_KEY]))
-    packed[ARRAYS_RECORD + PACKED_LAYOUT_SUFFIX] = ConfigRecord({PACKED_LAYOUT_KEY: json.dumps(layout[:-2])})
-    with pytest.raises(ProtocolError, match=r"'arrays' does not match its layout: .*longer"):
-        unpack(packed)
-    too_long = json.dumps([*layout, ["x", "<f8", [9]]])
-    packed[ARRAYS_RECORD + PACKED_LAYOUT_SUFFIX] = ConfigRecord({PACKED_LAYOUT_KEY: too_long})
-    with pytest.raises(ProtocolError, match="shorter"):
-        unpack(packed)
+def test_a_content_packs_into_one_config_record_and_unpacks_bit_for_bit() -> None:
+    content = model_content()
+    packed = pack(content)
+    assert is_packed(packed) and not is_packed(content)
+    assert list(packed.keys()) == [PACKED_RECORD] and isinstance(packed[PACKED_RECORD], ConfigRecord)
+    assert_same(unpack(packed), content)
+    assert unpack(content) is content  # nothing packed: unchanged
+
+
+def test_a_content_larger_than_a_chunk_packs_into_one_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(array_packing, "MAX_ARRAY_CHUNK_BYTES", 64)
+    content = model_content()
+    packed = pack(content)
+    assert isinstance(packed[PACKED_RECORD], ArrayRecord) and list(packed[PACKED_RECORD].keys()) == [PACKED_CONTENT_KEY]
+    assert_same(unpack(packed), content)
+
+
+@pytest.mark.parametrize("record", [ConfigRecord({PACKED_CONTENT_KEY: b"\xff not a record dict"}),
+                                    ConfigRecord({PACKED_CONTENT_KEY: "text"}), ConfigRecord({"other": b""}),
+                                    ArrayRecord({PACKED_CONTENT_KEY: Array(np.ones(3))})])
+def test_a_packed_record_that_cannot_be_read_is_a_protocol_error_naming_it(record: ConfigRecord | ArrayRecord) -> None:
+    with pytest.raises(ProtocolError, match=f"packed record '{PACKED_RECORD}' cannot be read"):
+        unpack(RecordDict({PACKED_RECORD: record}))
 
 
 def instruction(content: RecordDict) -> Message:
@@ -68,6 +76,7 @@ def test_the_mod_unpacks_a_packed_instruction_and_packs_its_reply_only() -> None
     packed_instruction = instruction(pack(model_content()))
     reply = packing_mod(packed_instruction, context, handler)
     assert not is_packed(seen[-1]) and len(seen[-1][ARRAYS_RECORD]) == 4 and is_packed(reply.content)
+    assert list(unpack(reply.content)[ARRAYS_RECORD].keys()) == ["w", "b", "steps", "empty"]
     plain = instruction(model_content())
     reply = packing_mod(plain, context, handler)
     assert not is_packed(reply.content)  # a simulation's message and its reply: as they are

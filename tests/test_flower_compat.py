@@ -99,6 +99,25 @@ def test_message_wire_round_trip() -> None:
     assert {"message_proto"} <= parameters(flower("flwr.common.serde", "message_from_proto"))
 
 
+def test_recorddict_wire_round_trip_and_chunk_size() -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3))}),
+                          "config": ConfigRecord({"key": b"\x01", "n": [1, 2]}), "metrics": MetricRecord({"x": 0.5})})
+    payload = flower_compat.recorddict_to_bytes(content)
+    assert payload == flower("flwr.common.serde", "recorddict_to_proto")(content).SerializeToString()
+    rebuilt = flower_compat.recorddict_from_bytes(payload)
+    assert list(rebuilt.keys()) == ["arrays", "config", "metrics"]
+    assert rebuilt["arrays"]["w"].numpy().tobytes() == content["arrays"]["w"].numpy().tobytes()
+    assert dict(rebuilt["config"]) == {"key": b"\x01", "n": [1, 2]} and dict(rebuilt["metrics"]) == {"x": 0.5}
+    with pytest.raises(ValueError, match="not a serialized RecordDict"):
+        flower_compat.recorddict_from_bytes(b"\xff\xff")
+    # Flower cuts an Array into chunks of this size, each its own object (array_packing sizes its record by it)
+    assert flower("flwr.common.constant", "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE") == flower_compat.MAX_ARRAY_CHUNK_BYTES
+    big = Array(np.zeros(flower_compat.MAX_ARRAY_CHUNK_BYTES + 1, dtype=np.uint8))
+    assert len(big.children) == 2
+
+
 # ---- run and task identity ------------------------------------------------------------------------------------------
 
 
@@ -158,7 +177,7 @@ def test_clientapp_task_internals() -> None:
         assert step in pull_source, step
     assert {"initial_backoff", "backoff_cap", "max_tries_per_object", "return_type"} <= parameters(
         flower("flwr.supercore.inflatable.inflatable_utils", "pull_and_inflate_object_from_tree"))
-    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.PULL_BACKOFF_S[0]
+    assert flower("flwr.supercore.constant", "PULL_INITIAL_BACKOFF") > flower_compat.LOCAL_PULL_BACKOFF_S[0]
     assert parameters(module.push_message) == {"client", "message", "context"}
     assert parameters(module.push_task_output) == {"client", "context", "sub_status", "details"}
     assert {"fab_file", "skip_prompt"} <= parameters(flower("flwr.cli.install", "install_from_fab"))

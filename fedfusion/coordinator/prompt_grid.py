@@ -25,8 +25,11 @@ every 0.1 s) unchanged.
 A reply is listed by the SuperLink as soon as its site announced it, before the site has uploaded its objects; Flower's
 grid then retried a missing object after 1 s, and almost every reply cost that second. `prompt` shortens that
 backoff in this process (``fedfusion.flower_compat.shorten_object_pull_backoff``). It also packs each message's
-arrays into one (``fedfusion.array_packing``; the site's ClientApp unpacks them) and unpacks each reply's: a model of
-20 arrays was 44 objects, each pulled by the site with its own request through the gateway.
+whole content into one record (``fedfusion.array_packing``; the site's ClientApp unpacks it and packs its reply) and
+unpacks each reply's: three objects per message, where each record, array and chunk was one, each pulled by the site
+with its own request through the gateway. A reply whose packed content cannot be read is replaced by an error reply
+(``UNREADABLE_REPLY_CODE``, naming the node), so one site's garbage counts as its failure instead of ending the
+ServerApp.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 
-from flwr.app import Message, RecordDict
+from flwr.app import Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedfusion.array_packing import pack, unpack
+from fedfusion.errors import ProtocolError
 from fedfusion.flower_compat import (
     FLOWER_LOGGER,
     SERVERAPP_GRID_MODULE,
@@ -50,7 +54,7 @@ from fedfusion.flower_compat import (
     is_superlink_grid,
     shorten_object_pull_backoff,
 )
-from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
+from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY, UNREADABLE_REPLY_CODE
 
 FIRST_PULL_DELAY_S = 0.01
 """The wait after the first pull that left replies missing."""
@@ -99,8 +103,8 @@ class PromptGrid(Grid):
 
     def __init__(self, inner: Grid) -> None:
         self.inner = inner
-        self._rounds: dict[str, str] = {}
-        """The round of each message sent and not answered yet, by message id."""
+        self._sent: dict[str, tuple[str, Message]] = {}
+        """Each message sent and not answered yet, with its round, by message id."""
 
     def set_run(self, run: Run) -> None:
         """Set the inner grid's run."""
@@ -125,29 +129,30 @@ class PromptGrid(Grid):
         return self.inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Push through the inner grid, each message's arrays packed (``fedfusion.array_packing``); log each message it
-    took (its id is empty or None otherwise)."""
+        """Push through the inner grid, each message's content packed (``fedfusion.array_packing``); log each message
+        it took (its id is empty or None otherwise)."""
         messages = list(messages)
+        rounds = [_server_round(message) for message in messages]
         for message in messages:
             if message.has_content():
                 message.content = pack(message.content)
         at = time.time()  # before: a site may take its message while the push still uploads the others' objects
         ids = list(self.inner.push_messages(messages))
-        for message, message_id in zip(messages, ids, strict=False):
+        for message, server_round, message_id in zip(messages, rounds, ids, strict=False):
             if message_id:
-                self._rounds[message_id] = _server_round(message)
-                _log(SENT, message, message.metadata.dst_node_id, self._rounds[message_id], message_id, at)
+                self._sent[message_id] = (server_round, message)
+                _log(SENT, message, message.metadata.dst_node_id, server_round, message_id, at)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull through the inner grid; log each reply and unpack its arrays."""
-        replies = list(self.inner.pull_messages(message_ids))
-        at = time.time()
-        for reply in replies:
-            if reply.has_content():
-                reply.content = unpack(reply.content)
-            answered = reply.metadata.reply_to_message_id
-            _log(RECEIVED, reply, reply.metadata.src_node_id, self._rounds.pop(answered, NO_ROUND), answered, at)
+        """Pull through the inner grid; log each reply and unpack its content (a reply that cannot be unpacked is
+        replaced by an error reply, `UNREADABLE_REPLY_CODE`, so that it counts as its site's failure)."""
+        replies = []
+        for pulled in self.inner.pull_messages(message_ids):
+            answered = pulled.metadata.reply_to_message_id
+            server_round, message = self._sent.pop(answered, (NO_ROUND, None))
+            replies.append(reply := _unpacked(pulled, message))
+            _log(RECEIVED, reply, reply.metadata.src_node_id, server_round, answered, time.time())
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -166,12 +171,31 @@ class PromptGrid(Grid):
                 break
             time.sleep(min(delay, left))
             delay = min(2 * delay, MAX_PULL_DELAY_S)
+        for message_id in pending:  # not answered in time: not kept (a late reply is not pulled)
+            self._sent.pop(message_id, None)
         return replies
+
+
+def _unpacked(reply: Message, message: Message | None) -> Message:
+    """``reply`` with its content unpacked; when that content cannot be read, an error reply to ``message`` (the
+    message it answers) in its place, or an empty content if that message is unknown (both count as a failure)."""
+    if not reply.has_content():
+        return reply
+    try:
+        reply.content = unpack(reply.content)
+    except ProtocolError as exc:
+        reason = f"node {reply.metadata.src_node_id}: unreadable reply: {exc}"
+        FLOWER_LOGGER.log(WARNING, "grid: %s; counted as the site's failure", reason)
+        if message is None:
+            reply.content = RecordDict()
+            return reply
+        return Message(Error(code=UNREADABLE_REPLY_CODE, reason=reason), reply_to=message)
+    return reply
 
 
 def _server_round(message: Message) -> str:
     """The ``server-round`` of an instruction's config record, as text; `NO_ROUND` without one."""
-    config = message.content.config_records.get(CONFIG_RECORD)
+    config = message.content.config_records.get(CONFIG_RECORD) if message.has_content() else None
     value = None if config is None else config.get(SERVER_ROUND_KEY)
     return NO_ROUND if value is None else str(value)
 

@@ -50,7 +50,7 @@ from fedfusion.site.site_round import SERVER_ROUND_RULE, SiteRound, SiteSession,
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp(mods=[packing_mod])  # a deployed coordinator's arrays come packed
+app = ClientApp(mods=[packing_mod])  # a deployed coordinator's content comes packed
 
 Handler = Callable[[Message, Context, SiteSession], RecordDict]
 """A message's answer from the session it was resolved into (``context.state`` holds a secure round's state)."""

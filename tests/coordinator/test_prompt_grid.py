@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from fedfusion.array_packing import pack
 from fedfusion.coordinator.prompt_grid import (
     MAX_PULL_DELAY_S,
     RECEIVED,
@@ -24,7 +25,13 @@ from fedfusion.coordinator.prompt_grid import (
     prompt,
 )
 from fedfusion.flower_compat import FLOWER_LOGGER
-from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY
+from fedfusion.protocol import (
+    CONFIG_RECORD,
+    PACKED_CONTENT_KEY,
+    PACKED_RECORD,
+    SERVER_ROUND_KEY,
+    UNREADABLE_REPLY_CODE,
+)
 from fedfusion.simulation.in_process_grid import InProcessGrid, set_message_id
 
 
@@ -103,10 +110,30 @@ def test_replies_are_pulled_as_they_come_and_each_message_and_reply_is_logged(gr
 def test_a_node_that_never_answers_costs_the_timeout_not_more() -> None:
     inner = SlowNodes({11: 0.0, 12: None})
     started = time.monotonic()
-    replies = list(PromptGrid(inner).send_and_receive(messages(inner, 1), timeout=0.5))
+    grid = PromptGrid(inner)
+    replies = list(grid.send_and_receive(messages(inner, 1), timeout=0.5))
     elapsed = time.monotonic() - started
     assert [r.metadata.src_node_id for r in replies] == [11]
     assert 0.5 <= elapsed < 2.0
+    assert not grid._sent  # the unanswered message is not kept
+
+
+def test_a_reply_that_cannot_be_unpacked_becomes_its_sites_error_and_the_others_are_unpacked() -> None:
+    class Unreadable(SlowNodes):
+        """Node 12's reply is a packed record that is not a serialized record dict."""
+
+        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+            replies = list(super().pull_messages(message_ids))
+            for reply in replies:
+                reply.content = (RecordDict({PACKED_RECORD: ConfigRecord({PACKED_CONTENT_KEY: b"\xff not a record"})})
+                                 if reply.metadata.src_node_id == 12 else pack(reply.content))
+            return replies
+
+    inner = Unreadable({11: 0.0, 12: 0.0})
+    replies = {r.metadata.src_node_id: r for r in PromptGrid(inner).send_and_receive(messages(inner, 1), timeout=5)}
+    assert replies[11].content.config_records["answer"]["node"] == 11
+    assert replies[12].has_error() and replies[12].error.code == UNREADABLE_REPLY_CODE
+    assert "node 12: unreadable reply" in replies[12].error.reason
 
 
 def test_only_flowers_http_grid_is_wrapped_and_everything_else_is_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
