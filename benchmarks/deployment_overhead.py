@@ -11,9 +11,10 @@ model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/re
 (with the host's load average at the end).
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
-lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval`` and the privacy policy
-``fedfusion simulate`` wrote for their simulated twins (the study's split; evaluation on any number of held-out
-patients), so both evaluate the same patients.
+lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval``, ``--threads 1`` (three site
+daemons share one host, as the simulation gives each simulated site one CPU; SITE_GUIDE.md section 6) and the
+privacy policy ``fedfusion simulate`` wrote for their simulated twins (the study's split; evaluation on any number
+of held-out patients), so both evaluate the same patients.
 Every server binds to 127.0.0.1; every process started here is stopped by PID.
 """
 
@@ -145,7 +146,8 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str
             start(site, "site", "run", str(consortium / "sites" / site), "--state-dir", str(site_state),
                   "--data-dir", str(cohort / site), "--cache-dir",
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
-                  "--runtime-port", str(_free_port()), "--policy-file", str(_simulated_twin_policy(work, site)))
+                  "--runtime-port", str(_free_port()), "--policy-file", str(_simulated_twin_policy(work, site)),
+                  "--threads", "1")
         stamps, output = _round_end_times(
             _fedfusion("study", "start", "--state-dir", str(state), "--study-id", "bench", "--rounds", str(ROUNDS),
                        "--set", "min-sites=3", *STUDY), env, work)
