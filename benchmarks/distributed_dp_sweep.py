@@ -76,7 +76,7 @@ def train(study: StudyConfig, cohorts: Sequence[SiteCohort], draw: int = 0) -> d
                 for trainer in trainers]
         noisy = {name: sum(s[name] for s in sums) + rng.normal(0.0, std, array.shape)
                  for name, array in weights.items()}
-        weights = optimizer.step(weights, distributed.mean_update(noisy, patients))
+        weights = optimizer.step(weights, distributed.mean_update(noisy, patients, weights))
     return {name: torch.from_numpy(np.asarray(array)) for name, array in weights.items()}
 
 

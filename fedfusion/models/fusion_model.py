@@ -10,7 +10,7 @@ encoder, so single-modality baselines are this same class built with ``modalitie
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ class MultimodalFusionModel(nn.Module):
 
 StudyModel = MultimodalFusionModel | LinearSurvivalModel
 """A study's model (``StudyConfig.model``): both take the same inputs and give one output per task."""
+
+
+def is_weight_matrix(shape: Sequence[int]) -> bool:
+    """Whether a parameter of this shape is a weight matrix (two or more dimensions), the only parameters ridge and
+    lasso penalise: biases and LayerNorm gains are not."""
+    return len(shape) >= 2
 
 
 def build_model(study: StudyConfig, seed: int | None = None) -> StudyModel:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from fedfusion.models.fusion_model import is_weight_matrix
 from fedfusion.study.config import StudyConfig
 
 
@@ -58,7 +59,7 @@ class GradientTerms:
                             continue
                         if self.proximal_mu:
                             p.grad.add_(p - anchors[id(p)], alpha=self.proximal_mu)
-                        if self.l2_penalty and _is_weight_matrix(p):
+                        if self.l2_penalty and is_weight_matrix(p.shape):
                             p.grad.add_(p, alpha=self.l2_penalty)
 
             optimizer.register_step_pre_hook(add_gradient_terms)
@@ -69,7 +70,7 @@ class GradientTerms:
                     for group in opt.param_groups:
                         threshold = float(group["lr"]) * self.l1_penalty
                         for p in group["params"]:
-                            if _is_weight_matrix(p):
+                            if is_weight_matrix(p.shape):
                                 p.copy_(p.sign() * (p.abs() - threshold).clamp(min=0))
 
             optimizer.register_step_post_hook(soft_threshold)
@@ -77,7 +78,3 @@ class GradientTerms:
 
 def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def _is_weight_matrix(param: torch.Tensor) -> bool:
-    return param.dim() >= 2

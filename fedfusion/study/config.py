@@ -124,7 +124,8 @@ class StudyConfig:
     proximal_mu: float = 0.0
     """FedProx: each site's gradient gets mu * (w - w_global), added after DP privatization (0: off)."""
     l2_penalty: float = 0.0
-    """Ridge: each site's gradient gets l2 * w on weight matrices, added after DP privatization (0: off)."""
+    """Ridge: each site's gradient gets l2 * w on weight matrices, added after DP privatization; with distributed
+    DP the coordinator adds it to the noisy mean gradient instead, a true ridge (0: off)."""
     l1_penalty: float = 0.0
     """Lasso: after each local step, weight matrices are soft-thresholded by learning-rate * l1 (0: off)."""
     # ---- privacy budget as input (target-epsilon) ------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -50,6 +51,7 @@ from fedfusion.coordinator.strategies.patient_weighted_fedavg import (
 )
 from fedfusion.errors import ConfigError, PrivacyError
 from fedfusion.flower_compat import FLOWER_LOGGER
+from fedfusion.models.fusion_model import is_weight_matrix
 from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.protocol import SECAGG_RECORD, SECURE_AGGREGATION_REJECTED_KEY, SECURE_AGGREGATION_SITES_KEY
 from fedfusion.secure_aggregation.config import SecAggConfig
@@ -75,23 +77,33 @@ def secagg_threshold(num_sites: int, fraction: float) -> int:
 class DistributedFedSGD:
     """Distributed DP (DP-FedSGD): the round's noise numbers and the sites' sample rate q. The step size is the
     server optimizer's (``server-learning-rate``): the coordinator turns the noisy gradient into the round's mean
-    update, so FedAvg on the server is DP-SGD, FedAdam is DP-Adam, all post-processing of the noisy sum."""
+    update, so FedAvg on the server is DP-SGD, FedAdam is DP-Adam, all post-processing of the noisy sum.
+
+    ``l2_penalty`` makes the study's ridge a true one: the coordinator adds ``l2 * w`` (weight matrices only, as
+    at a site) to the noisy mean gradient. It depends on the global weights only, so it is post-processing too."""
 
     noise: DistributedNoise
     sample_rate: float
+    l2_penalty: float = 0.0
 
     @classmethod
     def from_study(cls, study: StudyConfig) -> DistributedFedSGD | None:
         """The study's distributed-DP settings, or None with ``dp-mode`` = local."""
         if study.dp_mode != "distributed":
             return None
-        return cls(distributed_noise(study), study.sample_rate)
+        return cls(distributed_noise(study), study.sample_rate, study.l2_penalty)
 
-    def mean_update(self, noisy_sum: Mapping[str, NDArray[np.float64]],
-                    patients: int) -> dict[str, NDArray[np.float64]]:
-        """-g, where g = noisy sum / (q * the surviving sites' training patients): the server optimizer's input."""
+    def mean_update(self, noisy_sum: Mapping[str, NDArray[np.float64]], patients: int,
+                    global_arrays: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[np.float64]]:
+        """-(g + l2 * w), where g = noisy sum / (q * the surviving sites' training patients) and w the global weights
+        (the ridge term on weight matrices only): the server optimizer's input."""
         factor = -1.0 / (self.sample_rate * patients)
-        return {name: values * factor for name, values in noisy_sum.items()}
+        update = {name: values * factor for name, values in noisy_sum.items()}
+        if self.l2_penalty:
+            for name, weights in global_arrays.items():
+                if is_weight_matrix(weights.shape):
+                    update[name] = update[name] - self.l2_penalty * np.asarray(weights, dtype=np.float64)
+        return update
 
     def threshold(self, num_sites: int, fraction: float) -> int | None:
         """The SecAgg threshold of a round of ``num_sites``: n - t, or None when the round cannot run (fewer than
@@ -200,7 +212,8 @@ class SecurePatientWeightedFedAvg(PatientWeightedFedAvg):
             self._not_aggregated(server_round, f"secure aggregation failed safely ({exc})")
             return None, None
         mean_update = (average.arrays if self.distributed is None
-                       else self.distributed.mean_update(average.arrays, average.total_weight))
+                       else self.distributed.mean_update(average.arrays, average.total_weight,
+                                                         {name: a.numpy() for name, a in global_arrays.items()}))
         arrays = self._apply_server_optimizer(global_arrays, mean_update)
         nodes = {node_of_site[site] for site in average.sites}
         included = [m.content for m in replies if not m.has_error() and m.metadata.src_node_id in nodes]
