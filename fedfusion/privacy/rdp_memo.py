@@ -9,8 +9,9 @@ same questions every round: about 0.2 s per epsilon on these machines, three eps
 limit, the study's target, the reply's metric).
 
 ``memoize_step_rdp`` replaces that module function by a memoized wrapper of itself (``lru_cache``, arguments
-typed, bounded): every answer is the one Opacus computes, bit for bit, only not computed twice. It is the one place
-fedfusion touches an Opacus internal; ``tests/privacy/test_rdp_memo.py`` fails when Opacus stops calling the module
+typed, bounded): every answer is the one Opacus computes, bit for bit, only not computed twice. It is one of the two
+places fedfusion touches an Opacus internal (the other: ``accounting.prv_grid_points`` asks the PRV accountant's
+``_get_domain`` for its grid size); ``tests/privacy/test_rdp_memo.py`` fails when Opacus stops calling the module
 function (then the memo is never hit) or when a memoized epsilon differs from Opacus' own.
 """
 
