@@ -28,8 +28,8 @@ AccountantHistory = list[tuple[float, float, int]]
 PRV_EPS_ERROR = 0.01
 """The PRV accountant's epsilon error (Opacus' default), given explicitly so the grid checked is the grid used."""
 PRV_GRID_LIMIT = 2**22
-"""The most points the PRV accountant may discretize (its grid's size times the history's distinct entries; about
-200-300 bytes each at its peak). The grid's width follows the RDP epsilon at a tiny delta, so a tiny noise
+"""The most points the PRV accountant may discretize (its grid's size times the history's entries, each discretized
+on it; about 200-300 bytes each at its peak). The grid's width follows the RDP epsilon at a tiny delta, so a tiny noise
 multiplier or an enormous spend asks for a grid without bound (noise multiplier 0.01: 1.25e9 points, hundreds of
 GiB): a study could crash the site before its budget check refuses it. Beyond the limit the RDP accountant's epsilon
 is used instead, also an upper bound on the spend (never an under-count) and computed without a grid. Realistic
