@@ -10,6 +10,9 @@ finds every name a message can hold in one place.
 A train or evaluate instruction holds ``arrays`` (the global model) and ``config`` (``server-round``; a secure
 round adds the ``secagg`` record). A reply holds ``arrays`` (train, plain aggregation only), ``metrics`` and
 ``site``; or an error with one of the codes below and a short fixed reason (never exception text or a path).
+A train instruction of round r > 1 also names ``evaluate-round`` (r - 1): its arrays are round r - 1's global model,
+and the site evaluates them first; its reply then also holds ``evaluation`` (the evaluate reply's metrics) or
+``evaluation-error`` (the code and reason the evaluate error reply would carry).
 """
 
 from __future__ import annotations
@@ -26,11 +29,25 @@ SITE_RECORD_KEY = "site"
 """ConfigRecord of a reply holding the site's public name under ``SITE_NAME_KEY``."""
 SITE_NAME_KEY = "name"
 """The site's public name in the ``site`` record (the only site fact that leaves the site)."""
+EVALUATION_RECORD = "evaluation"
+"""MetricRecord of a train reply that was asked ``evaluate-round``: the metrics an evaluate reply of that round
+would hold (aggregate numbers only)."""
+EVALUATION_ERROR_RECORD = "evaluation-error"
+"""ConfigRecord of a train reply whose ``evaluate-round`` evaluation failed or was refused: ``code`` and ``reason``,
+those of the error an evaluate message would have been answered with (training is answered all the same)."""
+ERROR_CODE_KEY = "code"
+"""The error code (an integer, below) in the ``evaluation-error`` record."""
+ERROR_REASON_KEY = "reason"
+"""The fixed public reason in the ``evaluation-error`` record."""
 
 # Config keys.
 
 SERVER_ROUND_KEY = "server-round"
 """The round number in an instruction's ``config`` record (written by Flower's FedAvg and the SecAgg stages)."""
+EVALUATE_ROUND_KEY = "evaluate-round"
+"""In a train instruction's ``config`` record: the round whose global model its arrays are (the previous round).
+The site evaluates them first, as that round's evaluation, and sends the metrics in its train reply: a study's rounds
+need no evaluate message but the last one's (``coordinator/folded_evaluation.py``)."""
 
 # Metric keys of replies and rounds.
 

@@ -15,6 +15,14 @@ Every message goes through one layered wrapper, ``answer``, outermost first:
 
 In a secure-aggregation round the weights stay at the site and leave only masked, over the ``query.secagg``
 stages.
+
+A train message that names ``evaluate-round`` (every round's but the first) carries the previous round's global
+model: the site first answers that round's evaluation with ``SiteRound.evaluate``, exactly as an evaluate message,
+then trains. The reply holds the evaluation's metrics (``evaluation``) or, when it failed or was refused, its error's
+code and public reason (``evaluation-error``) beside the training's answer: a failed evaluation never costs the
+training, and a failed training is an error reply as before (the coordinator then asks the evaluation again with an
+evaluate message, which the evaluation log answers with the metrics already sent). The reply passes the egress
+record as a whole.
 """
 
 from __future__ import annotations
@@ -23,7 +31,17 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    MetricRecordValues,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedfusion.array_packing import packing_mod
@@ -32,6 +50,11 @@ from fedfusion.privacy.distributed_noise import distributed_noise
 from fedfusion.protocol import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
+    ERROR_CODE_KEY,
+    ERROR_REASON_KEY,
+    EVALUATE_ROUND_KEY,
+    EVALUATION_ERROR_RECORD,
+    EVALUATION_RECORD,
     METRICS_RECORD,
     QUERY_ACTION,
     SECAGG_RECORD,
@@ -94,7 +117,7 @@ def answer(msg: Message, context: Context, handler: Handler) -> Message:
         reply = Message(content, reply_to=msg)
     except Exception as exc:  # a site answers every request; details stay in the site's log
         rule = exc.rule if isinstance(exc, SiteRefusal) else None
-        reply = Message(_error(msg, site.name, exc), reply_to=msg)
+        reply = Message(_error(msg.metadata.message_type, site.name, exc), reply_to=msg)
     try:
         server_round = _server_round(msg, default=0)
     except ProtocolError:
@@ -102,9 +125,9 @@ def answer(msg: Message, context: Context, handler: Handler) -> Message:
     return release(msg, reply, ledger_dir, server_round=server_round, keep_payload=keep_payload, rule=rule)
 
 
-def _error(msg: Message, site_name: str, exc: Exception) -> Error:
-    """The error sent for ``exc``: a refusal's fixed public reason, else only the site and the error's class."""
-    kind = msg.metadata.message_type
+def _error(kind: str, site_name: str, exc: Exception) -> Error:
+    """The error sent for ``exc`` in answer to a ``kind`` request: a refusal's fixed public reason, else only the site
+    and the error's class."""
     if isinstance(exc, SiteRefusal):
         logger.warning("site %s refused a %s message: %s", site_name, kind, exc)
         return Error(code=SITE_REFUSAL_CODE, reason=exc.public_reason)
@@ -116,24 +139,27 @@ def _error(msg: Message, site_name: str, exc: Exception) -> Error:
     return Error(code=SITE_ERROR_CODE, reason=reason)
 
 
-def _server_round(msg: Message, default: int) -> int:
-    """The instruction's ``server-round`` (``default`` when it has none); ``ProtocolError`` if not an integer."""
+def _server_round(msg: Message, default: int, key: str = SERVER_ROUND_KEY) -> int:
+    """The instruction's round number under ``key`` in its config (``default`` when it has none); ``ProtocolError``
+    if not an integer."""
     config = msg.content.config_records.get(CONFIG_RECORD)
-    value = default if config is None else config.get(SERVER_ROUND_KEY, default)
+    value = default if config is None else config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"'{SERVER_ROUND_KEY}' of a {msg.metadata.message_type} message is not an integer")
+        raise ProtocolError(f"'{key}' of a {msg.metadata.message_type} message is not an integer")
     return value
 
 
-def _round_of(msg: Message, session: SiteSession) -> int:
-    """The instruction's ``server-round``; ``SiteRefusal`` (rule ``server-round``) if it is not an integer."""
+def _round_of(msg: Message, session: SiteSession, key: str = SERVER_ROUND_KEY) -> int:
+    """The instruction's round number under ``key``; ``SiteRefusal`` (rule ``server-round``) if it is not an
+    integer."""
     try:
-        return _server_round(msg, default=0)
+        return _server_round(msg, default=0, key=key)
     except ProtocolError as exc:
         raise SiteRefusal(session.site.name, SERVER_ROUND_RULE, request="the request", detail=str(exc)) from exc
 
 
 def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
+    evaluation = _folded_evaluation(msg, session)  # first: the arrays are the previous round's global model
     secure_stages.forget(context.state)
     server_round = _round_of(msg, session)
     answer = SiteRound(session).train(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
@@ -141,16 +167,36 @@ def _train(msg: Message, context: Context, session: SiteSession) -> RecordDict:
                                       secure=secure_stages.secure_request(msg.content))
     metrics = MetricRecord({WEIGHT_KEY: answer.reply.num_patients, **answer.reply.metrics})
     if answer.secure is None:
-        return RecordDict({ARRAYS_RECORD: ArrayRecord(answer.reply.weights), METRICS_RECORD: metrics})
+        return RecordDict({ARRAYS_RECORD: ArrayRecord(answer.reply.weights), METRICS_RECORD: metrics, **evaluation})
     keys = secure_stages.keep_round(context.state, answer.secure, msg.metadata.run_id, server_round)
-    return RecordDict({METRICS_RECORD: metrics, SECAGG_RECORD: keys})
+    return RecordDict({METRICS_RECORD: metrics, SECAGG_RECORD: keys, **evaluation})
+
+
+def _folded_evaluation(msg: Message, session: SiteSession) -> dict[str, MetricRecord | ConfigRecord]:
+    """The ``evaluate-round`` evaluation a train message asks for, as the records its reply adds: ``evaluation``
+    (the metrics), or ``evaluation-error`` (what an evaluate message would have been answered with; the details in
+    the site's log). Nothing when the message asks none."""
+    config = msg.content.config_records.get(CONFIG_RECORD)
+    if config is None or EVALUATE_ROUND_KEY not in config:
+        return {}
+    try:
+        return {EVALUATION_RECORD: _evaluation(msg, session, _round_of(msg, session, EVALUATE_ROUND_KEY))}
+    except Exception as exc:  # the evaluation's failure is its own; training goes on
+        error = _error(MessageType.EVALUATE, session.site.name, exc)  # logged as a refused evaluate message is
+        reason = error.reason or ""
+        return {EVALUATION_ERROR_RECORD: ConfigRecord({ERROR_CODE_KEY: error.code, ERROR_REASON_KEY: reason})}
 
 
 def _evaluate(msg: Message, context: Context, session: SiteSession) -> RecordDict:
+    return RecordDict({METRICS_RECORD: _evaluation(msg, session, _round_of(msg, session))})
+
+
+def _evaluation(msg: Message, session: SiteSession, server_round: int) -> MetricRecord:
+    """``SiteRound.evaluate`` of the message's arrays as the evaluation of ``server_round``."""
     metrics: dict[str, MetricRecordValues] = {
         **SiteRound(session).evaluate(msg.content.array_records[ARRAYS_RECORD].to_torch_state_dict(),
-                                      server_round=_round_of(msg, session), run_id=msg.metadata.run_id)}
-    return RecordDict({METRICS_RECORD: MetricRecord(metrics)})
+                                      server_round=server_round, run_id=msg.metadata.run_id)}
+    return MetricRecord(metrics)
 
 
 def _secure_stage(msg: Message, context: Context, session: SiteSession) -> RecordDict:

@@ -27,10 +27,13 @@ HOSTILE_NODE = 102
 
 
 def poisoned(reply: Message, message: Message) -> Message:
-    """The hostile site's reply: round 1 NaN weights, round 2 a count of 10**12, evaluation a NaN count."""
+    """The hostile site's reply: round 1 NaN weights, round 2 a count of 10**12, evaluation a NaN count (round 1's
+    evaluation travels in round 2's train reply)."""
     if reply.has_error():
         return reply
     metrics = reply.content["metrics"]
+    if "evaluation" in reply.content:
+        reply.content["evaluation"] = MetricRecord({**reply.content["evaluation"], "num-examples": math.nan})
     if message.metadata.message_type == MessageType.TRAIN:
         if message.content["config"]["server-round"] == 1:
             arrays = reply.content["arrays"]

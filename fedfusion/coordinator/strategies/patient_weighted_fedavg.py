@@ -125,6 +125,12 @@ class PatientWeightedFedAvg(FedAvg):
         """FedAvg's evaluate messages (kept, to name the sites of their replies)."""
         return self._site_names.sent(super().configure_evaluate(server_round, arrays, config, grid))
 
+    def learn_site_names(self, replies: Iterable[Message]) -> None:
+        """Remember the site name each reply carries (for replies taken apart before they are aggregated: an error
+        reply standing for one part is named by the site's node)."""
+        for reply in replies:
+            self._site_names.name(reply)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
