@@ -19,6 +19,7 @@ import torch
 from flower_site import deployed_node_config, small_study
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from loopback_grid import LoopbackGrid
+from test_secure_rounds import node_configs
 
 from fedfusion.coordinator.checkpoint import CoordinatorCheckpoint
 from fedfusion.coordinator.run_recorder import METRICS_JSON_FILE, MODEL_FILE, SITE_METRICS_FILE
@@ -162,3 +163,25 @@ def test_a_study_resumed_at_round_2_gets_round_1s_evaluation_and_the_uninterrupt
             ["round", "phase", "site"], ignore_index=True)
 
     pd.testing.assert_frame_equal(table(tmp_path / "results"), table(uninterrupted.work / "results"))
+
+
+def test_secure_distributed_dp_rounds_fold_their_evaluation_too(small_cohort: Path, tmp_path: Path) -> None:
+    """Secure aggregation of 3 sites with distributed DP: round 2's train reply carries the site's public keys, its
+    training metrics and round 1's evaluation; only the last round sends evaluate messages."""
+    study = small_study(small_cohort, num_server_rounds=ROUNDS, min_sites=3, secure_aggregation="on",
+                        dp_mode="distributed", sample_rate=0.5, distributed_dp_tolerance=1)
+    run = StudyRun.of(study, "secure", CoordinatorSettings(results_dir=str(tmp_path / "results"), round_timeout=60))
+    policy = "max-epsilon = inf\nmin-eval-patients = 1\n"
+    grid = LoopbackGrid(app, node_configs(small_cohort, tmp_path, "secure", 3, policy), run.to_run_config())
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run.to_run_config()))
+
+    nodes = [100, 101, 102]
+    assert _sent(grid) == [(("train", 1, None), nodes), (("query.secagg", 1, None), sorted(nodes * 3)),
+                           (("train", 2, 1), nodes), (("query.secagg", 2, None), sorted(nodes * 3)),
+                           (("evaluate", 2, None), nodes)]
+    rows = json.loads((tmp_path / "results" / METRICS_JSON_FILE).read_text())
+    assert [(r["round"], r["phase"]) for r in rows["rounds"]] == [
+        (server_round, phase) for server_round in range(1, ROUNDS + 1) for phase in ("train", "evaluate")]
+    assert all(r["secure-aggregation-sites"] == 3 for r in rows["rounds"] if r["phase"] == "train")
+    evaluated = [r for r in rows["sites"] if r["phase"] == "evaluate"]
+    assert len(evaluated) == ROUNDS * 3 and all("error" not in r and r["comparable-pairs"] >= 0 for r in evaluated)

@@ -73,8 +73,15 @@ def test_results_folder_has_metrics_plot_model_and_config(simulated_run: tuple[P
     assert study.num_server_rounds == 2 and study.dp
     for site in set(sites["site"]):  # each simulated site's own ledger and egress record, in the run's results
         site_dir = results_dir / SIMULATED_SITES_DIR / site
-        assert EgressRecord(site_dir / EGRESS_FILE).verify_chain() == 4  # 2 rounds x (train + evaluate)
+        # train 1, train 2 (with round 1's evaluation), evaluate 2: each round's evaluation is on the record
+        assert EgressRecord(site_dir / EGRESS_FILE).verify_chain() == 3
+        entries = EgressRecord(site_dir / EGRESS_FILE).entries()
+        assert [(e["kind"], e["round"]) for e in entries] == [("train", 1), ("train", 2), ("evaluate", 2)]
+        assert "evaluation/c-index" in entries[1]["metrics"] and "metrics/c-index" in entries[2]["metrics"]
         assert any(site_dir.glob("*.json")), f"no privacy ledger for {site}"
+    for (server_round, site), rows in sites[sites["phase"] == "evaluate"].groupby(["round", "site"]):
+        assert len(rows) == 1 and rows["comparable-pairs"].notna().all(), (server_round, site)
+    assert len(sites[sites["phase"] == "evaluate"]) == 2 * 2
 
 
 def test_baselines_table_scores_every_model_on_the_same_patients(

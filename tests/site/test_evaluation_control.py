@@ -1,9 +1,11 @@
 """Evaluation under the site's control: the site's own split, a minimum of held-out patients, limits per round and
-per study counted beside the ledger, optional metric noise; through the real ClientApp and a real ``SiteRound``."""
+per study counted beside the ledger, optional metric noise, the same answer when asked in a train message
+(``evaluate-round``); through the real ClientApp and a real ``SiteRound``."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from flower_site import SMALL_COHORT_POLICY, deployed_node_config, instruction, site_context, small_study
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
 from fedfusion.data.cohort_index import CohortSite, read_cohort_index
 from fedfusion.data.patient_split import PatientSplit
@@ -22,7 +24,7 @@ from fedfusion.privacy.egress_record import EGRESS_FILE, EgressRecord
 from fedfusion.privacy.evaluation_log import EvaluationLog
 from fedfusion.privacy.ledger import dataset_id
 from fedfusion.privacy.site_policy import SitePolicy, policy_to_toml
-from fedfusion.protocol import SITE_REFUSAL_CODE, WEIGHT_KEY
+from fedfusion.protocol import EVALUATE_ROUND_KEY, SITE_REFUSAL_CODE, WEIGHT_KEY
 from fedfusion.site.client_app import app
 from fedfusion.site.held_out_list import held_out_path
 from fedfusion.site.node_context import resolve_site_context
@@ -129,3 +131,41 @@ def test_metric_noise_is_scaled_to_one_patients_share_and_keeps_counts_exact() -
     # Laplace of scale b * range / n: mean absolute deviation b / n = 0.04 for a rate, 2 b / n for MCC.
     assert np.mean([abs(d["td-auc"] - 0.6) for d in draws]) == pytest.approx(0.04, rel=0.1)
     assert np.mean([abs(d["subtype-mcc"] - 0.1) for d in draws]) == pytest.approx(0.08, rel=0.1)
+
+
+def test_an_evaluation_asked_in_a_train_message_is_the_evaluate_messages_answer_and_never_costs_the_training(
+        small_cohort: Path, tmp_path: Path) -> None:
+    """A train message naming ``evaluate-round`` is answered with the training and, beside it, what an evaluate
+    message of that round would get: the metrics (counted in the evaluation log, on the egress record as part of the
+    train reply) or, refused, its error's code and reason; the training is answered either way."""
+    site = _site(small_cohort)
+    policy = dataclasses.replace(SMALL_COHORT_POLICY, max_evaluations_per_study=1, dp_mandatory=False,
+                                 max_epsilon=math.inf)
+    node = deployed_node_config(site, tmp_path / "cache", tmp_path / "ledger", _policy_file(tmp_path, policy))
+    study = small_study(small_cohort, dp=False)
+
+    def train(server_round: int) -> Message:
+        message = instruction("train", study, server_round)
+        message.content["config"][EVALUATE_ROUND_KEY] = server_round - 1
+        return app(message, site_context(study, node))
+
+    folded = train(2)
+    assert not folded.has_error() and folded.content["metrics"][WEIGHT_KEY] > 0 and "arrays" in folded.content
+    evaluation = dict(folded.content["evaluation"])
+    log = EvaluationLog(tmp_path / "ledger", dataset_id(site.name, site.site_dir))
+    (counted,) = log.evaluations()
+    assert counted.server_round == 1 and counted.metrics == evaluation
+    assert dict(app(instruction("evaluate", study, 1), site_context(study, node)).content["metrics"]) == evaluation
+    assert len(log.evaluations()) == 1  # the same round and model asked again: the metrics already sent
+    sent = EgressRecord(tmp_path / "ledger" / EGRESS_FILE).entries()
+    assert sent[0]["kind"] == "train" and sent[0]["round"] == 2
+    assert {key: value for key, value in sent[0]["metrics"].items() if key.startswith("evaluation/")} == {
+        f"evaluation/{key}": value for key, value in evaluation.items()}
+    assert {array["name"].split("/")[0] for array in sent[0]["arrays"]} == {"arrays"}  # nothing per patient
+
+    refused = train(3)  # the policy's one evaluation is spent
+    assert not refused.has_error() and refused.content["metrics"][WEIGHT_KEY] > 0
+    assert "evaluation" not in refused.content
+    error = app(instruction("evaluate", study, 2), site_context(study, node)).error
+    assert dict(refused.content["evaluation-error"]) == {"code": SITE_REFUSAL_CODE, "reason": error.reason}
+    assert error.reason == f"site {site.name} refuses evaluation of round 2: rule 'max-evaluations-per-study' (1)"
