@@ -3,9 +3,10 @@
 One small study (3 sites, a few dozen patients each, 3 rounds), run twice in one go on the same cohort and config:
 with ``fedfusion simulate`` and with a real ``fedfusion coordinator run`` + three ``fedfusion site run`` processes
 on loopback (each site's slide features prepared first with ``fedfusion site prepare``, as a site admin does).
-A round's wall time is the time between the coordinator's "evaluate federation" progress lines of consecutive
-rounds (round 1, which includes start-up, is left out); its overhead is that minus the longest local training time
-a site reported for the round (sites train in parallel). Overhead therefore includes message transport (each
+A round's wall time is the time between the coordinator's "train federation" progress lines of consecutive
+rounds (round 1, which includes start-up, is left out): one train message (which also carries the previous round's
+evaluation) and the secure-aggregation stages; its overhead is that minus the longest local training time a site
+reported for the round (sites train in parallel). Overhead therefore includes message transport (each
 object, three per message, one request through the gateway), handing each message to the site's long-lived worker,
 model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/results/deployment_overhead.json``
 (with the host's load average at the end).
@@ -50,7 +51,7 @@ SITES = ("site-a", "site-b", "site-c")
 ROUNDS = 3
 STUDY = ["--set", "hidden-dim=8", "--set", "local-epochs=1", "--set", "batch-size=4", "--set", "tiles-per-patient=4",
          "--set", "noise-multiplier=1.0"]
-ROUND_END = re.compile(r"\[round (\d+)/\d+\] evaluate federation")
+ROUND_END = re.compile(r"\[round (\d+)/\d+\] train\s+federation")
 
 
 def _free_port() -> int:
@@ -64,7 +65,7 @@ def _fedfusion(*args: str) -> list[str]:
 
 
 def _round_end_times(command: list[str], env: dict[str, str], cwd: Path) -> tuple[dict[int, float], str]:
-    """Run ``command``, stamping each "round N evaluate federation" line as it arrives; return stamps and output."""
+    """Run ``command``, stamping each "round N train federation" line as it arrives; return stamps and output."""
     stamps: dict[int, float] = {}
     lines = []
     with subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -85,7 +86,7 @@ def _overheads(stamps: dict[int, float], site_metrics: Path) -> dict[str, list[f
     train = sites[sites["phase"] == "train"].groupby("round")["train-seconds"].max()
     rounds = sorted(r for r in stamps if r - 1 in stamps)
     if not rounds:
-        raise RuntimeError(f"no two consecutive rounds ended with an 'evaluate federation' line (ended: "
+        raise RuntimeError(f"no two consecutive rounds ended with a 'train federation' line (ended: "
                            f"{sorted(stamps)}); see {site_metrics.parent}")
     wall = [stamps[r] - stamps[r - 1] for r in rounds]
     return {"rounds": rounds, "round_seconds": wall, "max_site_train_seconds": [float(train[r]) for r in rounds],
