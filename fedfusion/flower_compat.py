@@ -43,7 +43,8 @@ Flower internals used:
   does when it stops cleanly.
 - ``flwr.supernode.start_client_internal`` (its module global ``time``): the SuperNode's loop, whose fixed waits
   (3 s after an empty pull from the SuperLink, 0.5 s while a reply or its objects are not ready yet) a site
-  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion).
+  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion); its global ``pull_objects``,
+  wrapped to tell the site's SuperExec when a message is whole (``notify_when_message_pulled``).
 - ``flwr.superlink.grid.http_grid.HttpGrid``: the grid a deployed ServerApp gets (it pulls replies every 3 s), which
   the coordinator wraps (``is_superlink_grid``); ``flwr.proto.node_pb2.NodeInfo``: what ``Grid.get_nodes`` yields.
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
@@ -164,6 +165,7 @@ __all__ = [
     "message_from_bytes",
     "message_to_bytes",
     "multikrum_selection",
+    "notify_when_message_pulled",
     "public_key_to_pem",
     "pull_task_input",
     "push_reply",
@@ -722,6 +724,29 @@ def shorten_object_pull_backoff(module_name: str) -> None:
     module = importlib.import_module(module_name)
     module.pull_objects = functools.partial(  # type: ignore[attr-defined]
         pull_objects, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1], max_tries_per_object=None)
+
+
+def notify_when_message_pulled(notify: Callable[[], None]) -> None:
+    """Make this process's SuperNode loop call ``notify()`` each time it has pulled a message's objects from the
+    SuperLink: the message is then whole in the SuperNode, its task already created (``create_task`` comes first).
+
+    Flower's ``_pull_and_store_message`` (``flwr.supernode.start_client_internal``) lists the message, creates its
+    task, pulls every object with the module's global ``pull_objects``, puts the objects in its store and confirms
+    the receipt to the SuperLink. That global is wrapped to call ``notify()`` once it returned (a few dict puts before
+    the store holds them: a ClientApp that asks that instant retries after `LOCAL_PULL_BACKOFF_S`), before the
+    confirmation's round trip. Call it after `shorten_object_pull_backoff` for the same module (``notify`` wraps the
+    shortened pull); ``tests/test_flower_compat.py`` fails when the loop stops pulling this way.
+    """
+    module = importlib.import_module(SUPERNODE_LOOP_MODULE)
+    pull = module.pull_objects
+
+    @functools.wraps(pull)
+    def pull_then_notify(*args: Any, **kwargs: Any) -> Any:
+        contents = pull(*args, **kwargs)
+        notify()
+        return contents
+
+    module.pull_objects = pull_then_notify  # type: ignore[attr-defined]
 
 
 def is_superlink_grid(grid: Grid) -> bool:

@@ -513,3 +513,25 @@ def test_object_pulls_are_shortened_where_flower_calls_pull_objects_without_a_ba
     assert tries[-1] - tries[0] < 1.0  # Flower's own: 1 s, then 2 s
     with pytest.raises(ValueError, match="not one of"):
         flower_compat.shorten_object_pull_backoff("flwr.serverapp.grid.grid")
+
+
+def test_the_supernode_is_woken_after_it_pulled_a_messages_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(flower_compat.SUPERNODE_LOOP_MODULE)
+    monkeypatch.setattr(module, "pull_objects", module.pull_objects)  # restored after the test
+    source = inspect.getsource(module._pull_and_store_message)
+    steps = [source.index(step) for step in ("state.create_task(", "pull_objects(", "object_store.put(",
+                                             "confirm_message_received(")]
+    assert steps == sorted(steps)  # the task exists before the objects are pulled, which are stored, then confirmed
+    flower_compat.shorten_object_pull_backoff(flower_compat.SUPERNODE_LOOP_MODULE)
+    woken: list[int] = []
+    flower_compat.notify_when_message_pulled(lambda: woken.append(len(tries)))
+    tries: list[str] = []
+
+    def pull(object_id: str) -> bytes:  # unavailable once: the shortened retry still applies under the wrapper
+        tries.append(object_id)
+        if len(tries) < 2:
+            raise flower("flwr.supercore.inflatable.inflatable_utils", "ObjectUnavailableError")(object_id)
+        return b"content"
+
+    assert module.pull_objects(["id"], pull_object_fn=pull) == {"id": b"content"}
+    assert woken == [2]  # once, after the object came
