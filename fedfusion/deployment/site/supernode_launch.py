@@ -10,7 +10,8 @@ to ``--pull-interval``, the local check to `LOCAL_WAIT_S`) and then runs the fun
 ``flower-supernode`` console script with the arguments after ``--``: everything else is Flower's. It also shortens
 the SuperNode's backoff while it pulls a message's objects that the coordinator is still uploading
 (``fedfusion.flower_compat.shorten_object_pull_backoff``: Flower's first retry after 1 s cost a train message 1-3 s),
-and wakes the site's SuperExec at ``--task-wake-socket`` once it holds a message's objects (``task_wake.py``).
+and wakes the site's SuperExec at ``--task-wake-socket`` once it holds a message's objects (``task_wake.py``); it moves
+a message's three objects at once (``fedfusion.flower_compat.widen_object_transfers``).
 
 The default pull interval, `DEFAULT_PULL_INTERVAL_S` (0.1 s), is 10 pull requests per second from each idle site to
 the coordinator's gateway (Flower's own: 0.33 per second), each checked by the gateway (one signature) and answered
@@ -37,6 +38,7 @@ from fedfusion.flower_compat import (
     notify_when_message_pulled,
     shorten_object_pull_backoff,
     shorten_supernode_waits,
+    widen_object_transfers,
 )
 
 DEFAULT_PULL_INTERVAL_S = 0.1
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     shorten_supernode_waits(args.pull_interval, LOCAL_WAIT_S)
     shorten_object_pull_backoff(SUPERNODE_LOOP_MODULE)
     notify_when_message_pulled(task_wake_sender(args.task_wake_socket))  # after: it wraps the shortened pull
+    widen_object_transfers()
     (script,) = importlib.metadata.entry_points(group="console_scripts", name=FLOWER_SUPERNODE_SCRIPT)
     sys.argv = [FLOWER_SUPERNODE_SCRIPT, *arguments]  # Flower's entry reads its arguments from sys.argv
     raise SystemExit(script.load()())
