@@ -12,7 +12,7 @@ model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/re
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
 lines, and the CPU seconds per round of each kind of deployed process (``process_cpu.py``: what a round costs the
-host, whatever else runs there). The deployed sites run ``fedfusion site run``'s default ``--pull-interval``,
+host, less tied to what else runs there). The deployed sites run ``fedfusion site run``'s default ``--pull-interval``,
 ``--threads 1`` (three site daemons share one host, as the simulation gives each simulated site one CPU;
 SITE_GUIDE.md section 6) and the privacy policy ``fedfusion simulate`` wrote for their simulated twins (the study's
 split; evaluation on any number of held-out patients), so both evaluate the same patients.
@@ -202,7 +202,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"deployed messages, rounds {deployment['rounds']} (seconds, mean over rounds and sites):")
     print(format_timeline(timeline))
-    print("deployment CPU seconds per round, by role (independent of the host's other load): "
+    print("deployment CPU seconds per round, by role: "
           + ", ".join(f"{role} {seconds:.2f}" for role, seconds in deployment["cpu_seconds_per_round"].items()))
     record_summary("deployment_overhead",
                    f"coordination overhead per round (round wall time - longest site training), 3 sites x "

@@ -1,7 +1,8 @@
 """CPU time of the deployment benchmark's processes, by role (``deployment_overhead.py``).
 
 A round's wall time on a shared host depends on what else runs there; the CPU seconds each process used during the
-round do not. The benchmark takes a snapshot at the end of each round (``cpu_by_role``): every live process whose
+round depend on it much less (they still grow with it: a slower round holds more polls, and contention makes each
+request cost more). The benchmark takes a snapshot at the end of each round (``cpu_by_role``): every live process whose
 environment carries the benchmark's marker (its work folder, inherited by every process it starts, down to the
 ServerApp and the site workers), its user + system time from ``/proc/PID/stat``, summed per role. ``per_round``
 turns consecutive snapshots into CPU seconds per round. A process that ends between two snapshots is not counted
