@@ -12,10 +12,11 @@ model (de)serialisation and evaluation. Prints the ratio; writes ``benchmarks/re
 (with the host's load average at the end).
 It also prints and records where each deployed message's time went, per message type (``message_timeline.py``:
 queue wait, process start, pull, handler, reply), from the coordinator's grid lines and the sites' ``timeline``
-lines. The deployed sites run ``fedfusion site run``'s default ``--pull-interval``, ``--threads 1`` (three site
-daemons share one host, as the simulation gives each simulated site one CPU; SITE_GUIDE.md section 6) and the
-privacy policy ``fedfusion simulate`` wrote for their simulated twins (the study's split; evaluation on any number
-of held-out patients), so both evaluate the same patients.
+lines, and the CPU seconds per round of each kind of deployed process (``process_cpu.py``: what a round costs the
+host, less tied to what else runs there). The deployed sites run ``fedfusion site run``'s default ``--pull-interval``,
+``--threads 1`` (three site daemons share one host, as the simulation gives each simulated site one CPU;
+SITE_GUIDE.md section 6) and the privacy policy ``fedfusion simulate`` wrote for their simulated twins (the study's
+split; evaluation on any number of held-out patients), so both evaluate the same patients.
 Every server binds to 127.0.0.1; every process started here is stopped by PID.
 """
 
@@ -30,7 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -45,6 +48,7 @@ from fedfusion.simulation.simulated_nodes import SIMULATED_SITES_DIR
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dp_overhead import record_summary
 from message_timeline import format_timeline, message_timeline, node_ids, site_spans
+from process_cpu import cpu_by_role, per_round
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITES = ("site-a", "site-b", "site-c")
@@ -64,8 +68,10 @@ def _fedfusion(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedfusion.cli", *args]
 
 
-def _round_end_times(command: list[str], env: dict[str, str], cwd: Path) -> tuple[dict[int, float], str]:
-    """Run ``command``, stamping each "round N train federation" line as it arrives; return stamps and output."""
+def _round_end_times(command: list[str], env: dict[str, str], cwd: Path,
+                     on_round_end: Callable[[int], None] = lambda r: None) -> tuple[dict[int, float], str]:
+    """Run ``command``, stamping each "round N train federation" line as it arrives (and calling
+    ``on_round_end(N)`` then); return stamps and output."""
     stamps: dict[int, float] = {}
     lines = []
     with subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -73,8 +79,9 @@ def _round_end_times(command: list[str], env: dict[str, str], cwd: Path) -> tupl
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            if match := ROUND_END.search(line):
-                stamps.setdefault(int(match.group(1)), time.monotonic())
+            if (match := ROUND_END.search(line)) and int(match.group(1)) not in stamps:
+                stamps[int(match.group(1))] = time.monotonic()
+                on_round_end(int(match.group(1)))
     output = "".join(lines)
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:5])} failed:\n{output[-3000:]}")
@@ -119,7 +126,7 @@ def _simulated_twin_policy(work: Path, site: str) -> Path:
     return policy
 
 
-def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str, list[float]], dict[str, object]]:
+def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, object]]:
     port = _free_port()
     consortium, state = work / "consortium", work / "coordinator"
     init_consortium(consortium, "coordinator", ["127.0.0.1"], list(SITES), port=port)
@@ -149,12 +156,15 @@ def _deployment(work: Path, cohort: Path, env: dict[str, str]) -> tuple[dict[str
                   str(site_state / "cache"), "--ledger-dir", str(site_state / "ledger"), "--device", "cpu",
                   "--runtime-port", str(_free_port()), "--policy-file", str(_simulated_twin_policy(work, site)),
                   "--threads", "1")
+        cpu: dict[int, dict[str, float]] = {}
         stamps, output = _round_end_times(
             _fedfusion("study", "start", "--state-dir", str(state), "--study-id", "bench", "--rounds", str(ROUNDS),
-                       "--set", "min-sites=3", *STUDY), env, work)
+                       "--set", "min-sites=3", *STUDY), env, work,
+            lambda r: cpu.__setitem__(r, cpu_by_role(str(work))))
         results = Path(re.search(r"results in (\S+)", output).group(1))  # type: ignore[union-attr]
         overheads = _overheads(stamps, results / "site_metrics.csv")
-        return overheads, _timeline(output, work / "sites", overheads["rounds"])
+        return ({**overheads, "cpu_seconds_per_round": per_round(cpu, overheads["rounds"])},
+                _timeline(output, work / "sites", overheads["rounds"]))
     finally:
         for process in reversed(started):
             _stop(process)
@@ -193,6 +203,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"deployed messages, rounds {deployment['rounds']} (seconds, mean over rounds and sites):")
     print(format_timeline(timeline))
+    print("deployment CPU seconds per round, by role: "
+          + ", ".join(f"{role} {seconds:.2f}" for role, seconds in deployment["cpu_seconds_per_round"].items()))
     record_summary("deployment_overhead",
                    f"coordination overhead per round (round wall time - longest site training), 3 sites x "
                    f"{ROUNDS} rounds: deployment {mean['deployment']:.1f} s vs simulation "

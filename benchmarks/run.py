@@ -19,8 +19,8 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 PRODUCT_ENV_FILE = BENCHMARKS.parent / "deploy" / "fedfusion.env"
-NOT_BENCHMARKS = frozenset({"message_timeline", "distributed_dp_sweep"})
-"""Modules here that are not benchmarks: a benchmark's helper (the deployment timeline) and a tuning tool (the
+NOT_BENCHMARKS = frozenset({"message_timeline", "process_cpu", "distributed_dp_sweep"})
+"""Modules here that are not benchmarks: a benchmark's helpers (the deployment timeline and CPU) and a tuning tool (the
 in-process distributed-DP sweep, which needs a cohort folder: docs/DP_RECIPE.md)."""
 
 

@@ -43,7 +43,10 @@ Flower internals used:
   does when it stops cleanly.
 - ``flwr.supernode.start_client_internal`` (its module global ``time``): the SuperNode's loop, whose fixed waits
   (3 s after an empty pull from the SuperLink, 0.5 s while a reply or its objects are not ready yet) a site
-  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion).
+  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion); its global ``pull_objects``,
+  wrapped to tell the site's SuperExec when a message is whole (``notify_when_message_pulled``).
+- ``flwr.supercore.inflatable.inflatable_utils.get_num_workers``: how many of a message's objects move at once,
+  widened to a packed message's three (``widen_object_transfers``).
 - ``flwr.superlink.grid.http_grid.HttpGrid``: the grid a deployed ServerApp gets (it pulls replies every 3 s), which
   the coordinator wraps (``is_superlink_grid``); ``flwr.proto.node_pb2.NodeInfo``: what ``Grid.get_nodes`` yields.
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
@@ -130,6 +133,7 @@ __all__ = [
     "LOCAL_PULL_BACKOFF_S",
     "MAX_ARRAY_CHUNK_BYTES",
     "OBJECT_PULLERS",
+    "OBJECT_TRANSFER_THREADS",
     "PINNED_FLOWER_VERSION",
     "PULL_BACKOFF_S",
     "SERVERAPP_GRID_MODULE",
@@ -164,6 +168,7 @@ __all__ = [
     "message_from_bytes",
     "message_to_bytes",
     "multikrum_selection",
+    "notify_when_message_pulled",
     "public_key_to_pem",
     "pull_task_input",
     "push_reply",
@@ -181,6 +186,7 @@ __all__ = [
     "task_error_reply",
     "trimmed_mean",
     "unregister_node",
+    "widen_object_transfers",
 ]
 
 # ---- Logging (flwr.supercore.logger) -------------------------------------------------------------------------------
@@ -722,6 +728,54 @@ def shorten_object_pull_backoff(module_name: str) -> None:
     module = importlib.import_module(module_name)
     module.pull_objects = functools.partial(  # type: ignore[attr-defined]
         pull_objects, initial_backoff=PULL_BACKOFF_S[0], backoff_cap=PULL_BACKOFF_S[1], max_tries_per_object=None)
+
+
+OBJECT_TRANSFER_THREADS = 3
+"""Objects of a message moved at once, at least, whatever the host's core count: a packed message is three objects
+(``fedfusion.array_packing``), so all three go in one round trip."""
+
+
+def widen_object_transfers() -> None:
+    """Make this process move `OBJECT_TRANSFER_THREADS` objects at once, at least, when it pulls or pushes a
+    message's objects (every ``pull_objects`` and ``push_object_contents_from_iterable`` of Flower's
+    ``flwr.supercore.inflatable.inflatable_utils``).
+
+    Flower moves at most ``FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS`` / ``_PUSHES`` objects at once (2 by default) and
+    never more than the host has cores (``get_num_workers``): on a 2-core host a message of three objects took two
+    round trips at each of its five transfers (the grid's push, the SuperNode's pull, the worker's pull and push, the
+    SuperNode's push, the grid's pull). Each transfer thread waits on a request, not on a core. The module's global
+    ``get_num_workers`` is replaced; ``tests/test_flower_compat.py`` fails when Flower sizes its pools otherwise.
+    """
+    import flwr.supercore.inflatable.inflatable_utils as transfers
+
+    transfers.get_num_workers = _object_transfer_threads
+
+
+def _object_transfer_threads(max_concurrent: int) -> int:
+    return max(max_concurrent, OBJECT_TRANSFER_THREADS)
+
+
+def notify_when_message_pulled(notify: Callable[[], None]) -> None:
+    """Make this process's SuperNode loop call ``notify()`` each time it has pulled a message's objects from the
+    SuperLink: the message is then whole in the SuperNode, its task already created (``create_task`` comes first).
+
+    Flower's ``_pull_and_store_message`` (``flwr.supernode.start_client_internal``) lists the message, creates its
+    task, pulls every object with the module's global ``pull_objects``, puts the objects in its store and confirms
+    the receipt to the SuperLink. That global is wrapped to call ``notify()`` once it returned (a few dict puts before
+    the store holds them: a ClientApp that asks that instant retries after `LOCAL_PULL_BACKOFF_S`), before the
+    confirmation's round trip. Call it after `shorten_object_pull_backoff` for the same module (``notify`` wraps the
+    shortened pull); ``tests/test_flower_compat.py`` fails when the loop stops pulling this way.
+    """
+    module = importlib.import_module(SUPERNODE_LOOP_MODULE)
+    pull = module.pull_objects
+
+    @functools.wraps(pull)
+    def pull_then_notify(*args: Any, **kwargs: Any) -> Any:
+        contents = pull(*args, **kwargs)
+        notify()
+        return contents
+
+    module.pull_objects = pull_then_notify  # type: ignore[attr-defined]
 
 
 def is_superlink_grid(grid: Grid) -> bool:

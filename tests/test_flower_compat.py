@@ -12,10 +12,12 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import os
 import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -513,3 +515,46 @@ def test_object_pulls_are_shortened_where_flower_calls_pull_objects_without_a_ba
     assert tries[-1] - tries[0] < 1.0  # Flower's own: 1 s, then 2 s
     with pytest.raises(ValueError, match="not one of"):
         flower_compat.shorten_object_pull_backoff("flwr.serverapp.grid.grid")
+
+
+def test_the_supernode_is_woken_after_it_pulled_a_messages_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(flower_compat.SUPERNODE_LOOP_MODULE)
+    monkeypatch.setattr(module, "pull_objects", module.pull_objects)  # restored after the test
+    source = inspect.getsource(module._pull_and_store_message)
+    steps = [source.index(step) for step in ("state.create_task(", "pull_objects(", "object_store.put(",
+                                             "confirm_message_received(")]
+    assert steps == sorted(steps)  # the task exists before the objects are pulled, which are stored, then confirmed
+    flower_compat.shorten_object_pull_backoff(flower_compat.SUPERNODE_LOOP_MODULE)
+    woken: list[int] = []
+    flower_compat.notify_when_message_pulled(lambda: woken.append(len(tries)))
+    tries: list[str] = []
+
+    def pull(object_id: str) -> bytes:  # unavailable once: the shortened retry still applies under the wrapper
+        tries.append(object_id)
+        if len(tries) < 2:
+            raise flower("flwr.supercore.inflatable.inflatable_utils", "ObjectUnavailableError")(object_id)
+        return b"content"
+
+    assert module.pull_objects(["id"], pull_object_fn=pull) == {"id": b"content"}
+    assert woken == [2]  # once, after the object came
+
+
+def test_object_transfers_move_a_packed_messages_three_objects_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    transfers = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
+    monkeypatch.setattr(transfers, "get_num_workers", transfers.get_num_workers)  # restored after the test
+    for function in (transfers.pull_objects, transfers.push_object_contents_from_iterable):
+        source = inspect.getsource(function)  # the pool of every pull and push is sized by the module's global
+        assert re.search(r"num_workers = get_num_workers\(max_concurrent_\w+\)", source), function.__name__
+        assert "ThreadPoolExecutor(max_workers=num_workers)" in source, function.__name__
+    assert transfers.get_num_workers(flower_compat.OBJECT_TRANSFER_THREADS) == min(
+        flower_compat.OBJECT_TRANSFER_THREADS, os.cpu_count() or 1)  # Flower's own: capped by the cores
+    flower_compat.widen_object_transfers()
+    assert transfers.get_num_workers(2) == flower_compat.OBJECT_TRANSFER_THREADS == 3
+    assert transfers.get_num_workers(8) == 8
+    barrier = threading.Barrier(3, timeout=10)
+
+    def pull(object_id: str) -> bytes:  # passes only when all three pulls are in flight together
+        barrier.wait()
+        return object_id.encode()
+
+    assert transfers.pull_objects(["a", "b", "c"], pull_object_fn=pull) == {"a": b"a", "b": b"b", "c": b"c"}

@@ -29,7 +29,8 @@ whole content into one record (``fedfusion.array_packing``; the site's ClientApp
 unpacks each reply's: three objects per message, where each record, array and chunk was one, each pulled by the site
 with its own request through the gateway. A reply whose packed content cannot be read is replaced by an error reply
 (``UNREADABLE_REPLY_CODE``, naming the node), so one site's garbage counts as its failure instead of ending the
-ServerApp.
+ServerApp. It moves a message's three objects at once (``fedfusion.flower_compat.widen_object_transfers``), where
+Flower moves two at a time on a 2-core host.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from fedfusion.flower_compat import (
     Run,
     is_superlink_grid,
     shorten_object_pull_backoff,
+    widen_object_transfers,
 )
 from fedfusion.protocol import CONFIG_RECORD, SERVER_ROUND_KEY, UNREADABLE_REPLY_CODE
 
@@ -95,6 +97,7 @@ def prompt(grid: Grid) -> Grid:
     if not is_superlink_grid(grid):
         return grid
     shorten_object_pull_backoff(SERVERAPP_GRID_MODULE)
+    widen_object_transfers()
     return PromptGrid(grid)
 
 

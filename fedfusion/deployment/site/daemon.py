@@ -6,7 +6,8 @@ Two processes in the foreground until SIGTERM/SIGINT:
    API on 127.0.0.1 only; it opens no port to the network;
 2. the site's SuperExec (``fedfusion.deployment.site.site_exec``), which hands each ClientApp task to its run's worker;
    it proves itself to the SuperNode with Flower's SuperExec HMAC (a secret made fresh at every start), so no
-   other local process can take the site's tasks.
+   other local process can take the site's tasks; the SuperNode wakes it when a message has arrived
+   (``task_wake.py``: a Unix socket in the state folder).
 If either exits, the other is stopped; the exit code is the SuperNode's (1 for every Flower error; Flower's own code,
 e.g. 305 when the site's key is not registered at the coordinator, is in supernode.log), or 0 after SIGTERM.
 A coordinator that is down or restarting is not an exit: the SuperNode retries forever (``connection_watch.py``
@@ -39,6 +40,7 @@ from fedfusion.deployment.processes import check_port_free, flower_env, start_pr
 from fedfusion.deployment.site.app_approval import APPROVED_APPS_FILE, load_approvals
 from fedfusion.deployment.site.connection_watch import ConnectionWatch
 from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, launch_command
+from fedfusion.deployment.site.task_wake import task_wake_path
 from fedfusion.errors import ConfigError
 from fedfusion.flower_compat import SUPERNODE_ID_LOG_TEXT, deactivate_supernode
 from fedfusion.provisioning.key_files import write_private
@@ -118,6 +120,7 @@ def run_site(options: SiteOptions) -> int:
     node_config = {**options.node_config, "site-name": bundle.site_name}
     superlink = options.superlink or bundle.superlink
     logs = options.state_dir / "logs"
+    task_wake_socket = task_wake_path(options.state_dir)  # a state folder too deep for it fails before anything runs
     if stop_predecessor(options.state_dir, f"site daemon of {bundle.site_name}") is not None:
         _mark_offline(bundle, superlink, logs / "supernode.log")
     check_port_free("127.0.0.1", options.runtime_port, "--runtime-port")
@@ -126,7 +129,7 @@ def run_site(options: SiteOptions) -> int:
     env = flower_env(options.state_dir / "flwr-home")
     worker_env = {**env, **thread_limits(options.threads)}  # checked before anything starts
     runtime_address = f"127.0.0.1:{options.runtime_port}"
-    supernode = start_process(launch_command(options.pull_interval, [
+    supernode = start_process(launch_command(options.pull_interval, task_wake_socket, [
         "--superlink", superlink, "--root-certificates", str(bundle.root_certificates), "--auth-supernode-private-key",
         str(bundle.private_key), "--node-config", node_config_arg(node_config), "--isolation", "process",
         "--superexec-auth-secret-file", str(secret_file), "--host", "127.0.0.1", "--port", str(options.runtime_port)]),
@@ -134,7 +137,8 @@ def run_site(options: SiteOptions) -> int:
     site_exec = start_process(
         [sys.executable, "-m", "fedfusion.deployment.site.site_exec", "--runtime-api-address", runtime_address,
          "--approved-apps", str(options.approved_apps), "--site-name", bundle.site_name,
-         "--superexec-auth-secret-file", str(secret_file), "--parent-pid", str(supernode.pid)],
+         "--superexec-auth-secret-file", str(secret_file), "--task-wake-socket", str(task_wake_socket),
+         "--parent-pid", str(supernode.pid)],
         logs / "site-exec.log", worker_env)
     record_processes(options.state_dir, {"supernode": supernode.pid, "site-exec": site_exec.pid})
     logger.info("site %s: SuperNode (pid %d) dialing %s; SuperExec (pid %d); logs in %s", bundle.site_name,

@@ -2,8 +2,9 @@
 
 Flower's ``flower-superexec`` starts a fresh ``flwr-clientapp`` for every task (and would start agent, model or
 connector tasks too); a fedfusion site runs its SuperNode with ``--isolation process`` and this loop instead, which
-asks only for ClientApp tasks, every `POLL_INTERVAL_S` while a study is active (every `IDLE_POLL_INTERVAL_S` after
-`ACTIVE_WINDOW_S` without a task, so an idle site costs almost nothing). For the first task of a Flower run it starts
+asks only for ClientApp tasks: when its SuperNode wakes it because a message has arrived whole
+(``task_wake.py``), and at least every ``task_wake.FALLBACK_POLL_S`` (an idle site costs almost nothing). For the
+first task of a Flower run it starts
 a long-lived worker (``fedfusion.deployment.site.site_worker``) and writes that task and every later task of the run
 to the worker's stdin, one line each; the worker checks every task's app against the site's allow-list before
 anything of it is installed. A worker that died is logged with its exit code and replaced at the next task of its
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedfusion.deployment.site.site_worker import TaskLine
+from fedfusion.deployment.site.task_wake import FALLBACK_POLL_S, TaskWakeListener
 from fedfusion.flower_compat import (
     AcquiredTask,
     acquire_client_app_task,
@@ -40,12 +42,6 @@ from fedfusion.flower_compat import (
 
 logger = logging.getLogger("fedfusion.site")
 
-POLL_INTERVAL_S = 0.05
-"""Between two ``AcquireTask`` calls to the SuperNode while a study is active (measured: this loop 2.5% and the
-SuperNode 4.5% of one core when no task comes)."""
-IDLE_POLL_INTERVAL_S = 0.5
-"""Between two ``AcquireTask`` calls once no task came for `ACTIVE_WINDOW_S` (0.3% and 0.7% of one core)."""
-ACTIVE_WINDOW_S = 120.0
 WORKER_IDLE_TIMEOUT_S = 1800.0
 """A run's worker is stopped after this long without a task (a run has ended, or waits for a long time)."""
 WORKER_STOP_TIMEOUT_S = 10.0
@@ -141,8 +137,9 @@ class SiteWorkers:
 
 
 def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, parent_pid: int | None,
-                  auth_secret: bytes | None) -> None:
-    """Poll the SuperNode for ClientApp tasks and hand each to its run's worker until stopped."""
+                  auth_secret: bytes | None, task_wake_socket: Path) -> None:
+    """Ask the SuperNode for ClientApp tasks when it wakes this process at ``task_wake_socket`` (and at least every
+    `FALLBACK_POLL_S`) and hand each to its run's worker until stopped."""
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -153,23 +150,23 @@ def run_site_exec(runtime_api_address: str, approved_apps: Path, site: str, pare
     signal.signal(signal.SIGINT, stop)
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)  # raises SIGINT here when the SuperNode is gone
+    wake = TaskWakeListener(task_wake_socket)
     client = runtime_api_client(runtime_api_address, auth_secret)
     workers = SiteWorkers(runtime_api_address, approved_apps, site)
-    last_task = -ACTIVE_WINDOW_S
     try:
         while not stopping.is_set():
             task = acquire_client_app_task(client)
             if task is not None:
-                acquired, last_task = time.time(), time.monotonic()
+                acquired = time.time()
                 logger.info("task %d of run %d acquired at %.3f", task.task_id, task.run_id, acquired)
                 workers.hand(task, acquired)
                 continue  # another task may be waiting
             workers.tend()
-            active = time.monotonic() - last_task < ACTIVE_WINDOW_S
-            stopping.wait(POLL_INTERVAL_S if active else IDLE_POLL_INTERVAL_S)
+            wake.wait(FALLBACK_POLL_S)
     finally:
         workers.stop_all()
         client.close()
+        wake.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -180,11 +177,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--site-name", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--superexec-auth-secret-file", default=None)
+    parser.add_argument("--task-wake-socket", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     run_site_exec(args.runtime_api_address, args.approved_apps, args.site_name, args.parent_pid,
-                  load_superexec_auth_secret(args.superexec_auth_secret_file))
+                  load_superexec_auth_secret(args.superexec_auth_secret_file), args.task_wake_socket)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from fedfusion.flower_compat import (
     push_task_output,
     start_task_heartbeat,
     task_error_reply,
+    widen_object_transfers,
 )
 
 logger = logging.getLogger("fedfusion.site")
@@ -199,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     set_parent_death_signal(signal.SIGTERM)
+    widen_object_transfers()  # a message's three objects pulled, and the reply's pushed, at once
     if os.getppid() != args.parent_pid:  # the SuperExec died before the line above
         sys.exit(1)
     SiteWorker(args.runtime_api_address, args.approved_apps, args.site_name, args.run_id).serve(sys.stdin)

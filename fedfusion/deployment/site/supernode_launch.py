@@ -1,5 +1,5 @@
 """Flower's SuperNode with a site's polling waits: ``python -m fedfusion.deployment.site.supernode_launch
---pull-interval SECONDS -- FLOWER_SUPERNODE_ARGUMENTS...`` (started by ``fedfusion site run``).
+--pull-interval SECONDS --task-wake-socket PATH -- FLOWER_SUPERNODE_ARGUMENTS...`` (started by ``fedfusion site run``).
 
 Flower 1.41's SuperNode asks the SuperLink for a message, and after an answer with none it waits a fixed 3 s before
 it asks again; while the ClientApp works on a message it checks every 0.5 s whether the reply is ready. A message
@@ -9,7 +9,9 @@ evaluate). This launcher shortens both waits (``fedfusion.flower_compat.shorten_
 to ``--pull-interval``, the local check to `LOCAL_WAIT_S`) and then runs the function of Flower's own
 ``flower-supernode`` console script with the arguments after ``--``: everything else is Flower's. It also shortens
 the SuperNode's backoff while it pulls a message's objects that the coordinator is still uploading
-(``fedfusion.flower_compat.shorten_object_pull_backoff``: Flower's first retry after 1 s cost a train message 1-3 s).
+(``fedfusion.flower_compat.shorten_object_pull_backoff``: Flower's first retry after 1 s cost a train message 1-3 s),
+and wakes the site's SuperExec at ``--task-wake-socket`` once it holds a message's objects (``task_wake.py``); it moves
+a message's three objects at once (``fedfusion.flower_compat.widen_object_transfers``).
 
 The default pull interval, `DEFAULT_PULL_INTERVAL_S` (0.1 s), is 10 pull requests per second from each idle site to
 the coordinator's gateway (Flower's own: 0.33 per second), each checked by the gateway (one signature) and answered
@@ -28,8 +30,16 @@ import argparse
 import importlib.metadata
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from fedfusion.flower_compat import SUPERNODE_LOOP_MODULE, shorten_object_pull_backoff, shorten_supernode_waits
+from fedfusion.deployment.site.task_wake import task_wake_sender
+from fedfusion.flower_compat import (
+    SUPERNODE_LOOP_MODULE,
+    notify_when_message_pulled,
+    shorten_object_pull_backoff,
+    shorten_supernode_waits,
+    widen_object_transfers,
+)
 
 DEFAULT_PULL_INTERVAL_S = 0.1
 """Seconds a site's SuperNode waits after a pull that brought no message (Flower's own: 3)."""
@@ -55,9 +65,11 @@ def pull_interval(text: str) -> float:
     return seconds
 
 
-def launch_command(interval: float, supernode_arguments: Sequence[str]) -> list[str]:
-    """The command line that runs ``flower-supernode supernode_arguments`` with the pull interval ``interval``."""
-    return [sys.executable, "-m", __name__, "--pull-interval", str(interval), "--", *supernode_arguments]
+def launch_command(interval: float, task_wake_socket: Path, supernode_arguments: Sequence[str]) -> list[str]:
+    """The command line that runs ``flower-supernode supernode_arguments`` with the pull interval ``interval``,
+    waking the SuperExec at ``task_wake_socket``."""
+    return [sys.executable, "-m", __name__, "--pull-interval", str(interval), "--task-wake-socket",
+            str(task_wake_socket), "--", *supernode_arguments]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,12 +78,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog=f"python -m {__name__}", description="Run flower-supernode with a shorter wait between its pulls.")
     parser.add_argument("--pull-interval", type=pull_interval, default=DEFAULT_PULL_INTERVAL_S,
                         help="seconds between the SuperNode's pulls while it has no message (default: %(default)s)")
+    parser.add_argument("--task-wake-socket", type=Path, required=True,
+                        help="the site SuperExec's wake-up socket (task_wake.py)")
     parser.add_argument("supernode_arguments", nargs=argparse.REMAINDER,
                         help="-- then flower-supernode's arguments")
     args = parser.parse_args(argv)
     arguments = args.supernode_arguments[1:] if args.supernode_arguments[:1] == ["--"] else args.supernode_arguments
     shorten_supernode_waits(args.pull_interval, LOCAL_WAIT_S)
     shorten_object_pull_backoff(SUPERNODE_LOOP_MODULE)
+    notify_when_message_pulled(task_wake_sender(args.task_wake_socket))  # after: it wraps the shortened pull
+    widen_object_transfers()
     (script,) = importlib.metadata.entry_points(group="console_scripts", name=FLOWER_SUPERNODE_SCRIPT)
     sys.argv = [FLOWER_SUPERNODE_SCRIPT, *arguments]  # Flower's entry reads its arguments from sys.argv
     raise SystemExit(script.load()())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,12 +15,12 @@ from fedfusion.deployment.site.supernode_launch import DEFAULT_PULL_INTERVAL_S, 
 
 
 def test_the_launch_command_runs_flowers_supernode_entry_after_installing_the_waits(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     loop = importlib.import_module("flwr.supernode.start_client_internal")
     monkeypatch.setattr(loop, "time", loop.time)  # all three restored after the test
     monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    command = launch_command(0.05, ["--help"])
+    command = launch_command(0.05, tmp_path / "wake.sock", ["--help"])
     assert command[:3] == [sys.executable, "-m", supernode_launch.__name__]
     with pytest.raises(SystemExit) as ended:
         supernode_launch.main(command[3:])  # what `python -m` runs, in this process
@@ -36,7 +37,7 @@ def test_the_launch_command_runs_flowers_supernode_entry_after_installing_the_wa
 @pytest.mark.parametrize("value", ["0.01", "4", "soon"])
 def test_a_pull_interval_out_of_range_is_refused_naming_the_option(value: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--pull-interval", value, "--", "--help"],
+    for argv in (["--pull-interval", value, "--task-wake-socket", "w", "--", "--help"],
                  ["site", "run", "bundle", "--state-dir", "s", "--data-dir", "d", "--pull-interval", value]):
         with pytest.raises(SystemExit) as refused:
             (supernode_launch.main if argv[0] == "--pull-interval" else fedfusion_main)(argv)
