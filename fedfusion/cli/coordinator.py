@@ -3,6 +3,7 @@
     coordinator run   the SuperLink (loopback) and the Fleet gateway (network), in the foreground
     study prepare     write a study's Flower app and print its FAB hash, for the sites to approve
     study start       submit a (prepared) study to the running coordinator and follow it, or --resubmit one
+    study feature-scaling   the study-fixed input scaling from a reference cohort (``cli/feature_scaling.py``)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import tomli_w
 
+from fedfusion.cli.feature_scaling import register as register_feature_scaling
 from fedfusion.cli.study_options import add_study_options, study_from_args
 from fedfusion.deployment.coordinator.fleet_gateway import (
     DEFAULT_MAX_BODY_MB,
@@ -89,6 +91,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "the synthetic cohort's study schema, the worked example to start a study's schema from.")
     defaults.add_argument("--schema", action="store_true", help="print the example study schema (study.toml)")
     defaults.set_defaults(handler=_defaults)
+    register_feature_scaling(study_actions)
 
 
 def _coordinator_settings_options(parser: argparse.ArgumentParser) -> None:
