@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import tomli_w
@@ -29,6 +30,7 @@ from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.run_config import DEFAULT_ROUND_TIMEOUT_S, CoordinatorSettings
+from fedfusion.study.schema import feature_scaling_file
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -108,7 +110,11 @@ def _coordinator_settings(args: argparse.Namespace) -> CoordinatorSettings:
 
 def _defaults(args: argparse.Namespace) -> int:
     if args.schema:
-        print(SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8"), end="")
+        text = SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8")
+        scaling = feature_scaling_file(SYNTHETIC_SCHEMA_FILE)
+        if scaling is not None:  # the printed copy lives elsewhere: it names the installed file by its full path
+            text = text.replace(f'"{scaling.name}"', json.dumps(str(scaling)))
+        print(text, end="")
         return 0
     keys = {k: v for k, v in StudyConfig().to_run_config().items() if k != "schema"}
     print(tomli_w.dumps(keys) + "# schema: a file given with --schema (`fedfusion study defaults --schema` prints "

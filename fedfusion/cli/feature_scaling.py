@@ -13,16 +13,17 @@ reserved one and a folder with a site that holds a privacy ledger (a study's sit
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fedfusion.atomic_io import atomic_write_text
 from fedfusion.cli.study_options import parse_key_value
+from fedfusion.data.cohort import load_site_cohort
 from fedfusion.data.cohort_index import COHORT_INDEX_FILE, SCHEMA_FILE, find_sites, read_cohort_index
 from fedfusion.data.reference_scaling import SYNTHETIC_REFERENCE_SEED, reference_scaling
-from fedfusion.errors import ConfigError
+from fedfusion.data.slides.prepare import prepare_slide_features
+from fedfusion.errors import ConfigError, DataError
 from fedfusion.privacy.ledger import LEDGER_DIR_NAME
-from fedfusion.simulation.cohort_folder import SimulationCohort
-from fedfusion.simulation.local_study import prepare_sites
 from fedfusion.study.config import StudyConfig
 from fedfusion.study.feature_scaling import feature_scaling_json
 from fedfusion.study.schema import load_schema
@@ -43,6 +44,8 @@ def register(study_actions: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a study config key that shapes the features (encoder, tile-size, ...); repeatable")
     parser.add_argument("--device", default="cpu", help="where slide features are extracted (default: cpu)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="slides extracted in parallel (default: the CPU count, %(default)s)")
     parser.set_defaults(handler=_feature_scaling)
 
 
@@ -56,8 +59,15 @@ def _feature_scaling(args: argparse.Namespace) -> int:
     schema = load_schema(schema_file).without_feature_scaling()
     overrides = dict(parse_key_value(item) for item in args.overrides)
     study = StudyConfig.from_run_config({**StudyConfig().to_run_config(), **overrides, "schema": schema.to_json()})
-    cohorts = prepare_sites(study, SimulationCohort(root, tuple(sites), None), args.device, print)
-    records = [p for c in cohorts for p in (*c.train, *c.test, *c.validation)]
+    records = []
+    for site in sites:
+        if "wsi" in schema.modalities:
+            summary = prepare_slide_features(site.site_dir, study, device=args.device, workers=args.workers,
+                                             progress=print)
+            if not summary.ok:
+                raise DataError(summary.report())
+        cohort = load_site_cohort(site.site_dir, study)
+        records += [*cohort.train, *cohort.test, *cohort.validation]
     wsi, omics = reference_scaling(records, schema)
     reference = _describe(root, len(records))
     atomic_write_text(args.out, feature_scaling_json(reference, wsi, omics))

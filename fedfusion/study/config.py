@@ -269,8 +269,10 @@ class StudyConfig:
             raise ConfigError(f"study config 'fusion' must be one of {FUSIONS}, got '{self.fusion}'")
         wsi_scaling = StudySchema.from_json(self.schema).wsi_scaling  # a schema that does not parse fails here
         if wsi_scaling is not None and wsi_scaling.width != self.tile_feature_dim:
-            raise ConfigError(f"study schema's feature-scaling 'wsi' has {wsi_scaling.width} columns but study config "
-                              f"'tile-feature-dim' is {self.tile_feature_dim}")
+            raise ConfigError(f"study schema's feature-scaling 'wsi' has {wsi_scaling.width} columns but study "
+                              f"config 'tile-feature-dim' is {self.tile_feature_dim}: the constants belong to the "
+                              "encoder they were computed with; compute them for this one (fedfusion study "
+                              "feature-scaling) or leave the schema's [study] feature-scaling out")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.max_background <= 1:
