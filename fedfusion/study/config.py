@@ -34,11 +34,12 @@ AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 DP_RECIPES: dict[str, dict[str, Any]] = {
     "local": {},
     "distributed": {"dp_mode": "distributed", "sample_rate": 1.0, "num_server_rounds": 20,
-                    "server_learning_rate": 2.0},
+                    "server_learning_rate": 1.0, "model": "linear"},
 }
 """Named DP recipes (``--dp-recipe``): study keys set beneath the user's own. 'local' is the defaults below (local
 DP-SGD at every site). 'distributed' is distributed DP's recipe measured best (docs/DP_RECIPE.md): every site's
-training patients in each round (DP full-batch gradient descent of the federation), 20 rounds, server step 2.0;
+training patients in each round (DP full-batch gradient descent of the federation), 20 rounds, server step 1.0, the
+linear model on the schema's study-fixed input scaling;
 the default of ``scripts/simulate``, opt-in elsewhere (its trust assumption: docs/THREAT_MODEL.md)."""
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
