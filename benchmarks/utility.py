@@ -69,7 +69,7 @@ class Arm:
 
 DISTRIBUTED = DP_RECIPES["distributed"]
 """Distributed DP's recipe (``--dp-recipe distributed``, the default of ``scripts/simulate``): one DP gradient step
-of the federation per round over every site's training patients, 20 rounds, server step 2.0."""
+of the federation per round over every site's training patients, 20 rounds, server step 1.0, the linear model."""
 LINEAR = {"model": "linear"}
 """The small-cohort model (``models/linear_survival.py``)."""
 ARMS: dict[str, tuple[Arm, ...]] = {

@@ -7,20 +7,23 @@ fewer modalities, and ``patient`` to build a record of such a study from plain v
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from fedfusion.data.patient_records import ClassLabel, PatientRecord, SiteCohort, SurvivalLabel
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
-from fedfusion.study.schema import StudySchema, load_schema
+from fedfusion.study.schema import StudySchema, feature_scaling_file, load_schema
 
 
 def schema_json(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float] = (12.0, 24.0, 36.0, 60.0),
                 modalities: Sequence[str] = ("wsi", "omics", "clinical")) -> str:
-    """The synthetic schema with ``genes`` expression genes, ``cnv_genes`` copy-number genes (0: no such layer)."""
-    base = load_schema(SYNTHETIC_SCHEMA_FILE)
+    """The synthetic schema with ``genes`` expression genes, ``cnv_genes`` copy-number genes (0: no such layer);
+    without its feature scaling (fitted to the full panels and the default encoder)."""
+    base = load_schema(SYNTHETIC_SCHEMA_FILE).without_feature_scaling()
     expression, copy_number = base.omics
     layers = [dataclasses.replace(expression, genes=expression.genes[:genes])]
     if cnv_genes:
@@ -30,6 +33,15 @@ def schema_json(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float
                          tasks=(dataclasses.replace(survival, time_bins=tuple(float(t) for t in time_bins)), subtype),
                          omics=tuple(layers), name="test")
     return schema.to_json()
+
+
+def copy_schema(source_dir: Path, target_dir: Path) -> None:
+    """Copy a cohort's ``study.toml`` and the feature-scaling file it names (if any) into ``target_dir``."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source_dir / "study.toml", target_dir / "study.toml")
+    scaling = feature_scaling_file(source_dir / "study.toml")
+    if scaling is not None:
+        shutil.copy(scaling, target_dir / scaling.name)
 
 
 def study_with(*, genes: int = 5, cnv_genes: int = 0, time_bins: Sequence[float] = (12.0, 24.0, 36.0, 60.0),

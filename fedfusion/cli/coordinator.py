@@ -3,15 +3,18 @@
     coordinator run   the SuperLink (loopback) and the Fleet gateway (network), in the foreground
     study prepare     write a study's Flower app and print its FAB hash, for the sites to approve
     study start       submit a (prepared) study to the running coordinator and follow it, or --resubmit one
+    study feature-scaling   the study-fixed input scaling from a reference cohort (``cli/feature_scaling.py``)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import tomli_w
 
+from fedfusion.cli.feature_scaling import register as register_feature_scaling
 from fedfusion.cli.study_options import add_study_options, study_from_args
 from fedfusion.deployment.coordinator.fleet_gateway import (
     DEFAULT_MAX_BODY_MB,
@@ -27,6 +30,7 @@ from fedfusion.deployment.logging_setup import log_to_file
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
 from fedfusion.study.run_config import DEFAULT_ROUND_TIMEOUT_S, CoordinatorSettings
+from fedfusion.study.schema import feature_scaling_file
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,6 +93,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "the synthetic cohort's study schema, the worked example to start a study's schema from.")
     defaults.add_argument("--schema", action="store_true", help="print the example study schema (study.toml)")
     defaults.set_defaults(handler=_defaults)
+    register_feature_scaling(study_actions)
 
 
 def _coordinator_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +110,11 @@ def _coordinator_settings(args: argparse.Namespace) -> CoordinatorSettings:
 
 def _defaults(args: argparse.Namespace) -> int:
     if args.schema:
-        print(SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8"), end="")
+        text = SYNTHETIC_SCHEMA_FILE.read_text(encoding="utf-8")
+        scaling = feature_scaling_file(SYNTHETIC_SCHEMA_FILE)
+        if scaling is not None:  # the printed copy lives elsewhere: it names the installed file by its full path
+            text = text.replace(f'"{scaling.name}"', json.dumps(str(scaling)))
+        print(text, end="")
         return 0
     keys = {k: v for k, v in StudyConfig().to_run_config().items() if k != "schema"}
     print(tomli_w.dumps(keys) + "# schema: a file given with --schema (`fedfusion study defaults --schema` prints "

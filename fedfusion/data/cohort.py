@@ -2,7 +2,8 @@
 
 Reads the site layout of docs/SITE_DATA.md (``manifest.csv``, ``clinical.csv``, one table per schema omics layer
 (``table_sources``) and the slides) as the study schema declares it. A patient lacking slides or an omics layer
-keeps it as None. The split is the schema's split column, or else a per-patient hash rule
+keeps it as None. Tile features and omics vectors get the schema's study-fixed scaling (``feature-scaling``), if any.
+The split is the schema's split column, or else a per-patient hash rule
 (``fedfusion.data.patient_split``): the study's seed and test fraction, or the site's own (``split``).
 """
 
@@ -24,6 +25,7 @@ from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.data.tables.site_tables import read_site_tables
 from fedfusion.errors import ConfigError, DataError
 from fedfusion.study.config import StudyConfig
+from fedfusion.study.feature_scaling import ColumnScaling
 from fedfusion.study.schema import SPLITS, StudySchema
 
 
@@ -76,8 +78,9 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
         bags = [features[s] for s in entry.slides if s in features]
         record = PatientRecord(
             patient_id=entry.patient_id,
-            tile_features=np.concatenate(bags, axis=0) if bags else None,
-            omics=tuple(tables.layers[layer.name].sample_vector(entry.samples[layer.name], entry.patient_id)
+            tile_features=_scaled(np.concatenate(bags, axis=0), schema.wsi_scaling) if bags else None,
+            omics=tuple(_scaled(tables.layers[layer.name].sample_vector(entry.samples[layer.name], entry.patient_id),
+                                layer.scaling)
                         if layer.name in entry.samples and layer.name in tables.layers else None
                         for layer in schema.omics),
             clinical=row.covariates, labels=row.labels, radiology=radiology.get(entry.patient_id))
@@ -91,6 +94,11 @@ def load_site_cohort(site_dir: Path, study: StudyConfig, *, cache_dir: Path | No
                     if "wsi" in schema.modalities else ""))
     report(f"site {site_dir.name}: {notes[-1]}")
     return cohort
+
+
+def _scaled(values: npt.NDArray[np.float32], scaling: ColumnScaling | None) -> npt.NDArray[np.float32]:
+    """The schema's study-fixed scaling of one modality's input (``fedfusion.study.feature_scaling``), if any."""
+    return values if scaling is None else scaling.apply(values)
 
 
 def _summary(cohort: SiteCohort, schema: StudySchema, split_rule: str) -> str:

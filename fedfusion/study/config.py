@@ -34,11 +34,12 @@ AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum", "multi-krum")
 DP_RECIPES: dict[str, dict[str, Any]] = {
     "local": {},
     "distributed": {"dp_mode": "distributed", "sample_rate": 1.0, "num_server_rounds": 20,
-                    "server_learning_rate": 2.0},
+                    "server_learning_rate": 1.0, "model": "linear"},
 }
 """Named DP recipes (``--dp-recipe``): study keys set beneath the user's own. 'local' is the defaults below (local
 DP-SGD at every site). 'distributed' is distributed DP's recipe measured best (docs/DP_RECIPE.md): every site's
-training patients in each round (DP full-batch gradient descent of the federation), 20 rounds, server step 2.0;
+training patients in each round (DP full-batch gradient descent of the federation), 20 rounds, server step 1.0, the
+linear model on the schema's study-fixed input scaling;
 the default of ``scripts/simulate``, opt-in elsewhere (its trust assumption: docs/THREAT_MODEL.md)."""
 RUN_KEYS = frozenset({"study-id", "results-dir", "round-timeout"})
 """Run-config keys of a study's run that are not part of the study (``fedfusion.study.run_config``)."""
@@ -267,7 +268,12 @@ class StudyConfig:
                               f"got {self.secure_aggregation_threshold}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"study config 'fusion' must be one of {FUSIONS}, got '{self.fusion}'")
-        StudySchema.from_json(self.schema)  # a schema that does not parse fails here, naming the key
+        wsi_scaling = StudySchema.from_json(self.schema).wsi_scaling  # a schema that does not parse fails here
+        if wsi_scaling is not None and wsi_scaling.width != self.tile_feature_dim:
+            raise ConfigError(f"study schema's feature-scaling 'wsi' has {wsi_scaling.width} columns but study "
+                              f"config 'tile-feature-dim' is {self.tile_feature_dim}: the constants belong to the "
+                              "encoder they were computed with; compute them for this one (fedfusion study "
+                              "feature-scaling) or leave the schema's [study] feature-scaling out")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"study config 'test-fraction' must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.max_background <= 1:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.errors import ConfigError
+from fedfusion.study.feature_scaling import ColumnScaling, read_feature_scaling
 
 MODALITIES = ("wsi", "omics", "clinical", "radiology")
 """Model branches, in the order of the model's modality mask."""
@@ -165,6 +166,9 @@ class OmicsLayer:
     file: str
     """Default table file stem in a site folder (``<file>.csv``, ``.tsv``, ``.csv.gz``, ``.tsv.gz``, ``.parquet``);
     a site's ``tables.toml`` may name another file."""
+    scaling: ColumnScaling | None = None
+    """Study-fixed per-gene centre and scale after the units' transform (the schema's ``feature-scaling`` file;
+    ``fedfusion.study.feature_scaling``); None: used as transformed."""
 
     @property
     def width(self) -> int:
@@ -231,6 +235,9 @@ class StudySchema:
     split_column: str = ""
     name: str = ""
     radiology: RadiologySpec | None = None
+    wsi_scaling: ColumnScaling | None = None
+    """Study-fixed per-column centre and scale of the tile features (the schema's ``feature-scaling`` file); None:
+    the encoder's features as they are."""
 
     def __post_init__(self) -> None:
         _validate(self, "study schema")
@@ -276,12 +283,20 @@ class StudySchema:
         """The same schema fusing only ``modalities`` (single-modality baselines)."""
         return replace(self, modalities=tuple(m for m in MODALITIES if m in modalities))
 
+    def without_feature_scaling(self) -> StudySchema:
+        """The same schema with the tile features and omics layers unscaled (the inputs a reference is taken of)."""
+        return replace(self, wsi_scaling=None, omics=tuple(replace(layer, scaling=None) for layer in self.omics))
+
     # ---- serialisation ---------------------------------------------------------------------
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): what the run config carries and the study id hashes."""
         fields_ = asdict(self)
-        if self.radiology is None:  # absent, so a schema without radiology keeps the JSON (and study id) it had
-            del fields_["radiology"]
+        for key in ("radiology", "wsi_scaling"):  # absent, so a schema without them keeps the JSON (and study id)
+            if fields_[key] is None:                 # it had
+                del fields_[key]
+        for layer in fields_["omics"]:
+            if layer["scaling"] is None:
+                del layer["scaling"]
         return json.dumps(fields_, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -298,9 +313,11 @@ def _schema_from_json(text: str) -> StudySchema:
             modalities=tuple(raw["modalities"]),
             covariates=tuple(Covariate(**_tuples(c)) for c in raw["covariates"]),
             tasks=tuple(Task(**_tuples(t)) for t in raw["tasks"]),
-            omics=tuple(OmicsLayer(**_tuples(o)) for o in raw["omics"]),
+            omics=tuple(OmicsLayer(**{**_tuples(o), "scaling": _scaling_from_json(o.get("scaling"))})
+                        for o in raw["omics"]),
             split_column=str(raw.get("split_column", "")), name=str(raw.get("name", "")),
-            radiology=_radiology_from_json(raw.get("radiology")))
+            radiology=_radiology_from_json(raw.get("radiology")),
+            wsi_scaling=_scaling_from_json(raw.get("wsi_scaling")))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"study config 'schema': not a study schema ({type(exc).__name__}: {exc})") from exc
 
@@ -313,13 +330,17 @@ def _radiology_from_json(raw: Mapping[str, Any] | None) -> RadiologySpec | None:
     return RadiologySpec(**fields_)
 
 
+def _scaling_from_json(raw: Mapping[str, Any] | None) -> ColumnScaling | None:
+    return None if raw is None else ColumnScaling.of(raw)
+
+
 def _tuples(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
 
 
 # ---- TOML -------------------------------------------------------------------------------------
 
-_STUDY_KEYS = {"name", "modalities", "split-column"}
+_STUDY_KEYS = {"name", "modalities", "split-column", "feature-scaling"}
 _COVARIATE_KEYS = {"name", "type", "center", "scale", "range", "log", "levels", "other", "positive", "negative",
                    "missing", "fill"}
 _TASK_KEYS = {"name", "type", "weight", "time", "unit", "event", "event-meaning", "time-bins", "label", "classes",
@@ -345,6 +366,16 @@ def load_schema(path: Path) -> StudySchema:
     return schema_from_toml(raw, path)
 
 
+def feature_scaling_file(path: Path) -> Path | None:
+    """The feature-scaling file a schema file names beside itself (``[study] feature-scaling``), or None; a copy of
+    the schema elsewhere (``fedfusion synth`` writes one into each cohort) needs it beside it too."""
+    try:
+        name = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("study", {}).get("feature-scaling")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"study schema {path}: cannot be read ({type(exc).__name__})") from exc
+    return Path(path).parent / name if isinstance(name, str) else None
+
+
 def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
     """Validate parsed schema TOML (``path`` names the file in messages and anchors relative panel files)."""
     where = f"study schema {path}"
@@ -361,10 +392,20 @@ def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
     default_modalities = [m for m, present in (("wsi", False), ("omics", bool(omics)), ("clinical", bool(covariates)),
                                                ("radiology", radiology is not None)) if present]
     modalities = _strings(study.get("modalities", default_modalities), f"{where}: [study] modalities")
+    wsi_scaling = None
+    if "feature-scaling" in study:
+        scaling_file = path.parent / _str(study["feature-scaling"], f"{where}: [study] feature-scaling")
+        try:
+            scalings = read_feature_scaling(scaling_file, {layer.name: layer.genes for layer in omics})
+        except ConfigError as exc:  # name the schema file and the key too, not only the vector file
+            raise ConfigError(f"{where}: [study] feature-scaling: {exc}") from exc
+        wsi_scaling = scalings.wsi
+        omics = tuple(replace(layer, scaling=scalings.omics.get(layer.name)) for layer in omics)
     try:
         return StudySchema(modalities=modalities, covariates=covariates, tasks=tasks, omics=omics,
                            split_column=_str(study.get("split-column", ""), f"{where}: [study] split-column"),
-                           name=_str(study.get("name", ""), f"{where}: [study] name"), radiology=radiology)
+                           name=_str(study.get("name", ""), f"{where}: [study] name"), radiology=radiology,
+                           wsi_scaling=wsi_scaling)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("study schema", where, 1)) from exc
 
@@ -546,6 +587,9 @@ def _validate(schema: StudySchema, where: str) -> None:
                               f"{duplicates[:10]}")
         if layer.units not in OMICS_UNITS:
             raise ConfigError(f"{where}: omics layer '{layer.name}' units must be one of {list(OMICS_UNITS)}")
+        if layer.scaling is not None and layer.scaling.width != layer.width:
+            raise ConfigError(f"{where}: omics layer '{layer.name}' scaling has {layer.scaling.width} columns for "
+                              f"{layer.width} genes")
 
 
 def _validate_covariate(c: Covariate, where: str) -> None:

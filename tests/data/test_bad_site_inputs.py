@@ -26,6 +26,7 @@ from fedfusion.data.slides.prepare import prepare_slide_features
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import DataError, SlideError
 from fedfusion.study.config import StudyConfig
+from tests.study_schemas import copy_schema
 
 STUDY = StudyConfig()
 KEPT_PATIENTS = 4
@@ -131,7 +132,7 @@ def site(small_cohort: Path, tmp_path: Path) -> tuple[Path, list[str]]:
     for slides in manifest["slides"]:
         shutil.copy(source / slides, site / slides)
     manifest.to_csv(site / "manifest.csv", index=False)
-    shutil.copy(small_cohort / "study.toml", site.parent / "study.toml")
+    copy_schema(small_cohort, site.parent)
     return site, list(manifest["patient_id"])
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from fedfusion.cli import main
 from fedfusion.data.cohort_index import read_cohort_index
+from tests.study_schemas import copy_schema
 
 NO_MPP_SLIDE = Path("aperio/TCGA-CR-7395-01A-01-TS1.svs")
 
@@ -19,7 +20,7 @@ def _site(small_cohort: Path, tmp_path: Path) -> Path:
     site = tmp_path / "cohort" / "site-a"
     shutil.copytree(read_cohort_index(small_cohort).sites[0].site_dir, site,
                     ignore=shutil.ignore_patterns(".fedfusion-cache"))
-    shutil.copy(small_cohort / "study.toml", tmp_path / "cohort" / "study.toml")
+    copy_schema(small_cohort, tmp_path / "cohort")
     return site
 
 

@@ -25,6 +25,7 @@ from fedfusion.privacy.site_policy import POLICY_FILE_NAME
 from fedfusion.simulation.baselines import federated_scores, held_out_patients
 from fedfusion.simulation.simulated_nodes import NON_DP_NOTE
 from fedfusion.study.config import StudyConfig
+from tests.study_schemas import copy_schema
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def _real_looking(generated: Path, target: Path) -> Path:
     cohort.json and no oracle."""
     for site, name in zip(find_sites(generated), ["hospital-north", "hospital-south"], strict=True):
         shutil.copytree(site.site_dir, target / name)
-    shutil.copy(generated / "study.toml", target / "study.toml")
+    copy_schema(generated, target)
     (target / "README.txt").write_text("data use agreement 2024-17\n")
     return target
 

@@ -5,7 +5,8 @@ Layout (also the layout ``fedfusion.data.cohort.load_site_cohort`` reads at a re
     <out_dir>/cohort.json            sites in order (name, dir relative to out_dir, num_patients), generator
                                      params and seed, oracle file
     <out_dir>/study.toml             the study schema (a copy of ``fedfusion/study/synthetic_schema.toml``):
-                                     covariates, tasks, the omics layers' gene panels
+                                     covariates, tasks, the omics layers' gene panels; with the
+                                     feature-scaling file it names (``synthetic_feature_scaling.json``)
     <out_dir>/oracle.csv             site, patient_id, oracle_risk (+ its parts image_score, omics_score,
                                      cnv_score, age_z): ground truth for the simulator only, never in a site dir
     <out_dir>/<site>/manifest.csv    patient_id, slides (';'-separated paths relative to the site dir, may be
@@ -47,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from fedfusion.atomic_io import atomic_write, atomic_write_text
+from fedfusion.atomic_io import atomic_write, atomic_write_bytes, atomic_write_text
 from fedfusion.data.cohort_index import COHORT_INDEX_FILE, GENERATING_MARKER, ORACLE_FILE, SCHEMA_FILE
 from fedfusion.data.synthetic.copy_number import simulate_copy_number
 from fedfusion.data.synthetic.expression import simulate_expression
@@ -65,6 +66,7 @@ from fedfusion.data.synthetic.radiology import (
 from fedfusion.data.synthetic.sites import SiteProfile, draw_site_profiles
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import RADIOGENOMICS_SCHEMA_FILE, SYNTHETIC_SCHEMA_FILE
+from fedfusion.study.schema import feature_scaling_file
 
 GENERATOR_VERSION = "fedfusion-synthetic/3"
 SLIDE_MPP = 0.5
@@ -113,6 +115,9 @@ def generate_cohort(out_dir: Path, num_sites: int = 3, seed: int = 0,
                                   np.random.default_rng(profile_seed))
     schema_file = RADIOGENOMICS_SCHEMA_FILE if radiology else SYNTHETIC_SCHEMA_FILE
     atomic_write_text(out_dir / SCHEMA_FILE, schema_file.read_text(encoding="utf-8"))
+    scaling_file = feature_scaling_file(schema_file)
+    if scaling_file is not None:
+        atomic_write_bytes(out_dir / scaling_file.name, scaling_file.read_bytes())
     oracle_parts = []
     # Workers only run numpy/PIL/tifffile code, so fork is safe where it exists, starts fast and, unlike spawn,
     # does not re-import the caller's main module (a script without a __main__ guard still works).

@@ -66,10 +66,12 @@ def test_prepare_then_load_gives_the_features_of_the_lazy_path(small_cohort: Pat
     assert summary.tiles == sum(len(f) for f in lazy.values())
     records = {r.patient_id: r for r in cohort.train + cohort.test}
     findings = Findings()
+    scaling = STUDY.spec.wsi_scaling  # the study-fixed scaling is applied when the records are built
     for entry in parse_manifest(site.site_dir / "manifest.csv", findings, STUDY.spec):
         if entry.slides:
+            features = np.concatenate([lazy[s] for s in entry.slides])
             np.testing.assert_array_equal(records[entry.patient_id].tile_features,
-                                          np.concatenate([lazy[s] for s in entry.slides]))
+                                          features if scaling is None else scaling.apply(features))
         else:
             assert records[entry.patient_id].tile_features is None
 

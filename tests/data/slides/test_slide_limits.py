@@ -22,6 +22,7 @@ from fedfusion.data.slides.tiling import TilingParams, iter_tiles, plan_tiles
 from fedfusion.data.synthetic.pyramid_tiff import write_pyramid_tiff
 from fedfusion.errors import SlideError
 from fedfusion.study.config import StudyConfig
+from tests.study_schemas import copy_schema
 
 STUDY = StudyConfig()
 PARAMS = TilingParams.from_study(STUDY)
@@ -58,7 +59,7 @@ def site(small_cohort: Path, tmp_path: Path) -> Iterator[tuple[Path, str, Path]]
     source = small_cohort / "site-b"
     for name in ("clinical.csv", "expression_tpm.csv", "copy_number.csv"):
         shutil.copy(source / name, site / name)
-    shutil.copy(small_cohort / "study.toml", site.parent / "study.toml")
+    copy_schema(small_cohort, site.parent)
     manifest = pd.read_csv(source / "manifest.csv", dtype=str, keep_default_na=False)
     manifest["slides"] = ""
     manifest.loc[0, "slides"] = "slides/victim.tiff"

@@ -36,7 +36,8 @@ def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_features_come_from_the_sites_torchscript_file(encoder_file: Path, small_cohort: Path, tmp_path: Path) -> None:
     name = TORCHSCRIPT_PREFIX + file_sha256(encoder_file)
-    study = StudyConfig(encoder=name, tile_feature_dim=FEATURES)
+    study = StudyConfig(encoder=name, tile_feature_dim=FEATURES,  # the shipped scaling is the default encoder's
+                        schema=StudyConfig().spec.without_feature_scaling().to_json())
     site = read_cohort_index(small_cohort).sites[0]
     with pytest.raises(FeaturesNotPreparedError) as unprepared:
         load_site_cohort(site.site_dir, study, cache_dir=tmp_path / "cache",

@@ -1,0 +1,142 @@
+"""Study-fixed input scaling of the tile features and the omics layers: per-column centre and scale.
+
+The schema's ``[study] feature-scaling = "file.json"`` names a file beside the schema holding, per modality, one
+centre and one scale per input column; the model's input is ``(value - center) / scale``, applied where a site
+builds its patient records (``fedfusion.data.cohort``), for every model, in simulation and deployment alike. The
+vectors are embedded in the schema (so in the study's id and the app hash the sites approve), like gene panels.
+
+They must come from outside the study's patients (``fedfusion study feature-scaling`` on a reference cohort:
+public data, or a synthetic cohort of a seed no study uses): a constant computed from a site's own patients would
+make every patient's input depend on the other patients, which DP-SGD's per-patient sensitivity does not cover.
+
+The file (JSON)::
+
+    {"reference": "what it was computed from",
+     "wsi": {"center": [...], "scale": [...]},                       # tile-feature-dim columns
+     "omics": {"<layer>": {"genes": [...], "center": [...], "scale": [...]}}}   # the layer's panel, in order
+
+Every part is optional; a modality or layer without one is used as it is (identity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedfusion.errors import ConfigError
+
+FILE_KEYS = {"reference", "wsi", "omics"}
+"""Top-level keys of a feature-scaling file."""
+
+
+@dataclass(frozen=True)
+class ColumnScaling:
+    """Study-fixed per-column scaling: model input = (value - center) / scale."""
+
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.center) != len(self.scale) or not self.center:
+            raise ConfigError(f"feature scaling: center and scale must be non-empty and of one length, got "
+                              f"{len(self.center)} and {len(self.scale)}")
+        if not all(math.isfinite(c) for c in self.center) or not all(math.isfinite(s) and s > 0
+                                                                     for s in self.scale):
+            raise ConfigError("feature scaling: every center must be finite and every scale finite and > 0")
+
+    @property
+    def width(self) -> int:
+        """Columns scaled."""
+        return len(self.center)
+
+    def apply(self, values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``(values - center) / scale`` over the last axis, as float32."""
+        center = np.asarray(self.center, dtype=np.float32)
+        scale = np.asarray(self.scale, dtype=np.float32)
+        return ((values - center) / scale).astype(np.float32)
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> ColumnScaling:
+        """From its JSON form (``center``, ``scale`` lists)."""
+        return cls(center=tuple(float(v) for v in raw["center"]), scale=tuple(float(v) for v in raw["scale"]))
+
+
+@dataclass(frozen=True)
+class FeatureScalingFile:
+    """A validated feature-scaling file: the tile features' scaling and each omics layer's, by layer name."""
+
+    wsi: ColumnScaling | None
+    omics: Mapping[str, ColumnScaling]
+
+
+def read_feature_scaling(path: Path, panels: Mapping[str, Sequence[str]]) -> FeatureScalingFile:
+    """Read and check ``path`` against the schema's omics ``panels`` (layer name -> genes, in order).
+
+    ``ConfigError`` naming the file and the key of any problem: not JSON, an unknown key or layer, a gene list that
+    is not the layer's panel, vectors of the wrong length, a scale <= 0 or a value that is not finite.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"feature-scaling file {path}: file does not exist") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"feature-scaling file {path}: not readable JSON ({type(exc).__name__}: {exc})") from exc
+    where = f"feature-scaling file {path}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object with keys {sorted(FILE_KEYS)}")
+    unknown = sorted(set(raw) - FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(FILE_KEYS)})")
+    wsi = _columns(raw["wsi"], f"{where}: key 'wsi'") if "wsi" in raw else None
+    layers = raw.get("omics", {})
+    if not isinstance(layers, dict):
+        raise ConfigError(f"{where}: key 'omics' must be an object of omics layers")
+    omics = {}
+    for name, entry in layers.items():
+        key = f"{where}: key 'omics.{name}'"
+        if name not in panels:
+            raise ConfigError(f"{key}: the schema has no omics layer '{name}' (its layers: {sorted(panels)})")
+        scaling = _columns(entry, key, extra=frozenset({"genes"}))
+        genes = entry.get("genes")
+        if genes is not None and list(genes) != list(panels[name]):
+            raise ConfigError(f"{key}: 'genes' is not the layer's panel ({len(genes)} genes against "
+                              f"{len(panels[name])}, or in another order)")
+        if scaling.width != len(panels[name]):
+            raise ConfigError(f"{key}: {scaling.width} columns, but the layer's panel has {len(panels[name])} genes")
+        omics[name] = scaling
+    return FeatureScalingFile(wsi=wsi, omics=omics)
+
+
+def _columns(raw: object, where: str, extra: frozenset[str] = frozenset()) -> ColumnScaling:
+    if not isinstance(raw, dict) or not {"center", "scale"} <= set(raw) or set(raw) - {"center", "scale", *extra}:
+        raise ConfigError(f"{where}: must be an object with 'center' and 'scale' lists"
+                          + (f" (and optionally {sorted(extra)})" if extra else ""))
+    for part in ("center", "scale"):
+        values = raw[part]
+        if not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                   for v in values):
+            raise ConfigError(f"{where}.{part}: must be a list of numbers")
+    try:
+        return ColumnScaling.of(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('feature scaling: ')}") from exc
+
+
+def feature_scaling_json(reference: str, wsi: ColumnScaling | None,
+                         omics: Mapping[str, tuple[Sequence[str], ColumnScaling]]) -> str:
+    """The file's text (``read_feature_scaling`` reads it back): ``omics`` maps a layer to (its panel, scaling)."""
+    def columns(scaling: ColumnScaling) -> dict[str, list[float]]:
+        return {"center": [float(f"{v:.6g}") for v in scaling.center],
+                "scale": [float(f"{v:.6g}") for v in scaling.scale]}
+    raw: dict[str, Any] = {"reference": reference}
+    if wsi is not None:
+        raw["wsi"] = columns(wsi)
+    raw["omics"] = {name: {"genes": list(genes), **columns(scaling)} for name, (genes, scaling) in omics.items()}
+    return json.dumps(raw, indent=1) + "\n"
