@@ -25,8 +25,9 @@ PUSH_NOTICE_SOCKET_FILE = "push-notice.sock"
 """In the coordinator's state folder."""
 PULL_HOLD_S = 0.9
 """The longest a pull with no message is held. Below the gateway's upstream keep-alive (1 s), so the pull's next ask
-reuses a loopback TLS connection; well inside the SuperNode's 30 s request timeout and the 5 s clock skew Flower
-allows for the signed timestamp (the held request's own). An idle site asks about once a second instead of ten times."""
+reuses a loopback TLS connection; well inside the SuperNode's 30 s request timeout and the age Flower accepts for a
+request's signed timestamp (300 s, plus 5 s of clock skew), which a re-forwarded request keeps. An idle site asks
+about once a second instead of ten times."""
 MAX_SOCKET_PATH_BYTES = 107
 """Linux's limit on a Unix socket's path (``sun_path`` holds 108 bytes with the final NUL)."""
 _MAX_NOTICE_BYTES = 65536
