@@ -106,6 +106,8 @@ from flwr.common.constant import SYSTEM_TIME_TOLERANCE as _SYSTEM_TIME_TOLERANCE
 from flwr.common.constant import TIMESTAMP_HEADER as _TIMESTAMP_HEADER  # noqa: E402
 from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # noqa: E402
 from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto  # noqa: E402  # noqa: E402
+from flwr.proto.fleet_pb2 import PullMessagesRequest as _PullMessagesRequest  # noqa: E402
+from flwr.proto.fleet_pb2 import PullMessagesResponse as _PullMessagesResponse  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
 from flwr.proto.node_pb2 import NodeInfo as _NodeInfo  # noqa: E402
 from flwr.proto.recorddict_pb2 import RecordDict as _ProtoRecordDict  # noqa: E402
@@ -129,6 +131,7 @@ __all__ = [
     "FLEET_API_PREFIX",
     "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
+    "FLEET_PULL_MESSAGES_PATH",
     "FLOWER_LOGGER",
     "LOCAL_PULL_BACKOFF_S",
     "MAX_ARRAY_CHUNK_BYTES",
@@ -161,6 +164,7 @@ __all__ = [
     "fleet_request_signer",
     "flower_console_handlers",
     "install_fab",
+    "is_empty_pull_response",
     "is_superlink_grid",
     "list_nodes",
     "load_client_app",
@@ -170,6 +174,7 @@ __all__ = [
     "multikrum_selection",
     "notify_when_message_pulled",
     "public_key_to_pem",
+    "pull_request_node_id",
     "pull_task_input",
     "push_reply",
     "push_task_output",
@@ -598,6 +603,25 @@ def fleet_request_signer(headers: Mapping[str, str], now: datetime.datetime | No
     return public_key if valid else None
 
 
+def pull_request_node_id(body: bytes) -> int | None:
+    """The node id a Fleet ``pull-messages`` request body (``flwr.proto.fleet_pb2.PullMessagesRequest``) names, or
+    None when the body is not one."""
+    try:
+        return int(_PullMessagesRequest.FromString(body).node.node_id)
+    except _DecodeError:
+        return None
+
+
+def is_empty_pull_response(body: bytes) -> bool:
+    """Whether a ``pull-messages`` answer body (``PullMessagesResponse``) holds no message and no reconnect order
+    (False for a body that is not one)."""
+    try:
+        response = _PullMessagesResponse.FromString(body)
+    except _DecodeError:
+        return False
+    return not response.messages_list and not response.HasField("reconnect")
+
+
 # ---- FABs (flwr.cli.build) -----------------------------------------------------------------------------------------
 
 
@@ -644,6 +668,8 @@ FLEET_METHODS = frozenset({
 })
 """Fleet API methods a registered SuperNode calls; ``register-node``/``unregister-node`` (self-registration) are left
 out on purpose."""
+FLEET_PULL_MESSAGES_PATH = f"{FLEET_API_PREFIX}pull-messages"
+"""Where a SuperNode asks for its next message (``PullMessagesRequest`` in, ``PullMessagesResponse`` out)."""
 SUPERLINK_HEALTH_PATH = "/health"
 """The SuperLink's health check (``flwr.supercore.routers.health``)."""
 CONNECTION_LOST_LOG_TEXT = "Connection attempt failed"

@@ -127,3 +127,9 @@ PACKED_RECORD = "fedfusion.packed"
 array chunk of Flower's."""
 PACKED_CONTENT_KEY = "content"
 """The packed record's one value: the serialized RecordDict (bytes, or a uint8 Array of them)."""
+
+# The ServerApp's notice to the coordinator's Fleet gateway that it pushed messages (fedfusion.coordinator.push_notice).
+
+PUSH_NOTICE_SOCKET_ENV = "FEDFUSION_PUSH_NOTICE_SOCKET"
+"""Environment variable the coordinator daemon gives the SuperLink (and so its SuperExec and ServerApps): the path of
+the gateway's Unix datagram socket. Unset (a simulation, a test): no notices are sent."""

@@ -31,6 +31,10 @@ with its own request through the gateway. A reply whose packed content cannot be
 (``UNREADABLE_REPLY_CODE``, naming the node), so one site's garbage counts as its failure instead of ending the
 ServerApp. It moves a message's three objects at once (``fedfusion.flower_compat.widen_object_transfers``), where
 Flower moves two at a time on a 2-core host.
+
+After each push it tells the coordinator's Fleet gateway which sites' nodes got a message
+(``fedfusion.coordinator.push_notice``): the gateway holds an idle site's pull and answers it as soon as that notice
+comes.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from flwr.app import Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedfusion.array_packing import pack, unpack
+from fedfusion.coordinator.push_notice import PushNotifier, push_notifier
 from fedfusion.errors import ProtocolError
 from fedfusion.flower_compat import (
     FLOWER_LOGGER,
@@ -98,14 +103,16 @@ def prompt(grid: Grid) -> Grid:
         return grid
     shorten_object_pull_backoff(SERVERAPP_GRID_MODULE)
     widen_object_transfers()
-    return PromptGrid(grid)
+    return PromptGrid(grid, push_notifier())
 
 
 class PromptGrid(Grid):
     """``inner`` with replies pulled promptly and every message and reply logged (see the module docstring)."""
 
-    def __init__(self, inner: Grid) -> None:
+    def __init__(self, inner: Grid, notify: PushNotifier | None = None) -> None:
         self.inner = inner
+        self._notify: PushNotifier = notify or (lambda node_ids: None)
+        """Told the nodes of the messages each push took."""
         self._sent: dict[str, tuple[str, Message]] = {}
         """Each message sent and not answered yet, with its round, by message id."""
 
@@ -133,7 +140,7 @@ class PromptGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push through the inner grid, each message's content packed (``fedfusion.array_packing``); log each message
-        it took (its id is empty or None otherwise)."""
+        it took (its id is empty or None otherwise) and notify the gateway of their nodes."""
         messages = list(messages)
         rounds = [_server_round(message) for message in messages]
         for message in messages:
@@ -145,6 +152,8 @@ class PromptGrid(Grid):
             if message_id:
                 self._sent[message_id] = (server_round, message)
                 _log(SENT, message, message.metadata.dst_node_id, server_round, message_id, at)
+        self._notify(message.metadata.dst_node_id for message, message_id in zip(messages, ids, strict=False)
+                     if message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

@@ -7,9 +7,12 @@ SuperLink then), so the pulls that wait for it are real.
 from __future__ import annotations
 
 import logging
+import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -24,11 +27,13 @@ from fedfusion.coordinator.prompt_grid import (
     parse_grid_line,
     prompt,
 )
+from fedfusion.coordinator.push_notice import decode_nodes, push_notifier
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     CONFIG_RECORD,
     PACKED_CONTENT_KEY,
     PACKED_RECORD,
+    PUSH_NOTICE_SOCKET_ENV,
     SERVER_ROUND_KEY,
     UNREADABLE_REPLY_CODE,
 )
@@ -156,3 +161,15 @@ def test_a_grid_line_round_trips_and_other_lines_are_ignored() -> None:
     line = "INFO :      grid received type=query.secagg node=42 round=7 message=ab12 at=1700000000.125"
     assert parse_grid_line(line) == GridEvent(RECEIVED, "query.secagg", 42, "7", "ab12", 1700000000.125)
     assert parse_grid_line("INFO :      [round 2/3] evaluate federation") is None
+
+
+def test_each_push_notifies_the_gateway_of_its_nodes_on_the_socket_the_environment_names() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gateway:
+        path = Path(folder) / "push-notice.sock"
+        gateway.bind(str(path))
+        gateway.settimeout(10)
+        inner = SlowNodes({11: 0.0, 12: 0.0, 13: 0.0})
+        grid = PromptGrid(inner, push_notifier({PUSH_NOTICE_SOCKET_ENV: str(path)}))
+        list(grid.push_messages(messages(inner, 1)))
+        assert decode_nodes(gateway.recv(65536)) == [11, 12, 13]
+    push_notifier({})([11])  # no socket named (a simulation): nothing sent, nothing raised

@@ -16,6 +16,11 @@ Bounded resources (``GatewayLimits``): a POST's signed-timestamp headers are che
 413); the body is then streamed to the SuperLink, never held whole, and answers stream back the same way. A client
 address holds at most ``max_connections_per_client`` connections at once; one more is answered 503 (which a
 SuperNode retries) and closed.
+
+Held pulls (``held_pulls.py``): given the ServerApp's push-notice socket, the gateway reads a ``pull-messages``
+request's small body whole and, while the SuperLink answers it with no message, holds it (up to
+``GatewayLimits.pull_hold_s``) and forwards the same bytes again as soon as a notice names the request's node.
+The SuperLink checks the re-forwarded request as the first (its signed timestamp is still within Flower's window).
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedfusion.deployment.coordinator.fleet_admission import SiteKeys, request_signer
-from fedfusion.flower_compat import FLEET_API_PREFIX, FLEET_METHODS, SUPERLINK_HEALTH_PATH
+from fedfusion.deployment.coordinator.held_pulls import PULL_HOLD_S, PushNotices
+from fedfusion.flower_compat import (
+    FLEET_API_PREFIX,
+    FLEET_METHODS,
+    FLEET_PULL_MESSAGES_PATH,
+    SUPERLINK_HEALTH_PATH,
+    is_empty_pull_response,
+    pull_request_node_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +89,8 @@ class GatewayLimits:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * MIB
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    pull_hold_s: float = PULL_HOLD_S
+    """The longest a pull that finds no message is held for the ServerApp's push notice."""
 
 
 def is_public(method: str, path: str) -> bool:
@@ -84,8 +99,9 @@ def is_public(method: str, path: str) -> bool:
 
 
 def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: SiteKeys,
-                       limits: GatewayLimits) -> Starlette:
-    """The proxy application forwarding public requests to ``upstream_url`` (the loopback SuperLink)."""
+                       limits: GatewayLimits, notices: PushNotices | None = None) -> Starlette:
+    """The proxy application forwarding public requests to ``upstream_url`` (the loopback SuperLink); with
+    ``notices``, a pull that finds no message is held (see the module docstring)."""
     upstream_tls = ssl.create_default_context(cafile=str(upstream_ca_file))
     client = httpx.AsyncClient(base_url=upstream_url, verify=upstream_tls, timeout=UPSTREAM_TIMEOUT_S,
                                limits=httpx.Limits(keepalive_expiry=UPSTREAM_KEEPALIVE_S))
@@ -98,13 +114,17 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
                                      headers=_CLOSE)
         headers = [(k, v) for k, v in _forwarded(request.headers.items()) if k.lower() != "content-length"]
         body: AsyncIterator[bytes] | None = None
+        held = False
         if request.method == "POST":
             length_or_refusal = _admitted_length(request, site_keys, limits, peer)
             if isinstance(length_or_refusal, Response):
                 return length_or_refusal
             headers.append(("content-length", str(length_or_refusal)))
             body = request.stream()
+            held = path == FLEET_PULL_MESSAGES_PATH and length_or_refusal <= UNKNOWN_KEY_MAX_BODY_BYTES
         try:
+            if held and notices is not None:
+                return await _held_pull(client, notices, limits.pull_hold_s, path, headers, await request.body())
             upstream = await client.send(client.build_request(request.method, path, content=body, headers=headers),
                                          stream=True)
         except httpx.TransportError as exc:  # 502: a SuperNode retries it (Flower's retryable status codes)
@@ -120,23 +140,51 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         del app
+        if notices is not None:
+            notices.start(asyncio.get_running_loop())
         yield
         await client.aclose()
+        if notices is not None:
+            notices.close()
 
     return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])],
                      lifespan=lifespan)
 
 
 def gateway_server(upstream_url: str, upstream_ca_file: Path, host: str, port: int, certfile: Path,
-                   keyfile: Path, consortium_dir: Path, limits: GatewayLimits | None = None) -> uvicorn.Server:
+                   keyfile: Path, consortium_dir: Path, limits: GatewayLimits | None = None,
+                   push_notice_socket: Path | None = None) -> uvicorn.Server:
     """A uvicorn server for the gateway with the coordinator's TLS certificate (TLS only, no plaintext); the
-    registry of ``consortium_dir`` says which site keys may send a body."""
+    registry of ``consortium_dir`` says which site keys may send a body. With ``push_notice_socket`` (bound here,
+    removed when the server stops), pulls that find no message are held until the ServerApp's notice."""
     limits = limits or GatewayLimits()
-    app = create_gateway_app(upstream_url, upstream_ca_file, SiteKeys(consortium_dir), limits)
+    notices = PushNotices(push_notice_socket) if push_notice_socket is not None else None
+    app = create_gateway_app(upstream_url, upstream_ca_file, SiteKeys(consortium_dir), limits, notices)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
                             log_level="warning", access_log=False, lifespan="on", ws="none",
                             http=_per_client_limited(limits.max_connections_per_client))
     return uvicorn.Server(config)
+
+
+async def _held_pull(client: httpx.AsyncClient, notices: PushNotices, hold_s: float, path: str,
+                     headers: list[tuple[str, str]], body: bytes) -> Response:
+    """Forward a ``pull-messages`` request; while its answer holds no message, wait for a notice naming its node
+    (up to ``hold_s`` in all) and forward the same request again. The last answer goes back unchanged."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + hold_s
+    node_id = pull_request_node_id(body)
+    while True:
+        seen = notices.count(node_id) if node_id is not None else 0
+        upstream = await client.send(client.build_request("POST", path, content=body, headers=headers), stream=True)
+        try:
+            answer = b"".join([chunk async for chunk in upstream.aiter_raw()])
+        finally:
+            await upstream.aclose()
+        left = deadline - loop.time()
+        if node_id is None or left <= 0 or upstream.status_code != 200 or "content-encoding" in upstream.headers \
+                or not is_empty_pull_response(answer) or not await notices.wait(node_id, seen, left):
+            return Response(answer, status_code=upstream.status_code,
+                            headers=dict(_forwarded(upstream.headers.items())))
 
 
 def _admitted_length(request: Request, site_keys: SiteKeys, limits: GatewayLimits, peer: str) -> int | Response:

@@ -4,7 +4,11 @@ Bodies are sized by their signer before they are read, and then streamed:
 8 concurrent unauthenticated 50 MB bodies (unsigned, or signed by a key of no active site) leave the gateway's peak
 memory under twice its idle memory. The upstream
 is a small TLS echo server standing in for the SuperLink (the real SuperLink behind the gateway is exercised by
-tests/e2e/test_deployment.py).
+tests/e2e/test_deployment.py); its ``pull-messages`` answers no message until the test queues one for a node.
+
+A pull that finds no message is held for the hold time and answered empty after one ask upstream; a push notice for
+its node (sent as the ServerApp sends it) makes the gateway ask again with the same signed request and answer with the
+message at once; a notice for another node does not.
 """
 
 from __future__ import annotations
@@ -27,15 +31,20 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.proto.node_pb2 import Node
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from fedfusion.coordinator.push_notice import push_notifier
 from fedfusion.deployment.coordinator.fleet_gateway import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
-from fedfusion.flower_compat import FLEET_AUTH_HEADERS
+from fedfusion.flower_compat import FLEET_AUTH_HEADERS, FLEET_PULL_MESSAGES_PATH
+from fedfusion.protocol import PUSH_NOTICE_SOCKET_ENV
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import SITE_PRIVATE_KEY_FILE
 
@@ -44,12 +53,23 @@ PUSH = "/v1/fleet/push-object"
 GATEWAY = """
 import sys
 from pathlib import Path
-from fedfusion.deployment.coordinator.fleet_gateway import gateway_server
+from fedfusion.deployment.coordinator.fleet_gateway import GatewayLimits, gateway_server
 consortium = Path(sys.argv[1])
 gateway_server(sys.argv[2], Path(sys.argv[3]), "127.0.0.1", int(sys.argv[4]),
                consortium / "coordinator" / "superlink.crt", consortium / "coordinator" / "superlink.key",
-               consortium).run()
+               consortium, GatewayLimits(pull_hold_s=float(sys.argv[6])), Path(sys.argv[5])).run()
 """
+HOLD_S = 3.0
+"""The test gateway's hold: long enough that a loaded machine still sends the notice within it."""
+
+
+@dataclass
+class StandInPulls:
+    """The stand-in SuperLink's ``pull-messages``: each ask (node, body, signature header), and the nodes that have
+    a message waiting (answered once, then forgotten)."""
+
+    asks: list[tuple[int, bytes, str]]
+    waiting: set[int]
 
 
 @dataclass
@@ -60,6 +80,8 @@ class Gateway:
     port: int
     ca_file: Path
     site_key: ec.EllipticCurvePrivateKey
+    notice_socket: Path
+    pulls: StandInPulls
 
     def memory_kb(self, field: str) -> int:
         """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of the gateway process."""
@@ -92,7 +114,17 @@ def signed_headers(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
             signature_header: base64.b64encode(sign_message(key, timestamp.encode("ascii"))).decode("ascii")}
 
 
-def _echo_upstream(tmp: Path) -> tuple[uvicorn.Server, threading.Thread, str, Path]:
+def _echo_upstream(tmp: Path, pulls: StandInPulls) -> tuple[uvicorn.Server, threading.Thread, str, Path]:
+    async def pull(request: Request) -> Response:
+        body = await request.body()
+        node_id = PullMessagesRequest.FromString(body).node.node_id
+        pulls.asks.append((node_id, body, request.headers[FLEET_AUTH_HEADERS[2]]))
+        answer = PullMessagesResponse()
+        if node_id in pulls.waiting:
+            pulls.waiting.discard(node_id)
+            answer.messages_list.append(ProtoMessage())
+        return Response(answer.SerializeToString(), media_type="application/protobuf")
+
     async def echo(request: Request) -> PlainTextResponse:
         digest, size = hashlib.sha256(), 0
         async for chunk in request.stream():
@@ -103,7 +135,8 @@ def _echo_upstream(tmp: Path) -> tuple[uvicorn.Server, threading.Thread, str, Pa
     tls = make_loopback_tls(tmp / "loopback")
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(
-        Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])]), host="127.0.0.1", port=port,
+        Starlette(routes=[Route(FLEET_PULL_MESSAGES_PATH, pull, methods=["POST"]),
+                          Route("/{path:path}", echo, methods=["GET", "POST"])]), host="127.0.0.1", port=port,
         ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -118,11 +151,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     key = serialization.load_ssh_private_key(
         (consortium / "sites" / "site-a" / SITE_PRIVATE_KEY_FILE).read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    upstream, upstream_thread, upstream_url, upstream_ca = _echo_upstream(tmp)
+    pulls = StandInPulls([], set())
+    upstream, upstream_thread, upstream_url, upstream_ca = _echo_upstream(tmp, pulls)
     port = _free_port()
+    notice_socket = tmp / "push-notice.sock"
     process = subprocess.Popen([sys.executable, "-c", GATEWAY, str(consortium), upstream_url, str(upstream_ca),
-                                str(port)])
-    gateway = Gateway(process, port, consortium / "ca" / "ca.crt", key)
+                                str(port), str(notice_socket), str(HOLD_S)])
+    gateway = Gateway(process, port, consortium / "ca" / "ca.crt", key, notice_socket, pulls)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -222,3 +257,44 @@ def test_connections_per_client_address_are_limited(gateway: Gateway) -> None:
                 break
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def _pull(gateway: Gateway, node_id: int) -> tuple[float, PullMessagesResponse]:
+    """A SuperNode's ``pull-messages`` through the gateway: seconds until answered, and the answer."""
+    body = PullMessagesRequest(node=Node(node_id=node_id)).SerializeToString()
+    with gateway.client() as client:
+        start = time.monotonic()
+        answer = client.post(FLEET_PULL_MESSAGES_PATH, content=body,
+                             headers={**signed_headers(gateway.site_key), "content-type": "application/protobuf"})
+        elapsed = time.monotonic() - start
+    assert answer.status_code == 200, answer.text
+    return elapsed, PullMessagesResponse.FromString(answer.content)
+
+
+def test_a_pull_that_finds_no_message_is_held_until_its_nodes_push_notice(gateway: Gateway) -> None:
+    asks = gateway.pulls.asks
+    asks.clear()
+    elapsed, answer = _pull(gateway, 7)  # no message, no notice: held, asked upstream once
+    assert not answer.messages_list and len(asks) == 1
+    assert HOLD_S * 0.9 <= elapsed < HOLD_S + 30
+    asks.clear()
+    results: list[tuple[float, PullMessagesResponse]] = []
+    puller = threading.Thread(target=lambda: results.append(_pull(gateway, 7)))
+    puller.start()
+    deadline = time.monotonic() + 30
+    while not asks:
+        assert time.monotonic() < deadline, "the pull did not reach the stand-in SuperLink"
+        time.sleep(0.01)
+    notify = push_notifier({PUSH_NOTICE_SOCKET_ENV: str(gateway.notice_socket)})
+    notify([8])  # another node's notice: not asked again
+    time.sleep(0.3)
+    assert len(asks) == 1
+    gateway.pulls.waiting.add(7)
+    notified = time.monotonic()
+    notify([7])
+    puller.join(timeout=60)
+    answered_after = time.monotonic() - notified
+    (_, answer), = results
+    print(f"held pull answered {answered_after * 1000:.0f} ms after its notice (hold {HOLD_S} s)")
+    assert len(answer.messages_list) == 1, "the notice did not end the hold: the hold ran out, answered empty"
+    assert len(asks) == 2 and asks[0] == asks[1], "the re-forwarded request is not the SuperNode's signed one"
