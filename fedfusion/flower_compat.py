@@ -132,6 +132,7 @@ __all__ = [
     "FLEET_AUTH_HEADERS",
     "FLEET_METHODS",
     "FLEET_PULL_MESSAGES_PATH",
+    "FLEET_PUSH_MESSAGES_PATH",
     "FLOWER_LOGGER",
     "LOCAL_PULL_BACKOFF_S",
     "MAX_ARRAY_CHUNK_BYTES",
@@ -670,6 +671,8 @@ FLEET_METHODS = frozenset({
 out on purpose."""
 FLEET_PULL_MESSAGES_PATH = f"{FLEET_API_PREFIX}pull-messages"
 """Where a SuperNode asks for its next message (``PullMessagesRequest`` in, ``PullMessagesResponse`` out)."""
+FLEET_PUSH_MESSAGES_PATH = f"{FLEET_API_PREFIX}push-messages"
+"""Where a SuperNode hands in a reply (its objects follow with ``push-object``)."""
 SUPERLINK_HEALTH_PATH = "/health"
 """The SuperLink's health check (``flwr.supercore.routers.health``)."""
 CONNECTION_LOST_LOG_TEXT = "Connection attempt failed"

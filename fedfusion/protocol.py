@@ -133,3 +133,9 @@ PACKED_CONTENT_KEY = "content"
 PUSH_NOTICE_SOCKET_ENV = "FEDFUSION_PUSH_NOTICE_SOCKET"
 """Environment variable the coordinator daemon gives the SuperLink (and so its SuperExec and ServerApps): the path of
 the gateway's Unix datagram socket. Unset (a simulation, a test): no notices are sent."""
+
+# The gateway's notice to the ServerApps that a site handed in a reply (fedfusion.coordinator.reply_notice).
+
+REPLY_NOTICE_DIR_ENV = "FEDFUSION_REPLY_NOTICE_DIR"
+"""Environment variable the coordinator daemon gives the SuperLink (and so its SuperExec and ServerApps): the folder
+where each ServerApp binds its reply-notice socket. Unset (a simulation, a test): replies are pulled every 0.1 s."""

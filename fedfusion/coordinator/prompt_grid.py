@@ -35,6 +35,9 @@ Flower moves two at a time on a 2-core host.
 After each push it tells the coordinator's Fleet gateway which sites' nodes got a message
 (``fedfusion.coordinator.push_notice``): the gateway holds an idle site's pull and answers it as soon as that notice
 comes.
+
+In deployment it also hears when a site has handed in a reply (``fedfusion.coordinator.reply_notice``): it then waits
+for that notice between pulls (at most `reply_notice.FALLBACK_PULL_S`) instead of pulling every `MAX_PULL_DELAY_S`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from flwr.serverapp import Grid
 
 from fedfusion.array_packing import pack, unpack
 from fedfusion.coordinator.push_notice import PushNotifier, push_notifier
+from fedfusion.coordinator.reply_notice import FALLBACK_PULL_S, ReplyNotices, reply_notices
 from fedfusion.errors import ProtocolError
 from fedfusion.flower_compat import (
     FLOWER_LOGGER,
@@ -103,16 +107,18 @@ def prompt(grid: Grid) -> Grid:
         return grid
     shorten_object_pull_backoff(SERVERAPP_GRID_MODULE)
     widen_object_transfers()
-    return PromptGrid(grid, push_notifier())
+    return PromptGrid(grid, push_notifier(), reply_notices())
 
 
 class PromptGrid(Grid):
     """``inner`` with replies pulled promptly and every message and reply logged (see the module docstring)."""
 
-    def __init__(self, inner: Grid, notify: PushNotifier | None = None) -> None:
+    def __init__(self, inner: Grid, notify: PushNotifier | None = None, replies: ReplyNotices | None = None) -> None:
         self.inner = inner
         self._notify: PushNotifier = notify or (lambda node_ids: None)
         """Told the nodes of the messages each push took."""
+        self._replies = replies
+        """Wakes `send_and_receive` when a site has handed in a reply (None: it pulls every `MAX_PULL_DELAY_S`)."""
         self._sent: dict[str, tuple[str, Message]] = {}
         """Each message sent and not answered yet, with its round, by message id."""
 
@@ -169,20 +175,24 @@ class PromptGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``, then pull until every one is answered or ``timeout`` seconds passed (None: no limit);
-        return the replies that came."""
+        return the replies that came. With reply notices, each pull waits for one (or `FALLBACK_PULL_S`)."""
         pending = {message_id for message_id in self.push_messages(messages) if message_id}
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         delay = FIRST_PULL_DELAY_S
         while pending:
+            if self._replies is not None:
+                self._replies.wait(min(FALLBACK_PULL_S, max(deadline - time.monotonic(), 0.0)))
+                self._replies.drain()  # the pull below sees the replies these notices announced
             pulled = list(self.pull_messages(pending))
             replies.extend(pulled)
             pending -= {reply.metadata.reply_to_message_id for reply in pulled}
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 break
-            time.sleep(min(delay, left))
-            delay = min(2 * delay, MAX_PULL_DELAY_S)
+            if self._replies is None:
+                time.sleep(min(delay, left))
+                delay = min(2 * delay, MAX_PULL_DELAY_S)
         for message_id in pending:  # not answered in time: not kept (a late reply is not pulled)
             self._sent.pop(message_id, None)
         return replies

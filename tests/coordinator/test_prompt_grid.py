@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,8 @@ from fedfusion.coordinator.prompt_grid import (
     prompt,
 )
 from fedfusion.coordinator.push_notice import decode_nodes, push_notifier
+from fedfusion.coordinator.reply_notice import FALLBACK_PULL_S, ReplyNotices
+from fedfusion.deployment.coordinator.reply_broadcast import ReplyBroadcast
 from fedfusion.flower_compat import FLOWER_LOGGER
 from fedfusion.protocol import (
     CONFIG_RECORD,
@@ -173,3 +176,34 @@ def test_each_push_notifies_the_gateway_of_its_nodes_on_the_socket_the_environme
         list(grid.push_messages(messages(inner, 1)))
         assert decode_nodes(gateway.recv(65536)) == [11, 12, 13]
     push_notifier({})([11])  # no socket named (a simulation): nothing sent, nothing raised
+
+
+def test_with_reply_notices_the_grid_pulls_when_a_reply_is_announced_not_ten_times_a_second() -> None:
+    class AnnouncingNodes(SlowNodes):
+        """Each node's reply is announced by the gateway's broadcast when it is due, except node 13's (a lost
+        notice)."""
+
+        def __init__(self, delays: dict[int, float | None], broadcast: ReplyBroadcast) -> None:
+            super().__init__(delays)
+            self.broadcast = broadcast
+
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+            ids = list(super().push_messages(messages))
+            for node, delay in self.delays.items():
+                if node != 13 and delay is not None:
+                    threading.Timer(delay, self.broadcast.notify).start()
+            return ids
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        broadcast = ReplyBroadcast(Path(folder) / "replies")
+        notices = ReplyNotices(broadcast.folder)
+        inner = AnnouncingNodes({11: 0.3, 12: 0.8, 13: 0.8}, broadcast)
+        started = time.monotonic()
+        replies = list(PromptGrid(inner, replies=notices).send_and_receive(messages(inner, 2), timeout=60))
+        elapsed = time.monotonic() - started
+        notices.close()
+        broadcast.close()
+    assert sorted(r.metadata.src_node_id for r in replies) == [11, 12, 13]  # 13's reply too, without its notice
+    assert elapsed < 0.8 + FALLBACK_PULL_S + 2.0
+    without_notices = 0.8 / MAX_PULL_DELAY_S
+    assert inner.pulls <= 5, f"{inner.pulls} pulls (every {MAX_PULL_DELAY_S} s: about {without_notices:.0f})"

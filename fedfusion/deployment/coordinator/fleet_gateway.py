@@ -21,6 +21,9 @@ Held pulls (``held_pulls.py``): given the ServerApp's push-notice socket, the ga
 request's small body whole and, while the SuperLink answers it with no message, holds it (up to
 ``GatewayLimits.pull_hold_s``) and forwards the same bytes again as soon as a notice names the request's node.
 The SuperLink checks the re-forwarded request as the first (its signed timestamp is still within Flower's window).
+
+Reply notices (``reply_broadcast.py``): given the ServerApps' reply-notice folder, the gateway tells every ServerApp to
+pull once the SuperLink has taken a site's ``push-messages`` (a reply announced).
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedfusion.deployment.coordinator.fleet_admission import SiteKeys, request_signer
 from fedfusion.deployment.coordinator.held_pulls import PULL_HOLD_S, PushNotices
+from fedfusion.deployment.coordinator.reply_broadcast import ReplyBroadcast
 from fedfusion.flower_compat import (
     FLEET_API_PREFIX,
     FLEET_METHODS,
     FLEET_PULL_MESSAGES_PATH,
+    FLEET_PUSH_MESSAGES_PATH,
     SUPERLINK_HEALTH_PATH,
     is_empty_pull_response,
     pull_request_node_id,
@@ -99,9 +104,11 @@ def is_public(method: str, path: str) -> bool:
 
 
 def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: SiteKeys,
-                       limits: GatewayLimits, notices: PushNotices | None = None) -> Starlette:
+                       limits: GatewayLimits, notices: PushNotices | None = None,
+                       replies: ReplyBroadcast | None = None) -> Starlette:
     """The proxy application forwarding public requests to ``upstream_url`` (the loopback SuperLink); with
-    ``notices``, a pull that finds no message is held (see the module docstring)."""
+    ``notices``, a pull that finds no message is held; with ``replies``, each reply a site hands in is announced to
+    the ServerApps (see the module docstring)."""
     upstream_tls = ssl.create_default_context(cafile=str(upstream_ca_file))
     client = httpx.AsyncClient(base_url=upstream_url, verify=upstream_tls, timeout=UPSTREAM_TIMEOUT_S,
                                limits=httpx.Limits(keepalive_expiry=UPSTREAM_KEEPALIVE_S))
@@ -127,6 +134,8 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
                 return await _held_pull(client, notices, limits.pull_hold_s, path, headers, await request.body())
             upstream = await client.send(client.build_request(request.method, path, content=body, headers=headers),
                                          stream=True)
+            if replies is not None and path == FLEET_PUSH_MESSAGES_PATH and upstream.status_code == 200:
+                replies.notify()  # the SuperLink has stored the reply: its ServerApp may pull it now
         except httpx.TransportError as exc:  # 502: a SuperNode retries it (Flower's retryable status codes)
             logger.warning("gateway: the SuperLink did not answer %s: %r", path, exc)
             return PlainTextResponse("bad gateway: the SuperLink did not answer\n", status_code=502)
@@ -146,6 +155,8 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
         await client.aclose()
         if notices is not None:
             notices.close()
+        if replies is not None:
+            replies.close()
 
     return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])],
                      lifespan=lifespan)
@@ -153,13 +164,15 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
 
 def gateway_server(upstream_url: str, upstream_ca_file: Path, host: str, port: int, certfile: Path,
                    keyfile: Path, consortium_dir: Path, limits: GatewayLimits | None = None,
-                   push_notice_socket: Path | None = None) -> uvicorn.Server:
+                   push_notice_socket: Path | None = None, reply_notice_dir: Path | None = None) -> uvicorn.Server:
     """A uvicorn server for the gateway with the coordinator's TLS certificate (TLS only, no plaintext); the
     registry of ``consortium_dir`` says which site keys may send a body. With ``push_notice_socket`` (bound here,
-    removed when the server stops), pulls that find no message are held until the ServerApp's notice."""
+    removed when the server stops), pulls that find no message are held until the ServerApp's notice; with
+    ``reply_notice_dir``, the ServerApps' sockets there are told of each reply a site hands in."""
     limits = limits or GatewayLimits()
     notices = PushNotices(push_notice_socket) if push_notice_socket is not None else None
-    app = create_gateway_app(upstream_url, upstream_ca_file, SiteKeys(consortium_dir), limits, notices)
+    replies = ReplyBroadcast(reply_notice_dir) if reply_notice_dir is not None else None
+    app = create_gateway_app(upstream_url, upstream_ca_file, SiteKeys(consortium_dir), limits, notices, replies)
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
                             log_level="warning", access_log=False, lifespan="on", ws="none",
                             http=_per_client_limited(limits.max_connections_per_client))

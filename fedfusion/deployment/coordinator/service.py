@@ -7,7 +7,8 @@ In the foreground, until SIGTERM/SIGINT:
    again whenever ``registry.json`` changes (so ``fedfusion provision rotate/revoke`` takes effect at once);
 3. the Fleet gateway (``fedfusion.deployment.coordinator.fleet_gateway``) with the consortium certificate on HOST:PORT;
    it holds a site's pull that finds no message until the ServerApp's push notice (``held_pulls.py``; the socket's
-   path reaches the ServerApps in the SuperLink's environment);
+   path reaches the ServerApps in the SuperLink's environment) and tells the ServerApps when a site hands in a reply
+   (``reply_broadcast.py``);
 4. once the gateway serves, the studies that were running when the coordinator stopped are resubmitted
    (``study_resume.py``; they resume at the round after their checkpoint), unless ``resume_studies`` is off.
 On SIGTERM the gateway stops, then the resubmissions, then the SuperLink (and its SuperExec); the exit code is 0.
@@ -37,6 +38,7 @@ from fedfusion.deployment.coordinator.fleet_gateway import HEALTH_PATH, GatewayL
 from fedfusion.deployment.coordinator.held_pulls import push_notice_path
 from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
 from fedfusion.deployment.coordinator.registry_sync import sync_registry
+from fedfusion.deployment.coordinator.reply_broadcast import reply_notice_dir
 from fedfusion.deployment.coordinator.state import (
     CoordinatorPaths,
     DaemonInfo,
@@ -51,7 +53,7 @@ from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl
 from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
 from fedfusion.deployment.processes import check_port_free, flower_env, flower_script, start_process, stop_process
 from fedfusion.errors import ConfigError
-from fedfusion.protocol import PUSH_NOTICE_SOCKET_ENV
+from fedfusion.protocol import PUSH_NOTICE_SOCKET_ENV, REPLY_NOTICE_DIR_ENV
 from fedfusion.provisioning.consortium import COORDINATOR_DIR, SUPERLINK_CERT_FILE, SUPERLINK_KEY_FILE
 from fedfusion.provisioning.registry import REGISTRY_FILE, load_registry
 
@@ -92,6 +94,7 @@ def run_coordinator(options: CoordinatorOptions) -> int:
             raise ConfigError(f"coordinator TLS file {path} is missing (made by `fedfusion provision init`)")
     port = options.port if options.port is not None else registry.coordinator_port
     push_notices = push_notice_path(options.state_dir)
+    reply_notices = reply_notice_dir(options.state_dir)
     stop_predecessor(options.state_dir, "coordinator")
     check_port_free("127.0.0.1", options.superlink_port, "--superlink-port")
     check_port_free(options.host, port, "--port" if options.port is not None else
@@ -106,7 +109,9 @@ def run_coordinator(options: CoordinatorOptions) -> int:
          str(tls.cert_file), "--ssl-keyfile", str(tls.key_file), "--enable-supernode-auth", "--database",
          str(paths.database), "--host", "127.0.0.1", "--port", str(options.superlink_port),
          "--disable-runtime-dependency-installation"],
-        paths.logs_dir / "superlink.log", {**flower_env(paths.flwr_home), PUSH_NOTICE_SOCKET_ENV: str(push_notices)})
+        paths.logs_dir / "superlink.log",
+        {**flower_env(paths.flwr_home), PUSH_NOTICE_SOCKET_ENV: str(push_notices),
+         REPLY_NOTICE_DIR_ENV: str(reply_notices)})
     record_processes(options.state_dir, {"superlink": superlink.pid})
     logger.info("SuperLink (pid %d) on %s, database %s", superlink.pid, superlink_address, paths.database)
     try:
@@ -124,7 +129,7 @@ def run_coordinator(options: CoordinatorOptions) -> int:
                                    study)
             lifecycle.server = gateway_server(f"https://{superlink_address}", tls.ca_file, options.host, port,
                                               certfile, keyfile, options.consortium_dir, options.gateway_limits,
-                                              push_notices)
+                                              push_notices, reply_notices)
             info = DaemonInfo(pid=os.getpid(), superlink_address=superlink_address,
                               gateway_address=f"{options.host}:{port}",
                               consortium_dir=str(options.consortium_dir.resolve()), loopback_ca_file=str(tls.ca_file))

@@ -41,9 +41,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from fedfusion.coordinator.push_notice import push_notifier
+from fedfusion.coordinator.reply_notice import ReplyNotices
 from fedfusion.deployment.coordinator.fleet_gateway import DEFAULT_MAX_BODY_MB, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from fedfusion.deployment.coordinator.loopback_tls import make_loopback_tls
-from fedfusion.flower_compat import FLEET_AUTH_HEADERS, FLEET_PULL_MESSAGES_PATH
+from fedfusion.flower_compat import FLEET_AUTH_HEADERS, FLEET_PULL_MESSAGES_PATH, FLEET_PUSH_MESSAGES_PATH
 from fedfusion.protocol import PUSH_NOTICE_SOCKET_ENV
 from fedfusion.provisioning.consortium import init_consortium
 from fedfusion.provisioning.site_keys import SITE_PRIVATE_KEY_FILE
@@ -57,7 +58,7 @@ from fedfusion.deployment.coordinator.fleet_gateway import GatewayLimits, gatewa
 consortium = Path(sys.argv[1])
 gateway_server(sys.argv[2], Path(sys.argv[3]), "127.0.0.1", int(sys.argv[4]),
                consortium / "coordinator" / "superlink.crt", consortium / "coordinator" / "superlink.key",
-               consortium, GatewayLimits(pull_hold_s=float(sys.argv[6])), Path(sys.argv[5])).run()
+               consortium, GatewayLimits(pull_hold_s=float(sys.argv[6])), Path(sys.argv[5]), Path(sys.argv[7])).run()
 """
 HOLD_S = 3.0
 """The test gateway's hold: long enough that a loaded machine still sends the notice within it."""
@@ -82,6 +83,7 @@ class Gateway:
     site_key: ec.EllipticCurvePrivateKey
     notice_socket: Path
     pulls: StandInPulls
+    reply_dir: Path
 
     def memory_kb(self, field: str) -> int:
         """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of the gateway process."""
@@ -154,10 +156,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     pulls = StandInPulls([], set())
     upstream, upstream_thread, upstream_url, upstream_ca = _echo_upstream(tmp, pulls)
     port = _free_port()
-    notice_socket = tmp / "push-notice.sock"
+    notice_socket, reply_dir = tmp / "push-notice.sock", tmp / "reply-notices"
     process = subprocess.Popen([sys.executable, "-c", GATEWAY, str(consortium), upstream_url, str(upstream_ca),
-                                str(port), str(notice_socket), str(HOLD_S)])
-    gateway = Gateway(process, port, consortium / "ca" / "ca.crt", key, notice_socket, pulls)
+                                str(port), str(notice_socket), str(HOLD_S), str(reply_dir)])
+    gateway = Gateway(process, port, consortium / "ca" / "ca.crt", key, notice_socket, pulls, reply_dir)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -298,3 +300,16 @@ def test_a_pull_that_finds_no_message_is_held_until_its_nodes_push_notice(gatewa
     print(f"held pull answered {answered_after * 1000:.0f} ms after its notice (hold {HOLD_S} s)")
     assert len(answer.messages_list) == 1, "the notice did not end the hold: the hold ran out, answered empty"
     assert len(asks) == 2 and asks[0] == asks[1], "the re-forwarded request is not the SuperNode's signed one"
+
+
+def test_a_reply_a_site_hands_in_is_announced_to_the_serverapps(gateway: Gateway) -> None:
+    notices = ReplyNotices(gateway.reply_dir)  # a running ServerApp's socket
+    try:
+        headers = {**signed_headers(gateway.site_key), "content-type": "application/protobuf"}
+        with gateway.client() as client:
+            assert client.post(PUSH, content=b"an object", headers=headers).status_code == 200
+            assert not notices.wait(0.5), "an object's upload was announced as a reply"
+            assert client.post(FLEET_PUSH_MESSAGES_PATH, content=b"a reply", headers=headers).status_code == 200
+        assert notices.wait(10.0), "the SuperLink took the reply and the ServerApp was not told"
+    finally:
+        notices.close()
