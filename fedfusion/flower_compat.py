@@ -108,6 +108,7 @@ from flwr.common.constant import TIMESTAMP_TOLERANCE as _TIMESTAMP_TOLERANCE  # 
 from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto  # noqa: E402  # noqa: E402
 from flwr.proto.fleet_pb2 import PullMessagesRequest as _PullMessagesRequest  # noqa: E402
 from flwr.proto.fleet_pb2 import PullMessagesResponse as _PullMessagesResponse  # noqa: E402
+from flwr.proto.fleet_pb2 import PushMessagesResponse as _PushMessagesResponse  # noqa: E402
 from flwr.proto.message_pb2 import Message as _ProtoMessage  # noqa: E402
 from flwr.proto.node_pb2 import NodeInfo as _NodeInfo  # noqa: E402
 from flwr.proto.recorddict_pb2 import RecordDict as _ProtoRecordDict  # noqa: E402
@@ -133,6 +134,7 @@ __all__ = [
     "FLEET_METHODS",
     "FLEET_PULL_MESSAGES_PATH",
     "FLEET_PUSH_MESSAGES_PATH",
+    "FLEET_PUSH_OBJECT_PATH",
     "FLOWER_LOGGER",
     "LOCAL_PULL_BACKOFF_S",
     "MAX_ARRAY_CHUNK_BYTES",
@@ -174,6 +176,7 @@ __all__ = [
     "message_to_bytes",
     "multikrum_selection",
     "notify_when_message_pulled",
+    "objects_to_push_count",
     "public_key_to_pem",
     "pull_request_node_id",
     "pull_task_input",
@@ -623,6 +626,15 @@ def is_empty_pull_response(body: bytes) -> bool:
     return not response.messages_list and not response.HasField("reconnect")
 
 
+def objects_to_push_count(body: bytes) -> int | None:
+    """How many objects a ``push-messages`` answer body (``PushMessagesResponse``) asks the SuperNode to upload next
+    (None for a body that is not one)."""
+    try:
+        return len(_PushMessagesResponse.FromString(body).objects_to_push)
+    except _DecodeError:
+        return None
+
+
 # ---- FABs (flwr.cli.build) -----------------------------------------------------------------------------------------
 
 
@@ -673,6 +685,8 @@ FLEET_PULL_MESSAGES_PATH = f"{FLEET_API_PREFIX}pull-messages"
 """Where a SuperNode asks for its next message (``PullMessagesRequest`` in, ``PullMessagesResponse`` out)."""
 FLEET_PUSH_MESSAGES_PATH = f"{FLEET_API_PREFIX}push-messages"
 """Where a SuperNode hands in a reply (its objects follow with ``push-object``)."""
+FLEET_PUSH_OBJECT_PATH = f"{FLEET_API_PREFIX}push-object"
+"""Where a SuperNode uploads one object of a reply."""
 SUPERLINK_HEALTH_PATH = "/health"
 """The SuperLink's health check (``flwr.supercore.routers.health``)."""
 CONNECTION_LOST_LOG_TEXT = "Connection attempt failed"

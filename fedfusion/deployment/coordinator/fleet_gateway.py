@@ -22,8 +22,9 @@ request's small body whole and, while the SuperLink answers it with no message, 
 ``GatewayLimits.pull_hold_s``) and forwards the same bytes again as soon as a notice names the request's node.
 The SuperLink checks the re-forwarded request as the first (its signed timestamp is still within Flower's window).
 
-Reply notices (``reply_broadcast.py``): given the ServerApps' reply-notice folder, the gateway tells every ServerApp to
-pull once the SuperLink has taken a site's ``push-messages`` (a reply announced).
+Reply notices (``reply_broadcast.py``): given the ServerApps' reply-notice folder, the gateway reads a
+``push-messages`` answer whole (small: the ids of the objects to upload) and tells every ServerApp to pull once the
+site has uploaded the last of those objects.
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ from fedfusion.deployment.coordinator.held_pulls import PULL_HOLD_S, PushNotices
 from fedfusion.deployment.coordinator.reply_broadcast import ReplyBroadcast
 from fedfusion.flower_compat import (
     FLEET_API_PREFIX,
+    FLEET_AUTH_HEADERS,
     FLEET_METHODS,
     FLEET_PULL_MESSAGES_PATH,
     FLEET_PUSH_MESSAGES_PATH,
+    FLEET_PUSH_OBJECT_PATH,
     SUPERLINK_HEALTH_PATH,
     is_empty_pull_response,
+    objects_to_push_count,
     pull_request_node_id,
 )
 
@@ -86,6 +90,8 @@ CLOSE_GRACE_S = 1.0
 """After an answer that closes its connection, the client has this long to read it before the connection is dropped.
 A TLS close otherwise waits up to 30 s for the client's close, decrypting (and discarding) all it still sends."""
 _CLOSE = {"connection": "close"}
+_REPLY_PATHS = frozenset({FLEET_PUSH_MESSAGES_PATH, FLEET_PUSH_OBJECT_PATH})
+"""A site's reply to the coordinator: announced, then its objects uploaded (followed with reply notices)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,8 @@ def create_gateway_app(upstream_url: str, upstream_ca_file: Path, site_keys: Sit
                 return await _held_pull(client, notices, limits.pull_hold_s, path, headers, await request.body())
             upstream = await client.send(client.build_request(request.method, path, content=body, headers=headers),
                                          stream=True)
-            if replies is not None and path == FLEET_PUSH_MESSAGES_PATH and upstream.status_code == 200:
-                replies.notify()  # the SuperLink has stored the reply: its ServerApp may pull it now
+            if replies is not None and upstream.status_code == 200 and path in _REPLY_PATHS:
+                return await _tracked_reply(replies, upstream, path, request.headers.get(FLEET_AUTH_HEADERS[0], ""))
         except httpx.TransportError as exc:  # 502: a SuperNode retries it (Flower's retryable status codes)
             logger.warning("gateway: the SuperLink did not answer %s: %r", path, exc)
             return PlainTextResponse("bad gateway: the SuperLink did not answer\n", status_code=502)
@@ -177,6 +183,20 @@ def gateway_server(upstream_url: str, upstream_ca_file: Path, host: str, port: i
                             log_level="warning", access_log=False, lifespan="on", ws="none",
                             http=_per_client_limited(limits.max_connections_per_client))
     return uvicorn.Server(config)
+
+
+async def _tracked_reply(replies: ReplyBroadcast, upstream: httpx.Response, path: str, sender: str) -> Response:
+    """The SuperLink's answer to a site's ``push-messages`` or ``push-object`` (read whole: both are small), after
+    telling ``replies`` of the reply announced or the object uploaded."""
+    try:
+        answer = b"".join([chunk async for chunk in upstream.aiter_raw()])
+    finally:
+        await upstream.aclose()
+    if path == FLEET_PUSH_MESSAGES_PATH:
+        replies.announced(sender, None if "content-encoding" in upstream.headers else objects_to_push_count(answer))
+    else:
+        replies.uploaded(sender)
+    return Response(answer, status_code=upstream.status_code, headers=dict(_forwarded(upstream.headers.items())))
 
 
 async def _held_pull(client: httpx.AsyncClient, notices: PushNotices, hold_s: float, path: str,

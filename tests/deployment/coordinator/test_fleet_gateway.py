@@ -31,7 +31,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse, PushMessagesResponse
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.proto.node_pb2 import Node
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
@@ -60,6 +60,8 @@ gateway_server(sys.argv[2], Path(sys.argv[3]), "127.0.0.1", int(sys.argv[4]),
                consortium / "coordinator" / "superlink.crt", consortium / "coordinator" / "superlink.key",
                consortium, GatewayLimits(pull_hold_s=float(sys.argv[6])), Path(sys.argv[5]), Path(sys.argv[7])).run()
 """
+REPLY_OBJECTS = ("message-object", "content-object")
+"""The objects the stand-in SuperLink asks a site to upload after its reply."""
 HOLD_S = 3.0
 """The test gateway's hold: long enough that a loaded machine still sends the notice within it."""
 
@@ -127,6 +129,11 @@ def _echo_upstream(tmp: Path, pulls: StandInPulls) -> tuple[uvicorn.Server, thre
             answer.messages_list.append(ProtoMessage())
         return Response(answer.SerializeToString(), media_type="application/protobuf")
 
+    async def push_reply(request: Request) -> Response:
+        await request.body()
+        answer = PushMessagesResponse(objects_to_push=list(REPLY_OBJECTS))
+        return Response(answer.SerializeToString(), media_type="application/protobuf")
+
     async def echo(request: Request) -> PlainTextResponse:
         digest, size = hashlib.sha256(), 0
         async for chunk in request.stream():
@@ -138,6 +145,7 @@ def _echo_upstream(tmp: Path, pulls: StandInPulls) -> tuple[uvicorn.Server, thre
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(
         Starlette(routes=[Route(FLEET_PULL_MESSAGES_PATH, pull, methods=["POST"]),
+                          Route(FLEET_PUSH_MESSAGES_PATH, push_reply, methods=["POST"]),
                           Route("/{path:path}", echo, methods=["GET", "POST"])]), host="127.0.0.1", port=port,
         ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -302,14 +310,21 @@ def test_a_pull_that_finds_no_message_is_held_until_its_nodes_push_notice(gatewa
     assert len(asks) == 2 and asks[0] == asks[1], "the re-forwarded request is not the SuperNode's signed one"
 
 
-def test_a_reply_a_site_hands_in_is_announced_to_the_serverapps(gateway: Gateway) -> None:
+def test_a_reply_is_announced_to_the_serverapps_once_its_last_object_is_uploaded(gateway: Gateway) -> None:
     notices = ReplyNotices(gateway.reply_dir)  # a running ServerApp's socket
     try:
         headers = {**signed_headers(gateway.site_key), "content-type": "application/protobuf"}
         with gateway.client() as client:
             assert client.post(PUSH, content=b"an object", headers=headers).status_code == 200
-            assert not notices.wait(0.5), "an object's upload was announced as a reply"
-            assert client.post(FLEET_PUSH_MESSAGES_PATH, content=b"a reply", headers=headers).status_code == 200
-        assert notices.wait(10.0), "the SuperLink took the reply and the ServerApp was not told"
+            assert not notices.wait(0.3), "an object's upload with no reply announced was taken for a reply"
+            answer = client.post(FLEET_PUSH_MESSAGES_PATH, content=b"a reply", headers=headers)
+            assert answer.status_code == 200
+            assert list(PushMessagesResponse.FromString(answer.content).objects_to_push) == list(REPLY_OBJECTS)
+            assert not notices.wait(0.3), "announced before its objects were uploaded"
+            for uploaded, _ in enumerate(REPLY_OBJECTS, start=1):
+                assert client.post(PUSH, content=b"object", headers=headers).status_code == 200
+                if uploaded < len(REPLY_OBJECTS):
+                    assert not notices.wait(0.3), f"announced after {uploaded} of {len(REPLY_OBJECTS)} objects"
+        assert notices.wait(10.0), "the reply is whole at the SuperLink and the ServerApp was not told"
     finally:
         notices.close()

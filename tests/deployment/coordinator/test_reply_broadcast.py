@@ -43,3 +43,25 @@ def test_a_state_folder_too_long_for_a_sockets_path_is_refused_by_name() -> None
     with pytest.raises(ConfigError, match="reply-notice sockets"):
         reply_notice_dir(long_folder)
     assert reply_notice_dir(Path("/tmp/state")).name == "reply-notices"
+
+
+def test_a_notice_waits_for_the_last_object_of_the_reply_the_superlink_asked_for() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        broadcast = ReplyBroadcast(Path(tmp) / "replies")
+        notices = reply_notices({REPLY_NOTICE_DIR_ENV: str(broadcast.folder)})
+        assert notices is not None
+        broadcast.announced("site-a-key", 2)
+        broadcast.uploaded("site-b-key")  # another site's upload, no reply of its own announced: not counted
+        broadcast.uploaded("site-a-key")
+        assert not notices.wait(0.05)
+        broadcast.uploaded("site-a-key")
+        assert notices.wait(5.0)
+        notices.drain()
+        broadcast.uploaded("site-a-key")  # an object after its reply was whole: nothing more
+        assert not notices.wait(0.05)
+        for objects in (0, None):  # nothing to upload, or an answer that could not be read: notified at once
+            broadcast.announced("site-a-key", objects)
+            assert notices.wait(5.0)
+            notices.drain()
+        notices.close()
+        broadcast.close()
