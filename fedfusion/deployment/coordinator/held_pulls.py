@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 
 from fedfusion.coordinator.push_notice import decode_nodes
-from fedfusion.errors import ConfigError
+from fedfusion.deployment.unix_socket import state_socket_path
 
 PUSH_NOTICE_SOCKET_FILE = "push-notice.sock"
 """In the coordinator's state folder."""
@@ -28,19 +28,13 @@ PULL_HOLD_S = 0.9
 reuses a loopback TLS connection; well inside the SuperNode's 30 s request timeout and the age Flower accepts for a
 request's signed timestamp (300 s, plus 5 s of clock skew), which a re-forwarded request keeps. An idle site asks
 about once a second instead of ten times."""
-MAX_SOCKET_PATH_BYTES = 107
-"""Linux's limit on a Unix socket's path (``sun_path`` holds 108 bytes with the final NUL)."""
 _MAX_NOTICE_BYTES = 65536
 
 
 def push_notice_path(state_dir: Path) -> Path:
     """The notice socket of the coordinator whose state folder is ``state_dir``; :class:`ConfigError` naming the
     folder when the path is longer than a Unix socket's path may be."""
-    path = state_dir.resolve() / PUSH_NOTICE_SOCKET_FILE
-    if len(str(path).encode()) > MAX_SOCKET_PATH_BYTES:
-        raise ConfigError(f"--state-dir {state_dir}: the coordinator's push-notice socket {path} would be longer "
-                          f"than {MAX_SOCKET_PATH_BYTES} bytes (a Unix socket's limit); choose a shorter state folder")
-    return path
+    return state_socket_path(state_dir, PUSH_NOTICE_SOCKET_FILE, "the coordinator's push-notice socket")
 
 
 class PushNotices:

@@ -19,8 +19,7 @@ import socket
 from pathlib import Path
 
 from fedfusion.coordinator.reply_notice import SOCKET_SUFFIX
-from fedfusion.deployment.coordinator.held_pulls import MAX_SOCKET_PATH_BYTES
-from fedfusion.errors import ConfigError
+from fedfusion.deployment.unix_socket import state_socket_path
 
 REPLY_NOTICE_DIR = "reply-notices"
 """In the coordinator's state folder."""
@@ -31,12 +30,9 @@ NOTICE = b"reply"
 def reply_notice_dir(state_dir: Path) -> Path:
     """The reply-notice folder of the coordinator whose state folder is ``state_dir``; :class:`ConfigError` naming
     the folder when a ServerApp's socket in it would be longer than a Unix socket's path may be."""
-    folder = state_dir.resolve() / REPLY_NOTICE_DIR
-    if len(str(folder / _LONGEST_SOCKET_NAME).encode()) > MAX_SOCKET_PATH_BYTES:
-        raise ConfigError(f"--state-dir {state_dir}: the ServerApps' reply-notice sockets in {folder} would be "
-                          f"longer than {MAX_SOCKET_PATH_BYTES} bytes (a Unix socket's limit); choose a shorter "
-                          "state folder")
-    return folder
+    longest = state_socket_path(state_dir, f"{REPLY_NOTICE_DIR}/{_LONGEST_SOCKET_NAME}",
+                                "the longest of the ServerApps' reply-notice sockets")
+    return longest.parent
 
 
 class ReplyBroadcast:

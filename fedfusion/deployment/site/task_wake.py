@@ -23,24 +23,18 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from fedfusion.errors import ConfigError
+from fedfusion.deployment.unix_socket import state_socket_path
 
 TASK_WAKE_SOCKET_FILE = "task-wake.sock"
 """In the site's state folder."""
 FALLBACK_POLL_S = 0.5
 """The SuperExec asks for a task at least this often, woken or not."""
-MAX_SOCKET_PATH_BYTES = 107
-"""Linux's limit on a Unix socket's path (``sun_path`` holds 108 bytes with the final NUL)."""
 
 
 def task_wake_path(state_dir: Path) -> Path:
     """The wake-up socket of the site whose state folder is ``state_dir``; :class:`ConfigError` naming the folder
     when the path is longer than a Unix socket's path may be."""
-    path = state_dir.resolve() / TASK_WAKE_SOCKET_FILE
-    if len(str(path).encode()) > MAX_SOCKET_PATH_BYTES:
-        raise ConfigError(f"--state-dir {state_dir}: the site's wake-up socket {path} would be longer than "
-                          f"{MAX_SOCKET_PATH_BYTES} bytes (a Unix socket's limit); choose a shorter state folder")
-    return path
+    return state_socket_path(state_dir, TASK_WAKE_SOCKET_FILE, "the site's wake-up socket")
 
 
 class TaskWakeListener:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from fedfusion.deployment.site.task_wake import (
-    MAX_SOCKET_PATH_BYTES,
     TASK_WAKE_SOCKET_FILE,
     TaskWakeListener,
     task_wake_path,
     task_wake_sender,
 )
+from fedfusion.deployment.unix_socket import MAX_SOCKET_PATH_BYTES
 from fedfusion.errors import ConfigError
 
 
