@@ -18,6 +18,7 @@ from pathlib import Path
 ROLES = (
     ("fedfusion.deployment.supervisor", "supervisors"),
     ("flower-superlink", "SuperLink"),
+    ("superlink_launch", "SuperLink"),
     ("flwr-serverapp", "ServerApp"),
     ("flower-superexec", "coordinator SuperExec"),
     ("coordinator run", "coordinator daemon (gateway)"),

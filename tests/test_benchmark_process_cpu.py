@@ -16,6 +16,7 @@ def test_a_supervisor_is_told_from_the_process_it_runs() -> None:
     assert role_of("python -m fedfusion.deployment.supervisor --parent-pid 1 -- flower-superlink --port 1") == (
         "supervisors")
     assert role_of("/venv/bin/python /venv/bin/flower-superlink --port 1") == "SuperLink"
+    assert role_of("/venv/bin/python -m fedfusion.deployment.coordinator.superlink_launch -- --port 1") == "SuperLink"
     assert role_of("python -m fedfusion.deployment.site.site_worker --run-id 3") == "site workers"
     assert role_of("python -m fedfusion.cli study start --state-dir s") == OTHER
 

@@ -1,8 +1,9 @@
 """``fedfusion coordinator run``: the SuperLink on loopback, the Fleet gateway on the network, registry sync.
 
 In the foreground, until SIGTERM/SIGINT:
-1. a fresh loopback TLS certificate; ``flower-superlink`` with TLS, SuperNode authentication, its database in the
-   state folder and runtime dependency installation off, bound to 127.0.0.1 only;
+1. a fresh loopback TLS certificate; ``flower-superlink`` (through ``superlink_launch.py``, its start-up heap frozen)
+   with TLS, SuperNode authentication, its database in the state folder and runtime dependency installation off,
+   bound to 127.0.0.1 only;
 2. the consortium registry's active site keys registered at the SuperLink and every other key unregistered,
    again whenever ``registry.json`` changes (so ``fedfusion provision rotate/revoke`` takes effect at once);
 3. the Fleet gateway (``fedfusion.deployment.coordinator.fleet_gateway``) with the consortium certificate on HOST:PORT;
@@ -50,8 +51,9 @@ from fedfusion.deployment.coordinator.state import (
 from fedfusion.deployment.coordinator.study_resume import StudyResumer
 from fedfusion.deployment.coordinator.study_state import interrupted_studies
 from fedfusion.deployment.coordinator.superlink_control import SuperLinkControl
+from fedfusion.deployment.coordinator.superlink_launch import launch_command as superlink_command
 from fedfusion.deployment.pid_file import clear_processes, record_processes, stop_predecessor
-from fedfusion.deployment.processes import check_port_free, flower_env, flower_script, start_process, stop_process
+from fedfusion.deployment.processes import check_port_free, flower_env, start_process, stop_process
 from fedfusion.errors import ConfigError
 from fedfusion.protocol import PUSH_NOTICE_SOCKET_ENV, REPLY_NOTICE_DIR_ENV
 from fedfusion.provisioning.consortium import COORDINATOR_DIR, SUPERLINK_CERT_FILE, SUPERLINK_KEY_FILE
@@ -105,10 +107,10 @@ def run_coordinator(options: CoordinatorOptions) -> int:
     superlink_address = f"127.0.0.1:{options.superlink_port}"
     write_cli_connection(paths, superlink_address, tls.ca_file)
     superlink = start_process(
-        [flower_script("flower-superlink"), "--ssl-ca-certfile", str(tls.ca_file), "--ssl-certfile",
-         str(tls.cert_file), "--ssl-keyfile", str(tls.key_file), "--enable-supernode-auth", "--database",
-         str(paths.database), "--host", "127.0.0.1", "--port", str(options.superlink_port),
-         "--disable-runtime-dependency-installation"],
+        superlink_command(["--ssl-ca-certfile", str(tls.ca_file), "--ssl-certfile", str(tls.cert_file),
+                           "--ssl-keyfile", str(tls.key_file), "--enable-supernode-auth", "--database",
+                           str(paths.database), "--host", "127.0.0.1", "--port", str(options.superlink_port),
+                           "--disable-runtime-dependency-installation"]),
         paths.logs_dir / "superlink.log",
         {**flower_env(paths.flwr_home), PUSH_NOTICE_SOCKET_ENV: str(push_notices),
          REPLY_NOTICE_DIR_ENV: str(reply_notices)})
