@@ -43,12 +43,18 @@ Flower internals used:
   does when it stops cleanly.
 - ``flwr.supernode.start_client_internal`` (its module global ``time``): the SuperNode's loop, whose fixed waits
   (3 s after an empty pull from the SuperLink, 0.5 s while a reply or its objects are not ready yet) a site
-  shortens (``shorten_supernode_waits``, the one monkeypatch of Flower in fedfusion); its global ``pull_objects``,
+  shortens (``shorten_supernode_waits``); its global ``pull_objects``,
   wrapped to tell the site's SuperExec when a message is whole (``notify_when_message_pulled``).
 - ``flwr.supercore.inflatable.inflatable_utils.get_num_workers``: how many of a message's objects move at once,
   widened to a packed message's three (``widen_object_transfers``).
 - ``flwr.superlink.grid.http_grid.HttpGrid``: the grid a deployed ServerApp gets (it pulls replies every 3 s), which
   the coordinator wraps (``is_superlink_grid``); ``flwr.proto.node_pb2.NodeInfo``: what ``Grid.get_nodes`` yields.
+- ``flwr.superlink.main._get_middleware`` and the middleware classes it stacks (``flwr.superlink.routers.control
+  .middlewares``, ``.fleet.middlewares``, ``.fleet.node_auth``, ``flwr.supercore.routers.runtime.tracing``): the
+  SuperLink's middleware, each layer scoped to the API it acts on (``replace_superlink_middleware``,
+  ``superlink_middleware_scopes``); ``flwr.supercore.corestate.sql_corestate.SqlCoreState
+  ._cleanup_expired_task_tokens``: the SuperLink's sweep for expired task claims, throttled
+  (``throttle_task_token_cleanup``).
 - Behaviour, not code: the SuperLink's Fleet API paths (``flwr.superlink.routers.fleet.router``), its ``/health``
   path, the SuperNode's connection-retry log lines (``flwr.supercore.retry.http_retry``) and its node-id line
   (``flwr.supernode.start_client_internal``).
@@ -64,6 +70,7 @@ import binascii
 import datetime
 import functools
 import importlib.metadata
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -125,6 +132,7 @@ if TYPE_CHECKING:
     from flwr.serverapp import Grid
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.runtime import RuntimeHttpClient
+    from starlette.middleware import Middleware
 
 __all__ = [
     "CONNECTION_BACK_LOG_TEXT",
@@ -144,7 +152,9 @@ __all__ = [
     "PULL_BACKOFF_S",
     "SERVERAPP_GRID_MODULE",
     "SUPEREXEC_AUTH_METHODS",
+    "SUPERLINK_CONTROL_PREFIX",
     "SUPERLINK_HEALTH_PATH",
+    "SUPERLINK_RUNTIME_PREFIX",
     "SUPERNODE_IDLE_PULL_WAIT_S",
     "SUPERNODE_ID_LOG_TEXT",
     "SUPERNODE_LOCAL_WAIT_S",
@@ -185,6 +195,7 @@ __all__ = [
     "recorddict_from_bytes",
     "recorddict_to_bytes",
     "register_node",
+    "replace_superlink_middleware",
     "run_simulation_in_process",
     "runtime_api_client",
     "set_task_identity",
@@ -192,6 +203,7 @@ __all__ = [
     "shorten_supernode_waits",
     "start_parent_process_monitor",
     "start_task_heartbeat",
+    "superlink_middleware_scopes",
     "task_error_reply",
     "trimmed_mean",
     "unregister_node",
@@ -698,6 +710,86 @@ SUPERNODE_ID_LOG_TEXT = "SuperNode ID: "
 (``flwr.supernode.start_client_internal``)."""
 
 
+# ---- The SuperLink's middleware (flwr.superlink.main._get_middleware) ----------------------------------------------
+
+SUPERLINK_CONTROL_PREFIX = "/v1/control/"
+SUPERLINK_RUNTIME_PREFIX = "/v1/runtime/"
+
+
+def superlink_middleware_scopes() -> dict[type, tuple[str, ...]]:
+    """The path prefixes of the one API each of the SuperLink's middleware layers acts on; a request outside them
+    passes the layer unchanged (read from each layer's ``dispatch``).
+
+    The Control API's layers test ``path.startswith("/v1/control/")`` first (``_is_control_path``), or, for
+    ``ControlSensitiveResponseMiddleware``, only change the answers of Control routes; the Fleet's node
+    authentication and event log test ``path.startswith("/v1/fleet/")``; the Runtime's tracing only reads the answers
+    of the Runtime's ``acquire-task`` and ``pull-task-input``. ``tests/test_flower_compat.py`` sends requests
+    through the real app to check each.
+    """
+    from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
+    from flwr.superlink.routers.control.middlewares import (
+        ControlAuthenticationMiddleware,
+        ControlEventLogMiddleware,
+        ControlLicenseMiddleware,
+        ControlSensitiveResponseMiddleware,
+    )
+    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
+    from flwr.superlink.routers.fleet.node_auth import NodeAuthMiddleware
+
+    control, fleet, runtime = (SUPERLINK_CONTROL_PREFIX,), (FLEET_API_PREFIX,), (SUPERLINK_RUNTIME_PREFIX,)
+    return {ControlSensitiveResponseMiddleware: control, ControlAuthenticationMiddleware: control,
+            ControlLicenseMiddleware: control, ControlEventLogMiddleware: control,
+            NodeAuthMiddleware: fleet, FleetEventLogMiddleware: fleet, RuntimeTracingMiddleware: runtime}
+
+
+def replace_superlink_middleware(transform: Callable[[list[Middleware]], list[Middleware]]) -> None:
+    """Make every SuperLink app this process creates (``flwr.superlink.main.create_app``) use
+    ``transform(Flower's middleware stack)``, outermost layer first, in place of Flower's stack.
+
+    Flower 1.41 builds the stack in ``flwr.superlink.main._get_middleware`` with no option; the module's function is
+    replaced by one that transforms what Flower's returns. Call it before the SuperLink starts.
+    """
+    import flwr.superlink.main as superlink_main
+
+    flower_stack: Callable[[], list[Middleware]] = superlink_main._get_middleware
+    superlink_main._get_middleware = lambda: transform(flower_stack())
+
+
+TASK_TOKEN_CLEANUP_INTERVAL_S = 1.0
+"""How often, at most, the SuperLink looks for task claims whose heartbeat expired (Flower: on every run-status
+read, heartbeat and stored task message, i.e. several times per request); a claim expires after 60 s without a
+heartbeat (``HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL``)."""
+
+
+def throttle_task_token_cleanup(interval_s: float = TASK_TOKEN_CLEANUP_INTERVAL_S) -> None:
+    """Make the SuperLink's SQL state (``SqlCoreState``, which ``SqlLinkState`` extends) run
+    ``_cleanup_expired_task_tokens`` at most once every `interval_s` seconds per state object.
+
+    Flower 1.41 runs it, two ``UPDATE`` statements, on every run-status read (each Fleet object transfer reads one),
+    every task heartbeat and every stored task message: measured 1.2 ms of CPU a call, about a sixth of the
+    SuperLink's busy time in the deployment benchmark. The cleanup is housekeeping: a task whose heartbeat expired is
+    marked failed (or retried) there, while a task token, a heartbeat and a claim are each checked against their
+    own ``active_until`` where they are used (``get_task_by_token``, ``acknowledge_task_heartbeat``), so running it
+    up to `interval_s` later changes no answer but when a 60-s expiry is noticed. The class's method is replaced;
+    ``tests/test_flower_compat.py`` fails when Flower's callers or checks change.
+    """
+    if interval_s <= 0:
+        raise ValueError(f"the task-token cleanup interval must be positive, got {interval_s}")
+    from flwr.supercore.corestate.sql_corestate import SqlCoreState
+
+    cleanup: Callable[[SqlCoreState], None] = inspect.unwrap(SqlCoreState._cleanup_expired_task_tokens)
+    last_run: dict[int, float] = {}
+
+    @functools.wraps(cleanup)
+    def throttled(state: SqlCoreState) -> None:
+        current = time.monotonic()
+        if current - last_run.get(id(state), -interval_s) >= interval_s:
+            last_run[id(state)] = current
+            cleanup(state)
+
+    SqlCoreState._cleanup_expired_task_tokens = throttled  # type: ignore[method-assign,assignment]
+
+
 # ---- The SuperNode's waits (flwr.supernode.start_client_internal) and the ServerApp's grid (flwr.superlink.grid) ----
 
 SUPERNODE_IDLE_PULL_WAIT_S = 3
@@ -732,7 +824,7 @@ def shorten_supernode_waits(idle_pull_s: float, local_s: float) -> None:
 
     Flower 1.41 hard-codes both as ``time.sleep(3)`` and ``time.sleep(0.5)`` in
     ``flwr.supernode.start_client_internal``, with no option. The module's global ``time`` is replaced by a view of
-    the time module whose ``sleep`` maps those two durations (the one monkeypatch of Flower in fedfusion;
+    the time module whose ``sleep`` maps those two durations (
     ``tests/test_flower_compat.py`` fails when the loop's sleeps change). Call it
     before the SuperNode starts (``fedfusion.deployment.site.supernode_launch``); calling it again replaces the
     waits.

@@ -558,3 +558,51 @@ def test_object_transfers_move_a_packed_messages_three_objects_at_once(monkeypat
         return object_id.encode()
 
     assert transfers.pull_objects(["a", "b", "c"], pull_object_fn=pull) == {"a": b"a", "b": b"b", "c": b"c"}
+
+
+# ---- the SuperLink's SQL state (flwr.supercore.corestate.sql_corestate) -------------------------------------------
+
+
+def calls_to(function: Callable[..., Any], name: str) -> int:
+    """How many calls of ``self.<name>(...)`` ``function``'s source makes."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return sum(isinstance(node, ast.Call) and ast.unparse(node.func) == f"self.{name}" for node in ast.walk(tree))
+
+
+def test_task_tokens_are_checked_where_used_not_only_by_the_cleanup_the_seam_throttles() -> None:
+    core = flower("flwr.supercore.corestate.sql_corestate", "SqlCoreState")
+    link = flower("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState")
+    assert issubclass(link, core)
+    cleanup = "_cleanup_expired_task_tokens"
+    for owner, method in ((link, "get_run_status"), (link, "get_run_info"), (core, "acknowledge_task_heartbeat"),
+                          (core, "store_task_message")):
+        assert calls_to(getattr(owner, method), cleanup) == 1, method  # Flower's callers of the cleanup
+    for method in ("get_task_by_token", "acknowledge_task_heartbeat"):  # each checks the claim's own expiry
+        assert "active_until" in inspect.getsource(getattr(core, method)), method
+
+
+def test_the_task_token_cleanup_runs_at_most_once_an_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    core = flower("flwr.supercore.corestate.sql_corestate", "SqlCoreState")
+    factories = flower("flwr.superlink.main", "get_objectstore_linkstate_factories")
+    federations = flower("flwr.superlink.config_loader", "get_federation_manager")
+    runs: list[float] = []
+    flowers = core._cleanup_expired_task_tokens
+
+    def flowers_cleanup(state: Any) -> None:  # Flower's own, counted
+        runs.append(time.monotonic())
+        flowers(state)
+
+    monkeypatch.setattr(core, "_cleanup_expired_task_tokens", flowers_cleanup)  # Flower's back after the test
+    _, linkstate = factories(str(tmp_path / "state.db"), federations())
+    state = linkstate.state()
+    flower_compat.throttle_task_token_cleanup(0.3)
+    flower_compat.throttle_task_token_cleanup(0.3)  # again: still one throttle around Flower's cleanup
+    started = time.monotonic()
+    for _ in range(20):
+        assert state.get_run_status({7}) == {}
+    assert len(runs) == 1 and runs[0] >= started
+    time.sleep(0.35)
+    state.get_run_status({7})
+    assert len(runs) == 2
+    with pytest.raises(ValueError, match="positive"):
+        flower_compat.throttle_task_token_cleanup(0)

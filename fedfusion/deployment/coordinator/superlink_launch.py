@@ -1,14 +1,17 @@
-"""Flower's SuperLink with its start-up heap frozen: ``python -m fedfusion.deployment.coordinator.superlink_launch --
+"""Flower's SuperLink, tuned for its per-request cost: ``python -m fedfusion.deployment.coordinator.superlink_launch --
 FLOWER_SUPERLINK_ARGUMENTS...`` (started by ``fedfusion coordinator run``).
 
-Every request of a round passes through the SuperLink, one Python process, and each costs it about 13 ms of CPU
-(docs/OPERATOR_GUIDE.md, "What a round costs"). Measured with ``gc.callbacks`` in the SuperLink during the deployment
-benchmark's study: Python's garbage collector took 1.34 s of its 10.8 s of CPU, most of it in full collections that
-walk the ~214,000 objects its imports leave behind (Flower, FastAPI, SQLAlchemy, protobuf descriptors), which live as
-long as the process. This launcher imports Flower's own ``flower-superlink`` entry, collects once and freezes every
-object alive by then (``gc.freeze``: the collector never scans them again), then runs the entry with the arguments
-after ``--``; everything else is Flower's. Measured the same way: 0.49 s of 10.0 s (about 19,000 objects left to
-scan).
+Every request of a round passes through the SuperLink, one Python process (docs/OPERATOR_GUIDE.md, "What a round
+costs"). This launcher imports Flower's own ``flower-superlink`` entry, makes three changes to the process it runs
+in, then runs the entry with the arguments after ``--``; everything else is Flower's:
+
+- Flower's middleware layers each run only for the API they act on (``superlink_middleware``): a Fleet request
+  passes four of the nine, a Runtime request three.
+- The SQL state looks for expired task claims at most once a second instead of several times per request
+  (``flower_compat.throttle_task_token_cleanup``).
+- Everything its imports left alive is collected once and frozen (``gc.freeze``): measured with ``gc.callbacks`` in
+  the benchmark's study, Python's collector took 1.34 s of the SuperLink's 10.8 s of CPU walking the ~214,000
+  objects of Flower, FastAPI, SQLAlchemy and protobuf that live as long as the process; 0.49 s of 10.0 s frozen.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import gc
 import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
+
+from fedfusion import flower_compat
+from fedfusion.deployment.coordinator import superlink_middleware
 
 FLOWER_SUPERLINK_SCRIPT = "flower-superlink"
 
@@ -27,9 +33,12 @@ def launch_command(superlink_arguments: Sequence[str]) -> list[str]:
 
 
 def frozen_superlink_entry() -> Callable[[], object]:
-    """Flower's ``flower-superlink`` entry, imported, with every object alive by then frozen (``gc.freeze``)."""
+    """Flower's ``flower-superlink`` entry, imported, with its middleware scoped to their APIs, its task-token
+    cleanup throttled and every object alive by then frozen (``gc.freeze``)."""
     (script,) = importlib.metadata.entry_points(group="console_scripts", name=FLOWER_SUPERLINK_SCRIPT)
     entry: Callable[[], object] = script.load()
+    superlink_middleware.install()
+    flower_compat.throttle_task_token_cleanup()
     gc.collect()
     gc.freeze()
     return entry
