@@ -125,6 +125,29 @@ def flatten(arrays: Mapping[str, NDArray[np.floating]]) -> NDArray[np.float64]:
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()])
 
 
+def check_noisy_sum(summed: NDArray[np.uint32], noise: DistributedNoise, survivor_weight: int, survivors: int,
+                    num_sites: int, gamma: float) -> None:
+    """``PrivacyError`` unless the unmasked sum (int32 units) is as long as `survivors` sites' inputs can make it.
+
+    A site's clipped gradient sum has L2 norm at most (its training patients) * C, so the survivors' sum has norm
+    at most ``survivor_weight`` * C / gamma; each site's rounding adds less than 1 per coordinate, and the summed
+    Skellam shares (standard deviation ``sd`` per coordinate, near-Gaussian at these variances) have norm at most
+    sd * (sqrt(d) + 12) but with probability below 1e-31. A site whose masked words were not its noisy sum (random
+    words, a sum scaled past its clipping bound, a wrapped-around int32) makes the sum longer than that with
+    near certainty, so the sum is refused: nothing is applied, though the site cannot be told from the sum.
+    """
+    values = summed.view(np.int32).astype(np.float64)
+    dims = math.sqrt(values.size)
+    noise_sd = math.sqrt(survivors * noise.share_variance(num_sites, gamma))
+    reach = survivor_weight * noise.max_grad_norm / gamma + noise_sd * (dims + NOISE_TAIL_STDS) + survivors * dims
+    norm = float(np.linalg.norm(values))
+    if not norm <= reach:
+        raise PrivacyError(f"distributed DP: the unmasked sum has L2 norm {norm * gamma:.4g}, more than the "
+                           f"{reach * gamma:.4g} that {survivors} sites' clipped gradient sums ({survivor_weight} "
+                           f"training patients, max-grad-norm {noise.max_grad_norm}) plus their noise can reach (a "
+                           f"site sent masked words that were not its noisy sum); the sum is not used")
+
+
 def summed_arrays(summed: NDArray[np.uint32], layout: Layout, gamma: float) -> dict[str, NDArray[np.float64]]:
     """The unmasked sum of the sites' words, read as int32 and times gamma, as arrays by ``layout``."""
     flat = summed.view(np.int32).astype(np.float64) * gamma

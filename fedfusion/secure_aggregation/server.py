@@ -14,7 +14,8 @@ uint32 vector of the global model's layout and length, a masked input not signed
 this round's binding (another round's input), an input already seen in an earlier round (`seen_inputs`), and a
 site whose share another site could not decrypt or verify; stage 4, a revealed share its dealer did not sign
 (the revealing site altered it; its answer is set aside). Seeds and keys are rebuilt only from shares that match
-the dealer's stage-1 commitment, and the unmasked sum must lie where the survivors' inputs can put it.
+the dealer's stage-1 commitment, and the unmasked sum must lie where the survivors' inputs can put it (in a
+distributed-DP round: within the L2 norm their clipped gradient sums and noise shares can reach).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from fedfusion.secure_aggregation.crypto import (
     public_key_to_bytes,
     statement,
 )
-from fedfusion.secure_aggregation.integer_noise import DistributedNoise, summed_arrays
+from fedfusion.secure_aggregation.integer_noise import DistributedNoise, check_noisy_sum, summed_arrays
 from fedfusion.secure_aggregation.masks import (
     mask_vector,
     masked_input_digest,
@@ -209,14 +210,16 @@ class SecAggServer:
         """Stage 4 of a distributed-DP round: the survivors' noisy sum of clipped gradient sums (int32 * gamma).
 
         Refuses (``PrivacyError``, nothing unmasked) unless at least n - t of the n invited sites sent a masked
-        input (``require_noise_shares``). ``arrays`` holds the sum (not an average); ``total_weight`` the
-        survivors' training patients.
+        input (``require_noise_shares``), and refuses the sum if it is longer than the survivors' clipped sums
+        plus their noise can make it (``check_noisy_sum``). ``arrays`` holds the sum (not an average);
+        ``total_weight`` the survivors' training patients.
         """
         self.require_noise_shares(noise)
         gamma = noise.scale(sum(keys.weight for keys in self._keys.values()), self.config.num_sites)
         total, survivors = self._unmasked_sum(answers)
-        return SecureAverage(summed_arrays(total, self._layout, gamma),
-                             sum(self._keys[site].weight for site in survivors), tuple(survivors),
+        survivor_weight = sum(self._keys[site].weight for site in survivors)
+        check_noisy_sum(total, noise, survivor_weight, len(survivors), self.config.num_sites, gamma)
+        return SecureAverage(summed_arrays(total, self._layout, gamma), survivor_weight, tuple(survivors),
                              dict(self.rejected))
 
     def require_noise_shares(self, noise: DistributedNoise) -> None:

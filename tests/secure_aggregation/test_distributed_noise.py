@@ -61,11 +61,17 @@ def test_unmasked_noise_variance_is_the_central_target_from_the_survivors_shares
     assert result.total_weight == sum(w for i, w in enumerate(WEIGHTS) if i not in dropped)
 
 
+def clipped_sum(rng: np.random.Generator, weight: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A site's gradient sum at ``scale`` times its clipping bound: L2 norm ``scale`` * weight * C."""
+    arrays = {"a": rng.standard_normal((200, 50)), "b": rng.standard_normal(7)}
+    norm = np.sqrt(sum(float(np.sum(a * a)) for a in arrays.values()))
+    return {name: a * (scale * weight * NOISE.max_grad_norm / norm) for name, a in arrays.items()}
+
+
 def test_known_gradient_sums_come_back_as_their_sum_plus_noise() -> None:
     config = SecAggConfig(num_sites=3, threshold=2)
     rng = np.random.default_rng(5)
-    sums = [{"a": rng.uniform(-w, w, size=(200, 50)) * NOISE.max_grad_norm, "b": rng.uniform(-1, 1, size=7)}
-            for w in WEIGHTS]
+    sums = [clipped_sum(rng, w) for w in WEIGHTS]  # each at its clipping bound
     result = run_distributed_round(config, sums, WEIGHTS, NOISE)
     noise_sd = NOISE.noise_multiplier * NOISE.max_grad_norm * np.sqrt(3 / 2)
     residual = result.arrays["a"] - sum(s["a"] for s in sums)
@@ -125,3 +131,32 @@ def test_a_round_with_more_than_t_dropouts_is_not_unmasked() -> None:
     answers = [sites[i].unmask(request) for i in request.survivors]
     with pytest.raises(PrivacyError):
         server.noisy_sum(answers, NOISE)  # every vector was dropped: nothing can be unmasked any more
+
+
+def test_masked_words_that_are_not_a_noisy_sum_make_the_sum_too_long_and_it_is_refused() -> None:
+    config = SecAggConfig(num_sites=3, threshold=2)
+    sites = {i: SecAggSite(i, config, w) for i, w in zip((1, 2, 3), WEIGHTS, strict=True)}
+    server = SecAggServer(config)
+    broadcast = server.collect_public_keys([site.public_keys() for site in sites.values()])
+    routed = server.route_shares([site.share_keys(broadcast) for site in sites.values()])
+    rng = np.random.default_rng(9)
+    layout = (("a", (200, 50)), ("b", (7,)))
+    honest = [masked_noisy_sum(sites[i], routed[i], clipped_sum(rng, WEIGHTS[i - 1]), NOISE) for i in (1, 2)]
+    random_words = rng.integers(0, 2**32, size=10_007, dtype=np.uint32)  # signed by site 3, but not a noisy sum
+    request = server.collect_masked_inputs([*honest, sites[3].masked_words(routed[3], layout, random_words)])
+    with pytest.raises(PrivacyError, match=r"L2 norm .* more than the .* 3 sites' clipped gradient sums"):
+        server.noisy_sum([sites[i].unmask(request) for i in request.survivors], NOISE)
+
+
+@pytest.mark.parametrize(("scale", "refused"), [(1.0, False), (20.0, True)])
+def test_a_site_past_its_clipping_bound_is_refused_once_it_outgrows_the_noise(scale: float, refused: bool) -> None:
+    """One site sends its gradient sum at ``scale`` times its clipping bound (weight * C): at the bound the round is
+    used; 20 times past it, the sum outgrows what the survivors' sums plus the noise can reach."""
+    config = SecAggConfig(num_sites=3, threshold=2)
+    rng = np.random.default_rng(11)
+    sums = [clipped_sum(rng, w, scale if i == 0 else 1.0) for i, w in enumerate(WEIGHTS)]
+    if refused:
+        with pytest.raises(PrivacyError, match="the sum is not used"):
+            run_distributed_round(config, sums, WEIGHTS, NOISE)
+    else:
+        assert run_distributed_round(config, sums, WEIGHTS, NOISE).sites == (1, 2, 3)
