@@ -93,13 +93,18 @@ def _weights_file(path: Path, seed: int) -> tuple[Path, str]:
     return path, f"{SAFETENSORS_PREFIX}{SmallResNetEncoder.name}:{file_sha256(path)}"
 
 
-def _study(root: Path, scaling: Path, **knobs: object) -> StudyConfig:
-    """The cohort's schema naming ``scaling`` (a file beside it), as a study with ``knobs``."""
+def _schema_naming(root: Path, scaling: Path) -> Path:
+    """A copy of the cohort's schema beside it, naming ``scaling`` (a file beside it)."""
     raw = tomllib.loads((root / SCHEMA_FILE).read_text())
     raw["study"]["feature-scaling"] = scaling.name
     schema_file = root / f"study-{scaling.stem}.toml"
     schema_file.write_text(tomli_w.dumps(raw))
-    return StudyConfig(schema=load_schema(schema_file).to_json(), **knobs)  # type: ignore[arg-type]
+    return schema_file
+
+
+def _study(root: Path, scaling: Path, **knobs: object) -> StudyConfig:
+    """The cohort's schema naming ``scaling``, as a study with ``knobs``."""
+    return StudyConfig(schema=load_schema(_schema_naming(root, scaling)).to_json(), **knobs)  # type: ignore[arg-type]
 
 
 def test_the_file_names_its_encoder_and_a_site_refuses_another(reference: tuple[Path, Path], tmp_path: Path) -> None:
@@ -146,6 +151,10 @@ def test_a_file_without_its_encoder_is_refused(reference: tuple[Path, Path]) -> 
     with pytest.raises(ConfigError, match=r"feature-scaling file .*scaling-old.json: key 'wsi' does not name the "
                                           r"tile encoder .*recompute it \(fedfusion study feature-scaling"):
         _study(root, old)
+    renewed = root / "scaling-renewed.json"  # the command that recomputes it reads a schema naming the old file
+    assert main(["study", "feature-scaling", "--cohort", str(root), "--out", str(renewed), "--workers", "1",
+                 "--schema", str(_schema_naming(root, old))]) == 0
+    assert json.loads(renewed.read_text()) == json.loads(out.read_text())
     # A study made before files recorded their encoder (its schema JSON holds none) is refused at the site too.
     schema = _study(root, out).spec
     assert schema.wsi_scaling is not None
