@@ -2,7 +2,8 @@
 
 Reads the site layout of docs/SITE_DATA.md (``manifest.csv``, ``clinical.csv``, one table per schema omics layer
 (``table_sources``) and the slides) as the study schema declares it. A patient lacking slides or an omics layer
-keeps it as None. Tile features and omics vectors get the schema's study-fixed scaling (``feature-scaling``), if any.
+keeps it as None. Tile features and omics vectors get the schema's study-fixed scaling (``feature-scaling``), if any;
+the tile features' only when the encoder loaded here is the one its constants were computed with.
 The split is the schema's split column, or else a per-patient hash rule
 (``fedfusion.data.patient_split``): the study's seed and test fraction, or the site's own (``split``).
 """
@@ -116,7 +117,11 @@ def _summary(cohort: SiteCohort, schema: StudySchema, split_rule: str) -> str:
 
 
 def _check_encoder(study: StudyConfig, encoder_file: Path | None) -> None:
-    feature_dim = get_tile_encoder(study.encoder, encoder_file=encoder_file).feature_dim
-    if feature_dim != study.tile_feature_dim:
+    """The study's encoder, as this site loads it, gives the study's feature count and is the one the schema's
+    tile-feature scaling was computed with (``TileScaling.check_encoder``: never another encoder's constants)."""
+    encoder = get_tile_encoder(study.encoder, encoder_file=encoder_file)
+    if study.spec.wsi_scaling is not None:
+        study.spec.wsi_scaling.check_encoder(encoder.identity())
+    if encoder.feature_dim != study.tile_feature_dim:
         raise ConfigError(f"study config 'tile-feature-dim' is {study.tile_feature_dim} but encoder "
-                          f"'{study.encoder}' gives {feature_dim} features")
+                          f"'{study.encoder}' gives {encoder.feature_dim} features")

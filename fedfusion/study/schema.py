@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfusion.errors import ConfigError
-from fedfusion.study.feature_scaling import ColumnScaling, read_feature_scaling
+from fedfusion.study.feature_scaling import ColumnScaling, TileScaling, read_feature_scaling
 
 MODALITIES = ("wsi", "omics", "clinical", "radiology")
 """Model branches, in the order of the model's modality mask."""
@@ -235,9 +235,9 @@ class StudySchema:
     split_column: str = ""
     name: str = ""
     radiology: RadiologySpec | None = None
-    wsi_scaling: ColumnScaling | None = None
-    """Study-fixed per-column centre and scale of the tile features (the schema's ``feature-scaling`` file); None:
-    the encoder's features as they are."""
+    wsi_scaling: TileScaling | None = None
+    """Study-fixed per-column centre and scale of the tile features (the schema's ``feature-scaling`` file), with
+    the encoder they were computed with and the file's name; None: the encoder's features as they are."""
 
     def __post_init__(self) -> None:
         _validate(self, "study schema")
@@ -317,7 +317,7 @@ def _schema_from_json(text: str) -> StudySchema:
                         for o in raw["omics"]),
             split_column=str(raw.get("split_column", "")), name=str(raw.get("name", "")),
             radiology=_radiology_from_json(raw.get("radiology")),
-            wsi_scaling=_scaling_from_json(raw.get("wsi_scaling")))
+            wsi_scaling=None if raw.get("wsi_scaling") is None else TileScaling.of(raw["wsi_scaling"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"study config 'schema': not a study schema ({type(exc).__name__}: {exc})") from exc
 
@@ -351,10 +351,12 @@ _RADIOLOGY_KEYS = {"modality", "spacing", "crop", "margin", "window", "features"
 _FEATURE_KEYS = {"name", "center", "scale", "log"}
 
 
-def load_schema(path: Path) -> StudySchema:
+def load_schema(path: Path, *, feature_scaling: bool = True) -> StudySchema:
     """Read and validate a schema TOML file; ``ConfigError`` naming the file and key of any problem.
 
-    Gene panels given as ``panel = "file.txt"`` are read relative to the schema file and embedded.
+    Gene panels given as ``panel = "file.txt"`` are read relative to the schema file and embedded. Without
+    ``feature_scaling`` the ``[study] feature-scaling`` file is not read (its inputs unscaled: what the command
+    that writes the file reads, also when the file there is outdated).
     """
     path = Path(path)
     try:
@@ -363,7 +365,7 @@ def load_schema(path: Path) -> StudySchema:
         raise ConfigError(f"study schema {path}: file does not exist") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"study schema {path}: not valid TOML ({exc})") from exc
-    return schema_from_toml(raw, path)
+    return schema_from_toml(raw, path, feature_scaling=feature_scaling)
 
 
 def feature_scaling_file(path: Path) -> Path | None:
@@ -376,8 +378,9 @@ def feature_scaling_file(path: Path) -> Path | None:
     return Path(path).parent / name if isinstance(name, str) else None
 
 
-def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
-    """Validate parsed schema TOML (``path`` names the file in messages and anchors relative panel files)."""
+def schema_from_toml(raw: Mapping[str, Any], path: Path, *, feature_scaling: bool = True) -> StudySchema:
+    """Validate parsed schema TOML (``path`` names the file in messages and anchors relative panel files); the
+    ``feature-scaling`` file is read unless ``feature_scaling`` is false."""
     where = f"study schema {path}"
     _keys(raw, {"study", "covariates", "tasks", "omics", "radiology"}, where)
     study = _table(raw.get("study", {}), f"{where}: [study]")
@@ -393,7 +396,7 @@ def schema_from_toml(raw: Mapping[str, Any], path: Path) -> StudySchema:
                                                ("radiology", radiology is not None)) if present]
     modalities = _strings(study.get("modalities", default_modalities), f"{where}: [study] modalities")
     wsi_scaling = None
-    if "feature-scaling" in study:
+    if "feature-scaling" in study and feature_scaling:
         scaling_file = path.parent / _str(study["feature-scaling"], f"{where}: [study] feature-scaling")
         try:
             scalings = read_feature_scaling(scaling_file, {layer.name: layer.genes for layer in omics})

@@ -3,6 +3,7 @@ shipped synthetic constants, and the site's records scaled by it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import tomli_w
 
+from fedfusion.data.slides.tile_encoder import get_tile_encoder
 from fedfusion.errors import ConfigError
 from fedfusion.study.config import SYNTHETIC_SCHEMA_FILE, StudyConfig
-from fedfusion.study.feature_scaling import ColumnScaling
+from fedfusion.study.feature_scaling import ColumnScaling, EncoderIdentity, TileScaling
+from fedfusion.study.identity import derived_study_id
 from fedfusion.study.schema import StudySchema, feature_scaling_file, load_schema
 
 SCHEMA: dict[str, Any] = {
@@ -24,7 +27,8 @@ SCHEMA: dict[str, Any] = {
 }
 SCALING: dict[str, Any] = {
     "reference": "a test",
-    "wsi": {"center": [0.5, 0.25], "scale": [0.1, 2.0]},
+    "wsi": {"center": [0.5, 0.25], "scale": [0.1, 2.0],
+            "encoder": {"name": "tiny", "architecture": "tiny-arch", "feature-dim": 2, "weights": "seed:7"}},
     "omics": {"expression": {"genes": ["G1", "G2", "G3"], "center": [1.0, 0.0, -1.0], "scale": [0.5, 1.0, 4.0]}},
 }
 
@@ -38,7 +42,8 @@ def _schema(tmp_path: Path, scaling: dict[str, Any] | str) -> Path:
 
 def test_the_file_is_read_into_the_schema_and_its_json(tmp_path: Path) -> None:
     schema = load_schema(_schema(tmp_path, SCALING))
-    assert schema.wsi_scaling == ColumnScaling(center=(0.5, 0.25), scale=(0.1, 2.0))
+    assert schema.wsi_scaling == TileScaling(center=(0.5, 0.25), scale=(0.1, 2.0), file="scaling.json",
+                                             encoder=EncoderIdentity("tiny", "tiny-arch", 2, "seed:7"))
     expression, cnv = schema.omics
     assert expression.scaling == ColumnScaling(center=(1.0, 0.0, -1.0), scale=(0.5, 1.0, 4.0))
     assert cnv.scaling is None  # a layer the file leaves out is used as transformed
@@ -69,6 +74,12 @@ def test_a_schema_without_scaling_keeps_its_json_and_study_id(tmp_path: Path) ->
      "key 'omics.expression': 'genes' is not the layer's panel"),
     ({"wsi": {"center": [0.0]}}, "key 'wsi': must be an object with 'center' and 'scale'"),
     ({"scales": {}}, r"unknown keys \['scales'\]"),
+    ({"wsi": {"center": [0.0, 0.0], "scale": [1.0, 1.0]}},
+     r"key 'wsi' does not name the tile encoder .* recompute it \(fedfusion study feature-scaling"),
+    ({"wsi": {"center": [0.0, 0.0], "scale": [1.0, 1.0], "encoder": {"name": "tiny"}}},
+     "key 'wsi.encoder': must be an object with exactly 'name'"),
+    ({"wsi": {**SCALING["wsi"], "encoder": {**SCALING["wsi"]["encoder"], "feature-dim": 3}}},
+     "key 'wsi': 2 tile-feature columns, but the encoder they were computed with"),
 ])
 def test_errors_name_the_schema_the_file_and_the_key(tmp_path: Path, scaling: dict[str, Any] | str,
                                                      message: str) -> None:
@@ -95,3 +106,13 @@ def test_the_synthetic_schema_ships_finite_constants_of_the_reserved_seed() -> N
     for scaling in (schema.wsi_scaling, *(layer.scaling for layer in schema.omics if layer.scaling)):
         assert np.isfinite(scaling.center).all() and (np.asarray(scaling.scale) > 0).all()
     assert StudyConfig().spec == schema  # the default study uses them
+    assert schema.wsi_scaling.encoder == get_tile_encoder(StudyConfig().encoder).identity()  # its encoder's
+
+
+def test_the_encoder_is_part_of_the_study_id() -> None:
+    study = StudyConfig()
+    scaling = study.spec.wsi_scaling
+    assert scaling is not None and scaling.encoder is not None
+    other = dataclasses.replace(scaling, encoder=dataclasses.replace(scaling.encoder, weights="seed:1"))
+    changed = study.replace(schema=dataclasses.replace(study.spec, wsi_scaling=other).to_json())
+    assert changed.spec.wsi_scaling == other and derived_study_id(changed) != derived_study_id(study)

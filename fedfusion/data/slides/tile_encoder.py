@@ -17,6 +17,11 @@ it with the right shape (no more, no fewer); the module is frozen and in eval mo
 ``resnet18`` is torchvision's ResNet-18 written in plain torch with the same state-dict names, so a torchvision or
 timm ``resnet18`` checkpoint saved as safetensors loads as is: its classifier head (``fc.*``) is ignored, and
 BatchNorm's ``num_batches_tracked`` counters may be present or not (they do not change eval-mode outputs).
+
+``TileEncoder.identity`` is what a loaded encoder's features depend on: the study's name for it (the feature
+cache's key part), its architecture, its feature count and its weights (``seed:<n>`` for ``random-conv-v1``,
+``sha256:<hex>`` of the checked file otherwise). A feature-scaling file records it (``fedfusion study
+feature-scaling``) and a site checks it before applying the file's constants (``fedfusion.data.cohort``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.nn import functional as F
 
 from fedfusion.data.encoder_weights import checked_encoder_file, load_safetensors_weights
 from fedfusion.errors import ConfigError
+from fedfusion.study.feature_scaling import EncoderIdentity
 
 TORCHSCRIPT_PREFIX = "torchscript:"
 SAFETENSORS_PREFIX = "safetensors:"
@@ -60,9 +66,17 @@ class TileEncoder(nn.Module):
     """Base of the registered tile encoders: ``encode`` maps uint8 tiles to float32 features."""
 
     name: str
+    architecture: str
     feature_dim: int
+    weights: str = ""
+    """Where the weights come from: ``seed:<n>`` (fixed random weights) or ``sha256:<hex>`` (a checked file)."""
     ignored_prefixes: tuple[str, ...] = ()
     """Tensor-name prefixes a weights file may hold that this architecture does not use (a classifier head)."""
+
+    def identity(self) -> EncoderIdentity:
+        """What this encoder's features depend on (module doc)."""
+        return EncoderIdentity(name=self.name, architecture=self.architecture, feature_dim=self.feature_dim,
+                               weights=self.weights)
 
     def encode(self, tiles: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """``[batch, h, w, 3]`` uint8 RGB tiles -> ``[batch, feature_dim]`` float32 features."""
@@ -90,8 +104,9 @@ class TileEncoder(nn.Module):
 class RandomConvEncoder(TileEncoder):
     """``random-conv-v1``: optical-density colour statistics plus pooled responses of fixed random convolutions."""
 
-    name = "random-conv-v1"
+    name = architecture = "random-conv-v1"
     feature_dim = 64
+    weights = f"seed:{RANDOM_CONV_SEED}"
     _STAGE1, _STAGE2, _KERNEL = 12, 17, 5
     w1: torch.Tensor
     b1: torch.Tensor
@@ -133,7 +148,7 @@ class SmallResNetEncoder(TileEncoder):
     Takes RGB scaled to [0, 1], like the usual pathology backbones.
     """
 
-    name = "small-resnet-v1"
+    name = architecture = "small-resnet-v1"
     feature_dim = 64
 
     def __init__(self) -> None:
@@ -187,7 +202,7 @@ class ResNet18Encoder(TileEncoder):
     [0, 1] and normalises it with the ImageNet mean and standard deviation, as torchvision's weights expect.
     """
 
-    name = "resnet18"
+    name = architecture = "resnet18"
     feature_dim = 512
     ignored_prefixes = ("fc.",)
     mean: torch.Tensor
@@ -229,9 +244,12 @@ ARCHITECTURES: dict[str, Callable[[], TileEncoder]] = {RandomConvEncoder.name: R
 class TorchScriptEncoder(TileEncoder):
     """A user-supplied frozen TorchScript encoder (see the module docstring for its contract)."""
 
+    architecture = "torchscript"
+
     def __init__(self, name: str, module: torch.jit.ScriptModule, tile_size: int = 224) -> None:
         super().__init__()
         self.name = name
+        self.weights = f"sha256:{name.removeprefix(TORCHSCRIPT_PREFIX).lower()}"
         self.module = module
         self.register_buffer("_device_marker", torch.zeros(0))
         with torch.no_grad():
@@ -274,6 +292,7 @@ def _load_safetensors(name: str, encoder_file: Path | None) -> TileEncoder:
     encoder = ARCHITECTURES[arch]()
     load_safetensors_weights(encoder, path, arch, ignored_prefixes=encoder.ignored_prefixes)
     encoder.name = name
+    encoder.weights = f"sha256:{expected.lower()}"
     return encoder
 
 

@@ -53,11 +53,12 @@ def test_weights_come_from_the_file_frozen_and_in_eval_mode(tmp_path: Path) -> N
 def test_site_cohort_uses_the_safetensors_encoder(small_cohort: Path, tmp_path: Path) -> None:
     path, name = _save(tmp_path / "encoder.safetensors", _weights(3))
     site = read_cohort_index(small_cohort).sites[1]
-    prepared = prepare_slide_features(site.site_dir, StudyConfig(encoder=name), cache_dir=tmp_path / "cache",
-                                      device="cpu", encoder_file=path)
+    # The shipped scaling is random-conv-v1's (a site refuses it for this encoder: tests/data/test_reference_scaling)
+    study = StudyConfig(encoder=name, schema=StudyConfig().spec.without_feature_scaling().to_json())
+    prepared = prepare_slide_features(site.site_dir, study, cache_dir=tmp_path / "cache", device="cpu",
+                                      encoder_file=path)
     assert prepared.ok and prepared.extracted == prepared.slides
-    cohort = load_site_cohort(site.site_dir, StudyConfig(encoder=name), cache_dir=tmp_path / "cache",
-                              encoder_file=path)
+    cohort = load_site_cohort(site.site_dir, study, cache_dir=tmp_path / "cache", encoder_file=path)
     bags = [p.tile_features for p in cohort.train + cohort.test if p.tile_features is not None]
     assert bags and all(b.shape[1] == SmallResNetEncoder.feature_dim and np.isfinite(b).all() for b in bags)
 
