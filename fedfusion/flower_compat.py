@@ -723,8 +723,8 @@ def superlink_middleware_scopes() -> dict[type, tuple[str, ...]]:
     The Control API's layers test ``path.startswith("/v1/control/")`` first (``_is_control_path``), or, for
     ``ControlSensitiveResponseMiddleware``, only change the answers of Control routes; the Fleet's node
     authentication and event log test ``path.startswith("/v1/fleet/")``; the Runtime's tracing only reads the answers
-    of the Runtime's ``acquire-task`` and ``pull-task-input``. ``tests/test_flower_compat.py`` sends requests
-    through the real app to check each.
+    of the Runtime's ``acquire-task`` and ``pull-task-input``.
+    ``tests/deployment/coordinator/test_superlink_middleware.py`` sends requests through the real app to check each.
     """
     from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
     from flwr.superlink.routers.control.middlewares import (
@@ -824,10 +824,9 @@ def shorten_supernode_waits(idle_pull_s: float, local_s: float) -> None:
 
     Flower 1.41 hard-codes both as ``time.sleep(3)`` and ``time.sleep(0.5)`` in
     ``flwr.supernode.start_client_internal``, with no option. The module's global ``time`` is replaced by a view of
-    the time module whose ``sleep`` maps those two durations (
-    ``tests/test_flower_compat.py`` fails when the loop's sleeps change). Call it
-    before the SuperNode starts (``fedfusion.deployment.site.supernode_launch``); calling it again replaces the
-    waits.
+    the time module whose ``sleep`` maps those two durations (``tests/test_flower_compat.py`` fails when the loop's
+    sleeps change). Call it before the SuperNode starts (``fedfusion.deployment.site.supernode_launch``); calling it
+    again replaces the waits.
     """
     if idle_pull_s <= 0 or local_s <= 0:
         raise ValueError(f"SuperNode waits must be positive, got {idle_pull_s} and {local_s}")

@@ -7,7 +7,7 @@ authentication and event log; the Runtime's tracing). A pass-through layer still
 and two memory streams per request. The SuperLink is one Python process that every request of a round goes through
 (docs/OPERATOR_GUIDE.md, "What a round costs"), so `PathScopedMiddleware` sends a request outside a layer's API
 past that layer, and the layer runs, unchanged, for every request of its own API. Which API each of Flower's layers
-acts on comes from ``fedfusion.flower_compat.SUPERLINK_MIDDLEWARE_SCOPES`` (read from each layer's own test of the
+acts on comes from ``fedfusion.flower_compat.superlink_middleware_scopes`` (read from each layer's own test of the
 request path); a layer not listed there runs for every request, as in Flower.
 """
 
